@@ -1,0 +1,30 @@
+# The two quick-start commands are `make demo` and `make test`; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SRC ?= examples/images
+DEST ?= out/examples-archive
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# CPU build of torch first (a local wheel on the project machines; from PyPI elsewhere),
+	# so the dependency resolver never pulls the multi-GB CUDA build for a CPU host.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/pixarc archive $(SRC) $(DEST)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/archive_throughput.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,70 @@
+"""Prefect flows. One task per shard; tasks receive shard URIs and small config records.
+
+Run locally with no server: Prefect starts a temporary local API for the run (the
+default when ``PREFECT_API_URL`` is unset). Point ``PREFECT_API_URL`` at a server to
+see runs in its UI, or serve these flows as deployments on a work pool.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pixarc import engine
+from pixarc.engine import ArchiveConfig, RunSummary, Shard, ShardSummary
+
+
+@task(name="archive-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def archive_shard_task(shard: Shard, cfg: ArchiveConfig) -> ShardSummary:
+    return engine.archive_shard(shard, cfg)
+
+
+@task(name="restore-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def restore_shard_task(shard: Shard, out: str, run_id: str) -> engine.RestoreSummary:
+    return engine.restore_shard(shard, out, run_id)
+
+
+@task(name="verify-shard", cache_policy=NO_CACHE)
+def verify_shard_task(shard: Shard, full: bool, run_id: str) -> engine.VerifySummary:
+    return engine.verify_shard(shard, full, run_id)
+
+
+@flow(name="pixarc-archive", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def archive_flow(
+    src: str,
+    dest: str,
+    policy: str | None = None,
+    shard_size: int = 256,
+    run_id: str | None = None,
+    device: str = "cpu",
+) -> RunSummary:
+    """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
+    run_id = run_id or engine.new_run_id()
+    engine._policy(policy)  # fail fast on a bad policy, before any shard starts
+    plan = engine.plan_archive(src, dest, run_id, shard_size)
+    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device)
+    futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
+    summary = engine.summarise_run(plan, [f.result() for f in futures])
+    engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
+    return summary
+
+
+@flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def restore_flow(
+    dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256, run_id: str | None = None
+) -> RunSummary:
+    """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``."""
+    run_id = run_id or engine.new_run_id()
+    found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size)
+    futures = [restore_shard_task.submit(s, out, run_id) for s in shards]
+    return engine.finish_restore(out, run_id, found, shards, [f.result() for f in futures])
+
+
+@flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def verify_flow(dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None) -> RunSummary:
+    """Fixity check of the archive's current rows (fast: presence and size; full: re-decode)."""
+    run_id = run_id or engine.new_run_id()
+    found, shards = engine.plan_verify(dest, run_id, shard_size)
+    futures = [verify_shard_task.submit(s, full, run_id) for s in shards]
+    return engine.finish_verify(dest, run_id, found, shards, [f.result() for f in futures])

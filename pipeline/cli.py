@@ -1,0 +1,296 @@
+"""``pixarc`` command line: archive, restore, verify, report, plugins, classify."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Iterator
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__, engine, progress
+from .errors import PixarcError
+
+# Tables are wide; when piped (no terminal to measure) use 120 columns, not rich's 80.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+
+
+def _prefect_defaults() -> None:
+    """Embedded defaults for a local run: no telemetry, quiet logs, a temporary local API."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_ROOT_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+@contextlib.contextmanager
+def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
+    task = bar.add_task(label, total=None)
+
+    def on_event(event: str, n: int) -> None:
+        if event == "total":
+            bar.update(task, total=n)
+        else:
+            bar.advance(task, n)
+
+    progress.listen(run_id, on_event)
+    try:
+        with bar:
+            yield
+    finally:
+        progress.forget(run_id)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pixarc")
+def main() -> None:
+    """pixarc: archive image collections with verified, self-describing bitstreams."""
+
+
+# --------------------------------------------------------------------------- archive
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dest")
+@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, png, lossy.")
+@click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
+@click.option("--workers", default=2, show_default=True, help="Shards processed concurrently.")
+@click.option("--engine", "engine_name", type=click.Choice(["prefect", "local"]), default="prefect", show_default=True,
+              help="prefect: a Prefect flow run (local temporary API unless PREFECT_API_URL is set); "
+                   "local: the same shard functions in this process, no orchestration.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
+@click.option("--device", default="cpu", show_default=True, help="Device for codecs that use one (cpu, cuda).")
+@click.option("--no-progress", is_flag=True)
+def archive(src, dest, policy, shard_size, workers, engine_name, dry_run, device, no_progress):
+    """Archive every image under SRC into DEST (paths or fsspec URLs)."""
+    try:
+        if dry_run:
+            return _dry_run(src, policy)
+        run_id = engine.new_run_id()
+        with _progress(run_id, "archive", not no_progress):
+            summary = _run_archive(src, dest, policy, shard_size, workers, engine_name, run_id, device)
+    except (PixarcError, FileNotFoundError) as exc:
+        _fail(exc)
+    t = summary.totals
+    console.print(
+        f"run {summary.run_id}: {summary.found} found, {summary.skipped} already archived, "
+        f"{t.images} processed in {summary.shards} shard(s): {t.done} done"
+        + (f" ({t.reused} reused)" if t.reused else "")
+        + f", {t.rejected} rejected, {t.errors} errors, {t.failed} failed"
+    )
+    _print_report(dest)
+    if t.failed:
+        sys.exit(1)
+
+
+def _run_archive(src, dest, policy, shard_size, workers, engine_name, run_id, device):
+    if engine_name == "local":
+        return engine.archive_local(src, dest, policy, shard_size, run_id, device)
+    _prefect_defaults()
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from .flows import archive_flow
+
+    flow = archive_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device)
+
+
+def _dry_run(src: str, policy_path: str | None) -> None:
+    from .crawl import crawl
+    from .plugins import default_registry
+    from .routing import load_policy
+
+    policy = load_policy(policy_path)
+    registry = default_registry()
+    table = Table(title=f"plan for {src} (policy {policy.name}) — nothing written")
+    for col in ("key", "domain", "conf", "route", "first usable codec", "note"):
+        table.add_column(col)
+    for ref in crawl(src):
+        p = engine.plan_one(ref, policy, registry)
+        table.add_row(ref.key, p["domain"], p["confidence"], p["route"], p["codec"], p["note"])
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- restore / verify
+
+
+@main.command()
+@click.argument("dest")
+@click.argument("out")
+@click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
+@click.option("--domain", default=None, help="Only this domain.")
+@click.option("--no-progress", is_flag=True)
+def restore(dest, out, pattern, domain, no_progress):
+    """Decode every archived image of DEST (matching the filters) into OUT."""
+    _prefect_defaults()
+    from .flows import restore_flow
+
+    run_id = engine.new_run_id()
+    try:
+        with _progress(run_id, "restore", not no_progress):
+            s = restore_flow(dest=dest, out=out, pattern=pattern, domain=domain, run_id=run_id)
+    except (PixarcError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.archive_bytes} bytes)")
+    _print_problems(s.problems)
+    if s.problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--full", is_flag=True, help="Re-read, re-hash and re-decode every bitstream.")
+@click.option("--json-out", default=None, help="Write the result as JSON to this path.")
+@click.option("--no-progress", is_flag=True)
+def verify(dest, full, json_out, no_progress):
+    """Fixity check of DEST. Exit status 1 when anything is wrong."""
+    _prefect_defaults()
+    from .flows import verify_flow
+
+    run_id = engine.new_run_id()
+    try:
+        with _progress(run_id, "verify" + (" --full" if full else ""), not no_progress):
+            s = verify_flow(dest=dest, full=full, run_id=run_id)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    mode = "full" if full else "fast"
+    console.print(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
+    _print_problems(s.problems)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"run_id": s.run_id, "mode": mode, "checked": s.found, "ok": s.totals.done,
+                       "problems": [p.__dict__ for p in s.problems]}, f, indent=2)
+    if s.problems:
+        sys.exit(1)
+
+
+def _print_problems(problems) -> None:
+    if not problems:
+        return
+    table = Table(title="problems", title_style="red")
+    for col in ("key", "problem", "detail"):
+        table.add_column(col)
+    for p in problems:
+        table.add_row(p.key, p.problem, p.detail)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- report / plugins / classify
+
+
+@main.command()
+@click.argument("dest")
+def report(dest):
+    """Per-domain, per-codec table of bytes, bpp, PSNR and MS-SSIM for DEST."""
+    try:
+        _print_report(dest)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+
+
+def _print_report(dest: str) -> None:
+    from .report import fmt_quality, summarise
+
+    rows = engine.current_rows(dest, status=None)
+    groups, statuses = summarise(rows)
+    table = Table(title=f"archive {dest}: {len(rows)} object(s)")
+    for col in ("domain", "codec", "images", "source MB", "archive MB", "ratio", "bpp", "PSNR dB", "MS-SSIM"):
+        table.add_column(col, justify="right" if col not in ("domain", "codec") else "left")
+    for g in groups:
+        psnr_text, ssim_text = fmt_quality(g)
+        table.add_row(
+            g.domain, g.codec, str(g.images), f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
+            f"{g.ratio:.2f}", f"{g.bpp:.3f}", psnr_text, ssim_text,
+            end_section=len(groups) > 1 and g is groups[-2],  # rule above the "all" row
+        )
+    console.print(table)
+    if statuses:
+        console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+
+
+@main.command()
+def plugins():
+    """List loaded plugins, their hooks, codecs and classifiers."""
+    from .plugins import default_registry
+
+    reg = default_registry()
+    table = Table(title="pixarc plugins")
+    for col in ("name", "distribution", "version", "hooks", "provides"):
+        table.add_column(col)
+    for p in reg.plugins():
+        provides = ", ".join(list(p.codecs) + [f"classifier:{c}" for c in p.classifiers])
+        table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks), provides)
+    console.print(table)
+    codecs = Table(title="codecs")
+    for col in ("codec", "lossless", "modes", "version", "params"):
+        codecs.add_column(col)
+    for cid in sorted(reg.codecs):
+        c = reg.codec(cid)
+        params = ", ".join(f"{k}={v.default}" for k, v in c.params_schema.items())
+        codecs.add_row(cid, "yes" if c.lossless else "no", " ".join(sorted(c.modes)) if cid != "store" else "any",
+                       c.version(), params)
+    console.print(codecs)
+
+
+@main.command()
+@click.argument("src")
+@click.option("--policy", default=None, help="Policy whose classifier to use.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def classify(src, policy, as_json):
+    """Print the domain and confidence of every image under SRC."""
+    from .crawl import crawl
+    from .images import probe_and_load
+    from .plugins import default_registry
+    from .routing import load_policy
+    from .storage import get_fs
+
+    pol = load_policy(policy)
+    clf = default_registry().classifier(pol.classifier)
+    table = Table(title=f"{src} — classifier {pol.classifier}")
+    for col in ("key", "domain", "confidence", "scores"):
+        table.add_column(col)
+    for ref in crawl(src):
+        fs, path = get_fs(ref.uri)
+        try:
+            src_img = probe_and_load(fs.cat_file(path), max_pixels=pol.max_pixels, formats=pol.formats)
+            if src_img.image is None:
+                raise PixarcError("no canonical pixels: " + "; ".join(src_img.info.notes))
+            c = clf.classify(src_img.image)
+            rec = {"key": ref.key, "domain": c.domain, "confidence": round(c.confidence, 4),
+                   "scores": {k: round(v, 4) for k, v in c.scores.items()}}
+        except PixarcError as exc:
+            rec = {"key": ref.key, "domain": "-", "confidence": None, "error": f"{exc.reason}: {exc}"}
+        if as_json:
+            console.print_json(json.dumps(rec))
+        else:
+            scores = rec.get("error") or " ".join(f"{k[:4]}={v:.2f}" for k, v in rec["scores"].items())
+            conf = "" if rec["confidence"] is None else f"{rec['confidence']:.2f}"
+            table.add_row(rec["key"], rec["domain"], conf, scores)
+    if not as_json:
+        console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,135 @@
+"""The codec contract every codec plugin implements.
+
+A codec turns a :class:`~pixarc.images.SourceImage` into a payload (bytes) and back.
+The container (``container.py``) wraps that payload with identity, geometry and fixity,
+so a codec only deals with its own bits.
+
+Subclass :class:`Codec`, set the class attributes, implement :meth:`Codec.encode` and
+:meth:`Codec.decode`, and register the class from the ``register_codecs`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from PIL import Image
+
+from .errors import CodecError
+from .images import DEFAULT_MAX_PIXELS, ImageInfo, SourceImage
+
+
+@dataclass(frozen=True)
+class Param:
+    """One entry of a codec's parameter schema."""
+
+    type: type
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a codec's ``decode`` returns: canonical pixels, or the exact original bytes."""
+
+    image: Image.Image | None = None
+    original: bytes | None = None
+
+
+class Codec(ABC):
+    """Base class of codec plugins.
+
+    Class attributes:
+        codec_id: stable identifier written into every container; never reuse one.
+        format_version: bump when the payload layout changes; decoders refuse versions
+            they do not know.
+        lossless: whether decode restores the canonical pixels bit for bit.
+        modes: canonical modes the codec accepts.
+        params_schema: parameter name -> :class:`Param`.
+        needs_gpu / prefers_gpu: scheduling hints for the flows.
+        max_side: largest width or height the codec can encode (None: unlimited).
+    """
+
+    codec_id: ClassVar[str]
+    format_version: ClassVar[int] = 1
+    lossless: ClassVar[bool]
+    modes: ClassVar[frozenset[str]] = frozenset({"L", "LA", "RGB", "RGBA"})
+    params_schema: ClassVar[Mapping[str, Param]] = {}
+    needs_gpu: ClassVar[bool] = False
+    prefers_gpu: ClassVar[bool] = False
+    max_side: ClassVar[int | None] = None
+    description: ClassVar[str] = ""
+
+    @property
+    def weights_sha256(self) -> str:
+        """sha256 of the weights the codec uses ('' for codecs without weights)."""
+        return ""
+
+    def version(self) -> str:
+        """Version of the implementation producing the bits (library versions)."""
+        return "1"
+
+    def unsupported_reason(self, info: ImageInfo) -> str | None:
+        """Why this codec cannot take an image with ``info``, or None if it can."""
+        if not info.pixel_faithful:
+            return "image has no faithful canonical pixels"
+        if info.mode not in self.modes:
+            return f"mode {info.mode} not supported by {self.codec_id}"
+        if self.max_side is not None and max(info.width, info.height) > self.max_side:
+            return f"{info.width}x{info.height} exceeds {self.codec_id}'s limit of {self.max_side} px"
+        return None
+
+    def validate_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults filled in, unknown names and out-of-range values refused."""
+        params = dict(params or {})
+        unknown = set(params) - set(self.params_schema)
+        if unknown:
+            raise CodecError(f"{self.codec_id}: unknown parameter(s) {sorted(unknown)}")
+        out: dict[str, Any] = {}
+        for name, spec in self.params_schema.items():
+            value = params.get(name, spec.default)
+            try:
+                value = spec.type(value)
+            except (TypeError, ValueError):
+                raise CodecError(f"{self.codec_id}: {name}={value!r} is not {spec.type.__name__}") from None
+            if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
+                raise CodecError(f"{self.codec_id}: {name}={value} outside [{spec.min}, {spec.max}]")
+            out[name] = value
+        return out
+
+    @abstractmethod
+    def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
+        """Encode ``src`` (already checked with :meth:`unsupported_reason`) into a payload."""
+
+    @abstractmethod
+    def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
+        """Decode a payload produced by :meth:`encode`. Raise :class:`CodecError` on bad input."""
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Stable hash of a parameter dict (part of the idempotency key)."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def open_payload_image(payload: bytes, expected_format: str, codec_id: str) -> Image.Image:
+    """Open a Pillow-encoded payload, refusing anything but ``expected_format``."""
+    import io
+
+    try:
+        im = Image.open(io.BytesIO(payload))
+        if (im.format or "").upper() != expected_format:
+            raise CodecError(f"{codec_id}: payload is {im.format}, expected {expected_format}")
+        if im.width * im.height > DEFAULT_MAX_PIXELS:
+            raise CodecError(f"{codec_id}: payload claims {im.width}x{im.height} pixels, refused")
+        im.load()
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"{codec_id}: cannot decode payload ({type(exc).__name__}: {exc})") from None
+    return im

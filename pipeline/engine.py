@@ -1,0 +1,741 @@
+"""The work itself, free of Prefect: plan, archive, restore and verify one shard.
+
+Flows (``pixarc.flows``) call these functions from one task per shard. Everything that
+crosses a task boundary is a small record (:class:`Shard`, the config dataclasses and
+the summaries); pixels and bitstreams are read and written here, by URI.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from . import __version__, progress
+from .classify import UNKNOWN, Classification
+from .codec import Codec, Decoded, params_hash
+from .container import Container, pack, unpack
+from .crawl import ImageRef, crawl
+from .errors import CodecError, ContainerError, InputError, PixarcError, PluginError, VerificationError
+from .images import SourceImage, pixels_sha256, probe_and_load, sha256_hex
+from .manifest import (
+    STATUS_DONE,
+    STATUS_ERROR,
+    STATUS_FAILED,
+    STATUS_REJECTED,
+    ManifestRow,
+    latest,
+    read_manifest,
+    rows_to_table,
+    write_part,
+)
+from .metrics import ms_ssim, psnr
+from .plugins import Registry, default_registry
+from .routing import Policy, Route, load_policy
+from .storage import get_fs, join, safe_key, write_atomic
+
+REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key"}
+STATE_DIR = ".pixarc"
+RESTORE_AS_IS = {"PNG", "TIFF", "BMP", "PPM"}  # lossless pixels re-encode faithfully to these
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def bitstream_path(dest_root: str, key: str) -> str:
+    return join(dest_root, key + ".pxa")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of work handed to one task: where its item list lives, and its size."""
+
+    index: int
+    uri: str
+    count: int
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    dest: str
+    run_id: str
+    policy: str | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class ShardSummary:
+    shard: int
+    images: int = 0
+    done: int = 0
+    reused: int = 0
+    rejected: int = 0
+    errors: int = 0
+    failed: int = 0
+    source_bytes: int = 0
+    archive_bytes: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "ShardSummary") -> None:
+        for name in ("images", "done", "reused", "rejected", "errors", "failed", "source_bytes", "archive_bytes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds += other.seconds
+
+
+@dataclass
+class VerifyProblem:
+    key: str
+    problem: str
+    detail: str = ""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    found: int
+    skipped: int
+    shards: int
+    totals: ShardSummary
+    problems: list[VerifyProblem] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    run_id: str
+    shards: list[Shard]
+    total: int = 0  # objects found by the crawl
+    skipped: int = 0  # already archived, unchanged
+
+
+@dataclass
+class VerifySummary:
+    shard: int
+    checked: int = 0
+    ok: int = 0
+    problems: list[VerifyProblem] = field(default_factory=list)
+
+
+@dataclass
+class RestoreSummary:
+    shard: int
+    restored: int = 0
+    bytes_written: int = 0
+    problems: list[VerifyProblem] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def _write_plan(base: str, run_id: str, kind: str, items: Iterable[dict], shard_size: int) -> tuple[list[Shard], int]:
+    """Chunk ``items`` into shard files under ``base/.pixarc/<kind>/<run_id>/``."""
+    fs, root = get_fs(base)
+    shards: list[Shard] = []
+    total = 0
+    batch: list[dict] = []
+
+    def flush() -> None:
+        path = join(root, STATE_DIR, kind, run_id, f"shard-{len(shards):06d}.json")
+        write_atomic(fs, path, json.dumps(batch).encode())
+        shards.append(Shard(len(shards), fs.unstrip_protocol(path), len(batch)))
+        batch.clear()
+
+    for item in items:
+        batch.append(item)
+        total += 1
+        if len(batch) >= shard_size:
+            flush()
+    if batch:
+        flush()
+    return shards, total
+
+
+def drop_plan(base: str, kind: str, run_id: str) -> None:
+    """Remove a finished run's shard lists (they only matter while the run is going)."""
+    fs, root = get_fs(base)
+    path = join(root, STATE_DIR, kind, run_id)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def load_shard(shard: Shard) -> list[dict]:
+    fs, path = get_fs(shard.uri)
+    return json.loads(fs.cat_file(path))
+
+
+def _claim_dest(src: str, dest: str) -> None:
+    """One DEST archives one source root: keys of two sources would overwrite each other."""
+    sfs, sroot = get_fs(src)
+    source = sfs.unstrip_protocol(sroot)
+    fs, root = get_fs(dest)
+    marker = join(root, STATE_DIR, "source.json")
+    if fs.exists(marker):
+        claimed = json.loads(fs.cat_file(marker)).get("source")
+        if claimed != source:
+            raise InputError("dest_in_use", f"{dest} already archives {claimed}; use another DEST for {source}")
+        return
+    write_atomic(fs, marker, json.dumps({"source": source, "pixarc_version": __version__}).encode())
+
+
+def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256) -> Plan:
+    """Crawl ``src``, drop what the manifest already holds unchanged, write shard lists.
+
+    An object is skipped when its newest row has the same URI, size and mtime/ETag and a
+    final status (done, rejected, error); ``failed`` rows are retried.
+    """
+    _claim_dest(src, dest)
+    current = latest(read_manifest(dest))
+    known: dict[str, tuple[int, str]] = {}
+    if current.num_rows:
+        cols = current.select(["source_uri", "source_bytes", "source_mtime", "status"]).to_pylist()
+        known = {
+            r["source_uri"]: (r["source_bytes"], r["source_mtime"]) for r in cols if r["status"] != STATUS_FAILED
+        }
+    dest_fs, dest_root = get_fs(dest)
+    dest_prefix = dest_fs.unstrip_protocol(dest_root).rstrip("/") + "/"
+    counts = {"total": 0, "skipped": 0}
+
+    def todo() -> Iterator[dict]:
+        for ref in crawl(src):
+            if ref.uri.startswith(dest_prefix):
+                continue  # the archive itself, when DEST lies inside SRC
+            counts["total"] += 1
+            if known.get(ref.uri) == (ref.size, ref.mtime):
+                counts["skipped"] += 1
+                continue
+            yield asdict(ref)
+
+    shards, planned = _write_plan(dest, run_id, "archive", todo(), shard_size)
+    progress.set_total(run_id, planned)
+    return Plan(run_id, shards, counts["total"], counts["skipped"])
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_decoded(c: Container, decoded: Decoded) -> None:
+    """Raise :class:`VerificationError` unless ``decoded`` is what ``c`` promises."""
+    if decoded.original is not None:
+        if sha256_hex(decoded.original) != c.source_sha256:
+            raise VerificationError("restored bytes differ from the original (sha256)")
+        return
+    im = decoded.image
+    if im is None:
+        raise VerificationError("codec returned neither pixels nor original bytes")
+    if im.size != (c.width, c.height) or im.mode != c.mode:
+        raise VerificationError(f"decoded {im.mode} {im.size}, container says {c.mode} {(c.width, c.height)}")
+    digest = pixels_sha256(im)
+    if c.meta.get("lossless"):
+        if digest != c.pixels_sha256:
+            raise VerificationError("lossless decode does not reproduce the original pixels")
+    elif digest != c.meta.get("decoded_sha256"):
+        raise VerificationError("lossy decode does not reproduce the recorded reconstruction (and its PSNR)")
+
+
+def decode_container(blob: bytes, registry: Registry, device: str = "cpu") -> tuple[Container, Decoded]:
+    """Parse, decode and check a ``.pxa``; every failure is a typed :class:`PixarcError`."""
+    c = unpack(blob)
+    try:
+        codec = registry.codec(c.codec_id)
+    except PluginError as exc:
+        raise ContainerError(f"unknown codec {c.codec_id!r}: {exc}") from None
+    if c.format_version != codec.format_version:
+        raise ContainerError(
+            f"{c.codec_id} format version {c.format_version} not readable by this plugin "
+            f"(reads {codec.format_version})"
+        )
+    if c.weights_sha256 != codec.weights_sha256:
+        raise ContainerError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}, plugin has others")
+    try:
+        decoded = codec.decode(c.payload, device)
+    except PixarcError:
+        raise
+    except Exception as exc:  # a codec bug must not escape as an untyped crash
+        raise CodecError(f"{c.codec_id}: decoder raised {type(exc).__name__}: {exc}") from None
+    check_decoded(c, decoded)
+    return c, decoded
+
+
+# --------------------------------------------------------------------------- archive
+
+
+@dataclass
+class _Encoded:
+    codec: Codec
+    params: dict[str, Any]
+    blob: bytes
+    container: Container
+    psnr: float
+    ms_ssim: float
+    decoded_sha256: str
+    encode_s: float
+    decode_s: float
+
+
+def _encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, route: Route, device: str) -> _Encoded:
+    """Encode, pack, decode the packed bytes again and check them."""
+    t0 = time.perf_counter()
+    payload = codec.encode(src, params, device)
+    encode_s = time.perf_counter() - t0
+    info = src.info
+    meta: dict[str, Any] = {
+        "params": params,
+        "codec_version": codec.version(),
+        "lossless": codec.lossless,
+        "source_format": info.source_format,
+        "source_mode": info.source_mode,
+        "domain": route.domain,
+        "notes": list(info.notes),
+        "pixarc_version": __version__,
+    }
+    sections = {"DATA": payload}
+    if src.icc_profile:
+        sections["ICCP"] = src.icc_profile
+    if src.exif:
+        sections["EXIF"] = src.exif
+    container = Container(
+        codec.codec_id,
+        codec.format_version,
+        info.width,
+        info.height,
+        info.mode,
+        info.bit_depth,
+        src.sha256,
+        src.pixels_sha256,
+        codec.weights_sha256,
+        meta,
+        sections,
+    )
+    quality = (math.inf, 1.0)
+    decoded_sha = src.pixels_sha256
+    if not codec.lossless:
+        # Decode once to learn what the bitstream reconstructs; record it in the header.
+        t0 = time.perf_counter()
+        recon = codec.decode(payload, device).image
+        decode_s = time.perf_counter() - t0
+        if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
+            raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")
+        quality = (psnr(src.image, recon), ms_ssim(src.image, recon))
+        decoded_sha = pixels_sha256(recon)
+        meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
+    blob = pack(container)
+    t0 = time.perf_counter()
+    decode_container(blob, _registry_for(codec), device)  # the check on the bytes we will store
+    decode_s = time.perf_counter() - t0
+    return _Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s)
+
+
+class _SingleCodec:
+    """A registry stand-in resolving one codec instance (the one just used to encode)."""
+
+    def __init__(self, codec: Codec):
+        self._codec = codec
+
+    def codec(self, codec_id: str) -> Codec:
+        if codec_id != self._codec.codec_id:
+            raise PluginError(f"unexpected codec {codec_id}")
+        return self._codec
+
+
+def _registry_for(codec: Codec) -> Any:
+    return _SingleCodec(codec)
+
+
+def _fill_from_source(row: ManifestRow, src: SourceImage) -> None:
+    info = src.info
+    row.source_sha256 = src.sha256
+    row.source_bytes = len(src.data)
+    row.source_format = info.source_format
+    row.width, row.height, row.mode, row.bit_depth = info.width, info.height, info.mode, info.bit_depth
+    row.pixels_sha256 = src.pixels_sha256
+
+
+def _fill_from_encoded(row: ManifestRow, enc: _Encoded, registry: Registry, bitstream_uri: str, device: str) -> None:
+    codec = enc.codec
+    row.codec_id = codec.codec_id
+    row.codec_version = codec.version()
+    row.format_version = codec.format_version
+    row.weights_sha256 = codec.weights_sha256
+    row.params = json.dumps(enc.params, sort_keys=True)
+    row.params_hash = params_hash(enc.params)
+    row.plugin_dist, row.plugin_version = registry.provenance(codec.codec_id)
+    row.bitstream_uri = bitstream_uri
+    row.bitstream_sha256 = sha256_hex(enc.blob)
+    row.bitstream_bytes = len(enc.blob)
+    row.bpp = 8.0 * len(enc.blob) / max(1, row.width * row.height)
+    row.psnr, row.ms_ssim = enc.psnr, enc.ms_ssim
+    row.lossless = codec.lossless
+    row.decoded_sha256 = enc.decoded_sha256
+    row.encode_s, row.decode_s = enc.encode_s, enc.decode_s
+    row.device = device
+    row.verified = True
+    row.status = STATUS_DONE
+
+
+def _try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry, device: str) -> _Encoded | None:
+    """A bitstream left by an interrupted run for the same source and route: decode-check it."""
+    try:
+        if not fs.exists(path):
+            return None
+        blob = fs.cat_file(path)
+        head = unpack(blob, header_only=True)
+        wanted = {(c.codec_id, params_hash(registry.codec(c.codec_id).validate_params(c.params)))
+                  for c in route.candidates if c.codec_id in registry.codecs}
+        got = (head.codec_id, params_hash(head.meta.get("params", {})))
+        if head.source_sha256 != src.sha256 or got not in wanted:
+            return None
+        t0 = time.perf_counter()
+        c, _ = decode_container(blob, registry, device)
+        decode_s = time.perf_counter() - t0
+    except (PixarcError, OSError):
+        return None  # unusable: it will be overwritten by a fresh, verified encode
+    codec = registry.codec(c.codec_id)
+    lossless = bool(c.meta.get("lossless"))
+    return _Encoded(
+        codec,
+        dict(c.meta.get("params", {})),
+        blob,
+        c,
+        math.inf if lossless else float(c.meta.get("psnr", math.nan)),
+        1.0 if lossless else float(c.meta.get("ms_ssim", math.nan)),
+        c.pixels_sha256 if lossless else c.meta.get("decoded_sha256", ""),
+        0.0,
+        decode_s,
+    )
+
+
+def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, registry: Registry) -> ManifestRow:
+    """Archive one object; never raises for a bad input (the row says what happened)."""
+    row = ManifestRow(
+        cfg.run_id, shard, ref.key, ref.uri, "", source_bytes=ref.size, source_mtime=ref.mtime,
+        pixarc_version=__version__,
+    )
+    notes: list[str] = []
+    try:
+        key = safe_key(ref.key)
+        sfs, spath = get_fs(ref.uri)
+        try:
+            data = sfs.cat_file(spath)
+        except (OSError, ValueError) as exc:
+            raise InputError("io_error", f"cannot read source: {exc}") from None
+        if len(data) != ref.size:
+            notes.append(f"size changed since crawl ({ref.size} -> {len(data)} bytes)")
+        src = probe_and_load(data, max_pixels=policy.max_pixels, formats=policy.formats)
+    except InputError as exc:
+        row.status = STATUS_REJECTED if exc.reason in REJECT_REASONS else STATUS_ERROR
+        row.error, row.message = exc.reason, str(exc)
+        row.notes = "; ".join(notes)
+        return row
+    _fill_from_source(row, src)
+    notes.extend(src.info.notes)
+
+    if src.image is not None:
+        t0 = time.perf_counter()
+        try:
+            classification = registry.classifier(policy.classifier).classify(src.image)
+        except Exception as exc:  # a broken classifier degrades to the unknown route
+            classification = Classification(UNKNOWN, 0.0, policy.classifier)
+            notes.append(f"classifier {policy.classifier} failed: {exc}")
+        row.classify_s = time.perf_counter() - t0
+    else:
+        classification = Classification(UNKNOWN, 0.0, "")
+    row.domain, row.domain_confidence, row.classifier_id = (
+        classification.domain, classification.confidence, classification.classifier_id,
+    )
+    route = registry.pm.hook.route(info=src.info, classification=classification, policy=policy)
+    row.route = route.domain
+    if route.reason:
+        notes.append(f"route {route.domain}: {route.reason}")
+
+    dfs, droot = get_fs(cfg.dest)
+    path = bitstream_path(droot, key)
+    attempts: list[dict[str, Any]] = []
+    chosen = _try_reuse(dfs, path, src, route, registry, cfg.device)
+    if chosen is not None:
+        notes.append("reused the verified bitstream of an interrupted run")
+        attempts.append({"codec": chosen.codec.codec_id, "result": "reused"})
+    else:
+        for cand in route.candidates:
+            try:
+                codec = registry.codec(cand.codec_id)
+            except PluginError:
+                attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": "not installed"})
+                continue
+            why = codec.unsupported_reason(src.info)
+            if why:
+                attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": why})
+                continue
+            try:
+                params = codec.validate_params(cand.params)
+                enc = _encode_verified(codec, params, src, route, cfg.device)
+            except PixarcError as exc:
+                attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{exc.reason}: {exc}"})
+                continue
+            except Exception as exc:  # a codec bug costs this candidate, not the run
+                attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            attempts.append({"codec": cand.codec_id, "result": "verified", "bytes": len(enc.blob)})
+            if chosen is None or len(enc.blob) < len(chosen.blob):
+                chosen = enc
+            if route.selection == "first":
+                break
+        if chosen is not None:
+            write_atomic(dfs, path, chosen.blob)
+    row.attempts = json.dumps(attempts)
+    fallbacks = [a for a in attempts if a["result"] in ("skipped", "failed")]
+    if fallbacks:
+        notes.append("fallback: " + "; ".join(f"{a['codec']} {a['result']} ({a['reason']})" for a in fallbacks))
+    row.notes = "; ".join(notes)
+    if chosen is None:
+        row.status, row.error = STATUS_FAILED, "no_codec"
+        row.message = "no candidate codec produced a verified bitstream"
+        return row
+    _fill_from_encoded(row, chosen, registry, dfs.unstrip_protocol(path), cfg.device)
+    return row
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(path: str | None) -> Policy:
+    return load_policy(path)
+
+
+def _extra_columns(registry: Registry) -> dict:
+    cols: dict = {}
+    for answer in registry.pm.hook.manifest_columns():
+        if answer:
+            cols.update(answer)
+    return cols
+
+
+def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = None) -> ShardSummary:
+    """Archive every object of a shard and commit its manifest part."""
+    registry = registry or default_registry()
+    policy = _policy(cfg.policy)
+    t0 = time.perf_counter()
+    rows = []
+    for item in load_shard(shard):
+        rows.append(archive_one(ImageRef(**item), shard.index, cfg, policy, registry))
+        progress.advance(cfg.run_id)
+    write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows, _extra_columns(registry)))
+    s = ShardSummary(shard.index, images=len(rows), seconds=time.perf_counter() - t0)
+    for r in rows:
+        s.source_bytes += r.source_bytes
+        if r.status == STATUS_DONE:
+            s.done += 1
+            s.archive_bytes += r.bitstream_bytes
+            s.reused += "reused" in r.notes
+        elif r.status == STATUS_REJECTED:
+            s.rejected += 1
+        elif r.status == STATUS_ERROR:
+            s.errors += 1
+        else:
+            s.failed += 1
+    return s
+
+
+def summarise_run(plan: Plan, summaries: Iterable[ShardSummary]) -> RunSummary:
+    totals = ShardSummary(-1)
+    for s in summaries:
+        totals.add(s)
+    return RunSummary(plan.run_id, plan.total, plan.skipped, len(plan.shards), totals)
+
+
+def archive_local(
+    src: str, dest: str, policy: str | None = None, shard_size: int = 256, run_id: str | None = None,
+    device: str = "cpu",
+) -> RunSummary:
+    """The archive job without Prefect: same plan, same shard function, one process.
+
+    For embedding and for measuring what orchestration costs; the flows are the
+    product path.
+    """
+    run_id = run_id or new_run_id()
+    _policy(policy)
+    plan = plan_archive(src, dest, run_id, shard_size)
+    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device)
+    summary = summarise_run(plan, [archive_shard(s, cfg) for s in plan.shards])
+    drop_plan(dest, "archive", run_id)
+    return summary
+
+
+def plan_one(ref: ImageRef, policy: Policy, registry: Registry) -> dict[str, str]:
+    """What ``archive`` would do with one object, without encoding or writing (dry run)."""
+    try:
+        safe_key(ref.key)
+        fs, path = get_fs(ref.uri)
+        src = probe_and_load(fs.cat_file(path), max_pixels=policy.max_pixels, formats=policy.formats)
+    except InputError as exc:
+        status = STATUS_REJECTED if exc.reason in REJECT_REASONS else STATUS_ERROR
+        return {"domain": "-", "confidence": "", "route": "-", "codec": f"({status})", "note": f"{exc.reason}: {exc}"}
+    c = (
+        registry.classifier(policy.classifier).classify(src.image)
+        if src.image is not None
+        else Classification(UNKNOWN, 0.0, "")
+    )
+    route = registry.pm.hook.route(info=src.info, classification=c, policy=policy)
+    skipped = []
+    for cand in route.candidates:
+        codec = registry.codecs.get(cand.codec_id)
+        why = "not installed" if codec is None else registry.codec(cand.codec_id).unsupported_reason(src.info)
+        if not why:
+            note = "; ".join(skipped + list(src.info.notes) + ([route.reason] if route.reason else []))
+            return {"domain": c.domain, "confidence": f"{c.confidence:.2f}", "route": route.domain,
+                    "codec": cand.codec_id, "note": note}
+        skipped.append(f"{cand.codec_id}: {why}")
+    return {"domain": c.domain, "confidence": f"{c.confidence:.2f}", "route": route.domain, "codec": "-",
+            "note": "; ".join(skipped)}
+
+
+# --------------------------------------------------------------------------- restore / verify
+
+
+def current_rows(dest: str, pattern: str = "*", domain: str | None = None, status: str | None = STATUS_DONE) -> list[dict]:
+    rows = latest(read_manifest(dest)).to_pylist()
+    return [
+        r
+        for r in rows
+        if (status is None or r["status"] == status)
+        and fnmatch.fnmatch(r["key"], pattern)
+        and (domain is None or r["domain"] == domain)
+    ]
+
+
+_ROW_FIELDS = ("key", "bitstream_uri", "bitstream_bytes", "bitstream_sha256", "source_format", "codec_id", "lossless")
+
+
+def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int) -> list[Shard]:
+    items = ({k: r[k] for k in _ROW_FIELDS} for r in rows)
+    progress.set_total(run_id, len(rows))
+    return _write_plan(base, run_id, kind, items, shard_size)[0]
+
+
+def restored_key(key: str, source_format: str, lossless: bool, codec_id: str) -> str:
+    if codec_id == "store" or (lossless and source_format in RESTORE_AS_IS):
+        return key
+    return key + ".png"
+
+
+def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None = None) -> RestoreSummary:
+    """Decode and check every bitstream of a shard, then write the images under ``out``."""
+    import io
+
+    registry = registry or default_registry()
+    ofs, oroot = get_fs(out)
+    s = RestoreSummary(shard.index)
+    for item in load_shard(shard):
+        key = item["key"]
+        try:
+            safe_key(key)
+            bfs, bpath = get_fs(item["bitstream_uri"])
+            blob = bfs.cat_file(bpath)
+            if sha256_hex(blob) != item["bitstream_sha256"]:
+                raise VerificationError("bitstream sha256 differs from the manifest")
+            c, decoded = decode_container(blob, registry)
+            name = restored_key(key, item["source_format"], item["lossless"], c.codec_id)
+            target = join(oroot, name)
+            if decoded.original is not None:
+                data = decoded.original
+            else:
+                fmt = item["source_format"] if name == key else "PNG"
+                buf = io.BytesIO()
+                kwargs: dict[str, Any] = {}
+                if "ICCP" in c.sections:
+                    kwargs["icc_profile"] = c.sections["ICCP"]
+                if "EXIF" in c.sections:
+                    kwargs["exif"] = c.sections["EXIF"]
+                decoded.image.save(buf, fmt, **kwargs)
+                data = buf.getvalue()
+            write_atomic(ofs, target, data)
+            s.restored += 1
+            s.bytes_written += len(data)
+        except (PixarcError, OSError) as exc:
+            s.problems.append(VerifyProblem(key, getattr(exc, "reason", "io_error"), str(exc)))
+        progress.advance(run_id)
+    return s
+
+
+def verify_shard(shard: Shard, full: bool, run_id: str, registry: Registry | None = None) -> VerifySummary:
+    """Fast: bitstream present with the recorded size. Full: also sha256, decode, pixel check."""
+    registry = registry or default_registry()
+    s = VerifySummary(shard.index)
+    for item in load_shard(shard):
+        s.checked += 1
+        key = item["key"]
+        problem = None
+        try:
+            bfs, bpath = get_fs(item["bitstream_uri"])
+            if not bfs.exists(bpath):
+                problem = VerifyProblem(key, "missing", "bitstream missing")
+            elif (size := bfs.size(bpath)) != item["bitstream_bytes"]:
+                problem = VerifyProblem(key, "size_mismatch", f"{size} bytes, manifest says {item['bitstream_bytes']}")
+            elif full:
+                blob = bfs.cat_file(bpath)
+                if sha256_hex(blob) != item["bitstream_sha256"]:
+                    problem = VerifyProblem(key, "hash_mismatch", "bitstream sha256 differs from the manifest")
+                else:
+                    decode_container(blob, registry)
+        except (PixarcError, OSError) as exc:
+            problem = VerifyProblem(key, getattr(exc, "reason", "io_error"), str(exc))
+        if problem is None:
+            s.ok += 1
+        else:
+            s.problems.append(problem)
+        progress.advance(run_id)
+    return s
+
+
+def plan_restore(
+    dest: str, out: str, run_id: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256
+) -> tuple[int, list[Shard]]:
+    rows = current_rows(dest, pattern, domain)
+    return len(rows), plan_rows(out, run_id, "restore", rows, shard_size)
+
+
+def finish_restore(out: str, run_id: str, found: int, shards: list[Shard], results: list[RestoreSummary]) -> RunSummary:
+    totals = ShardSummary(-1, images=found)
+    problems: list[VerifyProblem] = []
+    for r in results:
+        totals.done += r.restored
+        totals.archive_bytes += r.bytes_written
+        problems.extend(r.problems)
+    drop_plan(out, "restore", run_id)
+    return RunSummary(run_id, found, 0, len(shards), totals, problems)
+
+
+def plan_verify(dest: str, run_id: str, shard_size: int = 1024) -> tuple[int, list[Shard]]:
+    rows = current_rows(dest)
+    return len(rows), plan_rows(dest, run_id, "verify", rows, shard_size)
+
+
+def finish_verify(dest: str, run_id: str, found: int, shards: list[Shard], results: list[VerifySummary]) -> RunSummary:
+    totals = ShardSummary(-1, images=found)
+    problems: list[VerifyProblem] = []
+    for r in results:
+        totals.done += r.ok
+        problems.extend(r.problems)
+    drop_plan(dest, "verify", run_id)
+    return RunSummary(run_id, found, 0, len(shards), totals, problems)
+
+
+def restore_local(dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,
+                  run_id: str | None = None) -> RunSummary:
+    """``restore`` without Prefect (see :func:`archive_local`)."""
+    run_id = run_id or new_run_id()
+    found, shards = plan_restore(dest, out, run_id, pattern, domain, shard_size)
+    return finish_restore(out, run_id, found, shards, [restore_shard(s, out, run_id) for s in shards])
+
+
+def verify_local(dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None) -> RunSummary:
+    """``verify`` without Prefect (see :func:`archive_local`)."""
+    run_id = run_id or new_run_id()
+    found, shards = plan_verify(dest, run_id, shard_size)
+    return finish_verify(dest, run_id, found, shards, [verify_shard(s, full, run_id) for s in shards])

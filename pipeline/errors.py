@@ -1,0 +1,47 @@
+"""Typed errors. Every failure that ends in a manifest row carries a stable ``reason``."""
+
+from __future__ import annotations
+
+
+class PixarcError(Exception):
+    """Base class of every error pixarc raises on purpose."""
+
+    reason = "error"
+
+
+class InputError(PixarcError):
+    """A source object cannot be archived as it is (not an image, truncated, too large...)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class ContainerError(PixarcError):
+    """A ``.pxa`` byte string is not a valid container (bad magic, CRC, truncated...)."""
+
+    reason = "corrupt_container"
+
+
+class CodecError(PixarcError):
+    """A codec could not encode or decode (unsupported mode, corrupt payload...)."""
+
+    reason = "codec_error"
+
+
+class VerificationError(PixarcError):
+    """A bitstream decoded to something other than what its row promises."""
+
+    reason = "verification_failed"
+
+
+class PolicyError(PixarcError):
+    """The routing policy file is invalid or names nothing usable."""
+
+    reason = "policy_error"
+
+
+class PluginError(PixarcError):
+    """A plugin broke the hook contract (duplicate codec id, bad class...)."""
+
+    reason = "plugin_error"

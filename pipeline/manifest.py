@@ -1,0 +1,178 @@
+"""The manifest: a Parquet dataset of one row per archive attempt. The one place its schema lives.
+
+Layout under ``DEST/manifest/``::
+
+    parts/<run_id>-<shard>.parquet     immutable, one per shard per run
+    commits/<run_id>-<shard>.json      commit marker: part name, rows, sha256 of the part
+
+A part counts only once its commit marker exists and the part's sha256 matches it.
+Parts are written before markers, so a crash leaves at worst an uncommitted part
+(ignored by readers, overwritten by the rerun) and never a marker without its part.
+The current state of the archive is the newest committed row per ``key``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .images import sha256_hex
+from .storage import get_fs, join, write_atomic
+
+MANIFEST_VERSION = 1
+
+STATUS_DONE = "done"  # archived and verified
+STATUS_REJECTED = "rejected"  # refused by policy (too large, format not allowed, unsafe key)
+STATUS_ERROR = "error"  # unreadable source (empty, not an image, truncated, I/O)
+STATUS_FAILED = "failed"  # every codec candidate failed (should not happen: `store` is last)
+STATUSES = (STATUS_DONE, STATUS_REJECTED, STATUS_ERROR, STATUS_FAILED)
+
+
+@dataclass
+class ManifestRow:
+    run_id: str
+    shard: int
+    key: str
+    source_uri: str
+    status: str
+    source_sha256: str = ""
+    source_bytes: int = 0
+    source_mtime: str = ""
+    source_format: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    bit_depth: int = 0
+    pixels_sha256: str = ""
+    domain: str = ""
+    domain_confidence: float = math.nan
+    classifier_id: str = ""
+    route: str = ""  # policy route applied (domain or 'unknown')
+    codec_id: str = ""
+    codec_version: str = ""
+    format_version: int = 0
+    weights_sha256: str = ""
+    params: str = "{}"  # JSON
+    params_hash: str = ""
+    plugin_dist: str = ""
+    plugin_version: str = ""
+    bitstream_uri: str = ""
+    bitstream_sha256: str = ""
+    bitstream_bytes: int = 0
+    bpp: float = math.nan
+    psnr: float = math.nan
+    ms_ssim: float = math.nan
+    lossless: bool = False
+    decoded_sha256: str = ""
+    classify_s: float = 0.0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    device: str = ""
+    verified: bool = False
+    error: str = ""  # stable reason code
+    message: str = ""  # human-readable detail
+    notes: str = ""  # conversions, fallbacks taken, metadata handling
+    attempts: str = "[]"  # JSON: every candidate tried and why it was or was not kept
+    pixarc_version: str = ""
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ARROW = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    datetime: pa.timestamp("us", tz="UTC"),
+}
+
+
+def core_schema() -> pa.Schema:
+    import typing
+
+    hints = typing.get_type_hints(ManifestRow)
+    return pa.schema([(f.name, _ARROW[hints[f.name]]) for f in fields(ManifestRow) if f.name != "extra"])
+
+
+def schema(extra_columns: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    s = core_schema()
+    for name, typ in (extra_columns or {}).items():
+        if name in s.names:
+            raise ValueError(f"plugin column {name!r} clashes with the core manifest schema")
+        s = s.append(pa.field(name, typ))
+    return s.with_metadata({b"pixarc_manifest_version": str(MANIFEST_VERSION).encode()})
+
+
+def rows_to_table(rows: Iterable[ManifestRow], extra_columns: dict[str, pa.DataType] | None = None) -> pa.Table:
+    s = schema(extra_columns)
+    records = []
+    for r in rows:
+        d = asdict(r)
+        extra = d.pop("extra")
+        d.update({k: extra.get(k) for k in (extra_columns or {})})
+        records.append(d)
+    return pa.Table.from_pylist(records, schema=s)
+
+
+def part_name(run_id: str, shard: int) -> str:
+    return f"{run_id}-{shard:06d}"
+
+
+def write_part(dest: str, run_id: str, shard: int, table: pa.Table) -> str:
+    """Write one immutable part and then its commit marker. Returns the part path."""
+    fs, root = get_fs(dest)
+    name = part_name(run_id, shard)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    part = join(root, "manifest", "parts", name + ".parquet")
+    write_atomic(fs, part, data)
+    marker = {"part": name + ".parquet", "rows": table.num_rows, "sha256": sha256_hex(data), "run_id": run_id}
+    write_atomic(fs, join(root, "manifest", "commits", name + ".json"), json.dumps(marker).encode())
+    return part
+
+
+def committed_parts(dest: str) -> list[dict]:
+    fs, root = get_fs(dest)
+    commits = join(root, "manifest", "commits")
+    if not fs.exists(commits):
+        return []
+    out = []
+    for path in sorted(fs.ls(commits, detail=False)):
+        if path.endswith(".json"):
+            out.append(json.loads(fs.cat_file(path)))
+    return out
+
+
+def read_manifest(dest: str, check: bool = True) -> pa.Table:
+    """All committed rows (every run). With ``check``, a part whose bytes do not match
+    its marker raises: the manifest itself is under fixity."""
+    fs, root = get_fs(dest)
+    tables = []
+    for marker in committed_parts(dest):
+        data = fs.cat_file(join(root, "manifest", "parts", marker["part"]))
+        if check and sha256_hex(data) != marker["sha256"]:
+            raise ValueError(f"manifest part {marker['part']} does not match its commit marker")
+        tables.append(pq.read_table(io.BytesIO(data)))
+    if not tables:
+        return schema().empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def latest(table: pa.Table) -> pa.Table:
+    """The newest row per key (the archive's current state)."""
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(table, [("key", "ascending"), ("created_at", "descending")])
+    t = table.take(order)
+    keys = t.column("key").to_pylist()
+    keep = [i for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+    return t.take(pa.array(keep, type=pa.int64()))

@@ -1,0 +1,65 @@
+"""Shared base for codecs backed by a Pillow image format (PNG, WebP, JPEG XL, AVIF).
+
+The payload is ``u8 len + canonical mode`` followed by the format's own file bytes, so
+modes a format cannot store natively (grey in WebP/AVIF) round-trip to the right mode.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar, Mapping
+
+from PIL import Image, features
+
+from .codec import Codec, Decoded, open_payload_image
+from .errors import CodecError
+from .images import CANONICAL_MODES, SourceImage
+
+
+class PillowCodec(Codec):
+    pillow_format: ClassVar[str]
+    native_modes: ClassVar[frozenset[str]]
+    pillow_feature: ClassVar[str | None] = None  # e.g. "webp": reported in version()
+
+    def save_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(params)
+
+    def version(self) -> str:
+        import PIL
+
+        parts = [f"Pillow {PIL.__version__}"]
+        if self.pillow_feature:
+            parts.append(f"lib{self.pillow_feature} {features.version(self.pillow_feature)}")
+        return ", ".join(parts)
+
+    def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
+        image = src.image
+        if image is None or image.mode not in self.modes:
+            raise CodecError(f"{self.codec_id}: cannot encode mode {getattr(image, 'mode', None)}")
+        work = image
+        if image.mode not in self.native_modes:
+            work = image.convert("RGBA" if "A" in image.mode else "RGB")
+        buf = io.BytesIO()
+        try:
+            work.save(buf, self.pillow_format, **self.save_kwargs(params))
+        except Exception as exc:
+            raise CodecError(f"{self.codec_id}: encoder failed ({type(exc).__name__}: {exc})") from None
+        mode = image.mode.encode("ascii")
+        return bytes([len(mode)]) + mode + buf.getvalue()
+
+    def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
+        if len(payload) < 2 or payload[0] == 0 or payload[0] > 8:
+            raise CodecError(f"{self.codec_id}: payload too short or bad mode tag")
+        n = payload[0]
+        mode = payload[1 : 1 + n].decode("ascii", "replace")
+        if mode not in CANONICAL_MODES:
+            raise CodecError(f"{self.codec_id}: payload declares unknown mode {mode!r}")
+        image = open_payload_image(payload[1 + n :], self.pillow_format, self.codec_id)
+        if image.mode != mode:
+            image = image.convert(mode)
+        return Decoded(image=image)
+
+
+def pillow_can_write(fmt: str) -> bool:
+    Image.init()
+    return fmt.upper() in Image.SAVE

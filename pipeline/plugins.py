@@ -1,0 +1,165 @@
+"""Building the plugin manager: discovery, allow/deny lists, tracing, registries.
+
+Environment variables:
+    PIXARC_PLUGINS          comma-separated allowlist of entry-point names; when set,
+                            nothing else loads (built-ins included unless named).
+    PIXARC_DISABLE_PLUGINS  comma-separated denylist of entry-point names.
+    PIXARC_TRACE_HOOKS      when set to 1, every hook call is logged (logger
+                            ``pixarc.hooks``, level DEBUG... printed at INFO).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .classify import Classifier
+    from .codec import Codec
+
+ENTRY_POINT_GROUP = "pixarc"
+log = logging.getLogger("pixarc.hooks")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str
+    version: str
+    hooks: tuple[str, ...]
+    codecs: tuple[str, ...] = ()
+    classifiers: tuple[str, ...] = ()
+
+
+def _env_list(name: str) -> set[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return {x.strip() for x in raw.split(",") if x.strip()}
+
+
+class Registry:
+    """Codecs and classifiers collected from plugins, keyed by their stable ids."""
+
+    def __init__(self, pm: pluggy.PluginManager, dists: dict[str, tuple[str, str, str]]):
+        from .classify import Classifier
+        from .codec import Codec
+
+        self.pm = pm
+        self.codecs: dict[str, type[Codec]] = {}
+        self.classifiers: dict[str, type[Classifier]] = {}
+        self.owner: dict[str, str] = {}  # codec/classifier id -> plugin name
+        self.dists = dists  # plugin name -> (module, distribution, version)
+
+        for impl in pm.hook.register_codecs.get_hookimpls():
+            impl.function(register=functools.partial(self._add, self.codecs, Codec, "codec_id", impl.plugin_name))
+        for impl in pm.hook.register_classifiers.get_hookimpls():
+            impl.function(
+                register=functools.partial(self._add, self.classifiers, Classifier, "classifier_id", impl.plugin_name)
+            )
+        self._instances: dict[str, object] = {}
+
+    def _add(self, table: dict, base: type, id_attr: str, plugin: str, cls: type) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"plugin {plugin!r} registered {cls!r}, which is not a {base.__name__}")
+        key = getattr(cls, id_attr, None)
+        if not key or not isinstance(key, str):
+            raise PluginError(f"plugin {plugin!r}: {cls.__name__} has no {id_attr}")
+        if key in table and table[key] is not cls:
+            raise PluginError(f"{id_attr} {key!r} registered by both {self.owner[key]!r} and {plugin!r}")
+        table[key] = cls
+        self.owner[key] = plugin
+
+    def codec(self, codec_id: str) -> "Codec":
+        """A (cached) codec instance; raises PluginError if no plugin provides it."""
+        if codec_id not in self.codecs:
+            raise PluginError(f"no plugin provides codec {codec_id!r} (known: {sorted(self.codecs)})")
+        key = "codec:" + codec_id
+        if key not in self._instances:
+            self._instances[key] = self.codecs[codec_id]()
+        return self._instances[key]  # type: ignore[return-value]
+
+    def classifier(self, classifier_id: str) -> "Classifier":
+        if classifier_id not in self.classifiers:
+            raise PluginError(f"no plugin provides classifier {classifier_id!r} (known: {sorted(self.classifiers)})")
+        key = "classifier:" + classifier_id
+        if key not in self._instances:
+            self._instances[key] = self.classifiers[classifier_id]()
+        return self._instances[key]  # type: ignore[return-value]
+
+    def provenance(self, item_id: str) -> tuple[str, str]:
+        """(distribution, version) of the plugin that registered ``item_id``."""
+        _, dist, version = self.dists.get(self.owner.get(item_id, ""), ("", "", ""))
+        return dist, version
+
+    def plugins(self) -> list[PluginInfo]:
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            if name is None or plugin is None:
+                continue
+            module, dist, version = self.dists.get(name, (getattr(plugin, "__name__", str(plugin)), "", ""))
+            hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or []))
+            out.append(
+                PluginInfo(
+                    name,
+                    module,
+                    dist,
+                    version,
+                    hooks,
+                    tuple(k for k, v in self.owner.items() if v == name and k in self.codecs),
+                    tuple(k for k, v in self.owner.items() if v == name and k in self.classifiers),
+                )
+            )
+        return sorted(out, key=lambda p: p.name)
+
+
+def build_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Registry:
+    """Load plugins from the entry-point group, honouring allow/deny lists.
+
+    ``extra_plugins`` (name -> module/object) lets tests and embedding code add plugins
+    without installing a distribution; they are subject to the same lists.
+    """
+    pm = pluggy.PluginManager("pixarc")
+    pm.add_hookspecs(hookspecs)
+    allow = _env_list("PIXARC_PLUGINS")
+    deny = _env_list("PIXARC_DISABLE_PLUGINS") or set()
+
+    def wanted(name: str) -> bool:
+        return (allow is None or name in allow) and name not in deny
+
+    dists: dict[str, tuple[str, str, str]] = {}
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if not wanted(ep.name) or pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+        pm.register(plugin, name=ep.name)
+        dist = ep.dist.name if ep.dist else ""
+        version = ep.dist.version if ep.dist else ""
+        dists[ep.name] = (ep.value, dist, version)
+    for name, plugin in (extra_plugins or {}).items():
+        if wanted(name):
+            pm.register(plugin, name=name)
+            dists[name] = (getattr(plugin, "__name__", type(plugin).__name__), "", "")
+    if os.environ.get("PIXARC_TRACE_HOOKS") == "1":
+        pm.trace.root.setwriter(lambda msg: log.info(msg.rstrip()))
+        pm.enable_tracing()
+    return Registry(pm, dists)
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The process-wide registry (env vars are read once)."""
+    return build_plugin_manager()

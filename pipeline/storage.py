@@ -1,0 +1,72 @@
+"""fsspec helpers: URL joins, safe keys, atomic writes.
+
+Atomicity: on local filesystems a write goes to a temporary sibling, is fsynced and
+renamed over the target (readers see the old file or the new one, never half of one).
+Object stores (s3, gcs, memory...) publish a PUT atomically already; what spans several
+objects (a manifest part and its commit marker) uses the commit-marker protocol in
+``manifest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import InputError
+
+
+def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path.rstrip("/") if path not in ("/", "") else path
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base.rstrip("/"), *parts) if base else posixpath.join(*parts)
+
+
+def safe_key(key: str) -> str:
+    """Refuse keys that could escape a destination root (``..``, absolute, ``~``, NUL)."""
+    if not key or "\x00" in key or "\\" in key:
+        raise InputError("unsafe_key", f"unsafe key {key!r}")
+    if key.startswith("/") or key.startswith("~") or (len(key) > 1 and key[1] == ":"):
+        raise InputError("unsafe_key", f"absolute key {key!r} refused")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") or p.startswith("~") for p in parts):
+        raise InputError("unsafe_key", f"key {key!r} has an empty, '.', '..' or '~' component")
+    return key
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    parent = posixpath.dirname(path)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        try:  # make the rename itself durable
+            dfd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+            pass
+    else:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, data)
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    return fs.cat_file(path)
