@@ -283,7 +283,7 @@ def classify(src, policy, as_json):
         except PixarcError as exc:
             rec = {"key": ref.key, "domain": "-", "confidence": None, "error": f"{exc.reason}: {exc}"}
         if as_json:
-            console.print_json(json.dumps(rec))
+            click.echo(json.dumps(rec))
         else:
             scores = rec.get("error") or " ".join(f"{k[:4]}={v:.2f}" for k, v in rec["scores"].items())
             conf = "" if rec["confidence"] is None else f"{rec['confidence']:.2f}"

@@ -71,9 +71,14 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterat
             if not base or name == d or (base.startswith(".") and base != ".."):
                 continue  # hidden names are skipped; '..' (only in archives) is entered so
                 # its members surface with unsafe keys and get a 'rejected' row
-            if e.get("type") == "directory":
-                if e.get("islink") and not follow_symlinks:
+            if e.get("islink"):  # local only: describe the target, not the link
+                try:
+                    e = {**fs.info(os.path.realpath(name)), "name": name}
+                except OSError:
+                    continue  # dangling link
+                if e.get("type") == "directory" and not follow_symlinks:
                     continue
+            if e.get("type") == "directory":
                 stack.append(name)
             elif fnmatch.fnmatch(base, include):
                 files.append(e)

@@ -52,8 +52,28 @@ def ms_ssim(reference: Image.Image, test: Image.Image) -> float:
     y = torch.from_numpy(tst).permute(2, 0, 1)[None].float()
     rng = peak(reference.mode)
     with torch.no_grad():
+        if levels == 5:
+            return float(_ms_ssim(x, y, data_range=rng, size_average=True))
         if levels == 1:
             return float(_ssim(x, y, data_range=rng, size_average=True))
-        w = _MSSSIM_WEIGHTS[:levels]
-        w = [v / sum(w) for v in w]
-        return float(_ms_ssim(x, y, data_range=rng, size_average=True, weights=w))
+        return _ms_ssim_few_levels(x, y, rng, levels)
+
+
+def _ms_ssim_few_levels(x, y, data_range: float, levels: int) -> float:
+    """MS-SSIM over ``levels`` < 5 scales (pytorch-msssim insists on five)."""
+    import torch
+    import torch.nn.functional as F
+    from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+
+    w = torch.tensor(_MSSSIM_WEIGHTS[:levels])
+    w = w / w.sum()
+    win = _fspecial_gauss_1d(_WIN, 1.5).repeat([x.shape[1]] + [1] * 3)
+    mcs = []
+    for i in range(levels):
+        ssim_pc, cs = _ssim(x, y, data_range=data_range, win=win, size_average=False, K=(0.01, 0.03))
+        if i < levels - 1:
+            mcs.append(torch.relu(cs))
+            pad = [s % 2 for s in x.shape[2:]]
+            x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
+    vals = torch.stack(mcs + [torch.relu(ssim_pc)], dim=0)
+    return float(torch.prod(vals ** w.view(-1, 1, 1), dim=0).mean())

@@ -1,0 +1,106 @@
+"""The product path: CLI -> Prefect flows (temporary local API) -> engine."""
+
+import inspect
+import json
+import typing
+
+import pytest
+from click.testing import CliRunner
+
+from pixarc import engine
+from pixarc.cli import main
+from pixarc.manifest import latest, read_manifest
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+def invoke(runner, *args, code=0):
+    res = runner.invoke(main, list(args), catch_exceptions=False)
+    assert res.exit_code == code, res.output
+    return res.output
+
+
+@pytest.mark.prefect
+def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_path):
+    dest, out = tmp_path / "dest", tmp_path / "out"
+    text = invoke(runner, "archive", str(small_collection), str(dest), "--shard-size", "2", "--no-progress")
+    assert "5 found" in text and "5 done" in text and "jxl-lossless" in text or "webp-lossless" in text
+    rows = latest(read_manifest(str(dest))).to_pylist()
+    assert len(rows) == 5 and all(r["status"] == "done" for r in rows)
+    run_id = rows[0]["run_id"]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_DESC)
+        archive_runs = [fr for fr in flow_runs if fr.parameters.get("run_id") == run_id]
+        assert len(archive_runs) == 1 and archive_runs[0].state.is_completed()
+        task_runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+        shard_tasks = [t for t in task_runs if t.flow_run_id == archive_runs[0].id and t.name.startswith("archive-shard")]
+        assert len(shard_tasks) == 3  # 5 images, shards of 2: one task per shard
+        params = archive_runs[0].parameters
+        assert set(params) == {"src", "dest", "policy", "shard_size", "run_id", "device"}
+
+    text = invoke(runner, "archive", str(small_collection), str(dest), "--no-progress")
+    assert "5 already archived" in text
+    text = invoke(runner, "verify", str(dest), "--full", "--no-progress")
+    assert "5 of 5 bitstream(s) OK" in text
+    text = invoke(runner, "restore", str(dest), str(out), "--no-progress")
+    assert "restored 5 of 5" in text
+
+    victim = next(dest.rglob("*.pxa"))
+    victim.write_bytes(victim.read_bytes()[:-5])
+    text = invoke(runner, "verify", str(dest), "--no-progress", "--json-out", str(tmp_path / "v.json"), code=1)
+    assert "size_mismatch" in text
+    assert json.loads((tmp_path / "v.json").read_text())["problems"][0]["problem"] == "size_mismatch"
+
+
+def test_tasks_take_only_small_records():
+    """Pixels and bitstreams never travel through task parameters or results."""
+    from pixarc.flows import jobs
+
+    allowed = {str, bool, int, engine.Shard, engine.ArchiveConfig}
+    for t in (jobs.archive_shard_task, jobs.restore_shard_task, jobs.verify_shard_task):
+        hints = typing.get_type_hints(t.fn)
+        ret = hints.pop("return")
+        assert set(hints.values()) <= allowed, t.name
+        assert ret in (engine.ShardSummary, engine.RestoreSummary, engine.VerifySummary)
+        assert "image" not in inspect.signature(t.fn).parameters
+
+
+def test_local_engine_cli_and_report(runner, small_collection, tmp_path):
+    dest = tmp_path / "d"
+    text = invoke(runner, "archive", str(small_collection), str(dest), "--engine", "local", "--no-progress")
+    assert "5 done" in text
+    text = invoke(runner, "report", str(dest))
+    assert "all" in text and "lossless" in text and "status: done 5" in text
+
+
+def test_dry_run_writes_nothing(runner, small_collection, tmp_path):
+    dest = tmp_path / "never"
+    text = invoke(runner, "archive", str(small_collection), str(dest), "--dry-run")
+    assert "nothing written" in text and "misc/mcmaster_13_q90.jpg" in text
+    assert not dest.exists()
+
+
+def test_plugins_and_classify_commands(runner, small_collection):
+    text = invoke(runner, "plugins")
+    for name in ("png", "webp-lossless", "jxl-lossless", "avif", "store", "default_router"):
+        assert name in text
+    text = invoke(runner, "classify", str(small_collection), "--json")
+    recs = [json.loads(line) for line in text.splitlines()]
+    assert len(recs) == 5
+    assert all(r["domain"] in ("natural", "comic", "line", "vector", "screenshot") for r in recs)
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in recs)
+
+
+def test_bad_policy_is_a_clean_cli_error(runner, small_collection, tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[routes.line]\ncodecs = []\n")
+    text = invoke(runner, "archive", str(small_collection), str(tmp_path / "d"), "--policy", str(bad),
+                  "--engine", "local", code=2)
+    assert "error" in text

@@ -1,0 +1,88 @@
+import pytest
+
+from pixarc.classify import Classification
+from pixarc.errors import PolicyError
+from pixarc.images import ImageInfo
+from pixarc.plugins import default_registry
+from pixarc.routing import load_policy
+
+RGB = ImageInfo(100, 80, "RGB", 8, "PNG", "RGB")
+
+
+def route(info, domain, conf, policy=None):
+    reg = default_registry()
+    return reg.pm.hook.route(info=info, classification=Classification(domain, conf, "stats"),
+                             policy=policy or load_policy())
+
+
+def test_builtin_policies_load():
+    for name in ("default", "png", "lossy"):
+        p = load_policy(name)
+        assert "unknown" in p.routes
+
+
+def test_confident_domain_uses_its_route_and_ends_with_store():
+    r = route(RGB, "line", 0.9)
+    assert r.domain == "line" and r.lossless
+    assert [c.codec_id for c in r.candidates] == ["webp-lossless", "jxl-lossless", "png", "store"]
+    assert r.candidates[0].params == {"method": 4}
+
+
+def test_low_confidence_goes_to_unknown_with_reason():
+    r = route(RGB, "line", 0.1)
+    assert r.domain == "unknown" and "confidence" in r.reason
+
+
+def test_not_pixel_faithful_goes_to_store():
+    info = ImageInfo(10, 10, "CMYK", 0, "JPEG", "CMYK", pixel_faithful=False, notes=("mode CMYK...",))
+    r = route(info, "unknown", 0.0)
+    assert [c.codec_id for c in r.candidates] == ["store"]
+
+
+def test_route_params_override_global_params(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text('[params.png]\ncompress_level = 3\n[routes.unknown]\ncodecs = ["png"]\n'
+                 '[routes.line]\ncodecs = ["png"]\n[routes.line.params.png]\ncompress_level = 1\n')
+    pol = load_policy(str(p))
+    assert route(RGB, "line", 1.0, pol).candidates[0].params == {"compress_level": 1}
+    assert route(RGB, "natural", 1.0, pol).candidates[0].params == {"compress_level": 3}
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[routes.line]\ncodecs = ["png"]\n', "unknown"),
+        ('[routes.unknown]\ncodecs = []\n', "non-empty"),
+        ('[routes.cats]\ncodecs = ["png"]\n[routes.unknown]\ncodecs = ["png"]\n', "unknown domain"),
+        ('selection = "best"\n[routes.unknown]\ncodecs = ["png"]\n', "selection"),
+        ("this is [not toml", "invalid TOML"),
+    ],
+)
+def test_bad_policies_are_clear_errors(tmp_path, text, match):
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    with pytest.raises(PolicyError, match=match):
+        load_policy(str(p))
+
+
+def test_missing_policy_file():
+    with pytest.raises(PolicyError, match="not found"):
+        load_policy("/nonexistent/policy.toml")
+
+
+def test_smallest_selection_keeps_the_smallest_verified(small_collection, tmp_path):
+    from pixarc import engine
+    from pixarc.manifest import latest, read_manifest
+    import json
+
+    p = tmp_path / "p.toml"
+    p.write_text('selection = "smallest"\nmin_confidence = 0.0\n[routes.unknown]\ncodecs = ["png", "webp-lossless"]\n'
+                 + "".join(f'[routes.{d}]\ncodecs = ["png", "webp-lossless"]\n'
+                           for d in ("natural", "comic", "line", "vector", "screenshot")))
+    engine.archive_local(str(small_collection), str(tmp_path / "d"), policy=str(p))
+    for r in latest(read_manifest(str(tmp_path / "d"))).to_pylist():
+        tried = {a["codec"]: a["bytes"] for a in json.loads(r["attempts"]) if a["result"] == "verified"}
+        # store (the original file) is a candidate too: with "smallest" it wins when the
+        # source is already smaller than any re-encode
+        assert set(tried) == {"png", "webp-lossless", "store"}, r["key"]
+        assert r["bitstream_bytes"] == min(tried.values())
