@@ -1,0 +1,104 @@
+"""Throughput of the archive job and what Prefect orchestration costs per shard.
+
+    .venv/bin/python benchmarks/archive_throughput.py [SRC] [--repeats N]
+
+Measures, in one run on this machine:
+1. images/s of the whole archive job (read, hash, classify, route, encode, decode-check,
+   atomic write, manifest) with the PNG-only policy, in-process (`archive_local`);
+2. the same job through the Prefect flow (temporary local API, warmed up first), with
+   one shard per image, so (prefect - local) / shards is the orchestration cost per shard;
+3. bytes and speed of each lossless codec on SRC, as ratios to PNG.
+Nothing here is a pass/fail threshold: it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from pixarc import engine  # noqa: E402
+from pixarc.crawl import crawl  # noqa: E402
+from pixarc.images import probe_and_load  # noqa: E402
+from pixarc.plugins import default_registry  # noqa: E402
+from pixarc.storage import get_fs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, *a, **kw):
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("src", nargs="?", default=str(ROOT / "examples" / "images"))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pixarc-bench-"))
+    n = sum(1 for _ in crawl(args.src))
+    print(f"source: {args.src} ({n} objects), cpu count {os.cpu_count()}")
+
+    # 1. in-process throughput, PNG policy, one shard
+    local_times = []
+    for i in range(args.repeats):
+        t, s = timed(engine.archive_local, args.src, str(tmp / f"local-{i}"), policy="png", shard_size=1000)
+        assert s.totals.done == n
+        local_times.append(t)
+    t_local = statistics.median(local_times)
+    print(f"archive (local engine, PNG): median {t_local:.2f} s -> {n / t_local:.1f} images/s")
+
+    # 2. Prefect overhead per shard: one image per shard, both engines, after a warm-up
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from pixarc.flows import archive_flow
+
+    flow = archive_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    t_start, _ = timed(flow, src=args.src, dest=str(tmp / "warm"), policy="png", shard_size=1000)
+    pre, loc = [], []
+    for i in range(args.repeats):
+        t, s = timed(flow, src=args.src, dest=str(tmp / f"pf-{i}"), policy="png", shard_size=1)
+        pre.append(t)
+        t2, _ = timed(engine.archive_local, args.src, str(tmp / f"l1-{i}"), policy="png", shard_size=1)
+        loc.append(t2)
+    tp, tl = statistics.median(pre), statistics.median(loc)
+    print(f"first Prefect flow (starts the temporary local API): {t_start:.2f} s")
+    print(f"{n} shards of 1 image: prefect {tp:.2f} s, local {tl:.2f} s -> "
+          f"orchestration {1000 * (tp - tl) / n:.0f} ms per shard ({100 * (tp - tl) / tl:.0f} % of the work at 1 image/shard)")
+    per_image = tl / n
+    for shard in (100, 1000):
+        print(f"  at {shard} images/shard that is {100 * (tp - tl) / n / (per_image * shard):.2f} % of PNG work")
+
+    # 3. lossless codecs on the same images, relative to PNG
+    reg = default_registry()
+    sources = []
+    for ref in crawl(args.src):
+        fs, path = get_fs(ref.uri)
+        src = probe_and_load(fs.cat_file(path))
+        if src.image is not None:
+            sources.append(src)
+    pixels = sum(s.info.pixels for s in sources)
+    results = {}
+    for cid, params in (("png", {"compress_level": 9}), ("webp-lossless", {"method": 4}), ("jxl-lossless", {"effort": 7})):
+        codec = reg.codec(cid)
+        p = codec.validate_params(params)
+        t0 = time.perf_counter()
+        total = sum(len(codec.encode(s, p)) for s in sources)
+        results[cid] = (total, time.perf_counter() - t0)
+    base_bytes, base_t = results["png"]
+    print(f"\nlossless codecs on {len(sources)} images ({pixels / 1e6:.1f} MP):")
+    print(f"{'codec':15s} {'bpp':>7s} {'bytes/PNG':>10s} {'MP/s':>7s} {'time/PNG':>9s}")
+    for cid, (b, t) in results.items():
+        print(f"{cid:15s} {8 * b / pixels:7.3f} {b / base_bytes:10.3f} {pixels / 1e6 / t:7.2f} {t / base_t:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
