@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from . import __version__, progress
+from . import __version__, faults, progress
 from .classify import UNKNOWN, Classification
 from .codec import Codec, Decoded, params_hash
 from .container import Container, pack, unpack
@@ -283,9 +283,11 @@ class _Encoded:
 
 def _encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, route: Route, device: str) -> _Encoded:
     """Encode, pack, decode the packed bytes again and check them."""
+    faults.point("encode")
     t0 = time.perf_counter()
     payload = codec.encode(src, params, device)
     encode_s = time.perf_counter() - t0
+    faults.point("encoded")
     info = src.info
     meta: dict[str, Any] = {
         "params": params,
@@ -423,6 +425,7 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
     try:
         key = safe_key(ref.key)
         sfs, spath = get_fs(ref.uri)
+        faults.point("read")
         try:
             data = sfs.cat_file(spath)
         except (OSError, ValueError) as exc:
@@ -489,7 +492,8 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
             if route.selection == "first":
                 break
         if chosen is not None:
-            write_atomic(dfs, path, chosen.blob)
+            write_atomic(dfs, path, chosen.blob, fault_site="rename")
+            faults.point("written")
     row.attempts = json.dumps(attempts)
     fallbacks = [a for a in attempts if a["result"] in ("skipped", "failed")]
     if fallbacks:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import faults
 from .images import sha256_hex
 from .storage import get_fs, join, write_atomic
 
@@ -135,8 +136,10 @@ def write_part(dest: str, run_id: str, shard: int, table: pa.Table) -> str:
     data = buf.getvalue()
     part = join(root, "manifest", "parts", name + ".parquet")
     write_atomic(fs, part, data)
+    faults.point("part")
     marker = {"part": name + ".parquet", "rows": table.num_rows, "sha256": sha256_hex(data), "run_id": run_id}
     write_atomic(fs, join(root, "manifest", "commits", name + ".json"), json.dumps(marker).encode())
+    faults.point("commit")
     return part
 
 

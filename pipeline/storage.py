@@ -16,6 +16,7 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import faults
 from .errors import InputError
 
 
@@ -40,7 +41,7 @@ def safe_key(key: str) -> str:
     return key
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site: str = "") -> None:
     parent = posixpath.dirname(path)
     if isinstance(fs, LocalFileSystem):
         os.makedirs(parent, exist_ok=True)
@@ -50,6 +51,8 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            if fault_site:
+                faults.point(fault_site)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
