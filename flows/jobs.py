@@ -26,8 +26,8 @@ def restore_shard_task(shard: Shard, out: str, run_id: str) -> engine.RestoreSum
 
 
 @task(name="verify-shard", cache_policy=NO_CACHE)
-def verify_shard_task(shard: Shard, full: bool, run_id: str) -> engine.VerifySummary:
-    return engine.verify_shard(shard, full, run_id)
+def verify_shard_task(shard: Shard, full: bool, run_id: str, sources: bool = False) -> engine.VerifySummary:
+    return engine.verify_shard(shard, full, run_id, sources=sources)
 
 
 @flow(name="pixarc-archive", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -47,7 +47,22 @@ def archive_flow(
     futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
     summary = engine.summarise_run(plan, [f.result() for f in futures])
     engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
+    publish_summary(dest, summary)
     return summary
+
+
+def publish_summary(dest: str, summary: RunSummary) -> None:
+    """A markdown artifact on the flow run: what this run did and the archive's state."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from pixarc.report import markdown_table, summarise
+
+    groups, statuses = summarise(engine.current_rows(dest, status=None))
+    t = summary.totals
+    text = (f"# pixarc archive run `{summary.run_id}`\n\n`{dest}`: {summary.found} found, "
+            f"{summary.skipped} already archived, {t.done} done, {t.rejected} rejected, {t.errors} errors, "
+            f"{t.failed} failed.\n\n## Archive now\n\n" + markdown_table(groups, statuses))
+    create_markdown_artifact(markdown=text, key="pixarc-archive-summary", description="pixarc archive summary")
 
 
 @flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -62,9 +77,12 @@ def restore_flow(
 
 
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def verify_flow(dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None) -> RunSummary:
-    """Fixity check of the archive's current rows (fast: presence and size; full: re-decode)."""
+def verify_flow(
+    dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None, sources: bool = False
+) -> RunSummary:
+    """Fixity check of the archive's current rows (fast: presence and size; full: re-decode;
+    sources: re-hash the originals too)."""
     run_id = run_id or engine.new_run_id()
     found, shards = engine.plan_verify(dest, run_id, shard_size)
-    futures = [verify_shard_task.submit(s, full, run_id) for s in shards]
+    futures = [verify_shard_task.submit(s, full, run_id, sources) for s in shards]
     return engine.finish_verify(dest, run_id, found, shards, [f.result() for f in futures])

@@ -27,6 +27,7 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_ROOT_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 @contextlib.contextmanager
@@ -57,6 +58,21 @@ def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
         progress.forget(run_id)
 
 
+def runner_options(fn):
+    """--runner/--workers/--dask-address, shared by the commands that run a flow."""
+    fn = click.option("--dask-address", default=None, help="Existing Dask scheduler (tcp://host:8786) for --runner dask.")(fn)
+    fn = click.option("--runner", type=click.Choice(["threads", "dask"]), default="threads", show_default=True,
+                      help="Task runner: a thread pool here, or Dask (a local cluster, or --dask-address).")(fn)
+    fn = click.option("--workers", default=2, show_default=True, help="Shards processed concurrently.")(fn)
+    return fn
+
+
+def _with_runner(flow, runner: str, workers: int, address: str | None):
+    from .flows.runners import make_task_runner
+
+    return flow.with_options(task_runner=make_task_runner(runner, workers, address))
+
+
 def _fail(exc: Exception) -> None:
     err.print(f"[red]error:[/red] {exc}")
     sys.exit(2)
@@ -76,21 +92,22 @@ def main() -> None:
 @click.argument("dest")
 @click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, png, lossy.")
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
-@click.option("--workers", default=2, show_default=True, help="Shards processed concurrently.")
+@runner_options
 @click.option("--engine", "engine_name", type=click.Choice(["prefect", "local"]), default="prefect", show_default=True,
               help="prefect: a Prefect flow run (local temporary API unless PREFECT_API_URL is set); "
                    "local: the same shard functions in this process, no orchestration.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
 @click.option("--device", default="cpu", show_default=True, help="Device for codecs that use one (cpu, cuda).")
 @click.option("--no-progress", is_flag=True)
-def archive(src, dest, policy, shard_size, workers, engine_name, dry_run, device, no_progress):
+def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, no_progress):
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""
     try:
         if dry_run:
             return _dry_run(src, policy)
         run_id = engine.new_run_id()
         with _progress(run_id, "archive", not no_progress):
-            summary = _run_archive(src, dest, policy, shard_size, workers, engine_name, run_id, device)
+            summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
+                                   device)
     except (PixarcError, FileNotFoundError) as exc:
         _fail(exc)
     t = summary.totals
@@ -105,15 +122,13 @@ def archive(src, dest, policy, shard_size, workers, engine_name, dry_run, device
         sys.exit(1)
 
 
-def _run_archive(src, dest, policy, shard_size, workers, engine_name, run_id, device):
+def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device):
     if engine_name == "local":
         return engine.archive_local(src, dest, policy, shard_size, run_id, device)
     _prefect_defaults()
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     from .flows import archive_flow
 
-    flow = archive_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    flow = _with_runner(archive_flow, *runner)
     return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device)
 
 
@@ -141,8 +156,9 @@ def _dry_run(src: str, policy_path: str | None) -> None:
 @click.argument("out")
 @click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
 @click.option("--domain", default=None, help="Only this domain.")
+@runner_options
 @click.option("--no-progress", is_flag=True)
-def restore(dest, out, pattern, domain, no_progress):
+def restore(dest, out, pattern, domain, workers, runner, dask_address, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
     _prefect_defaults()
     from .flows import restore_flow
@@ -150,7 +166,8 @@ def restore(dest, out, pattern, domain, no_progress):
     run_id = engine.new_run_id()
     try:
         with _progress(run_id, "restore", not no_progress):
-            s = restore_flow(dest=dest, out=out, pattern=pattern, domain=domain, run_id=run_id)
+            flow = _with_runner(restore_flow, runner, workers, dask_address)
+            s = flow(dest=dest, out=out, pattern=pattern, domain=domain, run_id=run_id)
     except (PixarcError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.archive_bytes} bytes)")
@@ -162,9 +179,11 @@ def restore(dest, out, pattern, domain, no_progress):
 @main.command()
 @click.argument("dest")
 @click.option("--full", is_flag=True, help="Re-read, re-hash and re-decode every bitstream.")
+@click.option("--sources", is_flag=True, help="Also re-hash the originals against their archived sha256.")
 @click.option("--json-out", default=None, help="Write the result as JSON to this path.")
+@runner_options
 @click.option("--no-progress", is_flag=True)
-def verify(dest, full, json_out, no_progress):
+def verify(dest, full, sources, json_out, workers, runner, dask_address, no_progress):
     """Fixity check of DEST. Exit status 1 when anything is wrong."""
     _prefect_defaults()
     from .flows import verify_flow
@@ -172,7 +191,8 @@ def verify(dest, full, json_out, no_progress):
     run_id = engine.new_run_id()
     try:
         with _progress(run_id, "verify" + (" --full" if full else ""), not no_progress):
-            s = verify_flow(dest=dest, full=full, run_id=run_id)
+            flow = _with_runner(verify_flow, runner, workers, dask_address)
+            s = flow(dest=dest, full=full, run_id=run_id, sources=sources)
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     mode = "full" if full else "fast"
@@ -197,15 +217,87 @@ def _print_problems(problems) -> None:
     console.print(table)
 
 
+# --------------------------------------------------------------------------- recompress / serve
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--policy", default=None, help="The policy to recompress towards (default: the built-in default).")
+@click.option("--min-saving", default=0.1, show_default=True, help="Re-encode when the policy saves at least this fraction.")
+@click.option("--apply", is_flag=True, help="Write the new bitstreams (without it: print the plan only).")
+@runner_options
+@click.option("--no-progress", is_flag=True)
+def recompress(dest, policy, min_saving, apply, workers, runner, dask_address, no_progress):
+    """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
+    _prefect_defaults()
+    from .flows.recompress import recompress_flow
+
+    run_id = engine.new_run_id()
+    try:
+        with _progress(run_id, "recompress" + (" --apply" if apply else " (plan)"), not no_progress):
+            flow = _with_runner(recompress_flow, runner, workers, dask_address)
+            results = flow(dest=dest, policy=policy, min_saving=min_saving, apply=apply, run_id=run_id)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    decisions = [d for r in results for d in r.decisions]
+    todo = [d for d in decisions if d.action == "recompress"]
+    table = Table(title=("applied" if apply else "plan (nothing written; --apply to do it)") + f": {dest}")
+    for col in ("key", "reason", "from", "to", "bytes before", "bytes after", "saving"):
+        table.add_column(col)
+    for d in todo:
+        table.add_row(d.key, d.reason, d.old_codec, d.new_codec, str(d.old_bytes), str(d.new_bytes),
+                      f"{100 * d.saving:.1f} %")
+    console.print(table)
+    before = sum(d.old_bytes for d in todo)
+    after = sum(d.new_bytes for d in todo)
+    skipped = [d for d in decisions if d.action == "skip"]
+    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
+                  f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--src", default=None, help="Source to archive on --archive-cron.")
+@click.option("--archive-cron", default=None, help='Cron for archive runs, e.g. "0 2 * * *".')
+@click.option("--verify-cron", default="0 3 * * 0", show_default=True, help="Cron for full verify runs ('' to disable).")
+@click.option("--recompress-cron", default=None, help="Cron for recompress --apply runs.")
+@click.option("--policy", default=None)
+@click.option("--min-saving", default=0.1, show_default=True)
+def serve(dest, src, archive_cron, verify_cron, recompress_cron, policy, min_saving):
+    """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped."""
+    _prefect_defaults()
+    from prefect import serve as prefect_serve
+
+    from .flows.deployments import build_deployments
+
+    deployments = build_deployments(dest, src, archive_cron, verify_cron or None, True, policy, recompress_cron,
+                                    min_saving)
+    for d in deployments:
+        console.print(f"serving {d.name}: {d.schedules[0].schedule.cron if d.schedules else 'manual'}")
+    prefect_serve(*deployments)
+
+
 # --------------------------------------------------------------------------- report / plugins / classify
 
 
 @main.command()
 @click.argument("dest")
-def report(dest):
+@click.option("--html", "html_out", default=None, help="Also write a self-contained HTML report (tables + plots) here.")
+def report(dest, html_out):
     """Per-domain, per-codec table of bytes, bpp, PSNR and MS-SSIM for DEST."""
     try:
         _print_report(dest)
+        if html_out:
+            from .manifest import latest, read_manifest
+            from .plugins import default_registry
+            from .report import html_report
+
+            table = latest(read_manifest(dest))
+            extra = [sec for answer in default_registry().pm.hook.report_sections(rows=table) if answer
+                     for sec in answer]
+            with open(html_out, "w") as f:
+                f.write(html_report(dest, table.to_pylist(), extra))
+            console.print(f"wrote {html_out}")
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
 

@@ -145,7 +145,7 @@ def _write_plan(base: str, run_id: str, kind: str, items: Iterable[dict], shard_
 
     def flush() -> None:
         path = join(root, STATE_DIR, kind, run_id, f"shard-{len(shards):06d}.json")
-        write_atomic(fs, path, json.dumps(batch).encode())
+        write_atomic(fs, path, json.dumps(batch, default=str).encode())
         shards.append(Shard(len(shards), fs.unstrip_protocol(path), len(batch)))
         batch.clear()
 
@@ -383,6 +383,52 @@ def _fill_from_encoded(row: ManifestRow, enc: _Encoded, registry: Registry, bits
     row.status = STATUS_DONE
 
 
+def encode_route(
+    src: SourceImage, route: Route, registry: Registry, device: str, exclude: frozenset[str] = frozenset()
+) -> tuple[_Encoded | None, list[dict[str, Any]]]:
+    """Try the route's candidates in order (all of them for ``selection = "smallest"``).
+
+    Returns the chosen verified encoding (or None) and a record of every attempt.
+    """
+    chosen: _Encoded | None = None
+    attempts: list[dict[str, Any]] = []
+    for cand in route.candidates:
+        if cand.codec_id in exclude:
+            attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": "excluded"})
+            continue
+        try:
+            codec = registry.codec(cand.codec_id)
+        except PluginError:
+            attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": "not installed"})
+            continue
+        why = codec.unsupported_reason(src.info)
+        if why:
+            attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": why})
+            continue
+        try:
+            params = codec.validate_params(cand.params)
+            enc = _encode_verified(codec, params, src, route, device)
+        except PixarcError as exc:
+            attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{exc.reason}: {exc}"})
+            continue
+        except Exception as exc:  # a codec bug costs this candidate, not the run
+            attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        attempts.append({"codec": cand.codec_id, "result": "verified", "bytes": len(enc.blob)})
+        if chosen is None or len(enc.blob) < len(chosen.blob):
+            chosen = enc
+        if route.selection == "first":
+            break
+    return chosen, attempts
+
+
+def fallback_note(attempts: list[dict[str, Any]]) -> str:
+    fallbacks = [a for a in attempts if a["result"] in ("skipped", "failed")]
+    if not fallbacks:
+        return ""
+    return "fallback: " + "; ".join(f"{a['codec']} {a['result']} ({a['reason']})" for a in fallbacks)
+
+
 def _try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry, device: str) -> _Encoded | None:
     """A bitstream left by an interrupted run for the same source and route: decode-check it."""
     try:
@@ -415,6 +461,15 @@ def _try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry
     )
 
 
+def _stamp_now(fs, path: str) -> str:
+    from .crawl import _stamp
+
+    try:
+        return _stamp(fs.info(path))
+    except (OSError, ValueError):
+        return ""
+
+
 def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, registry: Registry) -> ManifestRow:
     """Archive one object; never raises for a bad input (the row says what happened)."""
     row = ManifestRow(
@@ -432,6 +487,8 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
             raise InputError("io_error", f"cannot read source: {exc}") from None
         if len(data) != ref.size:
             notes.append(f"size changed since crawl ({ref.size} -> {len(data)} bytes)")
+        elif ref.mtime and _stamp_now(sfs, spath) not in ("", ref.mtime):
+            notes.append("modified while being archived: the bytes read are what is archived and hashed")
         src = probe_and_load(data, max_pixels=policy.max_pixels, formats=policy.formats)
     except InputError as exc:
         row.status = STATUS_REJECTED if exc.reason in REJECT_REASONS else STATUS_ERROR
@@ -467,38 +524,12 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
         notes.append("reused the verified bitstream of an interrupted run")
         attempts.append({"codec": chosen.codec.codec_id, "result": "reused"})
     else:
-        for cand in route.candidates:
-            try:
-                codec = registry.codec(cand.codec_id)
-            except PluginError:
-                attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": "not installed"})
-                continue
-            why = codec.unsupported_reason(src.info)
-            if why:
-                attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": why})
-                continue
-            try:
-                params = codec.validate_params(cand.params)
-                enc = _encode_verified(codec, params, src, route, cfg.device)
-            except PixarcError as exc:
-                attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{exc.reason}: {exc}"})
-                continue
-            except Exception as exc:  # a codec bug costs this candidate, not the run
-                attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{type(exc).__name__}: {exc}"})
-                continue
-            attempts.append({"codec": cand.codec_id, "result": "verified", "bytes": len(enc.blob)})
-            if chosen is None or len(enc.blob) < len(chosen.blob):
-                chosen = enc
-            if route.selection == "first":
-                break
+        chosen, attempts = encode_route(src, route, registry, cfg.device)
         if chosen is not None:
             write_atomic(dfs, path, chosen.blob, fault_site="rename")
             faults.point("written")
     row.attempts = json.dumps(attempts)
-    fallbacks = [a for a in attempts if a["result"] in ("skipped", "failed")]
-    if fallbacks:
-        notes.append("fallback: " + "; ".join(f"{a['codec']} {a['result']} ({a['reason']})" for a in fallbacks))
-    row.notes = "; ".join(notes)
+    row.notes = "; ".join(filter(None, notes + [fallback_note(attempts)]))
     if chosen is None:
         row.status, row.error = STATUS_FAILED, "no_codec"
         row.message = "no candidate codec produced a verified bitstream"
@@ -613,7 +644,10 @@ def current_rows(dest: str, pattern: str = "*", domain: str | None = None, statu
     ]
 
 
-_ROW_FIELDS = ("key", "bitstream_uri", "bitstream_bytes", "bitstream_sha256", "source_format", "codec_id", "lossless")
+_ROW_FIELDS = (
+    "key", "bitstream_uri", "bitstream_bytes", "bitstream_sha256", "source_format", "codec_id", "lossless",
+    "source_uri", "source_sha256",
+)
 
 
 def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int) -> list[Shard]:
@@ -667,8 +701,24 @@ def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None
     return s
 
 
-def verify_shard(shard: Shard, full: bool, run_id: str, registry: Registry | None = None) -> VerifySummary:
-    """Fast: bitstream present with the recorded size. Full: also sha256, decode, pixel check."""
+def _source_problem(item: dict) -> VerifyProblem | None:
+    """Compare the original (if still there) with the hash archived for it."""
+    try:
+        fs, path = get_fs(item["source_uri"])
+        if not fs.exists(path):
+            return VerifyProblem(item["key"], "source_gone", item["source_uri"])
+        if sha256_hex(fs.cat_file(path)) != item["source_sha256"]:
+            return VerifyProblem(item["key"], "source_changed", "the original no longer matches its archived sha256")
+    except (OSError, ValueError) as exc:
+        return VerifyProblem(item["key"], "source_unreadable", str(exc))
+    return None
+
+
+def verify_shard(
+    shard: Shard, full: bool, run_id: str, registry: Registry | None = None, sources: bool = False
+) -> VerifySummary:
+    """Fast: bitstream present with the recorded size. Full: also sha256, decode, pixel check.
+    ``sources``: also re-hash the originals (drift or bit rot at the source)."""
     registry = registry or default_registry()
     s = VerifySummary(shard.index)
     for item in load_shard(shard):
@@ -689,6 +739,8 @@ def verify_shard(shard: Shard, full: bool, run_id: str, registry: Registry | Non
                     decode_container(blob, registry)
         except (PixarcError, OSError) as exc:
             problem = VerifyProblem(key, getattr(exc, "reason", "io_error"), str(exc))
+        if problem is None and sources:
+            problem = _source_problem(item)
         if problem is None:
             s.ok += 1
         else:
@@ -738,8 +790,11 @@ def restore_local(dest: str, out: str, pattern: str = "*", domain: str | None = 
     return finish_restore(out, run_id, found, shards, [restore_shard(s, out, run_id) for s in shards])
 
 
-def verify_local(dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None) -> RunSummary:
+def verify_local(
+    dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None, sources: bool = False
+) -> RunSummary:
     """``verify`` without Prefect (see :func:`archive_local`)."""
     run_id = run_id or new_run_id()
     found, shards = plan_verify(dest, run_id, shard_size)
-    return finish_verify(dest, run_id, found, shards, [verify_shard(s, full, run_id) for s in shards])
+    results = [verify_shard(s, full, run_id, sources=sources) for s in shards]
+    return finish_verify(dest, run_id, found, shards, results)

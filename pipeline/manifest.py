@@ -83,6 +83,8 @@ class ManifestRow:
     notes: str = ""  # conversions, fallbacks taken, metadata handling
     attempts: str = "[]"  # JSON: every candidate tried and why it was or was not kept
     pixarc_version: str = ""
+    job: str = "archive"  # archive | recompress
+    replaces_sha256: str = ""  # lineage: the bitstream this row's bitstream replaced
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     extra: dict[str, Any] = field(default_factory=dict)
 

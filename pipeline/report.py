@@ -77,3 +77,98 @@ def fmt_quality(g: Group) -> tuple[str, str]:
         return "lossless", "1.0000"
     p = f"{g.psnr:.2f}" + ("" if not g.lossless else f" (+{g.lossless} lossless)")
     return p, f"{g.ms_ssim:.4f}"
+
+
+def markdown_table(groups: list[Group], statuses: dict[str, int]) -> str:
+    lines = [
+        "| domain | codec | images | source MB | archive MB | ratio | bpp | PSNR dB | MS-SSIM |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for g in groups:
+        p, m = fmt_quality(g)
+        lines.append(
+            f"| {g.domain} | {g.codec} | {g.images} | {g.source_bytes / 1e6:.2f} | {g.archive_bytes / 1e6:.2f} "
+            f"| {g.ratio:.2f} | {g.bpp:.3f} | {p} | {m} |"
+        )
+    if statuses:
+        lines.append("")
+        lines.append("Status: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+    return "\n".join(lines)
+
+
+def _png(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(rows: list[dict]) -> list[tuple[str, str]]:
+    """(title, base64 PNG) pairs: bytes saved per domain and codec; rate-distortion of lossy rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "done"]
+    out = []
+    groups = defaultdict(lambda: [0, 0])
+    for r in done:
+        g = groups[(r["domain"], r["codec_id"])]
+        g[0] += r["source_bytes"]
+        g[1] += r["bitstream_bytes"]
+    if groups:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(groups) + 1.2))
+        labels = [f"{d} / {c}" for d, c in groups]
+        saved = [100 * (1 - b / a) if a else 0 for a, b in groups.values()]
+        ax.barh(labels, saved, color=["#4c72b0" if s >= 0 else "#c44e52" for s in saved])
+        ax.set_xlabel("bytes saved versus the originals (%)")
+        ax.axvline(0, color="black", lw=0.8)
+        out.append(("Bytes saved per domain and codec", _png(fig)))
+        plt.close(fig)
+    lossy = [r for r in done if not r["lossless"] and math.isfinite(r["psnr"])]
+    if lossy:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for codec in sorted({r["codec_id"] for r in lossy}):
+            sel = [r for r in lossy if r["codec_id"] == codec]
+            axes[0].scatter([r["bpp"] for r in sel], [r["psnr"] for r in sel], label=codec, s=18)
+            axes[1].scatter([r["bpp"] for r in sel], [r["ms_ssim"] for r in sel], label=codec, s=18)
+        axes[0].set(xlabel="bpp", ylabel="PSNR (dB)", title="rate-distortion (PSNR)")
+        axes[1].set(xlabel="bpp", ylabel="MS-SSIM", title="rate-distortion (MS-SSIM)")
+        axes[0].legend()
+        out.append(("Rate-distortion of lossy rows", _png(fig)))
+        plt.close(fig)
+    return out
+
+
+def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str]]) -> str:
+    import html
+
+    groups, statuses = summarise(rows)
+    body = [f"<h1>pixarc archive report</h1><p><code>{html.escape(dest)}</code>: {len(rows)} object(s)</p>"]
+    body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in (
+        "domain", "codec", "images", "source MB", "archive MB", "ratio", "bpp", "PSNR dB", "MS-SSIM")) + "</tr>")
+    for g in groups:
+        p, m = fmt_quality(g)
+        cells = (g.domain, g.codec, g.images, f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
+                 f"{g.ratio:.2f}", f"{g.bpp:.3f}", p, m)
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    body.append("</table>")
+    body.append("<p>" + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))) + "</p>")
+    problems = [r for r in rows if r["status"] != "done"]
+    if problems:
+        body.append("<h2>Not archived</h2><table><tr><th>key</th><th>status</th><th>reason</th><th>message</th></tr>")
+        for r in problems:
+            body.append("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("key", "status", "error", "message"))
+                        + "</tr>")
+        body.append("</table>")
+    for title, png in plots(rows):
+        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    for title, text in extra_sections:
+        body.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,td:nth-child(2){text-align:left}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>pixarc report</title><style>{style}</style></head>" \
+           f"<body>{''.join(body)}</body></html>"

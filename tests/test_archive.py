@@ -264,3 +264,31 @@ def test_plugin_provenance_is_recorded(small_collection, tmp_path):
     engine.archive_local(str(small_collection), str(dest))
     r = next(iter(rows_by_key(dest).values()))
     assert r["plugin_dist"] == "pixarc" and r["plugin_version"] and r["codec_version"].startswith("Pillow")
+
+
+def test_verify_sources_detects_drift_of_the_originals(small_collection, tmp_path):
+    dest = tmp_path / "dest"
+    engine.archive_local(str(small_collection), str(dest))
+    assert not engine.verify_local(str(dest), sources=True).problems
+    (small_collection / "misc/mcmaster_13_q90.jpg").write_bytes(b"overwritten")
+    (small_collection / "line/ocal_galicia_01.png").unlink()
+    problems = {(p.key, p.problem) for p in engine.verify_local(str(dest), sources=True).problems}
+    assert problems == {("misc/mcmaster_13_q90.jpg", "source_changed"), ("line/ocal_galicia_01.png", "source_gone")}
+    assert not engine.verify_local(str(dest)).problems  # the archive itself is intact
+
+
+def test_file_modified_while_archived_is_noted(small_collection, tmp_path, monkeypatch):
+    import os
+
+
+    real = engine.archive_one
+
+    def touch_then_archive(ref, *a, **kw):
+        path = ref.uri.removeprefix("file://")
+        os.utime(path, (1, 1))  # the file changes between crawl and read
+        return real(ref, *a, **kw)
+
+    monkeypatch.setattr(engine, "archive_one", touch_then_archive)
+    engine.archive_local(str(small_collection), str(tmp_path / "d"))
+    rows = rows_by_key(tmp_path / "d")
+    assert all("modified while being archived" in r["notes"] for r in rows.values())

@@ -44,6 +44,12 @@ def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_pa
         assert len(shard_tasks) == 3  # 5 images, shards of 2: one task per shard
         params = archive_runs[0].parameters
         assert set(params) == {"src", "dest", "policy", "shard_size", "run_id", "device"}
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[archive_runs[0].id])), limit=10)
+        assert len(arts) == 1 and arts[0].key == "pixarc-archive-summary"
+        assert run_id in arts[0].data and "| all | all | 5 |" in arts[0].data
 
     text = invoke(runner, "archive", str(small_collection), str(dest), "--no-progress")
     assert "5 already archived" in text
@@ -76,8 +82,10 @@ def test_local_engine_cli_and_report(runner, small_collection, tmp_path):
     dest = tmp_path / "d"
     text = invoke(runner, "archive", str(small_collection), str(dest), "--engine", "local", "--no-progress")
     assert "5 done" in text
-    text = invoke(runner, "report", str(dest))
+    text = invoke(runner, "report", str(dest), "--html", str(tmp_path / "r.html"))
     assert "all" in text and "lossless" in text and "status: done 5" in text
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<tr>") >= 3 and "data:image/png;base64," in page and "Bytes saved" in page
 
 
 def test_dry_run_writes_nothing(runner, small_collection, tmp_path):
