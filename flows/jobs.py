@@ -15,9 +15,49 @@ from pixarc import engine
 from pixarc.engine import ArchiveConfig, RunSummary, Shard, ShardSummary
 
 
+GPU_LIMIT_PREFIX = "pixarc-gpu-"
+
+
+def gpu_limit_name() -> str:
+    import socket
+
+    return GPU_LIMIT_PREFIX + socket.gethostname()
+
+
+def _ensure_limit(name: str, slots: int) -> None:
+    """Create the per-host GPU concurrency limit (slots = GPUs) if it does not exist yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:  # another task created it first
+                pass
+
+
+def gpu_slot(cfg: ArchiveConfig):
+    """A Prefect concurrency slot on this host's GPUs for shards that use one; CPU-only
+    shards take none (and never import torch to find out)."""
+    import contextlib
+
+    if not engine.uses_gpu(cfg, engine.default_registry()):
+        return contextlib.nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    name = gpu_limit_name()
+    _ensure_limit(name, max(1, engine.gpu_count()))
+    return concurrency(name, occupy=1, strict=True)
+
+
 @task(name="archive-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def archive_shard_task(shard: Shard, cfg: ArchiveConfig) -> ShardSummary:
-    return engine.archive_shard(shard, cfg)
+    with gpu_slot(cfg):
+        return engine.archive_shard(shard, cfg)
 
 
 @task(name="restore-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -37,13 +77,14 @@ def archive_flow(
     policy: str | None = None,
     shard_size: int = 256,
     run_id: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    batch_size: int = 16,
 ) -> RunSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
     run_id = run_id or engine.new_run_id()
     engine._policy(policy)  # fail fast on a bad policy, before any shard starts
     plan = engine.plan_archive(src, dest, run_id, shard_size)
-    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device)
+    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
     futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
     summary = engine.summarise_run(plan, [f.result() for f in futures])
     engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection

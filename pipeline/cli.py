@@ -97,7 +97,8 @@ def main() -> None:
               help="prefect: a Prefect flow run (local temporary API unless PREFECT_API_URL is set); "
                    "local: the same shard functions in this process, no orchestration.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
-@click.option("--device", default="cpu", show_default=True, help="Device for codecs that use one (cpu, cuda).")
+@click.option("--device", default="auto", show_default=True,
+              help="Device for codecs that use one: auto (a GPU when the worker has one), cpu, cuda, cuda:N.")
 @click.option("--no-progress", is_flag=True)
 def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, no_progress):
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""

@@ -106,6 +106,23 @@ class Codec(ABC):
     def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
         """Encode ``src`` (already checked with :meth:`unsupported_reason`) into a payload."""
 
+    def encode_batch(
+        self, srcs: list[SourceImage], params: Mapping[str, Any], device: str = "cpu"
+    ) -> list[bytes | Exception]:
+        """Encode several images at once (one entry per image, an exception for a failure).
+
+        Called for codecs with ``prefers_gpu``/``needs_gpu`` when the shard runs on a GPU, so
+        per-image adaptation can share the device; the default encodes one by one. Every
+        payload still goes through the same pack-decode-check as a single encode.
+        """
+        out: list[bytes | Exception] = []
+        for src in srcs:
+            try:
+                out.append(self.encode(src, params, device))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     @abstractmethod
     def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
         """Decode a payload produced by :meth:`encode`. Raise :class:`CodecError` on bad input."""

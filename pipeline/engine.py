@@ -70,7 +70,8 @@ class ArchiveConfig:
     dest: str
     run_id: str
     policy: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # auto: a GPU for codecs that use one, when the worker has one
+    batch_size: int = 16  # images encoded together by GPU codecs
 
 
 @dataclass
@@ -85,8 +86,10 @@ class ShardSummary:
     source_bytes: int = 0
     archive_bytes: int = 0
     seconds: float = 0.0
+    workers: list[str] = field(default_factory=list)  # host:pid that ran the shard(s)
 
     def add(self, other: "ShardSummary") -> None:
+        self.workers.extend(other.workers)
         for name in ("images", "done", "reused", "rejected", "errors", "failed", "source_bytes", "archive_bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
@@ -186,7 +189,7 @@ def _claim_dest(src: str, dest: str) -> None:
     write_atomic(fs, marker, json.dumps({"source": source, "pixarc_version": __version__}).encode())
 
 
-def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256) -> Plan:
+def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow_symlinks: bool = False) -> Plan:
     """Crawl ``src``, drop what the manifest already holds unchanged, write shard lists.
 
     An object is skipped when its newest row has the same URI, size and mtime/ETag and a
@@ -205,7 +208,7 @@ def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256) -> Pla
     counts = {"total": 0, "skipped": 0}
 
     def todo() -> Iterator[dict]:
-        for ref in crawl(src):
+        for ref in crawl(src, follow_symlinks=follow_symlinks):
             if ref.uri.startswith(dest_prefix):
                 continue  # the archive itself, when DEST lies inside SRC
             counts["total"] += 1
@@ -256,13 +259,50 @@ def decode_container(blob: bytes, registry: Registry, device: str = "cpu") -> tu
     if c.weights_sha256 != codec.weights_sha256:
         raise ContainerError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}, plugin has others")
     try:
-        decoded = codec.decode(c.payload, device)
+        decoded = codec.decode(c.payload, codec_device(codec, device))
     except PixarcError:
         raise
     except Exception as exc:  # a codec bug must not escape as an untyped crash
         raise CodecError(f"{c.codec_id}: decoder raised {type(exc).__name__}: {exc}") from None
     check_decoded(c, decoded)
     return c, decoded
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_count() -> int:
+    """CUDA devices visible to this process (0 without torch or without a GPU)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def codec_device(codec: Codec, requested: str) -> str:
+    """The device a codec runs on: CPU for codecs that do not use one; ``auto`` picks a GPU
+    when this process has one (checked only when such a codec is about to run)."""
+    if not (codec.prefers_gpu or codec.needs_gpu):
+        return "cpu"
+    if requested == "auto":
+        return "cuda" if gpu_count() else "cpu"
+    return requested
+
+
+def _device_reason(codec: Codec, requested: str) -> str | None:
+    if codec.needs_gpu and not codec_device(codec, requested).startswith("cuda"):
+        return f"{codec.codec_id} needs a GPU and this worker has none"
+    return None
+
+
+def uses_gpu(cfg: "ArchiveConfig", registry: Registry) -> bool:
+    """Whether shards of this job can put work on a GPU (and so must hold a GPU slot)."""
+    if cfg.device == "cpu":
+        return False
+    gpu_codecs = [c for c in registry.codecs.values() if c.prefers_gpu or c.needs_gpu]
+    return bool(gpu_codecs) and (cfg.device != "auto" or gpu_count() > 0)
 
 
 # --------------------------------------------------------------------------- archive
@@ -281,11 +321,15 @@ class _Encoded:
     decode_s: float
 
 
-def _encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, route: Route, device: str) -> _Encoded:
-    """Encode, pack, decode the packed bytes again and check them."""
+def _encode_verified(
+    codec: Codec, params: dict[str, Any], src: SourceImage, route: Route, device: str, payload: bytes | None = None
+) -> _Encoded:
+    """Encode (unless ``payload`` was batch-encoded already), pack, decode the packed bytes
+    again and check them."""
     faults.point("encode")
     t0 = time.perf_counter()
-    payload = codec.encode(src, params, device)
+    if payload is None:
+        payload = codec.encode(src, params, device)
     encode_s = time.perf_counter() - t0
     faults.point("encoded")
     info = src.info
@@ -384,11 +428,14 @@ def _fill_from_encoded(row: ManifestRow, enc: _Encoded, registry: Registry, bits
 
 
 def encode_route(
-    src: SourceImage, route: Route, registry: Registry, device: str, exclude: frozenset[str] = frozenset()
+    src: SourceImage, route: Route, registry: Registry, device: str, exclude: frozenset[str] = frozenset(),
+    payloads: dict[tuple[str, str], bytes] | None = None,
 ) -> tuple[_Encoded | None, list[dict[str, Any]]]:
     """Try the route's candidates in order (all of them for ``selection = "smallest"``).
 
     Returns the chosen verified encoding (or None) and a record of every attempt.
+    ``payloads`` holds encodings already made in a batch, keyed by (codec id, params hash);
+    they are packed and checked exactly like fresh ones.
     """
     chosen: _Encoded | None = None
     attempts: list[dict[str, Any]] = []
@@ -401,13 +448,14 @@ def encode_route(
         except PluginError:
             attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": "not installed"})
             continue
-        why = codec.unsupported_reason(src.info)
+        why = codec.unsupported_reason(src.info) or _device_reason(codec, device)
         if why:
             attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": why})
             continue
         try:
             params = codec.validate_params(cand.params)
-            enc = _encode_verified(codec, params, src, route, device)
+            ready = (payloads or {}).get((codec.codec_id, params_hash(params)))
+            enc = _encode_verified(codec, params, src, route, codec_device(codec, device), ready)
         except PixarcError as exc:
             attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{exc.reason}: {exc}"})
             continue
@@ -470,15 +518,27 @@ def _stamp_now(fs, path: str) -> str:
         return ""
 
 
-def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, registry: Registry) -> ManifestRow:
-    """Archive one object; never raises for a bad input (the row says what happened)."""
+@dataclass
+class _Prepared:
+    """An image read, checked, classified and routed: ready for its codec."""
+
+    row: ManifestRow
+    key: str
+    src: SourceImage | None = None  # None: the row is final already (rejected / error)
+    route: Route | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, registry: Registry) -> _Prepared:
+    """Read, hash, decode, classify and route one object; never raises for bad input."""
     row = ManifestRow(
         cfg.run_id, shard, ref.key, ref.uri, "", source_bytes=ref.size, source_mtime=ref.mtime,
         pixarc_version=__version__,
     )
-    notes: list[str] = []
+    prep = _Prepared(row, ref.key)
+    notes = prep.notes
     try:
-        key = safe_key(ref.key)
+        prep.key = safe_key(ref.key)
         sfs, spath = get_fs(ref.uri)
         faults.point("read")
         try:
@@ -494,7 +554,7 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
         row.status = STATUS_REJECTED if exc.reason in REJECT_REASONS else STATUS_ERROR
         row.error, row.message = exc.reason, str(exc)
         row.notes = "; ".join(notes)
-        return row
+        return prep
     _fill_from_source(row, src)
     notes.extend(src.info.notes)
 
@@ -515,16 +575,32 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
     row.route = route.domain
     if route.reason:
         notes.append(f"route {route.domain}: {route.reason}")
+    prep.src, prep.route = src, route
+    return prep
 
+
+def archive_one(
+    ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, registry: Registry,
+    prepared: _Prepared | None = None, payloads: dict[tuple[str, str], bytes] | None = None,
+) -> ManifestRow:
+    """Archive one object; never raises for a bad input (the row says what happened).
+
+    ``prepared``/``payloads`` come from :func:`archive_shard`'s batched GPU pass: the image
+    already prepared, and payloads already encoded for some (codec, params hash) pairs.
+    """
+    prep = prepared or prepare(ref, shard, cfg, policy, registry)
+    row, src, route, notes = prep.row, prep.src, prep.route, prep.notes
+    if src is None:
+        return row
     dfs, droot = get_fs(cfg.dest)
-    path = bitstream_path(droot, key)
+    path = bitstream_path(droot, prep.key)
     attempts: list[dict[str, Any]] = []
     chosen = _try_reuse(dfs, path, src, route, registry, cfg.device)
     if chosen is not None:
         notes.append("reused the verified bitstream of an interrupted run")
         attempts.append({"codec": chosen.codec.codec_id, "result": "reused"})
     else:
-        chosen, attempts = encode_route(src, route, registry, cfg.device)
+        chosen, attempts = encode_route(src, route, registry, cfg.device, payloads=payloads)
         if chosen is not None:
             write_atomic(dfs, path, chosen.blob, fault_site="rename")
             faults.point("written")
@@ -534,7 +610,7 @@ def archive_one(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, r
         row.status, row.error = STATUS_FAILED, "no_codec"
         row.message = "no candidate codec produced a verified bitstream"
         return row
-    _fill_from_encoded(row, chosen, registry, dfs.unstrip_protocol(path), cfg.device)
+    _fill_from_encoded(row, chosen, registry, dfs.unstrip_protocol(path), codec_device(chosen.codec, cfg.device))
     return row
 
 
@@ -551,17 +627,74 @@ def _extra_columns(registry: Registry) -> dict:
     return cols
 
 
+def _worker_id() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def batch_encode(prepared: list[_Prepared], cfg: ArchiveConfig, registry: Registry) -> dict[int, dict]:
+    """Encode together, per (GPU codec, params), the images whose first usable candidate is
+    a GPU codec. Returns ``{id(prepared): {(codec_id, params_hash): payload}}``; a failed
+    batch returns nothing for its images, which then take the per-image path (and its
+    fallbacks)."""
+    groups: dict[tuple[str, str], list[_Prepared]] = {}
+    params_of: dict[tuple[str, str], dict] = {}
+    for p in prepared:
+        if p.src is None:
+            continue
+        for cand in p.route.candidates:
+            codec = registry.codecs.get(cand.codec_id)
+            if codec is None:
+                continue
+            codec = registry.codec(cand.codec_id)
+            if codec.unsupported_reason(p.src.info) or _device_reason(codec, cfg.device):
+                continue
+            if codec_device(codec, cfg.device).startswith("cuda"):
+                try:
+                    params = codec.validate_params(cand.params)
+                except PixarcError:
+                    break
+                key = (codec.codec_id, params_hash(params))
+                groups.setdefault(key, []).append(p)
+                params_of[key] = params
+            break  # only the first usable candidate is batched
+    out: dict[int, dict] = {}
+    for key, members in groups.items():
+        codec = registry.codec(key[0])
+        try:
+            payloads = codec.encode_batch([m.src for m in members], params_of[key], codec_device(codec, cfg.device))
+        except Exception as exc:  # the images fall back to one-by-one encoding
+            for m in members:
+                m.notes.append(f"batch encode failed ({type(exc).__name__}: {exc}); encoded alone")
+            continue
+        for m, payload in zip(members, payloads):
+            if isinstance(payload, (bytes, bytearray)):
+                out.setdefault(id(m), {})[key] = bytes(payload)
+    return out
+
+
 def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = None) -> ShardSummary:
     """Archive every object of a shard and commit its manifest part."""
     registry = registry or default_registry()
     policy = _policy(cfg.policy)
     t0 = time.perf_counter()
     rows = []
-    for item in load_shard(shard):
-        rows.append(archive_one(ImageRef(**item), shard.index, cfg, policy, registry))
-        progress.advance(cfg.run_id)
+    items = [ImageRef(**item) for item in load_shard(shard)]
+    if not uses_gpu(cfg, registry):
+        for ref in items:  # one image in memory at a time
+            rows.append(archive_one(ref, shard.index, cfg, policy, registry))
+            progress.advance(cfg.run_id)
+    else:  # GPU: prepare a batch, encode it together on the device, then check each image
+        for i in range(0, len(items), cfg.batch_size):
+            prepared = [prepare(ref, shard.index, cfg, policy, registry) for ref in items[i : i + cfg.batch_size]]
+            payloads = batch_encode(prepared, cfg, registry)
+            for ref, prep in zip(items[i : i + cfg.batch_size], prepared):
+                rows.append(archive_one(ref, shard.index, cfg, policy, registry, prep, payloads.get(id(prep))))
+                progress.advance(cfg.run_id)
     write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows, _extra_columns(registry)))
-    s = ShardSummary(shard.index, images=len(rows), seconds=time.perf_counter() - t0)
+    s = ShardSummary(shard.index, images=len(rows), seconds=time.perf_counter() - t0, workers=[_worker_id()])
     for r in rows:
         s.source_bytes += r.source_bytes
         if r.status == STATUS_DONE:
@@ -586,7 +719,7 @@ def summarise_run(plan: Plan, summaries: Iterable[ShardSummary]) -> RunSummary:
 
 def archive_local(
     src: str, dest: str, policy: str | None = None, shard_size: int = 256, run_id: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> RunSummary:
     """The archive job without Prefect: same plan, same shard function, one process.
 

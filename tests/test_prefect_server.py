@@ -1,0 +1,94 @@
+"""A real Prefect server (SQLite), a served deployment of `archive`, runs checked through the API."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pixarc.flows.deployments import _slug
+
+pytestmark = pytest.mark.prefect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read()[-2000:] if proc.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_served_archive_deployment_runs_on_a_real_server(small_collection, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    served = None
+    try:
+        wait_for(api + "/health", server)
+        dest = tmp_path / "dest"
+        served = subprocess.Popen([str(bin_dir / "pixarc"), "serve", str(dest), "--src", str(small_collection),
+                                   "--verify-cron", ""], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import TaskRunSort
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        name = f"pixarc-archive/archive-{_slug(str(dest))}"
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            with get_client(sync_client=True) as client:
+                deadline = time.time() + 60
+                while True:  # the serve process registers the deployment
+                    try:
+                        client.read_deployment_by_name(name)
+                        break
+                    except Exception:
+                        if time.time() > deadline or served.poll() is not None:
+                            raise
+                        time.sleep(0.5)
+            run = run_deployment(name, parameters={"shard_size": 2}, timeout=180)
+            assert run.state.is_completed(), run.state
+            with get_client(sync_client=True) as client:
+                tasks = [t for t in client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+                         if t.flow_run_id == run.id]
+                assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["archive-shard"] * 3
+                assert all(t.state.is_completed() for t in tasks)
+                assert client.read_flow_run(run.id).parameters["shard_size"] == 2
+        from pixarc.manifest import latest, read_manifest
+
+        assert latest(read_manifest(str(dest))).num_rows == 5
+    finally:
+        if served is not None:
+            stop(served)
+        stop(server)
