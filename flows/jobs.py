@@ -79,11 +79,12 @@ def archive_flow(
     run_id: str | None = None,
     device: str = "auto",
     batch_size: int = 16,
+    follow_symlinks: bool = False,
 ) -> RunSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
     run_id = run_id or engine.new_run_id()
     engine._policy(policy)  # fail fast on a bad policy, before any shard starts
-    plan = engine.plan_archive(src, dest, run_id, shard_size)
+    plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks)
     cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
     futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
     summary = engine.summarise_run(plan, [f.result() for f in futures])

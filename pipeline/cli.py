@@ -99,8 +99,11 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
 @click.option("--device", default="auto", show_default=True,
               help="Device for codecs that use one: auto (a GPU when the worker has one), cpu, cuda, cuda:N.")
+@click.option("--batch-size", default=16, show_default=True, help="Images encoded together by GPU codecs.")
+@click.option("--follow-symlinks", is_flag=True, help="Enter symlinked directories (loops are detected).")
 @click.option("--no-progress", is_flag=True)
-def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, no_progress):
+def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, batch_size,
+            follow_symlinks, no_progress):
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""
     try:
         if dry_run:
@@ -108,7 +111,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         run_id = engine.new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
-                                   device)
+                                   device, batch_size, follow_symlinks)
     except (PixarcError, FileNotFoundError) as exc:
         _fail(exc)
     t = summary.totals
@@ -123,14 +126,15 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         sys.exit(1)
 
 
-def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device):
+def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks):
     if engine_name == "local":
-        return engine.archive_local(src, dest, policy, shard_size, run_id, device)
+        return engine.archive_local(src, dest, policy, shard_size, run_id, device, batch_size, follow_symlinks)
     _prefect_defaults()
     from .flows import archive_flow
 
     flow = _with_runner(archive_flow, *runner)
-    return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device)
+    return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device,
+                batch_size=batch_size, follow_symlinks=follow_symlinks)
 
 
 def _dry_run(src: str, policy_path: str | None) -> None:
@@ -304,7 +308,7 @@ def report(dest, html_out):
 
 
 def _print_report(dest: str) -> None:
-    from .report import fmt_quality, summarise
+    from .report import best_of_savings, fmt_quality, summarise
 
     rows = engine.current_rows(dest, status=None)
     groups, statuses = summarise(rows)
@@ -321,6 +325,14 @@ def _print_report(dest: str) -> None:
     console.print(table)
     if statuses:
         console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    best = best_of_savings(rows)
+    if best:
+        t = Table(title="per-image best-of: what each codec alone would have stored")
+        for col in ("codec", "images", "bytes alone", "bytes kept", "best-of saves"):
+            t.add_column(col, justify="left" if col == "codec" else "right")
+        for codec, n, alone, kept in best:
+            t.add_row(codec, str(n), str(alone), str(kept), f"{100 * (1 - kept / alone):.1f} %")
+        console.print(t)
 
 
 @main.command()

@@ -719,7 +719,7 @@ def summarise_run(plan: Plan, summaries: Iterable[ShardSummary]) -> RunSummary:
 
 def archive_local(
     src: str, dest: str, policy: str | None = None, shard_size: int = 256, run_id: str | None = None,
-    device: str = "auto",
+    device: str = "auto", batch_size: int = 16, follow_symlinks: bool = False,
 ) -> RunSummary:
     """The archive job without Prefect: same plan, same shard function, one process.
 
@@ -728,8 +728,8 @@ def archive_local(
     """
     run_id = run_id or new_run_id()
     _policy(policy)
-    plan = plan_archive(src, dest, run_id, shard_size)
-    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device)
+    plan = plan_archive(src, dest, run_id, shard_size, follow_symlinks)
+    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
     summary = summarise_run(plan, [archive_shard(s, cfg) for s in plan.shards])
     drop_plan(dest, "archive", run_id)
     return summary

@@ -172,3 +172,24 @@ def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str
              "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,td:nth-child(2){text-align:left}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>pixarc report</title><style>{style}</style></head>" \
            f"<body>{''.join(body)}</body></html>"
+
+
+def best_of_savings(rows: list[dict]) -> list[tuple[str, int, int, int]]:
+    """For rows archived with ``selection = "smallest"``: per codec, (codec, images, bytes had
+    that codec been used alone, bytes actually kept) over the rows where it verified."""
+    import json
+
+    per_codec: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        if r["status"] != "done":
+            continue
+        verified = {a["codec"]: a["bytes"] for a in json.loads(r["attempts"] or "[]") if a.get("result") == "verified"}
+        if len(verified) < 2:
+            continue
+        kept = r["bitstream_bytes"]
+        for codec, size in verified.items():
+            acc = per_codec[codec]
+            acc[0] += 1
+            acc[1] += size
+            acc[2] += kept
+    return sorted((c, n, alone, kept) for c, (n, alone, kept) in per_codec.items())

@@ -86,3 +86,10 @@ def test_smallest_selection_keeps_the_smallest_verified(small_collection, tmp_pa
         # source is already smaller than any re-encode
         assert set(tried) == {"png", "webp-lossless", "store"}, r["key"]
         assert r["bitstream_bytes"] == min(tried.values())
+    from pixarc.report import best_of_savings
+
+    rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
+    best = {codec: (n, alone, kept) for codec, n, alone, kept in best_of_savings(rows)}
+    assert set(best) == {"png", "webp-lossless", "store"}
+    for codec, (n, alone, kept) in best.items():
+        assert n == 5 and kept == sum(r["bitstream_bytes"] for r in rows) and alone >= kept
