@@ -61,12 +61,12 @@ def archive_shard_task(shard: Shard, cfg: ArchiveConfig) -> ShardSummary:
 
 
 @task(name="restore-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def restore_shard_task(shard: Shard, out: str, run_id: str) -> engine.RestoreSummary:
+def restore_shard_task(shard: Shard, out: str, run_id: str) -> engine.CheckSummary:
     return engine.restore_shard(shard, out, run_id)
 
 
 @task(name="verify-shard", cache_policy=NO_CACHE)
-def verify_shard_task(shard: Shard, full: bool, run_id: str, sources: bool = False) -> engine.VerifySummary:
+def verify_shard_task(shard: Shard, full: bool, run_id: str, sources: bool = False) -> engine.CheckSummary:
     return engine.verify_shard(shard, full, run_id, sources=sources)
 
 
@@ -115,7 +115,7 @@ def restore_flow(
     run_id = run_id or engine.new_run_id()
     found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size)
     futures = [restore_shard_task.submit(s, out, run_id) for s in shards]
-    return engine.finish_restore(out, run_id, found, shards, [f.result() for f in futures])
+    return engine.finish_checks(out, "restore", run_id, found, shards, [f.result() for f in futures])
 
 
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -127,4 +127,4 @@ def verify_flow(
     run_id = run_id or engine.new_run_id()
     found, shards = engine.plan_verify(dest, run_id, shard_size)
     futures = [verify_shard_task.submit(s, full, run_id, sources) for s in shards]
-    return engine.finish_verify(dest, run_id, found, shards, [f.result() for f in futures])
+    return engine.finish_checks(dest, "verify", run_id, found, shards, [f.result() for f in futures])

@@ -73,6 +73,16 @@ def _with_runner(flow, runner: str, workers: int, address: str | None):
     return flow.with_options(task_runner=make_task_runner(runner, workers, address))
 
 
+def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: str | None, **params):
+    """Run a flow with the chosen task runner and a progress bar; errors end the command."""
+    run_id = engine.new_run_id()
+    try:
+        with _progress(run_id, label, show):
+            return _with_runner(flow, runner, workers, address)(run_id=run_id, **params)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+
+
 def _fail(exc: Exception) -> None:
     err.print(f"[red]error:[/red] {exc}")
     sys.exit(2)
@@ -168,13 +178,8 @@ def restore(dest, out, pattern, domain, workers, runner, dask_address, no_progre
     _prefect_defaults()
     from .flows import restore_flow
 
-    run_id = engine.new_run_id()
-    try:
-        with _progress(run_id, "restore", not no_progress):
-            flow = _with_runner(restore_flow, runner, workers, dask_address)
-            s = flow(dest=dest, out=out, pattern=pattern, domain=domain, run_id=run_id)
-    except (PixarcError, FileNotFoundError) as exc:
-        _fail(exc)
+    s = _run_flow(restore_flow, "restore", not no_progress, runner, workers, dask_address,
+                  dest=dest, out=out, pattern=pattern, domain=domain)
     console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.archive_bytes} bytes)")
     _print_problems(s.problems)
     if s.problems:
@@ -193,13 +198,8 @@ def verify(dest, full, sources, json_out, workers, runner, dask_address, no_prog
     _prefect_defaults()
     from .flows import verify_flow
 
-    run_id = engine.new_run_id()
-    try:
-        with _progress(run_id, "verify" + (" --full" if full else ""), not no_progress):
-            flow = _with_runner(verify_flow, runner, workers, dask_address)
-            s = flow(dest=dest, full=full, run_id=run_id, sources=sources)
-    except (PixarcError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    s = _run_flow(verify_flow, "verify" + (" --full" if full else ""), not no_progress, runner, workers,
+                  dask_address, dest=dest, full=full, sources=sources)
     mode = "full" if full else "fast"
     console.print(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
     _print_problems(s.problems)
@@ -237,13 +237,8 @@ def recompress(dest, policy, min_saving, apply, workers, runner, dask_address, n
     _prefect_defaults()
     from .flows.recompress import recompress_flow
 
-    run_id = engine.new_run_id()
-    try:
-        with _progress(run_id, "recompress" + (" --apply" if apply else " (plan)"), not no_progress):
-            flow = _with_runner(recompress_flow, runner, workers, dask_address)
-            results = flow(dest=dest, policy=policy, min_saving=min_saving, apply=apply, run_id=run_id)
-    except (PixarcError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    results = _run_flow(recompress_flow, "recompress" + (" --apply" if apply else " (plan)"), not no_progress,
+                        runner, workers, dask_address, dest=dest, policy=policy, min_saving=min_saving, apply=apply)
     decisions = [d for r in results for d in r.decisions]
     todo = [d for d in decisions if d.action == "recompress"]
     table = Table(title=("applied" if apply else "plan (nothing written; --apply to do it)") + f": {dest}")

@@ -121,17 +121,11 @@ class Plan:
 
 
 @dataclass
-class VerifySummary:
-    shard: int
-    checked: int = 0
-    ok: int = 0
-    problems: list[VerifyProblem] = field(default_factory=list)
+class CheckSummary:
+    """What a restore or verify task did with its shard."""
 
-
-@dataclass
-class RestoreSummary:
     shard: int
-    restored: int = 0
+    ok: int = 0  # bitstreams verified (verify) or images written (restore)
     bytes_written: int = 0
     problems: list[VerifyProblem] = field(default_factory=list)
 
@@ -795,13 +789,13 @@ def restored_key(key: str, source_format: str, lossless: bool, codec_id: str) ->
     return key + ".png"
 
 
-def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None = None) -> RestoreSummary:
+def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None = None) -> CheckSummary:
     """Decode and check every bitstream of a shard, then write the images under ``out``."""
     import io
 
     registry = registry or default_registry()
     ofs, oroot = get_fs(out)
-    s = RestoreSummary(shard.index)
+    s = CheckSummary(shard.index)
     for item in load_shard(shard):
         key = item["key"]
         try:
@@ -826,7 +820,7 @@ def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None
                 decoded.image.save(buf, fmt, **kwargs)
                 data = buf.getvalue()
             write_atomic(ofs, target, data)
-            s.restored += 1
+            s.ok += 1
             s.bytes_written += len(data)
         except (PixarcError, OSError) as exc:
             s.problems.append(VerifyProblem(key, getattr(exc, "reason", "io_error"), str(exc)))
@@ -849,13 +843,12 @@ def _source_problem(item: dict) -> VerifyProblem | None:
 
 def verify_shard(
     shard: Shard, full: bool, run_id: str, registry: Registry | None = None, sources: bool = False
-) -> VerifySummary:
+) -> CheckSummary:
     """Fast: bitstream present with the recorded size. Full: also sha256, decode, pixel check.
     ``sources``: also re-hash the originals (drift or bit rot at the source)."""
     registry = registry or default_registry()
-    s = VerifySummary(shard.index)
+    s = CheckSummary(shard.index)
     for item in load_shard(shard):
-        s.checked += 1
         key = item["key"]
         problem = None
         try:
@@ -889,14 +882,16 @@ def plan_restore(
     return len(rows), plan_rows(out, run_id, "restore", rows, shard_size)
 
 
-def finish_restore(out: str, run_id: str, found: int, shards: list[Shard], results: list[RestoreSummary]) -> RunSummary:
+def finish_checks(base: str, kind: str, run_id: str, found: int, shards: list[Shard],
+                  results: list[CheckSummary]) -> RunSummary:
+    """Totals of a restore or verify run; its shard lists are removed."""
     totals = ShardSummary(-1, images=found)
     problems: list[VerifyProblem] = []
     for r in results:
-        totals.done += r.restored
+        totals.done += r.ok
         totals.archive_bytes += r.bytes_written
         problems.extend(r.problems)
-    drop_plan(out, "restore", run_id)
+    drop_plan(base, kind, run_id)
     return RunSummary(run_id, found, 0, len(shards), totals, problems)
 
 
@@ -905,22 +900,12 @@ def plan_verify(dest: str, run_id: str, shard_size: int = 1024) -> tuple[int, li
     return len(rows), plan_rows(dest, run_id, "verify", rows, shard_size)
 
 
-def finish_verify(dest: str, run_id: str, found: int, shards: list[Shard], results: list[VerifySummary]) -> RunSummary:
-    totals = ShardSummary(-1, images=found)
-    problems: list[VerifyProblem] = []
-    for r in results:
-        totals.done += r.ok
-        problems.extend(r.problems)
-    drop_plan(dest, "verify", run_id)
-    return RunSummary(run_id, found, 0, len(shards), totals, problems)
-
-
 def restore_local(dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,
                   run_id: str | None = None) -> RunSummary:
     """``restore`` without Prefect (see :func:`archive_local`)."""
     run_id = run_id or new_run_id()
     found, shards = plan_restore(dest, out, run_id, pattern, domain, shard_size)
-    return finish_restore(out, run_id, found, shards, [restore_shard(s, out, run_id) for s in shards])
+    return finish_checks(out, "restore", run_id, found, shards, [restore_shard(s, out, run_id) for s in shards])
 
 
 def verify_local(
@@ -930,4 +915,4 @@ def verify_local(
     run_id = run_id or new_run_id()
     found, shards = plan_verify(dest, run_id, shard_size)
     results = [verify_shard(s, full, run_id, sources=sources) for s in shards]
-    return finish_verify(dest, run_id, found, shards, results)
+    return finish_checks(dest, "verify", run_id, found, shards, results)

@@ -80,22 +80,21 @@ class Registry:
         table[key] = cls
         self.owner[key] = plugin
 
+    def _instance(self, kind: str, table: dict, item_id: str):
+        if item_id not in table:
+            raise PluginError(f"no plugin provides {kind} {item_id!r} (known: {sorted(table)})")
+        key = f"{kind}:{item_id}"
+        if key not in self._instances:
+            self._instances[key] = table[item_id]()
+        return self._instances[key]
+
     def codec(self, codec_id: str) -> "Codec":
         """A (cached) codec instance; raises PluginError if no plugin provides it."""
-        if codec_id not in self.codecs:
-            raise PluginError(f"no plugin provides codec {codec_id!r} (known: {sorted(self.codecs)})")
-        key = "codec:" + codec_id
-        if key not in self._instances:
-            self._instances[key] = self.codecs[codec_id]()
-        return self._instances[key]  # type: ignore[return-value]
+        return self._instance("codec", self.codecs, codec_id)
 
     def classifier(self, classifier_id: str) -> "Classifier":
-        if classifier_id not in self.classifiers:
-            raise PluginError(f"no plugin provides classifier {classifier_id!r} (known: {sorted(self.classifiers)})")
-        key = "classifier:" + classifier_id
-        if key not in self._instances:
-            self._instances[key] = self.classifiers[classifier_id]()
-        return self._instances[key]  # type: ignore[return-value]
+        """A (cached) classifier instance; raises PluginError if no plugin provides it."""
+        return self._instance("classifier", self.classifiers, classifier_id)
 
     def provenance(self, item_id: str) -> tuple[str, str]:
         """(distribution, version) of the plugin that registered ``item_id``."""

@@ -75,7 +75,7 @@ def test_tasks_take_only_small_records():
         hints = typing.get_type_hints(t.fn)
         ret = hints.pop("return")
         assert set(hints.values()) <= allowed, t.name
-        assert ret in (engine.ShardSummary, engine.RestoreSummary, engine.VerifySummary)
+        assert ret in (engine.ShardSummary, engine.CheckSummary)
         assert "image" not in inspect.signature(t.fn).parameters
 
 
