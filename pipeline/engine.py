@@ -245,6 +245,11 @@ def decode_container(blob: bytes, registry: Registry, device: str = "cpu") -> tu
         codec = registry.codec(c.codec_id)
     except PluginError as exc:
         raise ContainerError(f"unknown codec {c.codec_id!r}: {exc}") from None
+    return c, decode_with(c, codec, device)
+
+
+def decode_with(c: Container, codec: Codec, device: str = "cpu") -> Decoded:
+    """Decode a parsed container with ``codec`` and check the result against the header."""
     if c.format_version != codec.format_version:
         raise ContainerError(
             f"{c.codec_id} format version {c.format_version} not readable by this plugin "
@@ -259,7 +264,7 @@ def decode_container(blob: bytes, registry: Registry, device: str = "cpu") -> tu
     except Exception as exc:  # a codec bug must not escape as an untyped crash
         raise CodecError(f"{c.codec_id}: decoder raised {type(exc).__name__}: {exc}") from None
     check_decoded(c, decoded)
-    return c, decoded
+    return decoded
 
 
 # --------------------------------------------------------------------------- devices
@@ -359,9 +364,7 @@ def _encode_verified(
     decoded_sha = src.pixels_sha256
     if not codec.lossless:
         # Decode once to learn what the bitstream reconstructs; record it in the header.
-        t0 = time.perf_counter()
         recon = codec.decode(payload, device).image
-        decode_s = time.perf_counter() - t0
         if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
             raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")
         quality = (psnr(src.image, recon), ms_ssim(src.image, recon))
@@ -369,25 +372,9 @@ def _encode_verified(
         meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
     blob = pack(container)
     t0 = time.perf_counter()
-    decode_container(blob, _registry_for(codec), device)  # the check on the bytes we will store
+    decode_with(unpack(blob), codec, device)  # the check on the very bytes that will be stored
     decode_s = time.perf_counter() - t0
     return _Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s)
-
-
-class _SingleCodec:
-    """A registry stand-in resolving one codec instance (the one just used to encode)."""
-
-    def __init__(self, codec: Codec):
-        self._codec = codec
-
-    def codec(self, codec_id: str) -> Codec:
-        if codec_id != self._codec.codec_id:
-            raise PluginError(f"unexpected codec {codec_id}")
-        return self._codec
-
-
-def _registry_for(codec: Codec) -> Any:
-    return _SingleCodec(codec)
 
 
 def _fill_from_source(row: ManifestRow, src: SourceImage) -> None:
