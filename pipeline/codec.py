@@ -65,10 +65,17 @@ class Codec(ABC):
     max_side: ClassVar[int | None] = None
     description: ClassVar[str] = ""
 
-    @property
-    def weights_sha256(self) -> str:
-        """sha256 of the weights the codec uses ('' for codecs without weights)."""
+    def weights_for(self, params: Mapping[str, Any]) -> str:
+        """sha256 of the weights an encode with ``params`` uses ('' for codecs without weights).
+
+        Learned codecs usually have one weights file per rate point, so this depends on the
+        parameters. It is written into the container header and the manifest.
+        """
         return ""
+
+    def has_weights(self, sha256: str) -> bool:
+        """Whether this installation can decode a bitstream made with weights ``sha256``."""
+        return sha256 == ""
 
     def version(self) -> str:
         """Version of the implementation producing the bits (library versions)."""

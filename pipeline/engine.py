@@ -255,8 +255,8 @@ def decode_with(c: Container, codec: Codec, device: str = "cpu") -> Decoded:
             f"{c.codec_id} format version {c.format_version} not readable by this plugin "
             f"(reads {codec.format_version})"
         )
-    if c.weights_sha256 != codec.weights_sha256:
-        raise ContainerError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}, plugin has others")
+    if not codec.has_weights(c.weights_sha256):
+        raise ContainerError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}..., not installed here")
     try:
         decoded = codec.decode(c.payload, codec_device(codec, device))
     except PixarcError:
@@ -356,7 +356,7 @@ def _encode_verified(
         info.bit_depth,
         src.sha256,
         src.pixels_sha256,
-        codec.weights_sha256,
+        codec.weights_for(params),
         meta,
         sections,
     )
@@ -391,7 +391,7 @@ def _fill_from_encoded(row: ManifestRow, enc: _Encoded, registry: Registry, bits
     row.codec_id = codec.codec_id
     row.codec_version = codec.version()
     row.format_version = codec.format_version
-    row.weights_sha256 = codec.weights_sha256
+    row.weights_sha256 = codec.weights_for(enc.params)
     row.params = json.dumps(enc.params, sort_keys=True)
     row.params_hash = params_hash(enc.params)
     row.plugin_dist, row.plugin_version = registry.provenance(codec.codec_id)

@@ -88,7 +88,7 @@ def outdated_reason(row: dict, registry: Registry) -> str:
     codec = registry.codec(codec_id)
     if row["format_version"] != codec.format_version:
         return f"format version {row['format_version']} -> {codec.format_version}"
-    if row["weights_sha256"] != codec.weights_sha256:
+    if row["weights_sha256"] != codec.weights_for(json.loads(row["params"])):
         return "weights changed"
     if row["codec_version"] != codec.version():
         return f"codec version {row['codec_version']} -> {codec.version()}"

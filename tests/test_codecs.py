@@ -101,3 +101,11 @@ def test_container_with_future_format_version_is_refused():
     blob = pack(Container("png", 99, 2, 2, "RGB", 8, "aa" * 32, sections={"DATA": b"x"}))
     with pytest.raises(ContainerError, match="format version 99"):
         decode_container(blob, REG)
+
+
+def test_bitstream_needing_unknown_weights_is_a_clear_error():
+    from pixarc.container import Container, pack
+
+    blob = pack(Container("png", 1, 2, 2, "RGB", 8, "aa" * 32, weights_sha256="ee" * 32, sections={"DATA": b"x"}))
+    with pytest.raises(ContainerError, match="needs weights eeeeeeeeeeee"):
+        decode_container(blob, REG)
