@@ -35,10 +35,17 @@ class Param:
 
 @dataclass(frozen=True)
 class Decoded:
-    """What a codec's ``decode`` returns: canonical pixels, or the exact original bytes."""
+    """What a codec's ``decode`` returns: canonical pixels, or the exact original bytes.
+
+    ``fingerprint``: for codecs whose pixels come out of float networks, a hash of the
+    integers the decoder reconstructed (latents, increments). It is device-independent,
+    so the archive checks it instead of the pixel hash, which may differ in the last bit
+    between a GPU and a CPU.
+    """
 
     image: Image.Image | None = None
     original: bytes | None = None
+    fingerprint: str | None = None
 
 
 class Codec(ABC):

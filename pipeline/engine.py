@@ -230,11 +230,13 @@ def check_decoded(c: Container, decoded: Decoded) -> None:
         raise VerificationError("codec returned neither pixels nor original bytes")
     if im.size != (c.width, c.height) or im.mode != c.mode:
         raise VerificationError(f"decoded {im.mode} {im.size}, container says {c.mode} {(c.width, c.height)}")
-    digest = pixels_sha256(im)
     if c.meta.get("lossless"):
-        if digest != c.pixels_sha256:
+        if pixels_sha256(im) != c.pixels_sha256:
             raise VerificationError("lossless decode does not reproduce the original pixels")
-    elif digest != c.meta.get("decoded_sha256"):
+    elif c.meta.get("decoded_fingerprint"):
+        if decoded.fingerprint != c.meta["decoded_fingerprint"]:
+            raise VerificationError("decode does not reproduce the recorded latents")
+    elif pixels_sha256(im) != c.meta.get("decoded_sha256"):
         raise VerificationError("lossy decode does not reproduce the recorded reconstruction (and its PSNR)")
 
 
@@ -364,12 +366,15 @@ def _encode_verified(
     decoded_sha = src.pixels_sha256
     if not codec.lossless:
         # Decode once to learn what the bitstream reconstructs; record it in the header.
-        recon = codec.decode(payload, device).image
+        first = codec.decode(payload, device)
+        recon = first.image
         if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
             raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")
         quality = (psnr(src.image, recon), ms_ssim(src.image, recon))
         decoded_sha = pixels_sha256(recon)
         meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
+        if first.fingerprint:
+            meta["decoded_fingerprint"] = first.fingerprint
     blob = pack(container)
     t0 = time.perf_counter()
     decode_with(unpack(blob), codec, device)  # the check on the very bytes that will be stored

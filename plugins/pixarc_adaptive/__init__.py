@@ -1,0 +1,304 @@
+"""``adaptive-mbt2018-mean``: CompressAI's mean-scale hyperprior, adapted per image.
+
+Weights, first match wins (all loaded by sha256 first, then ``weights_only=True``):
+1. ``PIXARC_ADAPTIVE_WEIGHTS``: directories (``os.pathsep``-separated) holding a
+   ``weights.json`` (``{"files": {name: {"sha256", "quality", "N", "M", "lambda"}}}``);
+2. weights shipped with this plugin (``weights/weights.json`` beside this file), made
+   by pixarc's training code;
+3. genuine CompressAI zoo checkpoints in the torch hub cache
+   (``$TORCH_HOME/hub/checkpoints/mbt2018-mean-<q>-<sha256 prefix>.pth.tar``), checked
+   against the sha256 prefix in their name, as torch.hub does.
+
+Parameters: ``quality`` (rate point 1–8), ``latent_iters`` (SGA refinement steps; the
+paper uses 2000), ``adapter_iters`` (paper: 500), ``lr``, ``scales`` (comma-separated
+resize factors searched by RD cost, e.g. ``"1.0,0.75,0.5"``; the chosen one is coded
+exactly, in permille), ``seed``. The algorithm is in ``adapt.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixarc import compressai_compat
+from pixarc.codec import Codec, Decoded, Param
+from pixarc.errors import CodecError
+from pixarc.hookspecs import hookimpl
+
+LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
+ARCH = "mbt2018-mean"
+_HEAD = struct.Struct(">BHIIHH")  # quality, scale permille, width, height, z rows, z cols
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: str
+    sha256: str
+    quality: int
+    N: int
+    M: int
+    lam: float
+    origin: str
+
+
+def _from_manifest(directory: Path, origin: str) -> list[Checkpoint]:
+    manifest = directory / "weights.json"
+    if not manifest.exists():
+        return []
+    out = []
+    for name, e in json.loads(manifest.read_text()).get("files", {}).items():
+        if e.get("arch", ARCH) == ARCH:
+            q = int(e["quality"])
+            out.append(Checkpoint(str(directory / name), e["sha256"], q, int(e["N"]), int(e["M"]),
+                                  float(e.get("lambda", LAMBDAS.get(q, 0.0067))), origin))
+    return out
+
+
+def _from_hub_cache() -> list[Checkpoint]:
+    import hashlib
+
+    try:
+        import torch.hub
+
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+    except Exception:  # pragma: no cover
+        return []
+    out = []
+    for path in sorted(folder.glob(f"{ARCH}-*-*.pth.tar")) if folder.exists() else []:
+        m = re.fullmatch(rf"{ARCH}-(\d)-([0-9a-f]{{8}})\.pth\.tar", path.name)
+        if not m:
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest.startswith(m.group(2)):  # the zoo names files by their hash prefix
+            q = int(m.group(1))
+            out.append(Checkpoint(str(path), digest, q, *ZOO_NM[q], LAMBDAS[q], "compressai-zoo"))
+    return out
+
+
+def discover() -> dict[int, Checkpoint]:
+    found: dict[int, Checkpoint] = {}
+    sources = [(Path(d), "PIXARC_ADAPTIVE_WEIGHTS") for d in os.environ.get("PIXARC_ADAPTIVE_WEIGHTS", "").split(
+        os.pathsep) if d]
+    sources.append((Path(__file__).parent / "weights", "pixarc"))
+    for directory, origin in sources:
+        for ck in _from_manifest(directory, origin):
+            found.setdefault(ck.quality, ck)
+    for ck in _from_hub_cache():
+        found.setdefault(ck.quality, ck)
+    return found
+
+
+class AdaptiveCodec(Codec):
+    codec_id = "adaptive-mbt2018-mean"
+    format_version = 1
+    lossless = False
+    prefers_gpu = True
+    modes = frozenset({"RGB"})
+    params_schema = {
+        "quality": Param(int, 3, 1, 8, "rate point (CompressAI quality)"),
+        "latent_iters": Param(int, 0, 0, 100_000, "SGA latent refinement steps (paper: 2000)"),
+        "adapter_iters": Param(int, 0, 0, 100_000, "adapter training steps (paper: 500)"),
+        "lr": Param(float, 1e-3, 1e-6, 1.0, "Adam learning rate (1/10 for the last 20 %)"),
+        "scales": Param(str, "1.0", help="resize factors searched by RD cost, e.g. 1.0,0.75,0.5"),
+        "seed": Param(int, 0, 0, 2**31 - 1, "adapter initialisation seed"),
+    }
+    description = "CompressAI mbt2018-mean + SGA latent refinement + rank-2 adapters"
+
+    def __init__(self):
+        compressai_compat.load()  # before any compressai import (see compressai_compat)
+        self._checkpoints = discover()
+        self._models: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def version(self) -> str:
+        import torch
+        from importlib.metadata import version
+
+        return f"compressai {version('compressai')}, torch {torch.__version__}"
+
+    def _checkpoint(self, quality: int) -> Checkpoint:
+        if quality not in self._checkpoints:
+            raise CodecError(f"{self.codec_id}: no weights for quality {quality} "
+                             f"(have {sorted(self._checkpoints) or 'none'})")
+        return self._checkpoints[quality]
+
+    def weights_for(self, params) -> str:
+        return self._checkpoint(int(params["quality"])).sha256
+
+    def has_weights(self, sha256: str) -> bool:
+        return any(c.sha256 == sha256 for c in self._checkpoints.values())
+
+    def unsupported_reason(self, info):
+        reason = super().unsupported_reason(info)
+        if reason is None and not self._checkpoints:
+            reason = f"{self.codec_id}: no weights installed (see the plugin docstring)"
+        return reason
+
+    def _model(self, ck: Checkpoint, device: str = "cpu"):
+        """The model for ``ck`` on ``device`` (the CPU copy does all entropy coding)."""
+        key = (ck.sha256, device)
+        with self._lock:
+            if key not in self._models:
+                if device == "cpu":
+                    from compressai.models import MeanScaleHyperprior
+                    from compressai.zoo.pretrained import load_pretrained
+
+                    from pixarc.weights import WeightsError, load_weights
+
+                    try:
+                        state = load_weights(ck.path, ck.sha256)
+                    except WeightsError as exc:
+                        raise CodecError(str(exc)) from None
+                    state = state.get("state_dict", state) if isinstance(state, dict) else state
+                    model = MeanScaleHyperprior(ck.N, ck.M)
+                    model.load_state_dict(load_pretrained(state))
+                    if not any(k.endswith("_quantized_cdf") for k in state):
+                        model.update(force=True)
+                    model.eval().requires_grad_(False)
+                else:
+                    model = copy.deepcopy(self._model(ck)).to(device)
+                self._models[key] = model
+            return self._models[key]
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(self, src, params, device="cpu"):
+        import torch
+
+        from . import adapt
+
+        ck = self._checkpoint(params["quality"])
+        cpu, dev = self._model(ck), self._model(ck, device)
+        try:
+            scales = sorted({min(1000, max(1, round(1000 * float(s)))) for s in str(params["scales"]).split(",")},
+                            reverse=True)
+        except ValueError:
+            raise CodecError(f"{self.codec_id}: scales must be comma-separated numbers") from None
+        image = src.image
+        if len(scales) > 1:  # the resize search: base encodes, judged by RD cost at full size
+            def cost(permille: int) -> float:
+                data = self._encode_at(cpu, dev, image, permille, ck, params, device, search=True)
+                decoded = self.decode(data, device).image
+                import numpy as np
+
+                mse = float(np.mean((np.asarray(decoded, np.float64) - np.asarray(image, np.float64)) ** 2))
+                return 8 * len(data) / (image.width * image.height) + ck.lam * mse
+
+            scales = [min(scales, key=cost)]
+        with torch.enable_grad():
+            return self._encode_at(cpu, dev, image, scales[0], ck, params, device)
+
+    def _encode_at(self, cpu, dev, image, permille, ck, params, device, search=False) -> bytes:
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        from . import adapt
+
+        w, h = image.size
+        ws, hs = max(1, round(w * permille / 1000)), max(1, round(h * permille / 1000))
+        work = image if (ws, hs) == (w, h) else image.resize((ws, hs), Image.LANCZOS)
+        x = _to_tensor(work).to(device)
+        pad_h, pad_w = (-hs) % 64, (-ws) % 64
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        synth = adapt.Synthesis(dev.g_s)
+        latent_iters = 0 if search else params["latent_iters"]
+        lat = adapt.refine_latents(dev, synth, x, (ws, hs), ck.lam, latent_iters, params["lr"])
+        with torch.no_grad():
+            z = lat.z.cpu()
+            z_strings = cpu.entropy_bottleneck.compress(z)
+            z_hat = cpu.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+            sc, means = adapt.entropy_params(cpu, z_hat)
+            idx = cpu.gaussian_conditional.build_indexes(sc)
+            y_strings = cpu.gaussian_conditional.compress(lat.y.cpu(), idx, means=means)
+            y_hat = cpu.gaussian_conditional.decompress(y_strings, idx, means=means)
+        symbols: list[int] = []
+        if params["adapter_iters"] and not search:
+            symbols, _, _ = adapt.train_adapter(synth, y_hat.to(device), x, (ws, hs), ck.lam,
+                                                params["adapter_iters"], params["lr"], params["seed"])
+            if not any(symbols):
+                symbols = []
+        a_bytes = adapt.encode_adapter(symbols) if symbols else b""
+        parts = [_HEAD.pack(ck.quality, permille, w, h, *z.shape[-2:])]
+        for blob in (z_strings[0], y_strings[0], a_bytes):
+            parts.append(struct.pack(">I", len(blob)) + blob)
+        parts.append(struct.pack(">I", len(symbols)))
+        return b"".join(parts)
+
+    # ------------------------------------------------------------------ decode
+
+    def decode(self, payload, device="cpu"):
+        try:
+            quality, permille, w, h, zr, zc = _HEAD.unpack_from(payload, 0)
+            pos = _HEAD.size
+            blobs = []
+            for _ in range(3):
+                (n,) = struct.unpack_from(">I", payload, pos)
+                pos += 4
+                if pos + n > len(payload):
+                    raise ValueError("truncated section")
+                blobs.append(bytes(payload[pos : pos + n]))
+                pos += n
+            (n_sym,) = struct.unpack_from(">I", payload, pos)
+            if pos + 4 != len(payload):
+                raise ValueError("trailing bytes")
+        except (struct.error, ValueError) as exc:
+            raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
+        if not (1 <= permille <= 1000 and 0 < w <= 1 << 16 and 0 < h <= 1 << 16 and 0 < zr <= 4096 and 0 < zc <= 4096):
+            raise CodecError(f"{self.codec_id}: implausible header values")
+        ck = self._checkpoint(quality)
+        if n_sym not in (0, 2 * 2 * self._model(ck).g_s[-1].in_channels):
+            raise CodecError(f"{self.codec_id}: adapter of {n_sym} values does not fit this model")
+        try:
+            return self._decode(ck, permille, w, h, (zr, zc), blobs, n_sym, device)
+        except CodecError:
+            raise
+        except Exception as exc:  # rANS on corrupt strings, shape mismatches...
+            raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
+
+    def _decode(self, ck, permille, w, h, z_shape, blobs, n_sym, device) -> Decoded:
+        import torch
+        from PIL import Image
+
+        from . import adapt
+
+        ws, hs = max(1, round(w * permille / 1000)), max(1, round(h * permille / 1000))
+        if (z_shape[0] * 64 < hs) or (z_shape[1] * 64 < ws):
+            raise CodecError(f"{self.codec_id}: latent shape does not cover the image")
+        cpu, dev = self._model(ck), self._model(ck, device)
+        with torch.no_grad():
+            z_hat = cpu.entropy_bottleneck.decompress([blobs[0]], z_shape)
+            sc, means = adapt.entropy_params(cpu, z_hat)
+            idx = cpu.gaussian_conditional.build_indexes(sc)
+            y_hat = cpu.gaussian_conditional.decompress([blobs[1]], idx, means=means)
+            symbols = adapt.decode_adapter(blobs[2], n_sym) if n_sym else []
+            theta = torch.tensor(symbols, dtype=torch.float32, device=device) * adapt.W_STEP if symbols else None
+            x_hat = adapt.Synthesis(dev.g_s)(y_hat.to(device), theta).clamp(0, 1)[0, :, :hs, :ws]
+            pixels = (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            medians = cpu.entropy_bottleneck._get_medians()
+            fp = adapt.fingerprint(torch.round(y_hat - means), torch.round(z_hat - medians), symbols)
+        image = Image.fromarray(pixels)
+        if (ws, hs) != (w, h):
+            image = image.resize((w, h), Image.BICUBIC)
+        return Decoded(image=image, fingerprint=fp)
+
+
+def _to_tensor(image):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+@hookimpl
+def register_codecs(register):
+    if compressai_compat.available():
+        register(AdaptiveCodec)

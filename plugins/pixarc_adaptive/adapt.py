@@ -1,0 +1,198 @@
+"""Per-image adaptation of a CompressAI mean-scale hyperprior (PAPERS.md §1).
+
+Tsubota, Akutsu, Aizawa, "Universal Deep Image Compression via Content-Adaptive
+Optimization with Adapters" (WACV 2023)::
+
+    x ─g_a─▶ y ─h_a─▶ z                      encoder, then per image:
+    1. latent refinement: y, z free; Adam on R(q̃(y), q̃(z)) + λ·255²·MSE(g_s(q̃(y)), x)
+       with q̃ = stochastic Gumbel annealing (Yang et al. 2020), adapters at zero
+    2. hard rounding, entropy coding of ẑ and ŷ (CompressAI rANS)
+    3. adapters θ = (A, B), r(h) = A·Bᵀ·h after the last inverse GDN of g_s, trained on
+       the fixed ŷ: −log2 p(θ̃) + λ·255²·MSE(g_s(ŷ; θ̂), x); θ̂ = w·round(θ/w) (STE),
+       θ̃ = θ + U(−w/2, w/2), p = zero-mean logistic (s); θ̂ entropy-coded and sent
+
+Entropy parameters (h_s and the CDF tables) are always evaluated on the CPU, in both the
+encoder and the decoder, so a bitstream encoded on a GPU decodes on a CPU to the same
+integer latents; ``Decoded.fingerprint`` (a hash of those integers) is what the archive
+checks across devices, the pixels being float output of g_s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+W_STEP = 0.06  # adapter quantisation step (paper)
+PRIOR_SCALE = 0.05  # logistic prior scale (paper)
+BOUND = 0.42  # |θ| clamp, the same in training and coding (the reference code mixes 0.42/0.45)
+RANK = 2
+K = round(BOUND / W_STEP)  # integer symbols in [-K, K]
+
+
+# ------------------------------------------------------------------ quantisation helpers
+
+
+def sga(x: torch.Tensor, tau: float) -> torch.Tensor:
+    """Stochastic Gumbel annealing: a relaxed choice between floor and ceil (Yang et al. 2020)."""
+    fl = torch.floor(x)
+    d_fl = (x - fl).clamp(1e-5, 1 - 1e-5)
+    logits = torch.stack([-torch.atanh(d_fl) / tau, -torch.atanh(1 - d_fl) / tau], dim=-1)
+    w = F.gumbel_softmax(logits, tau=tau, hard=False)
+    return fl + w[..., 1]
+
+
+def tau_at(t: int) -> float:
+    return min(0.5, 0.5 * math.exp(-0.001 * t))
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def adapter_cdf() -> tuple[list[int], int]:
+    """Integer CDF (16-bit) of the discretised zero-mean logistic over [-K, K], computed in
+    float64 from constants only, so it is identical everywhere."""
+    from compressai._CXX import pmf_to_quantized_cdf
+
+    def logistic_cdf(v: float) -> float:
+        return 1.0 / (1.0 + math.exp(-v / PRIOR_SCALE))
+
+    pmf = []
+    for k in range(-K, K + 1):
+        lo = -math.inf if k == -K else (k - 0.5) * W_STEP
+        hi = math.inf if k == K else (k + 0.5) * W_STEP
+        pmf.append((1.0 if hi == math.inf else logistic_cdf(hi)) - (0.0 if lo == -math.inf else logistic_cdf(lo)))
+    cdf = pmf_to_quantized_cdf(pmf + [0.0], 16)
+    return cdf, len(cdf)
+
+
+def encode_adapter(symbols: list[int]) -> bytes:
+    from compressai.ans import RansEncoder
+
+    cdf, length = adapter_cdf()
+    return RansEncoder().encode_with_indexes(symbols, [0] * len(symbols), [cdf], [length], [-K])
+
+
+def decode_adapter(data: bytes, n: int) -> list[int]:
+    from compressai.ans import RansDecoder
+
+    cdf, length = adapter_cdf()
+    return RansDecoder().decode_with_indexes(data, [0] * n, [cdf], [length], [-K])
+
+
+# ------------------------------------------------------------------ model pieces
+
+
+class Synthesis:
+    """g_s with the rank-2 adapter after its last inverse GDN (on N channels)."""
+
+    def __init__(self, g_s: torch.nn.Sequential):
+        self.g_s = g_s
+        self.split = len(g_s) - 1  # [deconv, IGDN, deconv, IGDN, deconv, IGDN] | [deconv]
+        self.channels = g_s[-1].in_channels
+
+    def __call__(self, y_hat: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        h = self.g_s[: self.split](y_hat)
+        if theta is not None:
+            a, b = theta.view(2, self.channels, RANK)
+            h = h + F.conv2d(h, (a @ b.T)[:, :, None, None])
+        return self.g_s[self.split :](h)
+
+
+@dataclass
+class Latents:
+    y: torch.Tensor
+    z: torch.Tensor
+
+
+def entropy_params(model, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, means) from ẑ, on the CPU model: the device-independent path."""
+    with torch.no_grad():
+        scales, means = model.h_s(z_hat.cpu()).chunk(2, 1)
+    return scales, means
+
+
+def rd_loss(model, synth: Synthesis, lat_y, lat_z, x, lam: float, theta=None, crop=None):
+    """(loss, bpp, mse) with the relaxed latents lat_y/lat_z."""
+    c = lat_z.shape[1]  # the bottleneck's density works on (channels, 1, values)
+    z_lik = model.entropy_bottleneck._likelihood(lat_z.permute(1, 0, 2, 3).reshape(c, 1, -1))[0]
+    scales, means = model.h_s(lat_z).chunk(2, 1)
+    y_lik = model.gaussian_conditional._likelihood(lat_y, scales, means)
+    n_pix = x.shape[-1] * x.shape[-2] if crop is None else crop[0] * crop[1]
+    bits = -(torch.log2(z_lik.clamp_min(1e-9)).sum() + torch.log2(y_lik.clamp_min(1e-9)).sum())
+    x_hat = synth(lat_y, theta)
+    if crop is not None:
+        x_hat, x = x_hat[..., : crop[1], : crop[0]], x[..., : crop[1], : crop[0]]
+    mse = F.mse_loss(x_hat, x)
+    return bits / n_pix + lam * 255**2 * mse, bits / n_pix, mse
+
+
+def refine_latents(model, synth, x, crop, lam: float, iters: int, lr: float = 1e-3) -> Latents:
+    """Step 1: SGA latent refinement (adapters at zero)."""
+    with torch.no_grad():
+        y = model.g_a(x)
+        z = model.h_a(y)
+    if iters <= 0:
+        return Latents(y, z)
+    medians = model.entropy_bottleneck._get_medians().detach()
+    y = y.clone().requires_grad_(True)
+    z = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([y, z], lr=lr)
+    for t in range(iters):
+        if t == int(iters * 0.8):
+            for g in opt.param_groups:
+                g["lr"] = lr / 10
+        tau = tau_at(t)
+        z_t = sga(z - medians, tau) + medians
+        scales, means = model.h_s(z_t).chunk(2, 1)
+        y_t = sga(y - means, tau) + means
+        loss, _, _ = rd_loss(model, synth, y_t, z_t, x, lam, crop=crop)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return Latents(y.detach(), z.detach())
+
+
+def train_adapter(synth: Synthesis, y_hat, x, crop, lam: float, iters: int, lr: float = 1e-3,
+                  seed: int = 0) -> tuple[list[int], float, float]:
+    """Step 3: the adapter on the fixed ŷ. Returns (integer symbols, loss before, loss after)."""
+    n = 2 * synth.channels * RANK
+    gen = torch.Generator().manual_seed(seed)
+    theta = (torch.randn(n, generator=gen) * 0.02).to(y_hat.device).requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+
+    def losses(th):
+        q = ste_round(th.clamp(-BOUND, BOUND) / W_STEP) * W_STEP
+        noisy = th.clamp(-BOUND, BOUND) + (torch.rand_like(th) - 0.5) * W_STEP
+        p = torch.sigmoid((noisy + W_STEP / 2) / PRIOR_SCALE) - torch.sigmoid((noisy - W_STEP / 2) / PRIOR_SCALE)
+        x_hat = synth(y_hat, q)[..., : crop[1], : crop[0]]
+        rate = -torch.log2(p.clamp_min(1e-9)).sum() / (crop[0] * crop[1])
+        return rate + lam * 255**2 * F.mse_loss(x_hat, x[..., : crop[1], : crop[0]])
+
+    with torch.no_grad():
+        before = float(losses(torch.zeros_like(theta)))
+    for t in range(iters):
+        if t == int(iters * 0.8):
+            for g in opt.param_groups:
+                g["lr"] = lr / 10
+        loss = losses(theta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    symbols = torch.round(theta.detach().clamp(-BOUND, BOUND) / W_STEP).to(torch.int64).cpu().tolist()
+    with torch.no_grad():
+        after = float(losses(torch.tensor(symbols, dtype=theta.dtype, device=theta.device) * W_STEP))
+    return symbols, before, after
+
+
+def fingerprint(y_int: torch.Tensor, z_int: torch.Tensor, adapter: list[int]) -> str:
+    """Hash of every integer symbol the decoder reconstructs: equal on any device."""
+    h = hashlib.sha256()
+    for t in (y_int, z_int):
+        h.update(t.to(torch.int32).cpu().numpy().tobytes())
+    h.update(bytes(str(adapter), "ascii"))
+    return h.hexdigest()

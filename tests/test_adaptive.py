@@ -1,0 +1,184 @@
+"""The adaptive lossy codec on a tiny randomly initialised model (no trained weights here).
+
+The checkpoint goes through the real path: a weights.json with its sha256, loaded with
+weights_only=True. What is tested is the machinery (bitstream, refinement, adapters,
+resize, cross-process decode), not compression quality, which needs trained weights.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import encode_bytes
+from pixarc.images import probe_and_load
+from pixarc.weights import file_sha256
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, monkeypatch):
+    from pixarc import compressai_compat
+
+    compressai_compat.load()
+    from compressai.models import MeanScaleHyperprior
+
+    torch.manual_seed(0)
+    model = MeanScaleHyperprior(N=8, M=12).eval()
+    model.update(force=True)
+    path = tmp_path / "tiny-q1.pt"
+    torch.save(model.state_dict(), path)
+    entry = {"sha256": file_sha256(path.read_bytes()), "quality": 1, "N": 8, "M": 12, "lambda": 0.0483}
+    (tmp_path / "weights.json").write_text(json.dumps({"files": {"tiny-q1.pt": entry}}))
+    monkeypatch.setenv("PIXARC_ADAPTIVE_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",adaptive")
+    return tmp_path
+
+
+def smooth_image(w=70, h=50, seed=0) -> Image.Image:
+    r = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.stack([128 + 100 * np.sin(xx / 9 + c) * np.cos(yy / 7) for c in range(3)], -1)
+    return Image.fromarray(np.clip(a + r.normal(0, 4, a.shape), 0, 255).astype(np.uint8))
+
+
+def codec():
+    from pixarc_adaptive import AdaptiveCodec
+
+    return AdaptiveCodec()
+
+
+def rd_cost(c, src, params):
+    payload = c.encode(src, c.validate_params(params))
+    out = c.decode(payload).image
+    mse = float(np.mean((np.asarray(out, float) - np.asarray(src.image, float)) ** 2))
+    return 8 * len(payload) / (src.image.width * src.image.height) + 0.0483 * mse, payload
+
+
+def test_round_trip_odd_size_and_fingerprint(tiny_weights):
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(70, 50), "PNG"))
+    params = c.validate_params({"quality": 1})
+    payload = c.encode(src, params)
+    a, b = c.decode(payload), c.decode(payload)
+    assert a.image.size == (70, 50) and a.image.mode == "RGB"
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
+    assert c.weights_for(params) == json.loads((tiny_weights / "weights.json").read_text())["files"]["tiny-q1.pt"]["sha256"]
+
+
+def test_latent_refinement_lowers_the_rd_cost(tiny_weights):
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
+    base, _ = rd_cost(c, src, {"quality": 1})
+    refined, _ = rd_cost(c, src, {"quality": 1, "latent_iters": 60, "lr": 0.05})
+    assert refined < base
+
+
+def test_adapter_training_lowers_its_loss_and_travels_in_the_bitstream(tiny_weights):
+    from pixarc_adaptive import adapt
+
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
+    model = c._model(c._checkpoint(1))
+    x = torch.from_numpy(np.asarray(src.image, np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        y_hat = model.gaussian_conditional.quantize(model.g_a(x), "dequantize", None)
+    symbols, before, after = adapt.train_adapter(adapt.Synthesis(model.g_s), y_hat, x, (64, 64), 0.0483, 80, 0.01)
+    assert after < before and len(symbols) == 2 * 2 * 8 and max(map(abs, symbols)) <= adapt.K
+    assert adapt.decode_adapter(adapt.encode_adapter(symbols), len(symbols)) == symbols
+    payload = c.encode(src, c.validate_params({"quality": 1, "adapter_iters": 40, "lr": 0.01}))
+    n_sym = int.from_bytes(payload[-4:], "big")
+    assert n_sym in (0, 32)  # 0 only if every trained value rounded to zero
+
+
+def test_resize_search_codes_the_factor_exactly(tiny_weights):
+    from pixarc_adaptive import _HEAD
+
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(96, 80), "PNG"))
+    payload = c.encode(src, c.validate_params({"quality": 1, "scales": "1.0,0.5"}))
+    quality, permille, w, h, _, _ = _HEAD.unpack_from(payload, 0)
+    assert (quality, w, h) == (1, 96, 80) and permille in (1000, 500)
+    assert c.decode(payload).image.size == (96, 80)
+    half = c.encode(src, c.validate_params({"quality": 1, "scales": "0.5"}))
+    assert _HEAD.unpack_from(half, 0)[1] == 500 and c.decode(half).image.size == (96, 80)
+
+
+def test_archive_verify_and_fresh_process_decode(tiny_weights, tmp_path):
+    from pixarc import engine
+    from pixarc.manifest import latest, read_manifest
+    from pixarc.plugins import build_plugin_manager
+
+    src_dir, dest = tmp_path / "src", tmp_path / "dest"
+    src_dir.mkdir()
+    smooth_image(70, 50).save(src_dir / "a.png")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(src_dir / "grey.png")  # L: adaptive takes RGB only
+    policy = tmp_path / "p.toml"
+    policy.write_text('min_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nquality = 1\nlatent_iters = 5\n'
+                      'adapter_iters = 5\n[routes.unknown]\nlossless = false\ncodecs = ["adaptive-mbt2018-mean", "png"]\n')
+    reg = build_plugin_manager()
+    import pixarc.engine as eng
+
+    orig = eng.default_registry
+    eng.default_registry = lambda: reg
+    try:
+        engine.archive_local(str(src_dir), str(dest), policy=str(policy))
+        rows = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
+        a = rows["a.png"]
+        assert a["codec_id"] == "adaptive-mbt2018-mean" and not a["lossless"] and np.isfinite(a["psnr"])
+        assert a["weights_sha256"] and rows["grey.png"]["codec_id"] == "png"
+        assert "mode L not supported" in rows["grey.png"]["notes"]
+        assert not engine.verify_local(str(dest), full=True).problems
+    finally:
+        eng.default_registry = orig
+    code = (
+        "import sys; from pixarc.engine import decode_container; from pixarc.plugins import build_plugin_manager;"
+        "c, d = decode_container(open(sys.argv[1], 'rb').read(), build_plugin_manager()); print('FP', d.fingerprint)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(dest / "a.png.pxa")], capture_output=True, text=True,
+                         timeout=300, env=os.environ.copy())
+    assert res.returncode == 0, res.stderr[-2000:]
+    from pixarc.container import unpack
+
+    meta = unpack((dest / "a.png.pxa").read_bytes()).meta
+    assert res.stdout.split("FP ")[1].strip() == meta["decoded_fingerprint"]
+
+
+def test_tampered_weights_are_refused(tiny_weights):
+    p = tiny_weights / "tiny-q1.pt"
+    p.write_bytes(p.read_bytes()[:-3] + b"xyz")
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
+    from pixarc.errors import CodecError
+
+    with pytest.raises(CodecError, match="tampered"):
+        c.encode(src, c.validate_params({"quality": 1}))
+
+
+def test_without_weights_the_codec_steps_aside(monkeypatch):
+    monkeypatch.delenv("PIXARC_ADAPTIVE_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    from pixarc.images import ImageInfo
+
+    reason = codec().unsupported_reason(ImageInfo(64, 64, "RGB", 8, "PNG", "RGB"))
+    assert reason and "no weights" in reason
+
+
+def test_garbage_payloads_raise_codec_error(tiny_weights):
+    from pixarc.errors import CodecError
+
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
+    payload = c.encode(src, c.validate_params({"quality": 1}))
+    rng = np.random.default_rng(0)
+    for cut in (0, 5, len(payload) // 2, len(payload) - 1):
+        with pytest.raises(CodecError):
+            c.decode(payload[:cut])
+    for _ in range(20):
+        junk = bytes(rng.integers(0, 256, rng.integers(0, 64)).astype(np.uint8))
+        with pytest.raises(CodecError):
+            c.decode(junk)
