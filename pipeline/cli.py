@@ -392,5 +392,30 @@ def classify(src, policy, as_json):
         console.print(table)
 
 
+@main.group()
+def train():
+    """Train the models pixarc ships (reproducible: data order and seeds are fixed)."""
+
+
+@train.command("lossy")
+@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
+@click.option("--quality", type=click.IntRange(1, 8), required=True, help="Rate point: sets λ (CompressAI convention).")
+@click.option("--steps", default=100_000, show_default=True)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--patch", default=256, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--N", "n", default=None, type=int, help="Channels (default: the zoo's for this quality).")
+@click.option("--M", "m", default=None, type=int, help="Latent channels (default: the zoo's).")
+@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
+def train_lossy(data, quality, steps, batch, patch, lr, device, seed, n, m, out):
+    """Train a mbt2018-mean base model for the adaptive lossy codec."""
+    from pixarc_adaptive.train import train as run
+
+    entry = run(data, quality, steps, out, batch, patch, lr, device, seed, n, m)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., final {entry['final']})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -182,3 +182,28 @@ def test_garbage_payloads_raise_codec_error(tiny_weights):
         junk = bytes(rng.integers(0, 256, rng.integers(0, 64)).astype(np.uint8))
         with pytest.raises(CodecError):
             c.decode(junk)
+
+
+def test_training_cli_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
+    """Three steps on synthetic noise: the loop, the fp16 export and the manifest, not quality."""
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    r = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(r.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "weights"
+    res = CliRunner().invoke(main, ["train", "lossy", "--data", str(data), "--quality", "2", "--steps", "3",
+                                    "--batch", "2", "--patch", "64", "--N", "8", "--M", "12", "--out", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    entry = json.loads((out / "weights.json").read_text())["files"]["mbt2018-mean-q2-N8-M12.pt"]
+    assert entry["quality"] == 2 and entry["steps"] == 3 and entry["final"]["step"] == 3
+    monkeypatch.setenv("PIXARC_ADAPTIVE_WEIGHTS", str(out))
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
+    decoded = c.decode(c.encode(src, c.validate_params({"quality": 2})))
+    assert decoded.image.size == (64, 64) and c.weights_for({"quality": 2}) == entry["sha256"]
