@@ -1,0 +1,143 @@
+"""Rate-distortion of pixarc's lossy codecs per domain on ../shared/data/dev, with BD-rate.
+
+    .venv/bin/python benchmarks/lossy_rd.py [DEV_DIR] [--limit 8] [--latent-iters 2000] [--adapter-iters 500]
+                                           [--device auto] [--skip-learned]
+
+Curves, all measured in this run on the same images:
+* conventional: WebP (q 50..95), AVIF (q 30..90), JPEG XL (q 50..95);
+* learned, for every quality with weights installed (pixarc-trained or CompressAI zoo):
+  base model, + latent refinement, + adapters, + resize search (1.0, 0.75, 0.5).
+BD-rate (Bjøntegaard, PSNR, piecewise-cubic over the overlapping PSNR range) of each
+curve against the best conventional curve of the domain; negative = fewer bits. Also
+encode and decode seconds per image with the iteration counts used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pixarc.classify import DOMAINS
+from pixarc.images import probe_and_load
+from pixarc.metrics import psnr
+from pixarc.plugins import build_plugin_manager
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVENTIONAL = {
+    "webp": [{"quality": q} for q in (50, 65, 80, 90, 95)],
+    "avif": [{"quality": q} for q in (30, 45, 60, 75, 90)],
+    "jxl": [{"quality": q} for q in (50, 65, 80, 90, 95)],
+}
+
+
+def bd_rate(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
+    """Bjøntegaard delta rate (%) of ``test`` against ``ref``; points are (bpp, psnr)."""
+    from scipy.interpolate import PchipInterpolator
+
+    def curve(points):
+        pts = sorted((p, math.log(r)) for r, p in points if r > 0 and math.isfinite(p))
+        xs, ys = [], []
+        for p, lr in pts:  # PCHIP needs strictly increasing PSNR
+            if not xs or p > xs[-1] + 1e-9:
+                xs.append(p)
+                ys.append(lr)
+        return xs, ys
+
+    rx, ry = curve(ref)
+    tx, ty = curve(test)
+    if len(rx) < 2 or len(tx) < 2:
+        return math.nan
+    lo, hi = max(rx[0], tx[0]), min(rx[-1], tx[-1])
+    if hi <= lo:
+        return math.nan
+    grid = np.linspace(lo, hi, 100)
+    r_int = np.trapezoid(PchipInterpolator(rx, ry)(grid), grid)
+    t_int = np.trapezoid(PchipInterpolator(tx, ty)(grid), grid)
+    return 100 * (math.exp((t_int - r_int) / (hi - lo)) - 1)
+
+
+def measure(codec, params, sources, device="cpu"):
+    """Mean (bpp, psnr) over ``sources`` plus seconds per image."""
+    p = codec.validate_params(params)
+    bits = pixels = 0
+    psnrs, enc_s, dec_s = [], 0.0, 0.0
+    for src in sources:
+        t0 = time.perf_counter()
+        payload = codec.encode(src, p, device)
+        t1 = time.perf_counter()
+        image = codec.decode(payload, device).image
+        dec_s += time.perf_counter() - t1
+        enc_s += t1 - t0
+        bits += 8 * len(payload)
+        pixels += src.info.pixels
+        psnrs.append(psnr(src.image, image))
+    n = len(sources)
+    return bits / pixels, float(np.mean(psnrs)), enc_s / n, dec_s / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
+    ap.add_argument("--limit", type=int, default=8, help="images per domain")
+    ap.add_argument("--latent-iters", type=int, default=2000)
+    ap.add_argument("--adapter-iters", type=int, default=500)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--skip-learned", action="store_true")
+    args = ap.parse_args()
+    reg = build_plugin_manager()
+    learned = None if args.skip_learned or "adaptive-mbt2018-mean" not in reg.codecs else reg.codec(
+        "adaptive-mbt2018-mean")
+    qualities = sorted(learned._checkpoints) if learned else []
+    device = args.device
+    if device == "auto":
+        from pixarc.engine import gpu_count
+
+        device = "cuda" if gpu_count() else "cpu"
+    print(f"dev set {args.dev}; learned qualities with weights: {qualities or 'none'}; device {device}")
+    variants = {
+        "base": {},
+        "+refine": {"latent_iters": args.latent_iters},
+        "+adapters": {"latent_iters": args.latent_iters, "adapter_iters": args.adapter_iters},
+        "+resize": {"latent_iters": args.latent_iters, "adapter_iters": args.adapter_iters,
+                    "scales": "1.0,0.75,0.5"},
+    }
+    for domain in DOMAINS:
+        files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
+        sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
+        curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        timing: dict[str, tuple[float, float]] = {}
+        for cid, settings in CONVENTIONAL.items():
+            if cid not in reg.codecs:
+                continue
+            for params in settings:
+                bpp, p, e, d = measure(reg.codec(cid), params, sources)
+                curves[cid].append((bpp, p))
+                timing[cid] = (e, d)
+        for name, extra in variants.items() if learned else []:
+            for q in qualities:
+                bpp, p, e, d = measure(learned, {"quality": q, **extra}, sources, device)
+                curves[f"learned {name}"].append((bpp, p))
+                timing[f"learned {name}"] = (e, d)
+        conv = [c for c in CONVENTIONAL if c in curves]
+        best = min(conv, key=lambda c: np.mean([bd_rate(curves[o], curves[c]) for o in conv if o != c] or [0]))
+        print(f"\n== {domain} ({len(sources)} images); BD-rate reference: {best}")
+        print(f"{'curve':22s} {'BD-rate %':>10s} {'enc s/img':>10s} {'dec s/img':>10s}  points (bpp/PSNR)")
+        for name, pts in curves.items():
+            bd = bd_rate(curves[best], pts) if name != best else 0.0
+            e, d = timing[name]
+            shown = " ".join(f"{b:.3f}/{p:.2f}" for b, p in sorted(pts))
+            print(f"{name:22s} {bd:10.2f} {e:10.3f} {d:10.3f}  {shown}")
+        if learned:
+            base = curves.get("learned base")
+            for name in ("learned +refine", "learned +adapters", "learned +resize"):
+                if base and curves.get(name):
+                    print(f"  {name} vs learned base: {bd_rate(base, curves[name]):.2f} % BD-rate")
+
+
+if __name__ == "__main__":
+    main()
