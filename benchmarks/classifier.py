@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--classifier", default="stats")
     args = ap.parse_args()
     clf = default_registry().classifier(args.classifier)
+    if clf.unavailable_reason():
+        raise SystemExit(f"classifier {args.classifier}: {clf.unavailable_reason()}")
     threshold = load_policy().min_confidence
     confusion = {t: {p: 0 for p in DOMAINS} for t in DOMAINS}
     low, times = 0, []

@@ -33,6 +33,10 @@ class Classifier(ABC):
     def version(self) -> str:
         return "1"
 
+    def unavailable_reason(self) -> str | None:
+        """Why this classifier cannot run here (e.g. no weights installed), or None."""
+        return None
+
     @abstractmethod
     def classify(self, image: Image.Image) -> Classification: ...
 
@@ -45,3 +49,19 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
+
+
+def pick_classifier(registry, policy) -> tuple[Classifier, str]:
+    """The policy's classifier, or its fallback when that one is missing or cannot run.
+
+    Returns the classifier and a note ('' when the first choice is used)."""
+    from .errors import PluginError
+
+    try:
+        first = registry.classifier(policy.classifier)
+        why = first.unavailable_reason()
+    except PluginError as exc:
+        first, why = None, str(exc)
+    if first is not None and why is None:
+        return first, ""
+    return registry.classifier(policy.fallback_classifier), f"classifier {policy.classifier} unavailable ({why}); used {policy.fallback_classifier}"

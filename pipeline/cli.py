@@ -366,9 +366,13 @@ def classify(src, policy, as_json):
     from .routing import load_policy
     from .storage import get_fs
 
+    from .classify import pick_classifier
+
     pol = load_policy(policy)
-    clf = default_registry().classifier(pol.classifier)
-    table = Table(title=f"{src} — classifier {pol.classifier}")
+    clf, note = pick_classifier(default_registry(), pol)
+    if note:
+        err.print(note)
+    table = Table(title=f"{src} — classifier {clf.classifier_id}")
     for col in ("key", "domain", "confidence", "scores"):
         table.add_column(col)
     for ref in crawl(src):
@@ -415,6 +419,21 @@ def train_lossy(data, quality, steps, batch, patch, lr, device, seed, n, m, out)
 
     entry = run(data, quality, steps, out, batch, patch, lr, device, seed, n, m)
     console.print(f"wrote {out} ({entry['sha256'][:16]}..., final {entry['final']})")
+
+
+@train.command("classifier")
+@click.option("--data", required=True, help="Folder with one sub-folder per domain (e.g. ../shared/data/train/whole).")
+@click.option("--out", required=True, help="Folder for the weights and their weights.json entry.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--width", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def train_classifier(data, out, epochs, width, seed, device):
+    """Train the `cnn` domain classifier."""
+    from pixarc_cnn_classifier.train import train as run
+
+    entry = run(data, out, epochs=epochs, width=width, seed=seed, device=device)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., training accuracy {entry['train_accuracy']:.3f})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from . import __version__, faults, progress
-from .classify import UNKNOWN, Classification
+from .classify import UNKNOWN, Classification, pick_classifier
 from .codec import Codec, Decoded, params_hash
 from .container import Container, pack, unpack
 from .crawl import ImageRef, crawl
@@ -546,11 +546,14 @@ def prepare(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, regis
 
     if src.image is not None:
         t0 = time.perf_counter()
+        classifier, note = pick_classifier(registry, policy)
+        if note:
+            notes.append(note)
         try:
-            classification = registry.classifier(policy.classifier).classify(src.image)
+            classification = classifier.classify(src.image)
         except Exception as exc:  # a broken classifier degrades to the unknown route
-            classification = Classification(UNKNOWN, 0.0, policy.classifier)
-            notes.append(f"classifier {policy.classifier} failed: {exc}")
+            classification = Classification(UNKNOWN, 0.0, classifier.classifier_id)
+            notes.append(f"classifier {classifier.classifier_id} failed: {exc}")
         row.classify_s = time.perf_counter() - t0
     else:
         classification = Classification(UNKNOWN, 0.0, "")
@@ -731,7 +734,7 @@ def plan_one(ref: ImageRef, policy: Policy, registry: Registry) -> dict[str, str
         status = STATUS_REJECTED if exc.reason in REJECT_REASONS else STATUS_ERROR
         return {"domain": "-", "confidence": "", "route": "-", "codec": f"({status})", "note": f"{exc.reason}: {exc}"}
     c = (
-        registry.classifier(policy.classifier).classify(src.image)
+        pick_classifier(registry, policy)[0].classify(src.image)
         if src.image is not None
         else Classification(UNKNOWN, 0.0, "")
     )

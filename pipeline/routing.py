@@ -50,6 +50,7 @@ class DomainRoute:
 class Policy:
     name: str
     classifier: str
+    fallback_classifier: str
     min_confidence: float
     selection: str
     max_pixels: int
@@ -87,6 +88,7 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
     return Policy(
         name=name,
         classifier=str(doc.get("classifier", "stats")),
+        fallback_classifier=str(doc.get("fallback_classifier", "stats")),
         min_confidence=min_conf,
         selection=selection,
         max_pixels=max_pixels,
