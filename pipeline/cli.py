@@ -436,5 +436,23 @@ def train_classifier(data, out, epochs, width, seed, device):
     console.print(f"wrote {out} ({entry['sha256'][:16]}..., training accuracy {entry['train_accuracy']:.3f})")
 
 
+@train.command("svr")
+@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
+@click.option("--out", required=True, help="Folder for the weights and their weights.json entry.")
+@click.option("--stage1-steps", default=20_000, show_default=True)
+@click.option("--stage2-steps", default=20_000, show_default=True)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--patch", default=128, show_default=True)
+@click.option("--width", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, device):
+    """Train the SVR codec (both stages, then its entropy tables)."""
+    from pixarc_svr.train import train as run
+
+    entry = run(data, out, stage1_steps, stage2_steps, batch=batch, patch=patch, width=width, seed=seed, device=device)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}...)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

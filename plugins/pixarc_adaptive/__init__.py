@@ -116,7 +116,7 @@ class AdaptiveCodec(Codec):
         compressai_compat.load()  # before any compressai import (see compressai_compat)
         self._checkpoints = discover()
         self._models: dict[tuple[str, str], object] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the GPU copy is made from the CPU model, under the lock
 
     def version(self) -> str:
         import torch
