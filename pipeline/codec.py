@@ -60,6 +60,8 @@ class Codec(ABC):
         params_schema: parameter name -> :class:`Param`.
         needs_gpu / prefers_gpu: scheduling hints for the flows.
         max_side: largest width or height the codec can encode (None: unlimited).
+        rate_param: the integer parameter whose increase spends more bits (``quality``,
+            ``m``...); policies with ``target_psnr``/``target_bpp`` search it.
     """
 
     codec_id: ClassVar[str]
@@ -71,6 +73,7 @@ class Codec(ABC):
     prefers_gpu: ClassVar[bool] = False
     max_side: ClassVar[int | None] = None
     description: ClassVar[str] = ""
+    rate_param: ClassVar[str | None] = None  # integer parameter that raises the rate (for targets)
 
     def weights_for(self, params: Mapping[str, Any]) -> str:
         """sha256 of the weights an encode with ``params`` uses ('' for codecs without weights).

@@ -440,8 +440,12 @@ def encode_route(
             continue
         try:
             params = codec.validate_params(cand.params)
-            ready = (payloads or {}).get((codec.codec_id, params_hash(params)))
-            enc = _encode_verified(codec, params, src, route, codec_device(codec, device), ready)
+            if cand.target and codec.rate_param and not codec.lossless:
+                enc, note = _encode_to_target(codec, params, src, route, codec_device(codec, device), cand.target)
+                attempts.append({"codec": cand.codec_id, "result": "target", "reason": note})
+            else:
+                ready = (payloads or {}).get((codec.codec_id, params_hash(params)))
+                enc = _encode_verified(codec, params, src, route, codec_device(codec, device), ready)
         except PixarcError as exc:
             attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{exc.reason}: {exc}"})
             continue
@@ -454,6 +458,45 @@ def encode_route(
         if route.selection == "first":
             break
     return chosen, attempts
+
+
+def _encode_to_target(
+    codec: Codec, params: dict[str, Any], src: SourceImage, route: Route, device: str, target: tuple[str, float]
+) -> tuple[_Encoded, str]:
+    """Bisect the codec's rate parameter: the fewest bits with PSNR >= target, or the most
+    bits with bpp <= target. Every probe is a full, decode-checked encode."""
+    kind, goal = target
+    spec = codec.params_schema[codec.rate_param]
+    lo, hi = int(spec.min), int(spec.max)
+    pixels = max(1, src.info.pixels)
+
+    def ok(enc: _Encoded) -> bool:
+        return enc.psnr >= goal if kind == "psnr" else 8 * len(enc.blob) / pixels <= goal
+
+    def probe(value: int) -> _Encoded:
+        return _encode_verified(codec, {**params, codec.rate_param: value}, src, route, device)
+
+    best: _Encoded | None = None
+    probes = 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        enc = probe(mid)
+        probes += 1
+        if ok(enc):
+            best = enc
+            if kind == "psnr":
+                hi = mid - 1  # fewer bits may still reach the PSNR
+            else:
+                lo = mid + 1  # more bits may still fit the budget
+        elif kind == "psnr":
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    if best is None:  # unreachable target: the closest end of the range
+        best = probe(int(spec.max) if kind == "psnr" else int(spec.min))
+        probes += 1
+        return best, f"{kind} target {goal} not reachable; used {codec.rate_param}={best.params[codec.rate_param]}"
+    return best, f"{kind} target {goal}: {codec.rate_param}={best.params[codec.rate_param]} after {probes} probes"
 
 
 def fallback_note(attempts: list[dict[str, Any]]) -> str:

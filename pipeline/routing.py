@@ -28,6 +28,7 @@ SELECTIONS = ("first", "smallest")
 class Candidate:
     codec_id: str
     params: dict[str, Any] = field(default_factory=dict)
+    target: tuple[str, float] | None = None  # ("psnr", dB) or ("bpp", bits per pixel)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DomainRoute:
     lossless: bool
     codecs: tuple[str, ...]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    target: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,11 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
         codecs = spec.get("codecs")
         if not codecs or not all(isinstance(c, str) for c in codecs):
             raise PolicyError(f"{name}: routes.{domain}.codecs must be a non-empty list of codec ids")
-        routes[domain] = DomainRoute(bool(spec.get("lossless", True)), tuple(codecs), dict(spec.get("params", {})))
+        targets = [(k, float(spec[f"target_{k}"])) for k in ("psnr", "bpp") if f"target_{k}" in spec]
+        if len(targets) > 1:
+            raise PolicyError(f"{name}: routes.{domain} sets both target_psnr and target_bpp")
+        routes[domain] = DomainRoute(bool(spec.get("lossless", True)), tuple(codecs), dict(spec.get("params", {})),
+                                     targets[0] if targets else None)
     if UNKNOWN not in routes:
         raise PolicyError(f"{name}: a routes.{UNKNOWN} entry is required (used for low confidence)")
     limits = doc.get("limits", {})
@@ -133,7 +139,7 @@ def route(info: ImageInfo, classification: Classification, policy: Policy) -> Ro
         )
         domain = UNKNOWN
     spec = policy.routes[domain]
-    candidates = [Candidate(c, policy.params_for(c, spec)) for c in spec.codecs]
+    candidates = [Candidate(c, policy.params_for(c, spec), spec.target) for c in spec.codecs]
     if STORE not in spec.codecs:  # last resort for every route: keep the original bytes
         candidates.append(Candidate(STORE))
     return Route(domain, spec.lossless, tuple(candidates), policy.selection, reason)

@@ -93,3 +93,33 @@ def test_smallest_selection_keeps_the_smallest_verified(small_collection, tmp_pa
     assert set(best) == {"png", "webp-lossless", "store"}
     for codec, (n, alone, kept) in best.items():
         assert n == 5 and kept == sum(r["bitstream_bytes"] for r in rows) and alone >= kept
+
+
+@pytest.mark.parametrize("kind, goal", [("psnr", 36.0), ("bpp", 1.0)])
+def test_target_modes_search_the_rate_point(small_collection, tmp_path, kind, goal):
+    import json
+
+    from pixarc import engine
+    from pixarc.manifest import latest, read_manifest
+
+    p = tmp_path / "t.toml"
+    p.write_text(f'min_confidence = 1.1\n[routes.unknown]\nlossless = false\ncodecs = ["webp"]\ntarget_{kind} = {goal}\n')
+    engine.archive_local(str(small_collection), str(tmp_path / "d"), policy=str(p))
+    rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
+    for r in rows:
+        q = json.loads(r["params"])["quality"]
+        note = [a for a in json.loads(r["attempts"]) if a["result"] == "target"][0]["reason"]
+        if "not reachable" in note:
+            continue
+        if kind == "psnr":
+            assert r["psnr"] >= goal, r["key"]
+        else:
+            assert r["bpp"] <= goal + 1e-9, r["key"]
+        assert f"quality={q}" in note
+
+
+def test_both_targets_is_an_error(tmp_path):
+    p = tmp_path / "t.toml"
+    p.write_text('[routes.unknown]\ncodecs = ["webp"]\ntarget_psnr = 30\ntarget_bpp = 1\n')
+    with pytest.raises(PolicyError, match="both"):
+        load_policy(str(p))

@@ -111,6 +111,7 @@ class AdaptiveCodec(Codec):
         "seed": Param(int, 0, 0, 2**31 - 1, "adapter initialisation seed"),
     }
     description = "CompressAI mbt2018-mean + SGA latent refinement + rank-2 adapters"
+    rate_param = "quality"
 
     def __init__(self):
         compressai_compat.load()  # before any compressai import (see compressai_compat)

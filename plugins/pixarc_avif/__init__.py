@@ -26,6 +26,7 @@ class AVIFCodec(PillowCodec):
         "subsampling": Param(str, "4:2:0", help="chroma subsampling: 4:2:0, 4:2:2 or 4:4:4"),
     }
     description = "AVIF lossy (libavif/aom)"
+    rate_param = "quality"
 
     def save_kwargs(self, params):
         return {"quality": params["quality"], "speed": params["speed"], "subsampling": params["subsampling"]}

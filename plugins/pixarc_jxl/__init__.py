@@ -44,6 +44,7 @@ class JXLCodec(_JXLBase):
         "effort": Param(int, 7, 1, 9, "libjxl effort"),
     }
     description = "JPEG XL lossy (VarDCT)"
+    rate_param = "quality"
 
     def save_kwargs(self, params):
         return {"quality": params["quality"], "effort": params["effort"], "num_threads": 1}

@@ -56,6 +56,7 @@ class SVRCodec(Codec):
     max_side = 65535
     params_schema = {"m": Param(int, 2, 1, 4, "codebooks kept per position (rate knob)")}
     description = "masked adaptive codebooks (M-AdaCode), integer-only bitstream"
+    rate_param = "m"
 
     def __init__(self):
         compressai_compat.load()

@@ -37,6 +37,7 @@ class WebPCodec(PillowCodec):
         "method": Param(int, 4, 0, 6, "effort"),
     }
     description = "WebP lossy"
+    rate_param = "quality"
 
     def save_kwargs(self, params):
         return {"quality": params["quality"], "method": params["method"]}
