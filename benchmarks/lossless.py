@@ -1,0 +1,69 @@
+"""Lossless bits per sub-pixel per domain on ../shared/data/dev, all codecs in one run.
+
+    .venv/bin/python benchmarks/lossless.py [DEV_DIR] [--limit 8]
+
+PNG (zlib level 9), WebP lossless (method 6, the slowest/smallest), JPEG XL lossless
+(effort 9, the highest available here), plus every other lossless pixel codec installed
+(learned ones once their weights exist). Reports bpsp = bits / (pixels × channels) and
+encode/decode seconds per megapixel; each bitstream is decoded and compared exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pixarc.classify import DOMAINS
+from pixarc.images import pixels_sha256, probe_and_load
+from pixarc.plugins import build_plugin_manager
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"png": {"compress_level": 9}, "webp-lossless": {"method": 6}, "jxl-lossless": {"effort": 9}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
+    ap.add_argument("--limit", type=int, default=8)
+    args = ap.parse_args()
+    reg = build_plugin_manager()
+    codecs = [c for c in sorted(reg.codecs) if reg.codec(c).lossless and c != "store"]
+    print(f"{'domain':11s} " + " ".join(f"{c:>15s}" for c in codecs) + "   (bpsp; lower is better)")
+    speed: dict[str, list[float]] = {c: [0.0, 0.0, 0.0] for c in codecs}
+    totals = {c: [0, 0] for c in codecs}
+    for domain in DOMAINS:
+        files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
+        sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
+        row = []
+        for cid in codecs:
+            codec = reg.codec(cid)
+            usable = [s for s in sources if not codec.unsupported_reason(s.info)]
+            if not usable:
+                row.append(f"{'-':>15s}")
+                continue
+            params = codec.validate_params(SETTINGS.get(cid, {}))
+            bits = subpixels = 0
+            for s in usable:
+                t0 = time.perf_counter()
+                payload = codec.encode(s, params)
+                t1 = time.perf_counter()
+                out = codec.decode(payload).image
+                t2 = time.perf_counter()
+                assert pixels_sha256(out) == s.pixels_sha256, f"{cid} is not lossless on {s.info}"
+                bits += 8 * len(payload)
+                subpixels += s.info.pixels * len(s.image.getbands())
+                speed[cid][0] += t1 - t0
+                speed[cid][1] += t2 - t1
+                speed[cid][2] += s.info.pixels / 1e6
+            totals[cid][0] += bits
+            totals[cid][1] += subpixels
+            row.append(f"{bits / subpixels:15.3f}")
+        print(f"{domain:11s} " + " ".join(row))
+    print(f"{'all':11s} " + " ".join(f"{b / max(1, n):15.3f}" for b, n in totals.values()))
+    print(f"{'enc s/MP':11s} " + " ".join(f"{e / max(mp, 1e-9):15.2f}" for e, _, mp in speed.values()))
+    print(f"{'dec s/MP':11s} " + " ".join(f"{d / max(mp, 1e-9):15.3f}" for _, d, mp in speed.values()))
+
+
+if __name__ == "__main__":
+    main()
