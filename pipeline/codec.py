@@ -170,3 +170,28 @@ def open_payload_image(payload: bytes, expected_format: str, codec_id: str) -> I
     except Exception as exc:
         raise CodecError(f"{codec_id}: cannot decode payload ({type(exc).__name__}: {exc})") from None
     return im
+
+
+def pack_sections(*blobs: bytes) -> bytes:
+    """Length-prefixed (u32) byte strings, for codec payload layouts."""
+    import struct
+
+    return b"".join(struct.pack(">I", len(b)) + b for b in blobs)
+
+
+def unpack_sections(payload: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
+    """Read ``count`` sections written by :func:`pack_sections` from ``pos``; raises
+    ValueError when one would run past the end. Returns the sections and the end position."""
+    import struct
+
+    out = []
+    for _ in range(count):
+        if pos + 4 > len(payload):
+            raise ValueError("truncated section length")
+        (n,) = struct.unpack_from(">I", payload, pos)
+        pos += 4
+        if pos + n > len(payload):
+            raise ValueError("truncated section")
+        out.append(bytes(payload[pos : pos + n]))
+        pos += n
+    return out, pos

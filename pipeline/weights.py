@@ -75,3 +75,34 @@ def hub_checkpoint(filename: str) -> Path:
     import torch.hub
 
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def manifest_entries(env_var: str, default_dir: Path, arch: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(file, entry) for every weights.json entry in the directories named by ``env_var``
+    (``os.pathsep``-separated, searched first) and ``default_dir`` (a plugin's shipped
+    weights), optionally only those of one architecture."""
+    dirs = [Path(d) for d in os.environ.get(env_var, "").split(os.pathsep) if d] + [Path(default_dir)]
+    out = []
+    for d in dirs:
+        if (d / "weights.json").exists():
+            for name, entry in read_manifest(d / "weights.json").items():
+                if arch is None or entry.get("arch", arch) == arch:
+                    out.append((d / name, entry))
+    return out
+
+
+def save_weights(out_dir: str | os.PathLike, name: str, state: dict, entry: dict[str, Any]) -> dict[str, Any]:
+    """Save a state dict (floating tensors as fp16 unless they are entropy statistics) and
+    record it, with its sha256 and ``entry``'s provenance, in ``out_dir/weights.json``."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() and "counts" not in k else v) for k, v in state.items()}
+    torch.save(state, out_dir / name)
+    entry = {**entry, "sha256": file_sha256((out_dir / name).read_bytes())}
+    manifest = out_dir / "weights.json"
+    doc = json.loads(manifest.read_text()) if manifest.exists() else {"files": {}}
+    doc["files"][name] = entry
+    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    return entry

@@ -1,7 +1,6 @@
 """SVR machinery on a briefly trained tiny model (no train/crops here): the two-stage
 training loop, integer-only bitstreams, m as the rate knob, cross-process decode."""
 
-import json
 import os
 import subprocess
 import sys

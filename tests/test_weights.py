@@ -1,5 +1,4 @@
 import json
-import pickle
 
 import pytest
 import torch

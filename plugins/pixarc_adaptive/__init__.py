@@ -18,9 +18,6 @@ exactly, in permille), ``seed``. The algorithm is in ``adapt.py``.
 from __future__ import annotations
 
 import copy
-import io
-import json
-import os
 import re
 import struct
 import threading
@@ -28,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixarc import compressai_compat
-from pixarc.codec import Codec, Decoded, Param
+from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 
@@ -47,19 +44,6 @@ class Checkpoint:
     M: int
     lam: float
     origin: str
-
-
-def _from_manifest(directory: Path, origin: str) -> list[Checkpoint]:
-    manifest = directory / "weights.json"
-    if not manifest.exists():
-        return []
-    out = []
-    for name, e in json.loads(manifest.read_text()).get("files", {}).items():
-        if e.get("arch", ARCH) == ARCH:
-            q = int(e["quality"])
-            out.append(Checkpoint(str(directory / name), e["sha256"], q, int(e["N"]), int(e["M"]),
-                                  float(e.get("lambda", LAMBDAS.get(q, 0.0067))), origin))
-    return out
 
 
 def _from_hub_cache() -> list[Checkpoint]:
@@ -84,13 +68,15 @@ def _from_hub_cache() -> list[Checkpoint]:
 
 
 def discover() -> dict[int, Checkpoint]:
+    from pixarc.weights import manifest_entries
+
     found: dict[int, Checkpoint] = {}
-    sources = [(Path(d), "PIXARC_ADAPTIVE_WEIGHTS") for d in os.environ.get("PIXARC_ADAPTIVE_WEIGHTS", "").split(
-        os.pathsep) if d]
-    sources.append((Path(__file__).parent / "weights", "pixarc"))
-    for directory, origin in sources:
-        for ck in _from_manifest(directory, origin):
-            found.setdefault(ck.quality, ck)
+    shipped = Path(__file__).parent / "weights"
+    for path, e in manifest_entries("PIXARC_ADAPTIVE_WEIGHTS", shipped, ARCH):
+        q = int(e["quality"])
+        origin = "pixarc" if path.parent == shipped else "PIXARC_ADAPTIVE_WEIGHTS"
+        found.setdefault(q, Checkpoint(str(path), e["sha256"], q, int(e["N"]), int(e["M"]),
+                                       float(e.get("lambda", LAMBDAS.get(q, 0.0067))), origin))
     for ck in _from_hub_cache():
         found.setdefault(ck.quality, ck)
     return found
@@ -174,8 +160,6 @@ class AdaptiveCodec(Codec):
     def encode(self, src, params, device="cpu"):
         import torch
 
-        from . import adapt
-
         ck = self._checkpoint(params["quality"])
         cpu, dev = self._model(ck), self._model(ck, device)
         try:
@@ -228,26 +212,15 @@ class AdaptiveCodec(Codec):
             if not any(symbols):
                 symbols = []
         a_bytes = adapt.encode_adapter(symbols) if symbols else b""
-        parts = [_HEAD.pack(ck.quality, permille, w, h, *z.shape[-2:])]
-        for blob in (z_strings[0], y_strings[0], a_bytes):
-            parts.append(struct.pack(">I", len(blob)) + blob)
-        parts.append(struct.pack(">I", len(symbols)))
-        return b"".join(parts)
+        return (_HEAD.pack(ck.quality, permille, w, h, *z.shape[-2:]) + pack_sections(z_strings[0], y_strings[0], a_bytes)
+                + struct.pack(">I", len(symbols)))
 
     # ------------------------------------------------------------------ decode
 
     def decode(self, payload, device="cpu"):
         try:
             quality, permille, w, h, zr, zc = _HEAD.unpack_from(payload, 0)
-            pos = _HEAD.size
-            blobs = []
-            for _ in range(3):
-                (n,) = struct.unpack_from(">I", payload, pos)
-                pos += 4
-                if pos + n > len(payload):
-                    raise ValueError("truncated section")
-                blobs.append(bytes(payload[pos : pos + n]))
-                pos += n
+            blobs, pos = unpack_sections(payload, _HEAD.size, 3)
             (n_sym,) = struct.unpack_from(">I", payload, pos)
             if pos + 4 != len(payload):
                 raise ValueError("trailing bytes")

@@ -9,8 +9,6 @@ statistics classifier) is used, with a note in the manifest row.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from pathlib import Path
 
@@ -23,19 +21,11 @@ ARCH = "domainnet"
 SIDE = 128
 
 
-def weight_dirs() -> list[Path]:
-    env = [Path(d) for d in os.environ.get("PIXARC_CLASSIFIER_WEIGHTS", "").split(os.pathsep) if d]
-    return env + [Path(__file__).parent / "weights"]
-
-
 def find_weights() -> tuple[Path, dict] | None:
-    for d in weight_dirs():
-        manifest = d / "weights.json"
-        if manifest.exists():
-            for name, entry in json.loads(manifest.read_text()).get("files", {}).items():
-                if entry.get("arch") == ARCH:
-                    return d / name, entry
-    return None
+    from pixarc.weights import manifest_entries
+
+    found = manifest_entries("PIXARC_CLASSIFIER_WEIGHTS", Path(__file__).parent / "weights", ARCH)
+    return found[0] if found else None
 
 
 def build_model(width: int, n_features: int):

@@ -15,29 +15,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import threading
 from pathlib import Path
 
 from pixarc import compressai_compat
-from pixarc.codec import Codec, Decoded, Param
+from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
+from pixarc.weights import manifest_entries
 
 ARCH = "svr"
 _HEAD = struct.Struct(">BHHHH")
 
 
 def find_weights() -> tuple[Path, dict] | None:
-    dirs = [Path(d) for d in os.environ.get("PIXARC_SVR_WEIGHTS", "").split(os.pathsep) if d]
-    for d in dirs + [Path(__file__).parent / "weights"]:
-        manifest = d / "weights.json"
-        if manifest.exists():
-            for name, entry in json.loads(manifest.read_text()).get("files", {}).items():
-                if entry.get("arch") == ARCH:
-                    return d / name, entry
-    return None
+    found = manifest_entries("PIXARC_SVR_WEIGHTS", Path(__file__).parent / "weights", ARCH)
+    return found[0] if found else None
 
 
 def _cdf(counts) -> list[int]:
@@ -137,21 +131,12 @@ class SVRCodec(Codec):
             b"" if m == 1 else RansEncoder().encode_with_indexes(
                 order(w_int), [0] * len(ids), [weight_cdf], [len(weight_cdf)], [-(W_LEVELS // 2)]),
         ]
-        out = [_HEAD.pack(m, w, h, u, v)]
-        out += [struct.pack(">I", len(s)) + s for s in streams]
-        return b"".join(out)
+        return _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
 
     def decode(self, payload, device="cpu"):
         try:
             m, w, h, u, v = _HEAD.unpack_from(payload, 0)
-            pos, streams = _HEAD.size, []
-            for _ in range(3):
-                (n,) = struct.unpack_from(">I", payload, pos)
-                pos += 4
-                if pos + n > len(payload):
-                    raise ValueError("truncated stream")
-                streams.append(bytes(payload[pos : pos + n]))
-                pos += n
+            streams, pos = unpack_sections(payload, _HEAD.size, 3)
             if pos != len(payload):
                 raise ValueError("trailing bytes")
         except (struct.error, ValueError) as exc:
