@@ -13,7 +13,6 @@ keep the repository small, tables as integers), the file's sha256 goes into
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ def train(data: str, quality: int, steps: int, out: str, batch: int = 8, patch: 
     from PIL import Image
 
     from pixarc import compressai_compat
-    from pixarc.weights import file_sha256
+    from pixarc.weights import save_weights
 
     compressai_compat.load()
     from compressai.models import MeanScaleHyperprior
@@ -95,19 +94,11 @@ def train(data: str, quality: int, steps: int, out: str, batch: int = 8, patch: 
             print(f"step {step}: loss {loss_v:.4f} bpp {bpp_v:.4f} psnr {psnr:.2f} ({time.time() - t0:.0f} s)", flush=True)
     model = model.to("cpu").eval()
     model.update(force=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"mbt2018-mean-q{quality}-N{N}-M{M}.pt"
-    torch.save(state, out_dir / name)
     entry = {
-        "sha256": file_sha256((out_dir / name).read_bytes()), "arch": "mbt2018-mean", "quality": quality,
-        "N": N, "M": M, "lambda": lam, "steps": steps, "batch": batch, "patch": patch, "lr": lr, "seed": seed,
-        "images": len(files), "data": str(data), "final": history[-1] if history else None,
+        "arch": "mbt2018-mean", "quality": quality, "N": N, "M": M, "lambda": lam, "steps": steps, "batch": batch,
+        "patch": patch, "lr": lr, "seed": seed, "images": len(files), "data": str(data),
+        "final": history[-1] if history else None,
         "source": f"pixarc train lossy --quality {quality} --steps {steps}",
     }
-    manifest = out_dir / "weights.json"
-    doc = json.loads(manifest.read_text()) if manifest.exists() else {"files": {}}
-    doc["files"][name] = entry
-    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    entry = save_weights(out, f"mbt2018-mean-q{quality}-N{N}-M{M}.pt", model.state_dict(), entry)
     return entry

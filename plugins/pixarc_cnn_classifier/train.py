@@ -8,7 +8,6 @@ accuracy). Evaluate on the dev set with ``benchmarks/classifier.py --classifier 
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -25,7 +24,7 @@ def train(data: str, out: str, epochs: int = 30, width: int = 32, lr: float = 2e
     from PIL import Image
 
     from pixarc.images import probe_and_load
-    from pixarc.weights import file_sha256
+    from pixarc.weights import save_weights
 
     random.seed(seed)
     torch.manual_seed(seed)
@@ -77,17 +76,9 @@ def train(data: str, out: str, epochs: int = 30, width: int = 32, lr: float = 2e
         acc = correct / len(order)
         print(f"epoch {epoch + 1}/{epochs}: training accuracy {acc:.3f}", flush=True)
     model = model.cpu().eval()
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"domainnet-w{width}.pt"
-    torch.save(state, out_dir / name)
     counts = {d: sum(1 for _, label in samples if label == i) for i, d in enumerate(DOMAINS)}
-    entry = {"sha256": file_sha256((out_dir / name).read_bytes()), "arch": ARCH, "width": width,
-             "n_features": n_features, "epochs": epochs, "seed": seed, "images": counts, "train_accuracy": acc,
-             "data": str(data), "source": f"pixarc train classifier --epochs {epochs} --width {width}"}
-    manifest = out_dir / "weights.json"
-    doc = json.loads(manifest.read_text()) if manifest.exists() else {"files": {}}
-    doc["files"][name] = entry
-    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    entry = {"arch": ARCH, "width": width, "n_features": n_features, "epochs": epochs, "seed": seed,
+             "images": counts, "train_accuracy": acc, "data": str(data),
+             "source": f"pixarc train classifier --epochs {epochs} --width {width}"}
+    entry = save_weights(out, f"domainnet-w{width}.pt", model.state_dict(), entry)
     return entry

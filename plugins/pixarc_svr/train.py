@@ -10,7 +10,6 @@ fixed seeds. Writes fp16 weights + a ``weights.json`` entry (sha256, sizes, step
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def train(data: str, out: str, stage1_steps: int, stage2_steps: int, batch: int 
     from PIL import Image
     from pytorch_msssim import ms_ssim
 
-    from pixarc.weights import file_sha256
+    from pixarc.weights import save_weights
 
     from .model import K_BOOKS, W_LEVELS, W_MAX, W_STEP, SVRModel
 
@@ -102,18 +101,8 @@ def train(data: str, out: str, stage1_steps: int, stage2_steps: int, batch: int 
                                             minlength=W_LEVELS).float()
     model.index_counts.copy_(index_counts)
     model.weight_counts.copy_(weight_counts)
-    state = {k: (v.half() if v.is_floating_point() and "counts" not in k else v)
-             for k, v in model.cpu().state_dict().items()}
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"svr-w{width}.pt"
-    torch.save(state, out_dir / name)
-    entry = {"sha256": file_sha256((out_dir / name).read_bytes()), "arch": ARCH, "width": width,
-             "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch": batch, "patch": patch,
-             "seed": seed, "images": len(files), "data": str(data), "log": log[-4:],
+    entry = {"arch": ARCH, "width": width, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+             "batch": batch, "patch": patch, "seed": seed, "images": len(files), "data": str(data), "log": log[-4:],
              "source": f"pixarc train svr --stage1-steps {stage1_steps} --stage2-steps {stage2_steps}"}
-    manifest = out_dir / "weights.json"
-    doc = json.loads(manifest.read_text()) if manifest.exists() else {"files": {}}
-    doc["files"][name] = entry
-    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    entry = save_weights(out, f"svr-w{width}.pt", model.cpu().state_dict(), entry)
     return entry
