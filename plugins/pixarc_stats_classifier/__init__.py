@@ -26,14 +26,16 @@ def features(image: Image.Image) -> dict[str, float]:
         scale = _SIDE / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.NEAREST)
     a = np.asarray(rgb, dtype=np.int32)
-    flat = a.reshape(-1, 3)
-    n = flat.shape[0]
-    keys = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]  # per-plane ops: reductions over a 3-axis are slow
+    n = r.size
+    keys = ((r << 16) | (g << 8) | b).ravel()
     _, counts = np.unique(keys, return_counts=True)
     counts = np.sort(counts)[::-1]
-    spread = flat.max(1) - flat.min(1)
-    gx = np.abs(np.diff(a.mean(2), axis=1))
-    gy = np.abs(np.diff(a.mean(2), axis=0))
+    hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    spread = hi - lo
+    grey = (r + g + b) / 3.0
+    gx = np.abs(np.diff(grey, axis=1))
+    gy = np.abs(np.diff(grey, axis=0))
     strong_x, strong_y = gx > 48, gy > 48
     edges = (strong_x.sum() + strong_y.sum()) / max(1, gx.size + gy.size)
     # edge pixels whose neighbour along the edge is also an edge: long straight UI lines
@@ -47,7 +49,7 @@ def features(image: Image.Image) -> dict[str, float]:
         "top1": counts[0] / n,
         "top8": counts[:8].sum() / n,
         "gray": float((spread < 12).mean()),
-        "white": float((flat.min(1) > 235).mean()),
+        "white": float((lo > 235).mean()),
         "sat": float(spread.mean() / 255),
         "edges": float(edges),
         "straight": float(straight),
