@@ -1,4 +1,4 @@
-"""``pixarc`` command line: archive, restore, verify, report, plugins, classify."""
+"""``pixarc`` command line: archive, restore, verify, report, recompress, serve, plugins, classify, train."""
 
 from __future__ import annotations
 
