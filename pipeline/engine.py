@@ -190,7 +190,7 @@ def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow
     final status (done, rejected, error); ``failed`` rows are retried.
     """
     _claim_dest(src, dest)
-    current = latest(read_manifest(dest))
+    current = latest(read_manifest(dest, columns=["source_uri", "source_bytes", "source_mtime", "status"]))
     known: dict[str, tuple[int, str]] = {}
     if current.num_rows:
         cols = current.select(["source_uri", "source_bytes", "source_mtime", "status"]).to_pylist()
@@ -798,8 +798,12 @@ def plan_one(ref: ImageRef, policy: Policy, registry: Registry) -> dict[str, str
 # --------------------------------------------------------------------------- restore / verify
 
 
-def current_rows(dest: str, pattern: str = "*", domain: str | None = None, status: str | None = STATUS_DONE) -> list[dict]:
-    rows = latest(read_manifest(dest)).to_pylist()
+def current_rows(dest: str, pattern: str = "*", domain: str | None = None, status: str | None = STATUS_DONE,
+                 columns: list[str] | None = None) -> list[dict]:
+    """The newest row per key, filtered; ``columns`` limits what is read (and held)."""
+    if columns is not None:
+        columns = list(dict.fromkeys([*columns, "status", "domain"]))
+    rows = latest(read_manifest(dest, columns=columns)).to_pylist()
     return [
         r
         for r in rows
@@ -916,7 +920,7 @@ def verify_shard(
 def plan_restore(
     dest: str, out: str, run_id: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256
 ) -> tuple[int, list[Shard]]:
-    rows = current_rows(dest, pattern, domain)
+    rows = current_rows(dest, pattern, domain, columns=list(_ROW_FIELDS))
     return len(rows), plan_rows(out, run_id, "restore", rows, shard_size)
 
 
@@ -934,7 +938,7 @@ def finish_checks(base: str, kind: str, run_id: str, found: int, shards: list[Sh
 
 
 def plan_verify(dest: str, run_id: str, shard_size: int = 1024) -> tuple[int, list[Shard]]:
-    rows = current_rows(dest)
+    rows = current_rows(dest, columns=list(_ROW_FIELDS))
     return len(rows), plan_rows(dest, run_id, "verify", rows, shard_size)
 
 

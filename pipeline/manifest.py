@@ -157,18 +157,22 @@ def committed_parts(dest: str) -> list[dict]:
     return out
 
 
-def read_manifest(dest: str, check: bool = True) -> pa.Table:
+def read_manifest(dest: str, check: bool = True, columns: list[str] | None = None) -> pa.Table:
     """All committed rows (every run). With ``check``, a part whose bytes do not match
-    its marker raises: the manifest itself is under fixity."""
+    its marker raises: the manifest itself is under fixity. ``columns`` keeps memory to
+    what the caller needs (``key`` and ``created_at`` are always read, for :func:`latest`)."""
     fs, root = get_fs(dest)
+    if columns is not None:
+        columns = list(dict.fromkeys(["key", "created_at", *columns]))
     tables = []
     for marker in committed_parts(dest):
         data = fs.cat_file(join(root, "manifest", "parts", marker["part"]))
         if check and sha256_hex(data) != marker["sha256"]:
             raise ValueError(f"manifest part {marker['part']} does not match its commit marker")
-        tables.append(pq.read_table(io.BytesIO(data)))
+        tables.append(pq.read_table(io.BytesIO(data), columns=columns))
     if not tables:
-        return schema().empty_table()
+        empty = schema().empty_table()
+        return empty if columns is None else empty.select(columns)
     return pa.concat_tables(tables, promote_options="permissive")
 
 
