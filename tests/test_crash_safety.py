@@ -54,10 +54,11 @@ def test_kill_and_rerun_converges(site, nth, small_collection, tmp_path):
     rerun = subprocess.run(archive_cmd(small_collection, dest), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
 
-    assert state(dest) == state(reference)
+    got, want = state(dest), state(reference)
+    assert got == want, f"{site}:{nth}\nrerun: {rerun.stdout[-1500:]}\ndiff: {set(got) ^ set(want)}"
     assert read_manifest(str(dest)).num_rows == 5, "no duplicate rows across the killed run and the rerun"
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert all(".tmp-" not in r["bitstream_uri"] for r in rows)
     check = engine.verify_local(str(dest), full=True)
-    assert check.totals.done == 5 and not check.problems
+    assert check.totals.done == 5 and not check.problems, check.problems
     assert tree_digest(small_collection) == originals
