@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
-os.environ["PIXARC_PLUGINS"] = "png,webp,jxl,avif,store,stats_classifier,default_router"  # + adaptive where a test sets weights
+os.environ["PIXARC_PLUGINS"] = "png,webp,jpeg,jxl,avif,store,stats_classifier,default_router"  # + adaptive where a test sets weights
 os.environ.pop("PIXARC_DISABLE_PLUGINS", None)
 
 import numpy as np  # noqa: E402

@@ -17,7 +17,7 @@ MODES = ["L", "LA", "RGB", "RGBA", "I;16"]
 
 
 def test_expected_builtin_codecs_present():
-    assert {"png", "webp-lossless", "webp", "jxl-lossless", "jxl", "avif", "store"} <= set(CODECS)
+    assert {"png", "webp-lossless", "webp", "jpeg", "jxl-lossless", "jxl", "avif", "store"} <= set(CODECS)
 
 
 @pytest.mark.parametrize("codec_id", CODECS)
