@@ -6,10 +6,12 @@ Plan (the default, nothing written): for every current ``done`` row decide wheth
 * ``policy`` — the current policy routes the image to another codec or parameters, and a
   trial encode saves at least ``min_saving`` of the bytes.
 
-Apply: the new bitstream is encoded, decoded again and checked *before* it atomically
-replaces the old one, so the old bitstream stays until the new one is verified. The new
-manifest row (``job = "recompress"``) records ``replaces_sha256`` for lineage; the old
-row stays in the manifest history.
+Apply: the new bitstream is encoded, decoded again and checked, then written under a new
+name (``<key>.<sha12>.pxa``); the old bitstream is deleted only after the manifest part
+whose rows point to the new one is committed. A crash at any point leaves every current
+row pointing to an intact, verified bitstream (at worst an unreferenced new file). The
+new row (``job = "recompress"``) records ``replaces_sha256`` for lineage; the old row
+stays in the manifest history.
 
 Pixels come from the archive itself for lossless rows (decoded and checked against
 their hash, so the originals may be gone). Lossy rows are only re-encoded from their
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from . import progress
+from . import __version__, progress
 from .classify import Classification
 from .codec import params_hash
 from .engine import (
@@ -120,6 +122,15 @@ def _source_from_original(row: dict) -> SourceImage | None:
     return probe_and_load(data) if sha256_hex(data) == row["source_sha256"] else None
 
 
+def replacement_path(old_path: str, new_sha256: str) -> str:
+    """``dir/name.png.pxa`` -> ``dir/name.png.<sha12>.pxa``: never the old bitstream's name."""
+    base = old_path[: -len(".pxa")] if old_path.endswith(".pxa") else old_path
+    parts = base.rsplit(".", 1)
+    if len(parts) == 2 and len(parts[1]) == 12 and all(ch in "0123456789abcdef" for ch in parts[1]):
+        base = parts[0]  # already a replacement: replace the hash, do not stack them
+    return f"{base}.{new_sha256[:12]}.pxa"
+
+
 def recompress_one(row: dict, cfg: RecompressConfig, registry: Registry) -> tuple[Decision, ManifestRow | None]:
     policy = _policy(cfg.policy)
     decision = Decision(row["key"], "keep", "", row["codec_id"], old_bytes=row["bitstream_bytes"])
@@ -159,15 +170,18 @@ def recompress_one(row: dict, cfg: RecompressConfig, registry: Registry) -> tupl
         return decision, None
     if not cfg.apply:
         return decision, None
-    fs, path = get_fs(row["bitstream_uri"])
-    write_atomic(fs, path, chosen.blob)  # only now: the new bitstream has been verified
+    # The new bitstream gets its own name; the old one stays (and stays referenced) until
+    # the manifest part that points to the new one is committed (see recompress_shard).
+    fs, old_path = get_fs(row["bitstream_uri"])
+    path = replacement_path(old_path, sha256_hex(chosen.blob))
+    write_atomic(fs, path, chosen.blob)
     new = ManifestRow(cfg.run_id, 0, row["key"], row["source_uri"], STATUS_DONE, job="recompress",
-                      replaces_sha256=row["bitstream_sha256"], pixarc_version=row["pixarc_version"])
+                      replaces_sha256=row["bitstream_sha256"], pixarc_version=__version__)
     for name in ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
                  "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id"):
         setattr(new, name, row[name])
     new.route = route.domain
-    _fill_from_encoded(new, chosen, registry, row["bitstream_uri"], cfg.device)
+    _fill_from_encoded(new, chosen, registry, fs.unstrip_protocol(path), cfg.device)
     new.attempts = json.dumps(attempts)
     new.notes = "; ".join(filter(None, [f"recompressed ({decision.reason}) from {row['codec_id']}",
                                         fallback_note(attempts)]))
@@ -177,19 +191,26 @@ def recompress_one(row: dict, cfg: RecompressConfig, registry: Registry) -> tupl
 def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | None = None) -> RecompressSummary:
     registry = registry or default_registry()
     out = RecompressSummary(shard.index)
-    rows = []
+    rows, replaced = [], []
     for item in load_shard(shard):
         decision, new = recompress_one(item, cfg, registry)
         out.decisions.append(decision)
         if new is not None:
             new.shard = shard.index
             rows.append(new)
+            replaced.append(item["bitstream_uri"])
             out.applied += 1
             out.bytes_before += decision.old_bytes
             out.bytes_after += decision.new_bytes
         progress.advance(cfg.run_id)
     if rows:
         write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows))
+        # committed: the replaced bitstreams are no longer referenced by any current row
+        for old_uri, new_row in zip(replaced, rows, strict=True):
+            if old_uri != new_row.bitstream_uri:
+                fs, path = get_fs(old_uri)
+                if fs.exists(path):
+                    fs.rm(path)
     return out
 
 

@@ -82,3 +82,30 @@ def test_recompress_flow_and_deployments(small_collection, tmp_path):
     assert crons == {"verify": "0 3 * * 0", "archive": "0 * * * *", "recompress": "0 4 1 * *"}
     assert by_flow["verify"].parameters == {"dest": str(dest), "full": True}
     assert by_flow["recompress"].parameters["apply"] is True
+
+
+def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection, tmp_path, monkeypatch):
+    dest = tmp_path / "d"
+    engine.archive_local(str(small_collection), str(dest), policy="png")
+    before = current(dest)
+
+    def dies(*a, **kw):
+        raise KeyboardInterrupt("killed before the manifest part was committed")
+
+    monkeypatch.setattr(recompress, "write_part", dies)
+    with pytest.raises(KeyboardInterrupt):
+        recompress.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
+    assert current(dest) == before
+    check = engine.verify_local(str(dest), full=True)
+    assert check.totals.done == 5 and not check.problems  # every current row's bitstream is intact
+    monkeypatch.undo()
+    done = recompress.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
+    assert sum(s.applied for s in done) >= 1
+    after = current(dest)
+    for key, r in after.items():
+        if r["job"] == "recompress":
+            assert r["bitstream_uri"] != before[key]["bitstream_uri"]
+            assert not (dest / (key + ".pxa")).exists(), "the replaced bitstream is removed after the commit"
+    assert not engine.verify_local(str(dest), full=True).problems
+    restored = engine.restore_local(str(dest), str(tmp_path / "out"))
+    assert restored.totals.done == 5 and not restored.problems
