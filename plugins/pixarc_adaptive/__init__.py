@@ -181,39 +181,74 @@ class AdaptiveCodec(Codec):
         with torch.enable_grad():
             return self._encode_at(cpu, dev, image, scales[0], ck, params, device)
 
+    def encode_batch(self, srcs, params, device="cpu"):
+        """Adapt several images at once: images of the same size share one batched latent
+        refinement and one batched adapter fit (each image's loss term and Adam moments are
+        its own), then each is entropy-coded alone. The resize search stays per image."""
+        import torch
+
+        if len(srcs) < 2 or "," in str(params["scales"]):
+            return super().encode_batch(srcs, params, device)
+        out: list = [None] * len(srcs)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, src in enumerate(srcs):
+            groups.setdefault(src.image.size, []).append(i)
+        for members in groups.values():
+            try:
+                with torch.enable_grad():
+                    payloads = self._encode_group([srcs[i].image for i in members], params, device)
+            except Exception as exc:  # the engine then encodes these images one by one
+                payloads = [exc] * len(members)
+            for i, p in zip(members, payloads, strict=True):
+                out[i] = p
+        return out
+
+    def _encode_group(self, images, params, device) -> list[bytes]:
+        ck = self._checkpoint(params["quality"])
+        cpu, dev = self._model(ck), self._model(ck, device)
+        return self._encode_tensors(cpu, dev, images, 1000, ck, params, device)
+
     def _encode_at(self, cpu, dev, image, permille, ck, params, device, search=False) -> bytes:
+        return self._encode_tensors(cpu, dev, [image], permille, ck, params, device, search)[0]
+
+    def _encode_tensors(self, cpu, dev, images, permille, ck, params, device, search=False) -> list[bytes]:
         import torch
         import torch.nn.functional as F
         from PIL import Image
 
         from . import adapt
 
-        w, h = image.size
+        w, h = images[0].size
         ws, hs = max(1, round(w * permille / 1000)), max(1, round(h * permille / 1000))
-        work = image if (ws, hs) == (w, h) else image.resize((ws, hs), Image.LANCZOS)
-        x = _to_tensor(work).to(device)
-        pad_h, pad_w = (-hs) % 64, (-ws) % 64
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        work = [im if (ws, hs) == (w, h) else im.resize((ws, hs), Image.LANCZOS) for im in images]
+        x = torch.cat([_to_tensor(im) for im in work]).to(device)
+        x = F.pad(x, (0, (-ws) % 64, 0, (-hs) % 64), mode="replicate")
         synth = adapt.Synthesis(dev.g_s)
         latent_iters = 0 if search else params["latent_iters"]
         lat = adapt.refine_latents(dev, synth, x, (ws, hs), ck.lam, latent_iters, params["lr"])
+        coded = []
         with torch.no_grad():
-            z = lat.z.cpu()
-            z_strings = cpu.entropy_bottleneck.compress(z)
-            z_hat = cpu.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-            sc, means = adapt.entropy_params(cpu, z_hat)
-            idx = cpu.gaussian_conditional.build_indexes(sc)
-            y_strings = cpu.gaussian_conditional.compress(lat.y.cpu(), idx, means=means)
-            y_hat = cpu.gaussian_conditional.decompress(y_strings, idx, means=means)
-        symbols: list[int] = []
+            for i in range(len(images)):  # entropy coding per image, on the CPU model
+                z = lat.z[i : i + 1].cpu()
+                z_strings = cpu.entropy_bottleneck.compress(z)
+                z_hat = cpu.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+                sc, means = adapt.entropy_params(cpu, z_hat)
+                idx = cpu.gaussian_conditional.build_indexes(sc)
+                y_strings = cpu.gaussian_conditional.compress(lat.y[i : i + 1].cpu(), idx, means=means)
+                y_hat = cpu.gaussian_conditional.decompress(y_strings, idx, means=means)
+                coded.append((z_strings[0], y_strings[0], y_hat, z.shape[-2:]))
+        symbols: list[list[int]] = [[] for _ in images]
         if params["adapter_iters"] and not search:
-            symbols, _, _ = adapt.train_adapter(synth, y_hat.to(device), x, (ws, hs), ck.lam,
-                                                params["adapter_iters"], params["lr"], params["seed"])
-            if not any(symbols):
-                symbols = []
-        a_bytes = adapt.encode_adapter(symbols) if symbols else b""
-        return (_HEAD.pack(ck.quality, permille, w, h, *z.shape[-2:]) + pack_sections(z_strings[0], y_strings[0], a_bytes)
-                + struct.pack(">I", len(symbols)))
+            y_hats = torch.cat([c[2] for c in coded]).to(device)
+            symbols, _, _ = adapt.train_adapters(synth, y_hats, x, (ws, hs), ck.lam, params["adapter_iters"],
+                                                 params["lr"], params["seed"])
+        out = []
+        for (z_str, y_str, _, z_shape), sym in zip(coded, symbols, strict=True):
+            sym = sym if any(sym) else []
+            a_bytes = adapt.encode_adapter(sym) if sym else b""
+            out.append(_HEAD.pack(ck.quality, permille, w, h, *z_shape) + pack_sections(z_str, y_str, a_bytes)
+                       + struct.pack(">I", len(sym)))
+        return out
 
     # ------------------------------------------------------------------ decode
 

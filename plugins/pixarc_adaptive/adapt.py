@@ -96,10 +96,12 @@ class Synthesis:
         self.channels = g_s[-1].in_channels
 
     def __call__(self, y_hat: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        """``theta``: one adapter (shape (n,)) for every image, or one per image (B, n)."""
         h = self.g_s[: self.split](y_hat)
         if theta is not None:
-            a, b = theta.view(2, self.channels, RANK)
-            h = h + F.conv2d(h, (a @ b.T)[:, :, None, None])
+            t = theta.view(-1, 2, self.channels, RANK)
+            w = t[:, 0] @ t[:, 1].transpose(1, 2)  # (B or 1, C, C) = A·Bᵀ
+            h = h + torch.einsum("bdc,bchw->bdhw", w.expand(h.shape[0], -1, -1), h)
         return self.g_s[self.split :](h)
 
 
@@ -127,7 +129,7 @@ def rd_loss(model, synth: Synthesis, lat_y, lat_z, x, lam: float, theta=None, cr
     x_hat = synth(lat_y, theta)
     if crop is not None:
         x_hat, x = x_hat[..., : crop[1], : crop[0]], x[..., : crop[1], : crop[0]]
-    mse = F.mse_loss(x_hat, x)
+    mse = ((x_hat - x) ** 2).mean(dim=(1, 2, 3)).sum()  # summed over the images of a batch
     return bits / n_pix + lam * 255**2 * mse, bits / n_pix, mse
 
 
@@ -157,13 +159,19 @@ def refine_latents(model, synth, x, crop, lam: float, iters: int, lr: float = 1e
     return Latents(y.detach(), z.detach())
 
 
-def train_adapter(synth: Synthesis, y_hat, x, crop, lam: float, iters: int, lr: float = 1e-3,
-                  seed: int = 0) -> tuple[list[int], float, float]:
-    """Step 3: the adapter on the fixed ŷ. Returns (integer symbols, loss before, loss after)."""
+def train_adapters(synth: Synthesis, y_hat, x, crop, lam: float, iters: int, lr: float = 1e-3,
+                   seed: int = 0) -> tuple[list[list[int]], float, float]:
+    """Step 3, for a batch of images of one size: one adapter per image on its fixed ŷ.
+
+    The loss is the sum of the images' losses, so each adapter's gradient (and Adam's
+    per-element moments) is that image's alone. Returns (integer symbols per image, loss
+    before, loss after)."""
     n = 2 * synth.channels * RANK
+    b = y_hat.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    theta = (torch.randn(n, generator=gen) * 0.02).to(y_hat.device).requires_grad_(True)
+    theta = (torch.randn(b, n, generator=gen) * 0.02).to(y_hat.device).requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
+    target = x[..., : crop[1], : crop[0]]
 
     def losses(th):
         q = ste_round(th.clamp(-BOUND, BOUND) / W_STEP) * W_STEP
@@ -171,7 +179,7 @@ def train_adapter(synth: Synthesis, y_hat, x, crop, lam: float, iters: int, lr: 
         p = torch.sigmoid((noisy + W_STEP / 2) / PRIOR_SCALE) - torch.sigmoid((noisy - W_STEP / 2) / PRIOR_SCALE)
         x_hat = synth(y_hat, q)[..., : crop[1], : crop[0]]
         rate = -torch.log2(p.clamp_min(1e-9)).sum() / (crop[0] * crop[1])
-        return rate + lam * 255**2 * F.mse_loss(x_hat, x[..., : crop[1], : crop[0]])
+        return rate + lam * 255**2 * ((x_hat - target) ** 2).mean(dim=(1, 2, 3)).sum()
 
     with torch.no_grad():
         before = float(losses(torch.zeros_like(theta)))
@@ -183,10 +191,17 @@ def train_adapter(synth: Synthesis, y_hat, x, crop, lam: float, iters: int, lr: 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    symbols = torch.round(theta.detach().clamp(-BOUND, BOUND) / W_STEP).to(torch.int64).cpu().tolist()
+    symbols = torch.round(theta.detach().clamp(-BOUND, BOUND) / W_STEP).to(torch.int64)
     with torch.no_grad():
-        after = float(losses(torch.tensor(symbols, dtype=theta.dtype, device=theta.device) * W_STEP))
-    return symbols, before, after
+        after = float(losses(symbols.to(theta.dtype) * W_STEP))
+    return symbols.cpu().tolist(), before, after
+
+
+def train_adapter(synth: Synthesis, y_hat, x, crop, lam: float, iters: int, lr: float = 1e-3,
+                  seed: int = 0) -> tuple[list[int], float, float]:
+    """:func:`train_adapters` for one image."""
+    symbols, before, after = train_adapters(synth, y_hat, x, crop, lam, iters, lr, seed)
+    return symbols[0], before, after
 
 
 def fingerprint(y_int: torch.Tensor, z_int: torch.Tensor, adapter: list[int]) -> str:
