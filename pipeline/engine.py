@@ -473,15 +473,17 @@ def _encode_to_target(
     def ok(enc: _Encoded) -> bool:
         return enc.psnr >= goal if kind == "psnr" else 8 * len(enc.blob) / pixels <= goal
 
+    probed: dict[int, _Encoded] = {}
+
     def probe(value: int) -> _Encoded:
-        return _encode_verified(codec, {**params, codec.rate_param: value}, src, route, device)
+        if value not in probed:
+            probed[value] = _encode_verified(codec, {**params, codec.rate_param: value}, src, route, device)
+        return probed[value]
 
     best: _Encoded | None = None
-    probes = 0
     while lo <= hi:
         mid = (lo + hi) // 2
         enc = probe(mid)
-        probes += 1
         if ok(enc):
             best = enc
             if kind == "psnr":
@@ -492,11 +494,10 @@ def _encode_to_target(
             lo = mid + 1
         else:
             hi = mid - 1
-    if best is None:  # unreachable target: the closest end of the range
+    if best is None:  # unreachable target: the closest end of the range (already probed last)
         best = probe(int(spec.max) if kind == "psnr" else int(spec.min))
-        probes += 1
         return best, f"{kind} target {goal} not reachable; used {codec.rate_param}={best.params[codec.rate_param]}"
-    return best, f"{kind} target {goal}: {codec.rate_param}={best.params[codec.rate_param]} after {probes} probes"
+    return best, f"{kind} target {goal}: {codec.rate_param}={best.params[codec.rate_param]} after {len(probed)} probes"
 
 
 def fallback_note(attempts: list[dict[str, Any]]) -> str:
@@ -677,8 +678,7 @@ def batch_encode(prepared: list[_Prepared], cfg: ArchiveConfig, registry: Regist
         if p.src is None:
             continue
         for cand in p.route.candidates:
-            codec = registry.codecs.get(cand.codec_id)
-            if codec is None:
+            if cand.codec_id not in registry.codecs:
                 continue
             codec = registry.codec(cand.codec_id)
             if codec.unsupported_reason(p.src.info) or _device_reason(codec, cfg.device):
