@@ -404,21 +404,28 @@ def train():
 @train.command("lossy")
 @click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
 @click.option("--quality", type=click.IntRange(1, 8), required=True, help="Rate point: sets λ (CompressAI convention).")
-@click.option("--steps", default=100_000, show_default=True)
-@click.option("--batch", default=8, show_default=True)
-@click.option("--patch", default=256, show_default=True)
+@click.option("--minutes", default=60.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
+@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--patch", default=128, show_default=True)
 @click.option("--lr", default=1e-4, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--N", "n", default=None, type=int, help="Channels (default: the zoo's for this quality).")
 @click.option("--M", "m", default=None, type=int, help="Latent channels (default: the zoo's).")
+@click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
+@click.option("--init-from", default=None, help="Start from another rate point's weights (.pt in a weights.json folder, or .ckpt).")
+@click.option("--checkpoint-minutes", default=5.0, show_default=True)
 @click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
-def train_lossy(data, quality, steps, batch, patch, lr, device, seed, n, m, out):
-    """Train a mbt2018-mean base model for the adaptive lossy codec."""
+def train_lossy(data, quality, minutes, steps, batch, patch, lr, device, seed, n, m, resume, init_from,
+                checkpoint_minutes, out):
+    """Train a mbt2018-mean base model for the adaptive lossy codec (time budget, resumable)."""
     from pixarc_adaptive.train import train as run
 
-    entry = run(data, quality, steps, out, batch, patch, lr, device, seed, n, m)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., final {entry['final']})")
+    entry = run(data, quality, out, steps=steps, minutes=minutes, batch=batch, patch=patch, lr=lr, device=device,
+                seed=seed, N=n, M=m, resume=resume, init_from=init_from, checkpoint_minutes=checkpoint_minutes)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
+                  f"final {entry['final']})")
 
 
 @train.command("classifier")
