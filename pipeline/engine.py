@@ -11,6 +11,7 @@ import fnmatch
 import functools
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,42 @@ def new_run_id() -> str:
 
 def bitstream_path(dest_root: str, key: str) -> str:
     return join(dest_root, key + ".pxa")
+
+
+# A legacy row's absolute URI ends in ``<key>.pxa`` or, after a recompress, ``<key>.<sha12>.pxa``.
+_LEGACY_TAIL = re.compile(r"(\.[0-9a-f]{12})?\.pxa")
+
+
+def bitstream_rel(value: str, key: str) -> str:
+    """The DEST-relative path of the bitstream a manifest row names.
+
+    Rows name bitstreams relative to DEST, so an archive copied or moved elsewhere reads
+    its own files. Rows written before that named absolute URIs (``file:///old/dest/k.pxa``):
+    only their ``<key>[.<sha12>].pxa`` tail is kept, i.e. they are re-based under DEST.
+    Anything that would resolve outside DEST (``..``, an absolute path that is not such a
+    tail), or onto the archive's own state (``manifest/``, hidden names, not ``.pxa``), is
+    refused: nothing is ever read from, written to or deleted outside DEST.
+    """
+    rel = value
+    if "://" in value or value.startswith("/"):
+        at = value.rfind("/" + key + ".")
+        if at < 0 or not _LEGACY_TAIL.fullmatch(value[at + 1 + len(key):]):
+            raise InputError("outside_dest", f"bitstream {value!r} of {key!r} lies outside DEST; refused")
+        rel = value[at + 1:]
+    try:
+        safe_key(rel)
+    except InputError:
+        raise InputError("outside_dest", f"bitstream path {value!r} of {key!r} leads outside DEST; refused") from None
+    if not rel.endswith(".pxa") or rel.startswith("manifest/") or any(p.startswith(".") for p in rel.split("/")):
+        raise InputError("outside_dest",
+                         f"bitstream path {value!r} of {key!r} is outside DEST's bitstreams; refused")
+    return rel
+
+
+def resolve_bitstream(dest: str, value: str, key: str) -> str:
+    """The URI, under ``dest``, of the bitstream a row names (see :func:`bitstream_rel`)."""
+    fs, root = get_fs(dest)
+    return fs.unstrip_protocol(join(root, bitstream_rel(value, key)))
 
 
 # --------------------------------------------------------------------------- records
@@ -643,7 +680,7 @@ def archive_one(
         row.status, row.error = STATUS_FAILED, "no_codec"
         row.message = "no candidate codec produced a verified bitstream"
         return row
-    _fill_from_encoded(row, chosen, registry, dfs.unstrip_protocol(path), codec_device(chosen.codec, cfg.device))
+    _fill_from_encoded(row, chosen, registry, prep.key + ".pxa", codec_device(chosen.codec, cfg.device))
     return row
 
 
@@ -819,8 +856,23 @@ _ROW_FIELDS = (
 )
 
 
-def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int) -> list[Shard]:
+def with_location(dest: str, row: dict) -> dict:
+    """``row`` with ``bitstream_uri`` resolved under ``dest``, or ``unsafe`` saying why not."""
+    try:
+        return {**row, "bitstream_uri": resolve_bitstream(dest, row["bitstream_uri"], row["key"])}
+    except InputError as exc:
+        return {**row, "bitstream_uri": "", "unsafe": str(exc)}
+
+
+def _unsafe(item: dict) -> None:
+    if item.get("unsafe"):
+        raise InputError("outside_dest", item["unsafe"])
+
+
+def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int, dest: str | None = None) -> list[Shard]:
     items = ({k: r[k] for k in _ROW_FIELDS} for r in rows)
+    if dest is not None:
+        items = (with_location(dest, item) for item in items)
     progress.set_total(run_id, len(rows))
     return _write_plan(base, run_id, kind, items, shard_size)[0]
 
@@ -842,6 +894,7 @@ def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None
         key = item["key"]
         try:
             safe_key(key)
+            _unsafe(item)
             bfs, bpath = get_fs(item["bitstream_uri"])
             blob = bfs.cat_file(bpath)
             if sha256_hex(blob) != item["bitstream_sha256"]:
@@ -894,6 +947,7 @@ def verify_shard(
         key = item["key"]
         problem = None
         try:
+            _unsafe(item)
             bfs, bpath = get_fs(item["bitstream_uri"])
             if not bfs.exists(bpath):
                 problem = VerifyProblem(key, "missing", "bitstream missing")
@@ -921,7 +975,7 @@ def plan_restore(
     dest: str, out: str, run_id: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256
 ) -> tuple[int, list[Shard]]:
     rows = current_rows(dest, pattern, domain, columns=list(_ROW_FIELDS))
-    return len(rows), plan_rows(out, run_id, "restore", rows, shard_size)
+    return len(rows), plan_rows(out, run_id, "restore", rows, shard_size, dest)
 
 
 def finish_checks(base: str, kind: str, run_id: str, found: int, shards: list[Shard],
@@ -939,7 +993,7 @@ def finish_checks(base: str, kind: str, run_id: str, found: int, shards: list[Sh
 
 def plan_verify(dest: str, run_id: str, shard_size: int = 1024) -> tuple[int, list[Shard]]:
     rows = current_rows(dest, columns=list(_ROW_FIELDS))
-    return len(rows), plan_rows(dest, run_id, "verify", rows, shard_size)
+    return len(rows), plan_rows(dest, run_id, "verify", rows, shard_size, dest)
 
 
 def restore_local(dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,

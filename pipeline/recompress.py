@@ -31,7 +31,9 @@ from .engine import (
     Shard,
     _fill_from_encoded,
     _policy,
+    _unsafe,
     _write_plan,
+    bitstream_rel,
     current_rows,
     decode_container,
     drop_plan,
@@ -39,12 +41,14 @@ from .engine import (
     fallback_note,
     load_shard,
     new_run_id,
+    resolve_bitstream,
+    with_location,
 )
 from .errors import PixarcError
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex
 from .manifest import ManifestRow, rows_to_table, write_part
 from .plugins import Registry, default_registry
-from .storage import get_fs, write_atomic
+from .storage import get_fs, join, write_atomic
 
 STORE = "store"
 
@@ -137,6 +141,7 @@ def recompress_one(row: dict, cfg: RecompressConfig, registry: Registry) -> tupl
     outdated = outdated_reason(row, registry)
     classification = Classification(row["domain"], row["domain_confidence"], row["classifier_id"])
     try:
+        _unsafe(row)
         if row["lossless"]:
             src = _source_from_archive(row, registry, cfg.device)
         else:
@@ -172,16 +177,16 @@ def recompress_one(row: dict, cfg: RecompressConfig, registry: Registry) -> tupl
         return decision, None
     # The new bitstream gets its own name; the old one stays (and stays referenced) until
     # the manifest part that points to the new one is committed (see recompress_shard).
-    fs, old_path = get_fs(row["bitstream_uri"])
-    path = replacement_path(old_path, sha256_hex(chosen.blob))
-    write_atomic(fs, path, chosen.blob)
+    fs, root = get_fs(cfg.dest)
+    rel = replacement_path(row["bitstream_rel"], sha256_hex(chosen.blob))
+    write_atomic(fs, join(root, rel), chosen.blob)
     new = ManifestRow(cfg.run_id, 0, row["key"], row["source_uri"], STATUS_DONE, job="recompress",
                       replaces_sha256=row["bitstream_sha256"], pixarc_version=__version__)
     for name in ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
                  "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id"):
         setattr(new, name, row[name])
     new.route = route.domain
-    _fill_from_encoded(new, chosen, registry, fs.unstrip_protocol(path), cfg.device)
+    _fill_from_encoded(new, chosen, registry, rel, cfg.device)
     new.attempts = json.dumps(attempts)
     new.notes = "; ".join(filter(None, [f"recompressed ({decision.reason}) from {row['codec_id']}",
                                         fallback_note(attempts)]))
@@ -198,7 +203,7 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
         if new is not None:
             new.shard = shard.index
             rows.append(new)
-            replaced.append(item["bitstream_uri"])
+            replaced.append(item["bitstream_uri"])  # resolved under DEST by plan_recompress
             out.applied += 1
             out.bytes_before += decision.old_bytes
             out.bytes_after += decision.new_bytes
@@ -207,7 +212,7 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
         write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows))
         # committed: the replaced bitstreams are no longer referenced by any current row
         for old_uri, new_row in zip(replaced, rows, strict=True):
-            if old_uri != new_row.bitstream_uri:
+            if old_uri != resolve_bitstream(cfg.dest, new_row.bitstream_uri, new_row.key):
                 fs, path = get_fs(old_uri)
                 if fs.exists(path):
                     fs.rm(path)
@@ -215,7 +220,11 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
 
 
 def plan_recompress(dest: str, run_id: str, shard_size: int = 256) -> list[Shard]:
-    rows = current_rows(dest)
+    # every bitstream is located under DEST (this copy of the archive), never elsewhere
+    rows = [{**with_location(dest, r), "bitstream_rel": r["bitstream_uri"]} for r in current_rows(dest)]
+    for r in rows:
+        if not r.get("unsafe"):
+            r["bitstream_rel"] = bitstream_rel(r["bitstream_rel"], r["key"])
     progress.set_total(run_id, len(rows))
     return _write_plan(dest, run_id, "recompress", rows, shard_size)[0]
 

@@ -1,0 +1,137 @@
+"""Archive integrity (issue 11): relocatable, one writer, nothing overwritten, bounded input,
+actionable failures, truthful exit status, cross-device checks. Each test names the
+guarantee it proves (docs/guarantees.md lists them)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import tree_digest
+from pixarc import engine, recompress
+from pixarc.images import sha256_hex
+from pixarc.manifest import latest, read_manifest
+
+
+def rows_by_key(dest) -> dict[str, dict]:
+    return {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
+
+
+def rewrite_manifest(dest: Path, edit) -> None:
+    """Rewrite every committed part through ``edit(list_of_row_dicts)`` (and fix its marker),
+    to build manifests as older versions or a hostile hand wrote them."""
+    for marker_path in sorted((dest / "manifest/commits").glob("*.json")):
+        marker = json.loads(marker_path.read_text())
+        part = dest / "manifest/parts" / marker["part"]
+        table = pq.read_table(part)
+        rows = table.to_pylist()
+        edit(rows)
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), buf)
+        part.write_bytes(buf.getvalue())
+        marker["sha256"] = sha256_hex(buf.getvalue())
+        marker_path.write_text(json.dumps(marker))
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+# --------------------------------------------------------------------------- 1. relocatable
+
+
+def test_manifest_names_bitstreams_relative_to_dest(small_collection, tmp_path):
+    dest = tmp_path / "dest"
+    engine.archive_local(str(small_collection), str(dest))
+    for key, r in rows_by_key(dest).items():
+        assert r["bitstream_uri"] == key + ".pxa", r["bitstream_uri"]
+        assert (dest / r["bitstream_uri"]).is_file()
+
+
+def test_verify_full_of_a_damaged_copy_reports_the_copy(small_collection, tmp_path):
+    dest, copy = tmp_path / "dest", tmp_path / "copy"
+    engine.archive_local(str(small_collection), str(dest))
+    shutil.copytree(dest, copy)
+    key = sorted(rows_by_key(copy))[0]
+    flip_a_bit(copy / (key + ".pxa"))
+    (copy / (sorted(rows_by_key(copy))[1] + ".pxa")).unlink()
+    full = engine.verify_local(str(copy), full=True)
+    assert {p.problem for p in full.problems} == {"hash_mismatch", "missing"}
+    assert not engine.verify_local(str(dest), full=True).problems  # the original is intact
+    # a moved archive restores from its own files
+    shutil.rmtree(copy)
+    moved = tmp_path / "moved"
+    shutil.move(str(dest), str(moved))
+    res = engine.restore_local(str(moved), str(tmp_path / "out"))
+    assert res.totals.done == 5 and not res.problems
+
+
+def test_recompress_apply_on_a_copy_never_touches_the_original(small_collection, tmp_path):
+    dest, copy = tmp_path / "dest", tmp_path / "copy"
+    engine.archive_local(str(small_collection), str(dest), policy="png")
+    before = tree_digest(dest)
+    shutil.copytree(dest, copy)
+    done = recompress.recompress_local(str(copy), policy="default", min_saving=0.05, apply=True)
+    assert sum(s.applied for s in done) >= 1
+    assert tree_digest(dest) == before
+    assert not engine.verify_local(str(dest), full=True).problems
+    check = engine.verify_local(str(copy), full=True)
+    assert check.totals.done == 5 and not check.problems
+
+
+def test_legacy_absolute_uris_are_rebased_under_dest(small_collection, tmp_path):
+    """Manifests written before relative paths named ``file:///old/dest/<key>.pxa``."""
+    dest, copy = tmp_path / "dest", tmp_path / "copy"
+    engine.archive_local(str(small_collection), str(dest))
+
+    def absolute(rows):
+        for r in rows:
+            r["bitstream_uri"] = f"file://{dest}/{r['bitstream_uri']}"
+
+    rewrite_manifest(dest, absolute)
+    shutil.copytree(dest, copy)
+    key = sorted(rows_by_key(copy))[0]
+    flip_a_bit(copy / (key + ".pxa"))
+    assert {(p.key, p.problem) for p in engine.verify_local(str(copy), full=True).problems} == {
+        (key, "hash_mismatch")}
+    assert not engine.verify_local(str(dest), full=True).problems
+    shutil.rmtree(dest)
+    out = tmp_path / "out"
+    res = engine.restore_local(str(copy), str(out))
+    assert res.totals.done == 4 and [p.key for p in res.problems] == [key]
+
+
+@pytest.mark.parametrize("bad", ["../outside.pxa", "{outside}", "file://{outside}", "a/../../outside.pxa",
+                                 "manifest/commits/x.json"])
+def test_bitstream_paths_outside_dest_are_refused(small_collection, tmp_path, bad):
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside.pxa"
+    engine.archive_local(str(small_collection), str(dest), policy="png")
+    victim = sorted(rows_by_key(dest))[0]
+    shutil.copy(dest / (victim + ".pxa"), outside)  # a valid bitstream, but not DEST's
+    untouched = outside.read_bytes()
+
+    def hostile(rows):
+        for r in rows:
+            if r["key"] == victim:
+                r["bitstream_uri"] = bad.format(outside=outside)
+
+    rewrite_manifest(dest, hostile)
+    v = engine.verify_local(str(dest), full=True)
+    assert [(p.key, p.problem) for p in v.problems] == [(victim, "outside_dest")]
+    assert "outside DEST" in v.problems[0].detail
+    res = engine.restore_local(str(dest), str(tmp_path / "out"))
+    assert [(p.key, p.problem) for p in res.problems] == [(victim, "outside_dest")]
+    assert not (tmp_path / "out" / victim).exists()
+    out = recompress.recompress_local(str(dest), policy="default", min_saving=0.0, apply=True)
+    skipped = {d.key: d for s in out for d in s.decisions if d.action == "skip"}
+    assert victim in skipped and "outside DEST" in skipped[victim].reason
+    assert outside.read_bytes() == untouched
