@@ -13,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pixarc import engine
 from pixarc.engine import ArchiveConfig, RunSummary, Shard, ShardSummary
+from pixarc.lock import hold
 
 
 GPU_LIMIT_PREFIX = "pixarc-gpu-"
@@ -80,15 +81,18 @@ def archive_flow(
     device: str = "auto",
     batch_size: int = 16,
     follow_symlinks: bool = False,
+    wait: float = 0.0,
 ) -> RunSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
     run_id = run_id or engine.new_run_id()
     engine._policy(policy)  # fail fast on a bad policy, before any shard starts
-    plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks)
-    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
-    futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
-    summary = engine.summarise_run(plan, [f.result() for f in futures])
-    engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
+    with hold(dest, "archive", wait) as lease:  # one writer per DEST
+        plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks)
+        cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size,
+                            lease=lease.token)
+        futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
+        summary = engine.summarise_run(plan, [f.result() for f in futures])
+        engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
     publish_summary(dest, summary)
     return summary
 

@@ -83,9 +83,19 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
         _fail(exc)
 
 
+# Exit status (docs/guarantees.md): what a script can act on.
+EXIT_OK = 0  # everything done and verified
+EXIT_FAILED = 1  # the run finished, but some objects ended in error (see their rows)
+EXIT_USAGE = 2  # bad arguments or policy, not a pixarc archive, missing source
+EXIT_INTEGRITY = 3  # the archive is damaged: bitstreams or manifest parts missing, corrupt or altered
+EXIT_UNAVAILABLE = 4  # could not run: DEST locked by another writer, disk full, permission denied, missing plugin
+
+
 def _fail(exc: Exception) -> None:
+    from .lock import LockedError
+
     err.print(f"[red]error:[/red] {exc}")
-    sys.exit(2)
+    sys.exit(EXIT_UNAVAILABLE if isinstance(exc, LockedError) else EXIT_USAGE)
 
 
 @click.group()
@@ -111,9 +121,12 @@ def main() -> None:
               help="Device for codecs that use one: auto (a GPU when the worker has one), cpu, cuda, cuda:N.")
 @click.option("--batch-size", default=16, show_default=True, help="Images encoded together by GPU codecs.")
 @click.option("--follow-symlinks", is_flag=True, help="Enter symlinked directories (loops are detected).")
+@click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
+              help="When another run writes DEST: wait for it (up to SECONDS; a day without a value) "
+                   "instead of stopping.")
 @click.option("--no-progress", is_flag=True)
 def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, batch_size,
-            follow_symlinks, no_progress):
+            follow_symlinks, wait, no_progress):
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""
     try:
         if dry_run:
@@ -121,7 +134,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         run_id = engine.new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
-                                   device, batch_size, follow_symlinks)
+                                   device, batch_size, follow_symlinks, wait)
     except (PixarcError, FileNotFoundError) as exc:
         _fail(exc)
     t = summary.totals
@@ -136,15 +149,16 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         sys.exit(1)
 
 
-def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks):
+def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks,
+                 wait=0.0):
     if engine_name == "local":
-        return engine.archive_local(src, dest, policy, shard_size, run_id, device, batch_size, follow_symlinks)
+        return engine.archive_local(src, dest, policy, shard_size, run_id, device, batch_size, follow_symlinks, wait)
     _prefect_defaults()
     from .flows import archive_flow
 
     flow = _with_runner(archive_flow, *runner)
     return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device,
-                batch_size=batch_size, follow_symlinks=follow_symlinks)
+                batch_size=batch_size, follow_symlinks=follow_symlinks, wait=wait)
 
 
 def _dry_run(src: str, policy_path: str | None) -> None:
@@ -230,15 +244,18 @@ def _print_problems(problems) -> None:
 @click.option("--policy", default=None, help="The policy to recompress towards (default: the built-in default).")
 @click.option("--min-saving", default=0.1, show_default=True, help="Re-encode when the policy saves at least this fraction.")
 @click.option("--apply", is_flag=True, help="Write the new bitstreams (without it: print the plan only).")
+@click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
+              help="With --apply, when another run writes DEST: wait for it (up to SECONDS).")
 @runner_options
 @click.option("--no-progress", is_flag=True)
-def recompress(dest, policy, min_saving, apply, workers, runner, dask_address, no_progress):
+def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_address, no_progress):
     """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
     _prefect_defaults()
     from .flows.recompress import recompress_flow
 
     results = _run_flow(recompress_flow, "recompress" + (" --apply" if apply else " (plan)"), not no_progress,
-                        runner, workers, dask_address, dest=dest, policy=policy, min_saving=min_saving, apply=apply)
+                        runner, workers, dask_address, dest=dest, policy=policy, min_saving=min_saving, apply=apply,
+                        wait=wait)
     decisions = [d for r in results for d in r.decisions]
     todo = [d for d in decisions if d.action == "recompress"]
     table = Table(title=("applied" if apply else "plan (nothing written; --apply to do it)") + f": {dest}")

@@ -24,6 +24,7 @@ from .codec import Codec, Decoded, params_hash
 from .container import Container, pack, unpack
 from .crawl import ImageRef, crawl
 from .errors import CodecError, ContainerError, InputError, PixarcError, PluginError, VerificationError
+from .lock import check_held, hold
 from .images import SourceImage, pixels_sha256, probe_and_load, sha256_hex
 from .manifest import (
     STATUS_DONE,
@@ -109,6 +110,7 @@ class ArchiveConfig:
     policy: str | None = None
     device: str = "auto"  # auto: a GPU for codecs that use one, when the worker has one
     batch_size: int = 16  # images encoded together by GPU codecs
+    lease: str = ""  # token of the one-writer lease held for DEST (checked before each commit)
 
 
 @dataclass
@@ -762,6 +764,8 @@ def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = 
             for ref, prep in zip(items[i : i + cfg.batch_size], prepared):
                 rows.append(archive_one(ref, shard.index, cfg, policy, registry, prep, payloads.get(id(prep))))
                 progress.advance(cfg.run_id)
+    if cfg.lease:  # a run that lost its lease (stalled past expiry) must not commit
+        check_held(cfg.dest, cfg.lease)
     write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows, _extra_columns(registry)))
     s = ShardSummary(shard.index, images=len(rows), seconds=time.perf_counter() - t0, workers=[_worker_id()])
     for r in rows:
@@ -788,7 +792,7 @@ def summarise_run(plan: Plan, summaries: Iterable[ShardSummary]) -> RunSummary:
 
 def archive_local(
     src: str, dest: str, policy: str | None = None, shard_size: int = 256, run_id: str | None = None,
-    device: str = "auto", batch_size: int = 16, follow_symlinks: bool = False,
+    device: str = "auto", batch_size: int = 16, follow_symlinks: bool = False, wait: float = 0.0,
 ) -> RunSummary:
     """The archive job without Prefect: same plan, same shard function, one process.
 
@@ -797,10 +801,12 @@ def archive_local(
     """
     run_id = run_id or new_run_id()
     _policy(policy)
-    plan = plan_archive(src, dest, run_id, shard_size, follow_symlinks)
-    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
-    summary = summarise_run(plan, [archive_shard(s, cfg) for s in plan.shards])
-    drop_plan(dest, "archive", run_id)
+    with hold(dest, "archive", wait) as lease:
+        plan = plan_archive(src, dest, run_id, shard_size, follow_symlinks)
+        cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size,
+                            lease=lease.token)
+        summary = summarise_run(plan, [archive_shard(s, cfg) for s in plan.shards])
+        drop_plan(dest, "archive", run_id)
     return summary
 
 

@@ -21,8 +21,11 @@ reconstruction would compound the loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
+from typing import Iterator
+
 from . import __version__, progress
 from .classify import Classification
 from .codec import params_hash
@@ -46,6 +49,7 @@ from .engine import (
 )
 from .errors import PixarcError
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex
+from .lock import check_held, hold
 from .manifest import ManifestRow, rows_to_table, write_part
 from .plugins import Registry, default_registry
 from .storage import get_fs, join, write_atomic
@@ -61,6 +65,7 @@ class RecompressConfig:
     min_saving: float = 0.1
     apply: bool = False
     device: str = "cpu"
+    lease: str = ""  # token of the one-writer lease (checked before each commit)
 
 
 @dataclass
@@ -209,6 +214,8 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
             out.bytes_after += decision.new_bytes
         progress.advance(cfg.run_id)
     if rows:
+        if cfg.lease:
+            check_held(cfg.dest, cfg.lease)
         write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows))
         # committed: the replaced bitstreams are no longer referenced by any current row
         for old_uri, new_row in zip(replaced, rows, strict=True):
@@ -230,10 +237,21 @@ def plan_recompress(dest: str, run_id: str, shard_size: int = 256) -> list[Shard
 
 
 def recompress_local(dest: str, policy: str | None = None, min_saving: float = 0.1, apply: bool = False,
-                     shard_size: int = 256, run_id: str | None = None) -> list[RecompressSummary]:
+                     shard_size: int = 256, run_id: str | None = None, wait: float = 0.0) -> list[RecompressSummary]:
     run_id = run_id or new_run_id()
-    cfg = RecompressConfig(dest, run_id, policy, min_saving, apply)
-    shards = plan_recompress(dest, run_id, shard_size)
-    out = [recompress_shard(s, cfg) for s in shards]
-    drop_plan(dest, "recompress", run_id)
+    with writer_lease(dest, apply, wait) as token:
+        cfg = RecompressConfig(dest, run_id, policy, min_saving, apply, lease=token)
+        shards = plan_recompress(dest, run_id, shard_size)
+        out = [recompress_shard(s, cfg) for s in shards]
+        drop_plan(dest, "recompress", run_id)
     return out
+
+
+@contextlib.contextmanager
+def writer_lease(dest: str, apply: bool, wait: float) -> Iterator[str]:
+    """The one-writer lease for ``--apply`` (a plan writes nothing of the archive)."""
+    if not apply:
+        yield ""
+        return
+    with hold(dest, "recompress --apply", wait) as lease:
+        yield lease.token

@@ -135,3 +135,105 @@ def test_bitstream_paths_outside_dest_are_refused(small_collection, tmp_path, ba
     skipped = {d.key: d for s in out for d in s.decisions if d.action == "skip"}
     assert victim in skipped and "outside DEST" in skipped[victim].reason
     assert outside.read_bytes() == untouched
+
+
+# --------------------------------------------------------------------------- 2. one writer
+
+
+def cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "pixarc.cli", *args]
+
+
+def test_second_writer_stops_with_a_message_while_the_first_holds_dest(small_collection, tmp_path):
+    import subprocess
+
+    from pixarc.lock import LockedError, hold
+
+    dest = tmp_path / "dest"
+    with hold(str(dest), "archive (another run)"):
+        res = subprocess.run(cli("archive", str(small_collection), str(dest), "--engine", "local", "--no-progress"),
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 4, res.stdout + res.stderr
+        assert "locked by archive (another run)" in res.stderr and "Traceback" not in res.stderr
+        with pytest.raises(LockedError, match="--wait"):
+            recompress.recompress_local(str(dest), apply=True)
+    assert not (dest / "manifest").exists()  # the stopped run wrote nothing
+    assert engine.archive_local(str(small_collection), str(dest)).totals.done == 5  # released
+
+
+def test_concurrent_writers_lose_no_rows(small_collection, tmp_path):
+    """Three archive runs started together on one DEST (--wait): all succeed, one at a
+    time; every key ends with exactly one current row whose bitstream verifies."""
+    import subprocess
+
+    dest = tmp_path / "dest"
+    procs = [subprocess.Popen(cli("archive", str(small_collection), str(dest), "--engine", "local", "--no-progress",
+                                  "--shard-size", "2", "--wait", "120"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    done = [int(o.split(" done")[0].rsplit(" ", 1)[-1]) for o, _ in outs]
+    assert sorted(done) == [0, 0, 5]  # one run archived everything, the others found it archived
+    rows = rows_by_key(dest)
+    assert len(rows) == 5 and read_manifest(str(dest)).num_rows == 5
+    check = engine.verify_local(str(dest), full=True)
+    assert check.totals.done == 5 and not check.problems  # lost rows: 0
+
+
+def test_stale_lease_of_a_killed_run_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pixarc.lock import LeaseInfo, LockedError, hold, read_lease
+
+    dest = tmp_path / "dest"
+    (dest / ".pixarc").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+
+    def lease(**kw):
+        info = {**dict(owner="archive", host=socket.gethostname(), pid=pid, token="old", acquired_at=time.time(),
+                       expires_at=time.time() + 3600), **kw}
+        (dest / ".pixarc/lock.json").write_text(json.dumps(info))
+
+    lease()  # a killed run on this host: its pid is gone
+    with hold(str(dest), "archive") as mine:
+        assert read_lease(str(dest)).token == mine.token
+    lease(host="elsewhere", pid=1, expires_at=time.time() - 1)  # expired on another host
+    with hold(str(dest), "archive") as mine:
+        assert read_lease(str(dest)).token == mine.token
+    lease(host="elsewhere", pid=1)  # alive elsewhere, not expired: respected
+    with pytest.raises(LockedError, match="pid 1 on elsewhere"):
+        hold(str(dest), "archive")
+    assert read_lease(str(dest)).token == "old"
+
+
+def test_lease_is_renewed_by_its_heartbeat_and_a_lost_lease_stops_the_commit(tmp_path):
+    import time
+
+    from pixarc.lock import LockedError, check_held, hold, read_lease
+
+    dest = str(tmp_path / "dest")
+    with hold(dest, "archive", ttl=0.6) as lease:
+        first = read_lease(dest).expires_at
+        time.sleep(0.9)
+        assert read_lease(dest).expires_at > first
+        (tmp_path / "dest/.pixarc/lock.json").unlink()  # taken from us
+        with pytest.raises(LockedError, match="lost its lock"):
+            check_held(dest, lease.token)
+
+
+def test_lease_on_an_object_store_backend(tmp_path):
+    """fsspec memory: create-exclusive through the backend's ``xb`` mode."""
+    from pixarc.lock import LockedError, hold
+
+    dest = f"memory://lock-{tmp_path.name}"
+    with hold(dest, "archive"):
+        with pytest.raises(LockedError):
+            hold(dest, "archive")
+    with hold(dest, "archive"):
+        pass
