@@ -62,8 +62,8 @@ def archive_shard_task(shard: Shard, cfg: ArchiveConfig) -> ShardSummary:
 
 
 @task(name="restore-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def restore_shard_task(shard: Shard, out: str, run_id: str) -> engine.CheckSummary:
-    return engine.restore_shard(shard, out, run_id)
+def restore_shard_task(shard: Shard, out: str, run_id: str, overwrite: bool = False) -> engine.CheckSummary:
+    return engine.restore_shard(shard, out, run_id, overwrite=overwrite)
 
 
 @task(name="verify-shard", cache_policy=NO_CACHE)
@@ -113,12 +113,16 @@ def publish_summary(dest: str, summary: RunSummary) -> None:
 
 @flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def restore_flow(
-    dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256, run_id: str | None = None
+    dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256, run_id: str | None = None,
+    version: int | None = None, as_of: str | None = None, overwrite: bool = False,
 ) -> RunSummary:
-    """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``."""
+    """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``
+    (the current versions, or those of ``as_of`` (ISO time) or the ``version``-th); files
+    already in ``out`` are kept unless ``overwrite``."""
     run_id = run_id or engine.new_run_id()
-    found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size)
-    futures = [restore_shard_task.submit(s, out, run_id) for s in shards]
+    when = engine.parse_as_of(as_of) if as_of else None
+    found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size, version, when)
+    futures = [restore_shard_task.submit(s, out, run_id, overwrite) for s in shards]
     return engine.finish_checks(out, "restore", run_id, found, shards, [f.result() for f in futures])
 
 

@@ -185,16 +185,22 @@ def _dry_run(src: str, policy_path: str | None) -> None:
 @click.argument("out")
 @click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
 @click.option("--domain", default=None, help="Only this domain.")
+@click.option("--version", "version", type=click.IntRange(1), default=None,
+              help="Restore each key's N-th archived content (1 = the first) instead of the current one.")
+@click.option("--as-of", default=None, help="Restore what the archive held at this ISO time (UTC unless stated).")
+@click.option("--overwrite", is_flag=True, help="Replace files already in OUT (default: keep them, report skipped).")
 @runner_options
 @click.option("--no-progress", is_flag=True)
-def restore(dest, out, pattern, domain, workers, runner, dask_address, no_progress):
+def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runner, dask_address, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
     _prefect_defaults()
     from .flows import restore_flow
 
     s = _run_flow(restore_flow, "restore", not no_progress, runner, workers, dask_address,
-                  dest=dest, out=out, pattern=pattern, domain=domain)
-    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.archive_bytes} bytes)")
+                  dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
+                  overwrite=overwrite)
+    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.archive_bytes} bytes)"
+                  + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
     _print_problems(s.problems)
     if s.problems:
         sys.exit(1)
@@ -270,6 +276,24 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     skipped = [d for d in decisions if d.action == "skip"]
     console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
                   f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted, delete nothing.")
+@click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
+              help="When another run writes DEST: wait for it (up to SECONDS).")
+def prune(dest, dry_run, wait):
+    """Delete the bitstreams of old versions (the only command that deletes archived data)."""
+    from .prune import prune as run
+
+    try:
+        s = run(dest, dry_run=dry_run, wait=wait)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    for rel in s.paths:
+        console.print(("would delete " if dry_run else "deleted ") + rel)
+    console.print(f"{len(s.paths)} old-version bitstream(s), {s.bytes} bytes" + (" (dry run)" if dry_run else ""))
 
 
 @main.command()

@@ -14,7 +14,7 @@ import math
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -40,9 +40,9 @@ from .manifest import (
 from .metrics import ms_ssim, psnr
 from .plugins import Registry, default_registry
 from .routing import Policy, Route, load_policy
-from .storage import get_fs, join, safe_key, write_atomic
+from .storage import get_fs, inside, join, safe_key, write_atomic, write_new
 
-REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key"}
+REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key", "key_collision"}
 STATE_DIR = ".pixarc"
 RESTORE_AS_IS = {"PNG", "TIFF", "BMP", "PPM"}  # lossless pixels re-encode faithfully to these
 
@@ -79,7 +79,7 @@ def bitstream_rel(value: str, key: str) -> str:
         safe_key(rel)
     except InputError:
         raise InputError("outside_dest", f"bitstream path {value!r} of {key!r} leads outside DEST; refused") from None
-    if not rel.endswith(".pxa") or rel.startswith("manifest/") or any(p.startswith(".") for p in rel.split("/")):
+    if not rel.endswith(".pxa") or any(p.startswith(".") for p in rel.split("/")):
         raise InputError("outside_dest",
                          f"bitstream path {value!r} of {key!r} is outside DEST's bitstreams; refused")
     return rel
@@ -165,6 +165,7 @@ class CheckSummary:
 
     shard: int
     ok: int = 0  # bitstreams verified (verify) or images written (restore)
+    skipped: int = 0  # restore: files already in OUT, kept
     bytes_written: int = 0
     problems: list[VerifyProblem] = field(default_factory=list)
 
@@ -229,13 +230,16 @@ def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow
     final status (done, rejected, error); ``failed`` rows are retried.
     """
     _claim_dest(src, dest)
-    current = latest(read_manifest(dest, columns=["source_uri", "source_bytes", "source_mtime", "status"]))
+    wanted = ["source_uri", "source_bytes", "source_mtime", "status", "bitstream_sha256"]
+    current = latest(read_manifest(dest, columns=wanted))
     known: dict[str, tuple[int, str]] = {}
+    previous: dict[str, str] = {}  # key -> bitstream of its current version (lineage of a new one)
     if current.num_rows:
-        cols = current.select(["source_uri", "source_bytes", "source_mtime", "status"]).to_pylist()
+        cols = current.select(["key", *wanted]).to_pylist()
         known = {
             r["source_uri"]: (r["source_bytes"], r["source_mtime"]) for r in cols if r["status"] != STATUS_FAILED
         }
+        previous = {r["key"]: r["bitstream_sha256"] for r in cols if r["status"] == STATUS_DONE}
     dest_fs, dest_root = get_fs(dest)
     dest_prefix = dest_fs.unstrip_protocol(dest_root).rstrip("/") + "/"
     counts = {"total": 0, "skipped": 0}
@@ -248,7 +252,7 @@ def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow
             if known.get(ref.uri) == (ref.size, ref.mtime):
                 counts["skipped"] += 1
                 continue
-            yield asdict(ref)
+            yield {**asdict(ref), "replaces": previous.get(ref.key, "")}
 
     shards, planned = _write_plan(dest, run_id, "archive", todo(), shard_size)
     progress.set_total(run_id, planned)
@@ -287,6 +291,10 @@ def decode_container(blob: bytes, registry: Registry, device: str = "cpu") -> tu
     except PluginError as exc:
         raise ContainerError(f"unknown codec {c.codec_id!r}: {exc}") from None
     return c, decode_with(c, codec, device)
+
+
+def _decode_item(blob: bytes, registry: Registry, item: dict) -> tuple[Container, Decoded]:
+    return decode_container(blob, registry)
 
 
 def decode_with(c: Container, codec: Codec, device: str = "cpu") -> Decoded:
@@ -598,6 +606,16 @@ class _Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_collision(key: str) -> None:
+    """A folder named like a bitstream (``a.pxa/``) would collide with the bitstream of the
+    file next to it (``a`` -> ``a.pxa``): whichever came second would fail or land inside
+    the other. Refused up front, whatever the order, so the rest of the run goes on."""
+    for folder in key.split("/")[:-1]:
+        if folder.endswith(".pxa"):
+            raise InputError("key_collision", f"folder {folder!r} of {key!r} has the name of a bitstream "
+                                              f"(the one of {folder[:-4]!r}); refused")
+
+
 def prepare(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, registry: Registry) -> _Prepared:
     """Read, hash, decode, classify and route one object; never raises for bad input."""
     row = ManifestRow(
@@ -608,6 +626,7 @@ def prepare(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, regis
     notes = prep.notes
     try:
         prep.key = safe_key(ref.key)
+        _check_collision(prep.key)
         sfs, spath = get_fs(ref.uri)
         faults.point("read")
         try:
@@ -665,7 +684,8 @@ def archive_one(
     if src is None:
         return row
     dfs, droot = get_fs(cfg.dest)
-    path = bitstream_path(droot, prep.key)
+    rel = prep.key + ".pxa"
+    path = join(droot, rel)
     attempts: list[dict[str, Any]] = []
     chosen = _try_reuse(dfs, path, src, route, registry, cfg.device)
     if chosen is not None:
@@ -674,7 +694,11 @@ def archive_one(
     else:
         chosen, attempts = encode_route(src, route, registry, cfg.device, payloads=payloads)
         if chosen is not None:
-            write_atomic(dfs, path, chosen.blob, fault_site="rename")
+            try:
+                rel = _write_version(dfs, droot, prep.key, chosen.blob)
+            except InputError as exc:
+                row.status, row.error, row.message = STATUS_REJECTED, exc.reason, str(exc)
+                return row
             faults.point("written")
     row.attempts = json.dumps(attempts)
     row.notes = "; ".join(filter(None, notes + [fallback_note(attempts)]))
@@ -682,8 +706,29 @@ def archive_one(
         row.status, row.error = STATUS_FAILED, "no_codec"
         row.message = "no candidate codec produced a verified bitstream"
         return row
-    _fill_from_encoded(row, chosen, registry, prep.key + ".pxa", codec_device(chosen.codec, cfg.device))
+    _fill_from_encoded(row, chosen, registry, rel, codec_device(chosen.codec, cfg.device))
     return row
+
+
+def _write_version(fs, root: str, key: str, blob: bytes) -> str:
+    """Store a new bitstream without overwriting anything; returns its DEST-relative path.
+
+    ``<key>.pxa`` when free; taken (an older version of a changed source, or any other
+    file) -> ``<key>.<sha12>.pxa``, named by the bitstream's own hash, so a file already
+    there under that name holds these very bytes."""
+    rel = key + ".pxa"
+    if write_new(fs, join(root, rel), blob, fault_site="rename"):
+        return rel
+    rel = f"{key}.{sha256_hex(blob)[:12]}.pxa"
+    if write_new(fs, join(root, rel), blob, fault_site="rename"):
+        return rel
+    try:
+        same = sha256_hex(fs.cat_file(join(root, rel))) == sha256_hex(blob)
+    except (OSError, IsADirectoryError):
+        same = False
+    if not same:
+        raise InputError("key_collision", f"{key!r}: both bitstream names {key}.pxa and {rel} are taken")
+    return rel
 
 
 @functools.lru_cache(maxsize=8)
@@ -746,13 +791,18 @@ def batch_encode(prepared: list[_Prepared], cfg: ArchiveConfig, registry: Regist
     return out
 
 
+_REF_FIELDS = frozenset(f.name for f in fields(ImageRef))
+
+
 def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = None) -> ShardSummary:
     """Archive every object of a shard and commit its manifest part."""
     registry = registry or default_registry()
     policy = _policy(cfg.policy)
     t0 = time.perf_counter()
     rows = []
-    items = [ImageRef(**item) for item in load_shard(shard)]
+    loaded = load_shard(shard)
+    items = [ImageRef(**{k: v for k, v in item.items() if k in _REF_FIELDS}) for item in loaded]
+    replaces = {item["key"]: item.get("replaces", "") for item in loaded}
     if not uses_gpu(cfg, registry):
         for ref in items:  # one image in memory at a time
             rows.append(archive_one(ref, shard.index, cfg, policy, registry))
@@ -764,6 +814,9 @@ def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = 
             for ref, prep in zip(items[i : i + cfg.batch_size], prepared):
                 rows.append(archive_one(ref, shard.index, cfg, policy, registry, prep, payloads.get(id(prep))))
                 progress.advance(cfg.run_id)
+    for r in rows:  # a new version of a changed source records the bitstream it succeeds
+        if r.status == STATUS_DONE and replaces.get(r.key) not in (None, "", r.bitstream_sha256):
+            r.replaces_sha256 = replaces[r.key]
     if cfg.lease:  # a run that lost its lease (stalled past expiry) must not commit
         check_held(cfg.dest, cfg.lease)
     write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows, _extra_columns(registry)))
@@ -876,7 +929,7 @@ def _unsafe(item: dict) -> None:
 
 
 def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int, dest: str | None = None) -> list[Shard]:
-    items = ({k: r[k] for k in _ROW_FIELDS} for r in rows)
+    items = ({k: r[k] for k in (*_ROW_FIELDS, "name") if k in r} for r in rows)
     if dest is not None:
         items = (with_location(dest, item) for item in items)
     progress.set_total(run_id, len(rows))
@@ -889,8 +942,32 @@ def restored_key(key: str, source_format: str, lossless: bool, codec_id: str) ->
     return key + ".png"
 
 
-def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None = None) -> CheckSummary:
-    """Decode and check every bitstream of a shard, then write the images under ``out``."""
+def restored_names(rows: list[dict]) -> dict[str, str]:
+    """Key -> file name under OUT, one name per key: a key restored as itself keeps its
+    name; one converted to PNG gets ``<key>.png`` unless another key already restores
+    there (``x.jpg`` next to ``x.jpg.png``), then ``<key>.<n>.png``. Computed over every
+    selected row, so a ``--filter`` run names files as the full restore would."""
+    natural = {r["key"]: restored_key(r["key"], r["source_format"], r["lossless"], r["codec_id"]) for r in rows}
+    taken = {name for key, name in natural.items() if name == key}
+    names: dict[str, str] = {}
+    for key in sorted(natural):
+        name = natural[key]
+        if name != key:
+            n = 0
+            while name in taken:
+                n += 1
+                name = f"{key}.{n}.png"
+            taken.add(name)
+        names[key] = name
+    return names
+
+
+def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None = None,
+                  overwrite: bool = False) -> CheckSummary:
+    """Decode and check every bitstream of a shard, then write the images under ``out``.
+
+    A file already in ``out`` is kept (counted as skipped) unless ``overwrite``; nothing
+    is written through a symlink that leads outside ``out``."""
     import io
 
     registry = registry or default_registry()
@@ -901,13 +978,18 @@ def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None
         try:
             safe_key(key)
             _unsafe(item)
+            name = item.get("name") or key
+            target = join(oroot, safe_key(name))
+            if not inside(ofs, oroot, target):
+                raise InputError("outside_out", f"{name}: a symlink in OUT leads outside {out}; not written")
             bfs, bpath = get_fs(item["bitstream_uri"])
-            blob = bfs.cat_file(bpath)
+            try:
+                blob = bfs.cat_file(bpath)
+            except FileNotFoundError:
+                raise InputError("missing", "bitstream missing (pruned, deleted or never copied)") from None
             if sha256_hex(blob) != item["bitstream_sha256"]:
                 raise VerificationError("bitstream sha256 differs from the manifest")
-            c, decoded = decode_container(blob, registry)
-            name = restored_key(key, item["source_format"], item["lossless"], c.codec_id)
-            target = join(oroot, name)
+            c, decoded = _decode_item(blob, registry, item)
             if decoded.original is not None:
                 data = decoded.original
             else:
@@ -920,7 +1002,12 @@ def restore_shard(shard: Shard, out: str, run_id: str, registry: Registry | None
                     kwargs["exif"] = c.sections["EXIF"]
                 decoded.image.save(buf, fmt, **kwargs)
                 data = buf.getvalue()
-            write_atomic(ofs, target, data)
+            if overwrite:
+                write_atomic(ofs, target, data)  # replaces a symlink itself, never writes through it
+            elif not write_new(ofs, target, data):
+                s.skipped += 1
+                progress.advance(run_id)
+                continue
             s.ok += 1
             s.bytes_written += len(data)
         except (PixarcError, OSError) as exc:
@@ -977,10 +1064,53 @@ def verify_shard(
     return s
 
 
+def parse_as_of(text: str) -> datetime:
+    """An ISO 8601 time (``2026-11-24``, ``2026-11-24T10:00``, ...); UTC unless it says otherwise."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError("usage", f"--as-of {text!r} is not an ISO 8601 time (e.g. 2026-11-24T10:00:00)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def select_rows(dest: str, version: int | None = None, as_of: datetime | None = None,
+                columns: list[str] | None = None) -> list[dict]:
+    """The ``done`` row to restore per key: the current one; the one the archive held at
+    ``as_of``; or its ``version``-th content (1 = the first archived; versions are the
+    distinct source hashes in order). A version re-encoded by recompress is read from its
+    newest bitstream: the same content."""
+    if version is None and as_of is None:
+        return current_rows(dest, columns=columns)
+    if columns is not None:
+        columns = list(dict.fromkeys([*columns, "status", "domain", "source_sha256"]))
+    history: dict[str, list[dict]] = {}
+    for r in sorted(read_manifest(dest, columns=columns).to_pylist(), key=lambda r: r["created_at"]):
+        history.setdefault(r["key"], []).append(r)
+    out = []
+    for rows in history.values():
+        done = [r for r in rows if r["status"] == STATUS_DONE]
+        if as_of is not None:
+            then = [r for r in rows if r["created_at"] <= as_of]
+            if not then or then[-1]["status"] != STATUS_DONE:
+                continue
+            sha = then[-1]["source_sha256"]
+        else:
+            versions = list(dict.fromkeys(r["source_sha256"] for r in done))
+            if not 1 <= version <= len(versions):
+                continue
+            sha = versions[version - 1]
+        out.append([r for r in done if r["source_sha256"] == sha][-1])
+    return out
+
+
 def plan_restore(
-    dest: str, out: str, run_id: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256
+    dest: str, out: str, run_id: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,
+    version: int | None = None, as_of: datetime | None = None,
 ) -> tuple[int, list[Shard]]:
-    rows = current_rows(dest, pattern, domain, columns=list(_ROW_FIELDS))
+    rows = select_rows(dest, version, as_of, columns=list(_ROW_FIELDS))
+    names = restored_names(rows)
+    rows = [{**r, "name": names[r["key"]]} for r in rows
+            if fnmatch.fnmatch(r["key"], pattern) and (domain is None or r["domain"] == domain)]
     return len(rows), plan_rows(out, run_id, "restore", rows, shard_size, dest)
 
 
@@ -989,12 +1119,14 @@ def finish_checks(base: str, kind: str, run_id: str, found: int, shards: list[Sh
     """Totals of a restore or verify run; its shard lists are removed."""
     totals = ShardSummary(-1, images=found)
     problems: list[VerifyProblem] = []
+    skipped = 0
     for r in results:
         totals.done += r.ok
         totals.archive_bytes += r.bytes_written
         problems.extend(r.problems)
+        skipped += r.skipped
     drop_plan(base, kind, run_id)
-    return RunSummary(run_id, found, 0, len(shards), totals, problems)
+    return RunSummary(run_id, found, skipped, len(shards), totals, problems)
 
 
 def plan_verify(dest: str, run_id: str, shard_size: int = 1024) -> tuple[int, list[Shard]]:
@@ -1003,11 +1135,13 @@ def plan_verify(dest: str, run_id: str, shard_size: int = 1024) -> tuple[int, li
 
 
 def restore_local(dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,
-                  run_id: str | None = None) -> RunSummary:
+                  run_id: str | None = None, version: int | None = None, as_of: datetime | None = None,
+                  overwrite: bool = False) -> RunSummary:
     """``restore`` without Prefect (see :func:`archive_local`)."""
     run_id = run_id or new_run_id()
-    found, shards = plan_restore(dest, out, run_id, pattern, domain, shard_size)
-    return finish_checks(out, "restore", run_id, found, shards, [restore_shard(s, out, run_id) for s in shards])
+    found, shards = plan_restore(dest, out, run_id, pattern, domain, shard_size, version, as_of)
+    results = [restore_shard(s, out, run_id, overwrite=overwrite) for s in shards]
+    return finish_checks(out, "restore", run_id, found, shards, results)
 
 
 def verify_local(

@@ -71,5 +71,68 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_si
         fs.pipe_file(path, data)
 
 
+def write_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site: str = "") -> bool:
+    """Write ``path`` only if nothing is there (never overwrite); False when it was taken.
+
+    Local disks: temp file + fsync, then ``link`` to the name, which fails atomically if
+    the name exists (a file, a folder or a symlink: nothing is written through a link).
+    Object stores: the backend's ``xb`` mode where it has one, else an exists check.
+    """
+    parent = posixpath.dirname(path)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if fault_site:
+                faults.point(fault_site)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem: check, then rename
+                if os.path.lexists(path):
+                    return False
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        try:
+            dfd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:  # pragma: no cover
+            pass
+        return True
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+        return True
+    except FileExistsError:
+        return False
+    except (ValueError, NotImplementedError, TypeError):
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+        return True
+
+
+def inside(fs: fsspec.AbstractFileSystem, root: str, path: str) -> bool:
+    """Whether ``path`` really lies under ``root``: on local disks symlinks along the way
+    are resolved, so a link leading outside ``root`` does not count as inside."""
+    if not isinstance(fs, LocalFileSystem):
+        return True  # object stores have no links; keys are checked by safe_key
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(posixpath.dirname(path))
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     return fs.cat_file(path)

@@ -237,3 +237,113 @@ def test_lease_on_an_object_store_backend(tmp_path):
             hold(dest, "archive")
     with hold(dest, "archive"):
         pass
+
+
+# --------------------------------------------------------------------------- 3. nothing overwritten
+
+
+def _rewrite_image(path: Path, angle: int) -> None:
+    from PIL import Image
+
+    Image.open(path).rotate(angle).save(path)
+
+
+def test_changed_source_gets_a_new_bitstream_and_every_version_stays_restorable(small_collection, tmp_path):
+    import time
+    from datetime import datetime, timezone
+
+    from pixarc.images import probe_and_load
+
+    dest = tmp_path / "dest"
+    key = "line/ocal_galicia_01.png"
+    engine.archive_local(str(small_collection), str(dest))
+    v1 = rows_by_key(dest)[key]
+    v1_bytes = (small_collection / key).read_bytes()
+    time.sleep(0.05)
+    between = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    _rewrite_image(small_collection / key, 90)
+    engine.archive_local(str(small_collection), str(dest))
+    v2 = rows_by_key(dest)[key]
+    assert v2["bitstream_uri"] != v1["bitstream_uri"] and v2["replaces_sha256"] == v1["bitstream_sha256"]
+    assert sha256_hex((dest / v1["bitstream_uri"]).read_bytes()) == v1["bitstream_sha256"], "v1 overwritten"
+    assert not engine.verify_local(str(dest), full=True).problems
+
+    def restored(**kw) -> str:
+        out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+        res = engine.restore_local(str(dest), str(out), pattern=key, **kw)
+        assert res.totals.done == 1 and not res.problems, res.problems
+        return probe_and_load((out / key).read_bytes()).pixels_sha256
+
+    assert restored(version=1) == probe_and_load(v1_bytes).pixels_sha256 == restored(as_of=between)
+    assert restored(version=2) == restored() == v2["pixels_sha256"] != v1["pixels_sha256"]
+    # pruning old versions is explicit, and then the old version is gone (and says so)
+    from pixarc.prune import prune
+
+    dry = prune(str(dest), dry_run=True)
+    assert dry.paths == [v1["bitstream_uri"]] and (dest / v1["bitstream_uri"]).exists()
+    done = prune(str(dest))
+    assert done.paths == [v1["bitstream_uri"]] and not (dest / v1["bitstream_uri"]).exists()
+    res = engine.restore_local(str(dest), str(tmp_path / "after-prune"), pattern=key, version=1)
+    assert [p.problem for p in res.problems] == ["missing"]
+    assert not engine.verify_local(str(dest), full=True).problems  # current rows untouched
+
+
+def test_restore_never_overwrites_unless_asked(small_collection, tmp_path):
+    dest, out = tmp_path / "dest", tmp_path / "out"
+    engine.archive_local(str(small_collection), str(dest))
+    mine = out / "line/ocal_galicia_01.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my own file")
+    res = engine.restore_local(str(dest), str(out))
+    assert res.totals.done == 4 and res.skipped == 1 and not res.problems
+    assert mine.read_bytes() == b"my own file"
+    res = engine.restore_local(str(dest), str(out), overwrite=True)
+    assert res.totals.done == 5 and mine.read_bytes() != b"my own file"
+
+
+def test_two_sources_never_restore_to_one_name(tmp_path):
+    from conftest import encode_bytes, rng_image
+
+    src, dest, out = tmp_path / "src", tmp_path / "dest", tmp_path / "out"
+    src.mkdir()
+    (src / "x.jpg").write_bytes(encode_bytes(rng_image("RGB", seed=1), "JPEG"))  # restores as PNG: x.jpg.png
+    (src / "x.jpg.png").write_bytes(encode_bytes(rng_image("RGB", seed=2), "PNG"))  # restores as itself
+    engine.archive_local(str(src), str(dest), policy="png")
+    res = engine.restore_local(str(dest), str(out))
+    assert res.totals.done == 2 and not res.problems and res.skipped == 0
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert len(files) == 2 and "x.jpg.png" in files
+    from pixarc.images import probe_and_load
+
+    rows = rows_by_key(dest)
+    assert probe_and_load((out / "x.jpg.png").read_bytes()).pixels_sha256 == rows["x.jpg.png"]["pixels_sha256"]
+    other = next(f for f in files if f != "x.jpg.png")
+    assert probe_and_load((out / other).read_bytes()).pixels_sha256 == rows["x.jpg"]["pixels_sha256"]
+
+
+def test_key_colliding_with_a_bitstream_path_gets_a_row_and_the_run_goes_on(tmp_path):
+    from conftest import encode_bytes, rng_image
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "a.pxa").mkdir(parents=True)
+    (src / "a").write_bytes(encode_bytes(rng_image("RGB", seed=1), "PNG"))  # bitstream: a.pxa
+    (src / "a.pxa/b.png").write_bytes(encode_bytes(rng_image("RGB", seed=2), "PNG"))  # needs folder a.pxa/
+    (src / "c.png").write_bytes(encode_bytes(rng_image("RGB", seed=3), "PNG"))
+    s = engine.archive_local(str(src), str(dest))
+    rows = rows_by_key(dest)
+    assert (rows["a.pxa/b.png"]["status"], rows["a.pxa/b.png"]["error"]) == ("rejected", "key_collision")
+    assert "a.pxa" in rows["a.pxa/b.png"]["message"]
+    assert rows["a"]["status"] == rows["c.png"]["status"] == "done" and s.totals.done == 2
+    assert not engine.verify_local(str(dest), full=True).problems
+
+
+def test_restore_never_writes_through_a_symlink_leading_outside_out(small_collection, tmp_path):
+    dest, out, elsewhere = tmp_path / "dest", tmp_path / "out", tmp_path / "elsewhere"
+    engine.archive_local(str(small_collection), str(dest))
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "line").symlink_to(elsewhere, target_is_directory=True)
+    res = engine.restore_local(str(dest), str(out), overwrite=True)
+    assert [(p.key, p.problem) for p in res.problems] == [("line/ocal_galicia_01.png", "outside_out")]
+    assert res.totals.done == 4 and not list(elsewhere.iterdir())
