@@ -82,6 +82,7 @@ def archive_flow(
     batch_size: int = 16,
     follow_symlinks: bool = False,
     wait: float = 0.0,
+    max_bytes: int = engine.DEFAULT_MAX_BYTES,
 ) -> RunSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
     run_id = run_id or engine.new_run_id()
@@ -89,7 +90,7 @@ def archive_flow(
     with hold(dest, "archive", wait) as lease:  # one writer per DEST
         plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks)
         cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size,
-                            lease=lease.token)
+                            lease=lease.token, max_bytes=max_bytes)
         futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
         summary = engine.summarise_run(plan, [f.result() for f in futures])
         engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection

@@ -124,9 +124,11 @@ def main() -> None:
 @click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
               help="When another run writes DEST: wait for it (up to SECONDS; a day without a value) "
                    "instead of stopping.")
+@click.option("--max-bytes", type=int, default=engine.DEFAULT_MAX_BYTES, show_default=True,
+              help="Refuse (rejected row) sources larger than this, from their size, before reading them; 0: no limit.")
 @click.option("--no-progress", is_flag=True)
 def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, batch_size,
-            follow_symlinks, wait, no_progress):
+            follow_symlinks, wait, max_bytes, no_progress):
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""
     try:
         if dry_run:
@@ -134,7 +136,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         run_id = engine.new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
-                                   device, batch_size, follow_symlinks, wait)
+                                   device, batch_size, follow_symlinks, wait, max_bytes)
     except (PixarcError, FileNotFoundError) as exc:
         _fail(exc)
     t = summary.totals
@@ -150,15 +152,16 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
 
 
 def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks,
-                 wait=0.0):
+                 wait=0.0, max_bytes=engine.DEFAULT_MAX_BYTES):
     if engine_name == "local":
-        return engine.archive_local(src, dest, policy, shard_size, run_id, device, batch_size, follow_symlinks, wait)
+        return engine.archive_local(src, dest, policy, shard_size, run_id, device, batch_size, follow_symlinks, wait,
+                                    max_bytes)
     _prefect_defaults()
     from .flows import archive_flow
 
     flow = _with_runner(archive_flow, *runner)
     return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device,
-                batch_size=batch_size, follow_symlinks=follow_symlinks, wait=wait)
+                batch_size=batch_size, follow_symlinks=follow_symlinks, wait=wait, max_bytes=max_bytes)
 
 
 def _dry_run(src: str, policy_path: str | None) -> None:

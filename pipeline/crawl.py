@@ -19,6 +19,7 @@ class ImageRef:
     key: str  # path relative to the crawl root ('/'-separated); checked by storage.safe_key
     size: int
     mtime: str  # mtime, ETag or '' — whatever the filesystem offers to detect change
+    kind: str = "file"  # fsspec entry type; "other" = FIFO, socket, device: never read
 
 
 def _stamp(entry: dict) -> str:
@@ -85,4 +86,6 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterat
         for e in reversed(files):
             name = e["name"]
             key = name[len(prefix) :] if name.startswith(prefix) else name.lstrip("/")
-            yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), _stamp(e))
+            kind = e.get("type") or "file"
+            yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), _stamp(e),
+                           "file" if kind == "file" else str(kind))

@@ -25,7 +25,7 @@ from .container import Container, pack, unpack
 from .crawl import ImageRef, crawl
 from .errors import CodecError, ContainerError, InputError, PixarcError, PluginError, VerificationError
 from .lock import check_held, hold
-from .images import SourceImage, pixels_sha256, probe_and_load, sha256_hex
+from .images import HEADER_PREFIX, SourceImage, check_header, pixels_sha256, probe_and_load, sha256_hex
 from .manifest import (
     STATUS_DONE,
     STATUS_ERROR,
@@ -40,9 +40,10 @@ from .manifest import (
 from .metrics import ms_ssim, psnr
 from .plugins import Registry, default_registry
 from .routing import Policy, Route, load_policy
-from .storage import get_fs, inside, join, safe_key, write_atomic, write_new
+from .storage import check_size, get_fs, inside, join, open_source, safe_key, write_atomic, write_new
 
-REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key", "key_collision"}
+REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file"}
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a source is held in memory while it is archived
 STATE_DIR = ".pixarc"
 RESTORE_AS_IS = {"PNG", "TIFF", "BMP", "PPM"}  # lossless pixels re-encode faithfully to these
 
@@ -111,6 +112,7 @@ class ArchiveConfig:
     device: str = "auto"  # auto: a GPU for codecs that use one, when the worker has one
     batch_size: int = 16  # images encoded together by GPU codecs
     lease: str = ""  # token of the one-writer lease held for DEST (checked before each commit)
+    max_bytes: int = DEFAULT_MAX_BYTES  # larger sources are refused from their size (0: no limit)
 
 
 @dataclass
@@ -628,9 +630,17 @@ def prepare(ref: ImageRef, shard: int, cfg: ArchiveConfig, policy: Policy, regis
         prep.key = safe_key(ref.key)
         _check_collision(prep.key)
         sfs, spath = get_fs(ref.uri)
+        if ref.kind != "file":
+            raise InputError("not_regular_file", f"a {ref.kind} entry, not a regular file (FIFO, socket, device); "
+                                                 "not read")
+        check_size(ref.size, cfg.max_bytes)  # refused from the crawl's size: not even opened
         faults.point("read")
         try:
-            data = sfs.cat_file(spath)
+            with open_source(sfs, spath, cfg.max_bytes) as f:
+                head = f.read(HEADER_PREFIX)
+                check_header(head, max_pixels=policy.max_pixels, formats=policy.formats)
+                data = head + f.read(cfg.max_bytes + 1 - len(head)) if cfg.max_bytes else head + f.read()
+            check_size(len(data), cfg.max_bytes)  # grew since it was opened
         except (OSError, ValueError) as exc:
             raise InputError("io_error", f"cannot read source: {exc}") from None
         if len(data) != ref.size:
@@ -846,6 +856,7 @@ def summarise_run(plan: Plan, summaries: Iterable[ShardSummary]) -> RunSummary:
 def archive_local(
     src: str, dest: str, policy: str | None = None, shard_size: int = 256, run_id: str | None = None,
     device: str = "auto", batch_size: int = 16, follow_symlinks: bool = False, wait: float = 0.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> RunSummary:
     """The archive job without Prefect: same plan, same shard function, one process.
 
@@ -857,7 +868,7 @@ def archive_local(
     with hold(dest, "archive", wait) as lease:
         plan = plan_archive(src, dest, run_id, shard_size, follow_symlinks)
         cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size,
-                            lease=lease.token)
+                            lease=lease.token, max_bytes=max_bytes)
         summary = summarise_run(plan, [archive_shard(s, cfg) for s in plan.shards])
         drop_plan(dest, "archive", run_id)
     return summary

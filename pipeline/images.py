@@ -106,6 +106,31 @@ def _canonicalize(im: Image.Image, notes: list[str], sixteen_bit: bool) -> Image
     return None
 
 
+HEADER_PREFIX = 1 << 16  # bytes read before the format and pixel-limit check
+
+
+def check_header(prefix: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 formats: frozenset[str] = DEFAULT_FORMATS) -> None:
+    """Refuse from the first bytes alone what :func:`probe_and_load` would refuse from its
+    header (format not allowed, too many pixels, a decompression bomb), so such an object
+    costs a prefix, not its whole size. A header that does not fit in the prefix (or is not
+    recognised) passes: the full probe decides."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(prefix))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError("too_large", f"decompression bomb refused: {exc}") from None
+    except Exception:  # truncated or unknown here: leave it to the full probe
+        return
+    fmt = (im.format or "UNKNOWN").upper()
+    if fmt not in formats:
+        raise InputError("format_not_allowed", f"format {fmt} is not in the allowlist")
+    w, h = im.size
+    if w * h > max_pixels:
+        raise InputError("too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+
+
 def probe_and_load(
     data: bytes,
     *,

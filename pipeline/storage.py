@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 
 import fsspec
@@ -132,6 +133,37 @@ def inside(fs: fsspec.AbstractFileSystem, root: str, path: str) -> bool:
     real_root = os.path.realpath(root)
     real = os.path.realpath(posixpath.dirname(path))
     return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+
+
+def open_source(fs: fsspec.AbstractFileSystem, path: str, max_bytes: int):
+    """Open a source object for reading, refusing what is not a regular file or is larger
+    than ``max_bytes`` before a byte of it is read.
+
+    Local disks: ``O_NONBLOCK`` open (a FIFO or device cannot block the open) and ``fstat``
+    of the open descriptor, so a file swapped for a FIFO after the crawl is caught too.
+    """
+    if isinstance(fs, LocalFileSystem):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError("not_regular_file", "not a regular file (FIFO, socket or device); not read")
+            check_size(st.st_size, max_bytes)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+    info = fs.info(path)
+    if info.get("type", "file") not in ("file", None):
+        raise InputError("not_regular_file", f"not a regular file ({info.get('type')}); not read")
+    check_size(int(info.get("size") or 0), max_bytes)
+    return fs.open(path, "rb")
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    if max_bytes and size > max_bytes:
+        raise InputError("too_large", f"{size} bytes exceeds the limit of {max_bytes} bytes (--max-bytes); not read")
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:

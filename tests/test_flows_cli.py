@@ -44,7 +44,7 @@ def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_pa
         assert len(shard_tasks) == 3  # 5 images, shards of 2: one task per shard
         params = archive_runs[0].parameters
         assert set(params) == {"src", "dest", "policy", "shard_size", "run_id", "device", "batch_size",
-                                "follow_symlinks", "wait"}
+                                "follow_symlinks", "wait", "max_bytes"}
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(

@@ -347,3 +347,80 @@ def test_restore_never_writes_through_a_symlink_leading_outside_out(small_collec
     res = engine.restore_local(str(dest), str(out), overwrite=True)
     assert [(p.key, p.problem) for p in res.problems] == [("line/ocal_galicia_01.png", "outside_out")]
     assert res.totals.done == 4 and not list(elsewhere.iterdir())
+
+
+# --------------------------------------------------------------------------- 4. bounded, non-blocking input
+
+
+def test_fifo_gets_a_rejected_row_and_never_blocks(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import encode_bytes, rng_image
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode_bytes(rng_image("RGB"), "PNG"))
+    os.mkfifo(src / "pipe.png")  # nobody ever writes to it: reading it would block forever
+    res = subprocess.run(cli("archive", str(src), str(dest), "--engine", "local", "--no-progress"),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = rows_by_key(dest)
+    assert (rows["pipe.png"]["status"], rows["pipe.png"]["error"]) == ("rejected", "not_regular_file")
+    assert rows["a.png"]["status"] == "done"
+
+
+def test_file_swapped_for_a_fifo_after_the_crawl_is_refused_at_read(tmp_path):
+    """The crawl saw a file; at read time it is a FIFO: the read itself must not block."""
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "p.png")
+    code = (
+        "import sys; from pixarc import engine; from pixarc.crawl import ImageRef;"
+        "from pixarc.plugins import default_registry;"
+        "ref = ImageRef('file://' + sys.argv[1], 'p.png', 10, '');"
+        "cfg = engine.ArchiveConfig(dest=sys.argv[2], run_id='r');"
+        "p = engine.prepare(ref, 0, cfg, engine._policy(None), default_registry());"
+        "print(p.row.status, p.row.error)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png"), str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["rejected", "not_regular_file"], res.stdout + res.stderr
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_file_over_the_byte_limit_is_refused_from_its_size(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    with open(src / "huge.png", "wb") as f:  # sparse: 64 MiB on paper, nothing on disk
+        f.truncate(64 << 20)
+    peak = _peak_bytes(lambda: engine.archive_local(str(src), str(dest), max_bytes=1 << 20))
+    row = rows_by_key(dest)["huge.png"]
+    assert (row["status"], row["error"]) == ("rejected", "too_large") and "1048576" in row["message"]
+    assert peak < 8 << 20, f"peak {peak} bytes: the file was read"
+
+
+def test_pixel_limit_is_checked_on_a_bounded_prefix(tmp_path):
+    from test_images import raw_png
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    with open(src / "bomb.png", "wb") as f:  # a bomb header followed by 48 MiB (sparse)
+        f.write(raw_png(50_000, 50_000, 8, 0, b""))
+        f.truncate(48 << 20)
+    peak = _peak_bytes(lambda: engine.archive_local(str(src), str(dest)))
+    row = rows_by_key(dest)["bomb.png"]
+    assert (row["status"], row["error"]) == ("rejected", "too_large")
+    assert peak < 16 << 20, f"peak {peak} bytes: the whole object was read before the header check"
