@@ -124,7 +124,9 @@ def restore_flow(
     when = engine.parse_as_of(as_of) if as_of else None
     found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size, version, when)
     futures = [restore_shard_task.submit(s, out, run_id, overwrite) for s in shards]
-    return engine.finish_checks(out, "restore", run_id, found, shards, [f.result() for f in futures])
+    summary = engine.finish_checks(out, "restore", run_id, found, shards, [f.result() for f in futures])
+    summary.problems[:0] = engine.manifest_problems(dest)  # damaged parts: their rows were left out
+    return summary
 
 
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -136,4 +138,6 @@ def verify_flow(
     run_id = run_id or engine.new_run_id()
     found, shards = engine.plan_verify(dest, run_id, shard_size)
     futures = [verify_shard_task.submit(s, full, run_id, sources) for s in shards]
-    return engine.finish_checks(dest, "verify", run_id, found, shards, [f.result() for f in futures])
+    summary = engine.finish_checks(dest, "verify", run_id, found, shards, [f.result() for f in futures])
+    summary.problems[:0] = engine.manifest_problems(dest)  # damaged parts (their rows were left out)
+    return summary

@@ -79,7 +79,7 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
     try:
         with _progress(run_id, label, show):
             return _with_runner(flow, runner, workers, address)(run_id=run_id, **params)
-    except (PixarcError, FileNotFoundError, ValueError) as exc:
+    except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
 
 
@@ -91,11 +91,54 @@ EXIT_INTEGRITY = 3  # the archive is damaged: bitstreams or manifest parts missi
 EXIT_UNAVAILABLE = 4  # could not run: DEST locked by another writer, disk full, permission denied, missing plugin
 
 
-def _fail(exc: Exception) -> None:
+# problems of verify/restore that mean the archive is damaged (else: environment or OUT)
+INTEGRITY_PROBLEMS = {"missing", "size_mismatch", "hash_mismatch", "corrupt_container", "verification_failed",
+                      "codec_error", "outside_dest", "corrupt_manifest_part"}
+
+
+def _problems_exit(problems) -> int:
+    reasons = {p.problem for p in problems}
+    if reasons & INTEGRITY_PROBLEMS:
+        return EXIT_INTEGRITY
+    if reasons and reasons <= {"missing_plugin"}:
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILED if reasons else EXIT_OK
+
+
+def _explain(exc: BaseException) -> tuple[str, int]:
+    """One line a person can act on, and the exit status, for an error that ends a command."""
+    import errno
+
+    from .errors import ManifestError, MissingPluginError
     from .lock import LockedError
 
-    err.print(f"[red]error:[/red] {exc}")
-    sys.exit(EXIT_UNAVAILABLE if isinstance(exc, LockedError) else EXIT_USAGE)
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"disk full{where}: free space or choose another DEST; nothing half-written is recorded, "
+                    "rerun to resume"), EXIT_UNAVAILABLE
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where}: {exc.strerror}; check the owner and mode of that path", EXIT_UNAVAILABLE
+        return f"I/O error{where}: {exc.strerror or exc}", EXIT_UNAVAILABLE
+    if isinstance(exc, (LockedError, MissingPluginError)):
+        return str(exc), EXIT_UNAVAILABLE
+    if isinstance(exc, ManifestError):
+        return f"{exc}; run pixarc repair DEST", EXIT_INTEGRITY
+    return str(exc), EXIT_USAGE
+
+
+def _require_archive(dest: str) -> None:
+    """Stop with "not a pixarc archive" (exit 2) before any flow starts."""
+    try:
+        engine.require_archive(dest)
+    except PixarcError as exc:
+        _fail(exc)
+
+
+def _fail(exc: BaseException) -> None:
+    text, code = _explain(exc)
+    err.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 @click.group()
@@ -137,7 +180,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
                                    device, batch_size, follow_symlinks, wait, max_bytes)
-    except (PixarcError, FileNotFoundError) as exc:
+    except (PixarcError, OSError) as exc:
         _fail(exc)
     t = summary.totals
     console.print(
@@ -147,8 +190,8 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
         + f", {t.rejected} rejected, {t.errors} errors, {t.failed} failed"
     )
     _print_report(dest)
-    if t.failed:
-        sys.exit(1)
+    if t.failed or t.errors:
+        sys.exit(EXIT_FAILED)
 
 
 def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks,
@@ -197,6 +240,7 @@ def _dry_run(src: str, policy_path: str | None) -> None:
 def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runner, dask_address, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
     _prefect_defaults()
+    _require_archive(dest)
     from .flows import restore_flow
 
     s = _run_flow(restore_flow, "restore", not no_progress, runner, workers, dask_address,
@@ -206,7 +250,7 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
                   + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
     _print_problems(s.problems)
     if s.problems:
-        sys.exit(1)
+        sys.exit(_problems_exit(s.problems))
 
 
 @main.command()
@@ -217,8 +261,9 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
 @runner_options
 @click.option("--no-progress", is_flag=True)
 def verify(dest, full, sources, json_out, workers, runner, dask_address, no_progress):
-    """Fixity check of DEST. Exit status 1 when anything is wrong."""
+    """Fixity check of DEST. Exit status 3 when anything is damaged, 4 when a plugin is missing."""
     _prefect_defaults()
+    _require_archive(dest)
     from .flows import verify_flow
 
     s = _run_flow(verify_flow, "verify" + (" --full" if full else ""), not no_progress, runner, workers,
@@ -231,7 +276,7 @@ def verify(dest, full, sources, json_out, workers, runner, dask_address, no_prog
             json.dump({"run_id": s.run_id, "mode": mode, "checked": s.found, "ok": s.totals.done,
                        "problems": [p.__dict__ for p in s.problems]}, f, indent=2)
     if s.problems:
-        sys.exit(1)
+        sys.exit(_problems_exit(s.problems))
 
 
 def _print_problems(problems) -> None:
@@ -260,6 +305,7 @@ def _print_problems(problems) -> None:
 def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_address, no_progress):
     """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
     _prefect_defaults()
+    _require_archive(dest)
     from .flows.recompress import recompress_flow
 
     results = _run_flow(recompress_flow, "recompress" + (" --apply" if apply else " (plan)"), not no_progress,
@@ -292,7 +338,7 @@ def prune(dest, dry_run, wait):
 
     try:
         s = run(dest, dry_run=dry_run, wait=wait)
-    except (PixarcError, FileNotFoundError, ValueError) as exc:
+    except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     for rel in s.paths:
         console.print(("would delete " if dry_run else "deleted ") + rel)
@@ -336,14 +382,19 @@ def report(dest, html_out):
             from .plugins import default_registry
             from .report import html_report
 
-            table = latest(read_manifest(dest))
+            table = latest(read_manifest(dest, damaged=[]))
             extra = [sec for answer in default_registry().pm.hook.report_sections(rows=table) if answer
                      for sec in answer]
             with open(html_out, "w") as f:
                 f.write(html_report(dest, table.to_pylist(), extra))
             console.print(f"wrote {html_out}")
-    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        damaged = engine.manifest_problems(dest)
+    except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
+    for p in damaged:
+        err.print(f"[red]warning:[/red] {p.key}: {p.detail} (its rows are left out of this report)", highlight=False)
+    if damaged:
+        sys.exit(EXIT_INTEGRITY)
 
 
 def _print_report(dest: str) -> None:

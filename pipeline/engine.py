@@ -23,7 +23,16 @@ from .classify import UNKNOWN, Classification, pick_classifier
 from .codec import Codec, Decoded, params_hash
 from .container import Container, pack, unpack
 from .crawl import ImageRef, crawl
-from .errors import CodecError, ContainerError, InputError, PixarcError, PluginError, VerificationError
+from .errors import (
+    CodecError,
+    ContainerError,
+    InputError,
+    MissingPluginError,
+    NotAnArchiveError,
+    PixarcError,
+    PluginError,
+    VerificationError,
+)
 from .lock import check_held, hold
 from .images import HEADER_PREFIX, SourceImage, check_header, pixels_sha256, probe_and_load, sha256_hex
 from .manifest import (
@@ -233,7 +242,8 @@ def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow
     """
     _claim_dest(src, dest)
     wanted = ["source_uri", "source_bytes", "source_mtime", "status", "bitstream_sha256"]
-    current = latest(read_manifest(dest, columns=wanted))
+    # keys of a damaged part are archived again (reusing their verified bitstreams)
+    current = latest(read_manifest(dest, columns=wanted, damaged=[]))
     known: dict[str, tuple[int, str]] = {}
     previous: dict[str, str] = {}  # key -> bitstream of its current version (lineage of a new one)
     if current.num_rows:
@@ -290,13 +300,20 @@ def decode_container(blob: bytes, registry: Registry, device: str = "cpu") -> tu
     c = unpack(blob)
     try:
         codec = registry.codec(c.codec_id)
-    except PluginError as exc:
-        raise ContainerError(f"unknown codec {c.codec_id!r}: {exc}") from None
+    except PluginError:
+        raise MissingPluginError(f"codec {c.codec_id!r} is not installed here (no plugin provides it); "
+                                 "the bitstream was not checked") from None
     return c, decode_with(c, codec, device)
 
 
 def _decode_item(blob: bytes, registry: Registry, item: dict) -> tuple[Container, Decoded]:
-    return decode_container(blob, registry)
+    """:func:`decode_container`, a missing plugin named with the distribution to install."""
+    try:
+        return decode_container(blob, registry)
+    except MissingPluginError as exc:
+        dist = item.get("plugin_dist") or "the plugin distribution that provides it"
+        raise MissingPluginError(f"{exc}; install {dist} (e.g. pip install {dist})" if item.get("plugin_dist")
+                                 else f"{exc}; install {dist}") from None
 
 
 def decode_with(c: Container, codec: Codec, device: str = "cpu") -> Decoded:
@@ -307,7 +324,7 @@ def decode_with(c: Container, codec: Codec, device: str = "cpu") -> Decoded:
             f"(reads {codec.format_version})"
         )
     if not codec.has_weights(c.weights_sha256):
-        raise ContainerError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}..., not installed here")
+        raise MissingPluginError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}..., not installed here")
     try:
         decoded = codec.decode(c.payload, codec_device(codec, device))
     except PixarcError:
@@ -905,12 +922,29 @@ def plan_one(ref: ImageRef, policy: Policy, registry: Registry) -> dict[str, str
 # --------------------------------------------------------------------------- restore / verify
 
 
+def require_archive(dest: str) -> None:
+    """Raise :class:`NotAnArchiveError` unless ``dest`` holds a pixarc archive."""
+    fs, root = get_fs(dest)
+    if not (fs.exists(join(root, "manifest")) or fs.exists(join(root, STATE_DIR, "source.json"))):
+        raise NotAnArchiveError(f"{dest} is not a pixarc archive (no manifest/ or {STATE_DIR}/source.json there)")
+
+
+def manifest_problems(dest: str) -> list[VerifyProblem]:
+    """Damaged manifest parts (left out by every reader), one problem each."""
+    damaged: list[tuple[str, str]] = []
+    read_manifest(dest, columns=[], damaged=damaged)
+    return [VerifyProblem(f"manifest/{name}", "corrupt_manifest_part", why + "; run pixarc repair DEST")
+            for name, why in damaged]
+
+
 def current_rows(dest: str, pattern: str = "*", domain: str | None = None, status: str | None = STATUS_DONE,
                  columns: list[str] | None = None) -> list[dict]:
     """The newest row per key, filtered; ``columns`` limits what is read (and held)."""
+    require_archive(dest)
     if columns is not None:
         columns = list(dict.fromkeys([*columns, "status", "domain"]))
-    rows = latest(read_manifest(dest, columns=columns)).to_pylist()
+    # a damaged part is left out (the rest stays usable); verify and repair report it
+    rows = latest(read_manifest(dest, columns=columns, damaged=[])).to_pylist()
     return [
         r
         for r in rows
@@ -922,7 +956,7 @@ def current_rows(dest: str, pattern: str = "*", domain: str | None = None, statu
 
 _ROW_FIELDS = (
     "key", "bitstream_uri", "bitstream_bytes", "bitstream_sha256", "source_format", "codec_id", "lossless",
-    "source_uri", "source_sha256",
+    "source_uri", "source_sha256", "plugin_dist",
 )
 
 
@@ -1062,7 +1096,7 @@ def verify_shard(
                 if sha256_hex(blob) != item["bitstream_sha256"]:
                     problem = VerifyProblem(key, "hash_mismatch", "bitstream sha256 differs from the manifest")
                 else:
-                    decode_container(blob, registry)
+                    _decode_item(blob, registry, item)
         except (PixarcError, OSError) as exc:
             problem = VerifyProblem(key, getattr(exc, "reason", "io_error"), str(exc))
         if problem is None and sources:
@@ -1092,10 +1126,11 @@ def select_rows(dest: str, version: int | None = None, as_of: datetime | None = 
     newest bitstream: the same content."""
     if version is None and as_of is None:
         return current_rows(dest, columns=columns)
+    require_archive(dest)
     if columns is not None:
         columns = list(dict.fromkeys([*columns, "status", "domain", "source_sha256"]))
     history: dict[str, list[dict]] = {}
-    for r in sorted(read_manifest(dest, columns=columns).to_pylist(), key=lambda r: r["created_at"]):
+    for r in sorted(read_manifest(dest, columns=columns, damaged=[]).to_pylist(), key=lambda r: r["created_at"]):
         history.setdefault(r["key"], []).append(r)
     out = []
     for rows in history.values():
@@ -1152,7 +1187,9 @@ def restore_local(dest: str, out: str, pattern: str = "*", domain: str | None = 
     run_id = run_id or new_run_id()
     found, shards = plan_restore(dest, out, run_id, pattern, domain, shard_size, version, as_of)
     results = [restore_shard(s, out, run_id, overwrite=overwrite) for s in shards]
-    return finish_checks(out, "restore", run_id, found, shards, results)
+    summary = finish_checks(out, "restore", run_id, found, shards, results)
+    summary.problems[:0] = manifest_problems(dest)
+    return summary
 
 
 def verify_local(
@@ -1162,4 +1199,6 @@ def verify_local(
     run_id = run_id or new_run_id()
     found, shards = plan_verify(dest, run_id, shard_size)
     results = [verify_shard(s, full, run_id, sources=sources) for s in shards]
-    return finish_checks(dest, "verify", run_id, found, shards, results)
+    summary = finish_checks(dest, "verify", run_id, found, shards, results)
+    summary.problems[:0] = manifest_problems(dest)
+    return summary

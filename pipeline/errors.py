@@ -45,3 +45,22 @@ class PluginError(PixarcError):
     """A plugin broke the hook contract (duplicate codec id, bad class...)."""
 
     reason = "plugin_error"
+
+
+class MissingPluginError(PixarcError):
+    """A bitstream names a codec no installed plugin provides: an environment problem (install
+    the distribution named in the message), not damage to the archive."""
+
+    reason = "missing_plugin"
+
+
+class ManifestError(PixarcError, ValueError):
+    """A manifest part does not match its commit marker (or cannot be read)."""
+
+    reason = "corrupt_manifest_part"
+
+
+class NotAnArchiveError(PixarcError):
+    """The path given as DEST holds no pixarc archive."""
+
+    reason = "not_an_archive"

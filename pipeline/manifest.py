@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import faults
+from .errors import ManifestError
 from .images import sha256_hex
 from .storage import get_fs, join, write_atomic
 
@@ -145,7 +146,9 @@ def write_part(dest: str, run_id: str, shard: int, table: pa.Table) -> str:
     return part
 
 
-def committed_parts(dest: str) -> list[dict]:
+def committed_parts(dest: str, damaged: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Commit markers, oldest name first. An unreadable marker raises :class:`ManifestError`,
+    or, with ``damaged``, is recorded there as (name, why) and left out."""
     fs, root = get_fs(dest)
     commits = join(root, "manifest", "commits")
     if not fs.exists(commits):
@@ -153,23 +156,48 @@ def committed_parts(dest: str) -> list[dict]:
     out = []
     for path in sorted(fs.ls(commits, detail=False)):
         if path.endswith(".json"):
-            out.append(json.loads(fs.cat_file(path)))
+            try:
+                marker = json.loads(fs.cat_file(path))
+                if not isinstance(marker, dict) or not {"part", "sha256"} <= set(marker):
+                    raise ValueError("not a commit marker")
+            except (ValueError, UnicodeDecodeError) as exc:
+                problem = (path.rsplit("/", 1)[-1], f"commit marker unreadable ({exc})")
+                if damaged is None:
+                    raise ManifestError(f"manifest {problem[0]}: {problem[1]}") from None
+                damaged.append(problem)
+                continue
+            out.append(marker)
     return out
 
 
-def read_manifest(dest: str, check: bool = True, columns: list[str] | None = None) -> pa.Table:
+def read_manifest(dest: str, check: bool = True, columns: list[str] | None = None,
+                  damaged: list[tuple[str, str]] | None = None) -> pa.Table:
     """All committed rows (every run). With ``check``, a part whose bytes do not match
-    its marker raises: the manifest itself is under fixity. ``columns`` keeps memory to
-    what the caller needs (``key`` and ``created_at`` are always read, for :func:`latest`)."""
+    its marker raises :class:`ManifestError`: the manifest itself is under fixity. With a
+    ``damaged`` list, such a part is recorded there as (part name, why) and left out, so
+    one damaged part does not make the rest of the archive unusable. ``columns`` keeps
+    memory to what the caller needs (``key`` and ``created_at`` are always read, for
+    :func:`latest`)."""
     fs, root = get_fs(dest)
     if columns is not None:
         columns = list(dict.fromkeys(["key", "created_at", *columns]))
     tables = []
-    for marker in committed_parts(dest):
-        data = fs.cat_file(join(root, "manifest", "parts", marker["part"]))
-        if check and sha256_hex(data) != marker["sha256"]:
-            raise ValueError(f"manifest part {marker['part']} does not match its commit marker")
-        tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+    for marker in committed_parts(dest, damaged):
+        try:
+            try:
+                data = fs.cat_file(join(root, "manifest", "parts", marker["part"]))
+            except FileNotFoundError:
+                raise ManifestError(f"manifest part {marker['part']} is missing (its commit marker exists)") from None
+            if check and sha256_hex(data) != marker["sha256"]:
+                raise ManifestError(f"manifest part {marker['part']} does not match its commit marker")
+            try:
+                tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+            except (pa.ArrowException, OSError) as exc:
+                raise ManifestError(f"manifest part {marker['part']} is unreadable ({exc})") from None
+        except ManifestError as exc:
+            if damaged is None:
+                raise
+            damaged.append((marker["part"], str(exc)))
     if not tables:
         empty = schema().empty_table()
         return empty if columns is None else empty.select(columns)

@@ -61,7 +61,7 @@ def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_pa
 
     victim = next(dest.rglob("*.pxa"))
     victim.write_bytes(victim.read_bytes()[:-5])
-    text = invoke(runner, "verify", str(dest), "--no-progress", "--json-out", str(tmp_path / "v.json"), code=1)
+    text = invoke(runner, "verify", str(dest), "--no-progress", "--json-out", str(tmp_path / "v.json"), code=3)
     assert "size_mismatch" in text
     assert json.loads((tmp_path / "v.json").read_text())["problems"][0]["problem"] == "size_mismatch"
 

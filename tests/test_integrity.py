@@ -424,3 +424,131 @@ def test_pixel_limit_is_checked_on_a_bounded_prefix(tmp_path):
     row = rows_by_key(dest)["bomb.png"]
     assert (row["status"], row["error"]) == ("rejected", "too_large")
     assert peak < 16 << 20, f"peak {peak} bytes: the whole object was read before the header check"
+
+
+# --------------------------------------------------------------------------- 5. failures a person can act on
+
+
+def _damage_part(dest: Path, index: int = 1) -> str:
+    part = sorted((dest / "manifest/parts").glob("*.parquet"))[index]
+    part.write_bytes(part.read_bytes()[:-7] + b"garbage")
+    return part.name
+
+
+def test_one_damaged_manifest_part_does_not_block_the_rest(small_collection, tmp_path):
+    dest, out = tmp_path / "dest", tmp_path / "out"
+    engine.archive_local(str(small_collection), str(dest), shard_size=2)  # parts of 2, 2 and 1 rows
+    name = _damage_part(dest, 0)
+    v = engine.verify_local(str(dest), full=True)
+    assert [(p.key, p.problem) for p in v.problems] == [(f"manifest/{name}", "corrupt_manifest_part")]
+    assert v.found == v.totals.done == 3  # the other parts' rows are checked and fine
+    res = engine.restore_local(str(dest), str(out))
+    assert res.totals.done == 3 and [p.problem for p in res.problems] == ["corrupt_manifest_part"]
+
+
+def test_damaged_part_and_missing_bitstream_are_repaired(small_collection, tmp_path):
+    from pixarc.repair import repair
+
+    dest = tmp_path / "dest"
+    engine.archive_local(str(small_collection), str(dest), shard_size=2)
+    before = rows_by_key(dest)
+    _damage_part(dest, 0)
+    gone = sorted(rows_by_key(dest))[-1]  # a key of an intact part: its bitstream is deleted
+    (dest / before[gone]["bitstream_uri"]).unlink()
+    r = repair(str(dest))
+    assert r.parts_rebuilt == 1 and r.rows_rebuilt == 2 and r.reencoded == [gone] and not r.unrepairable
+    after = rows_by_key(dest)
+    assert after.keys() == before.keys()
+    for key, row in after.items():
+        assert row["status"] == "done" and row["pixels_sha256"] == before[key]["pixels_sha256"], key
+        assert row["source_sha256"] == before[key]["source_sha256"] and row["codec_id"] == before[key]["codec_id"]
+    check = engine.verify_local(str(dest), full=True)
+    assert check.totals.done == 5 and not check.problems, check.problems
+    assert engine.restore_local(str(dest), str(tmp_path / "out")).totals.done == 5
+
+
+def test_repair_refuses_a_source_that_no_longer_matches(small_collection, tmp_path):
+    from pixarc.repair import repair
+
+    dest = tmp_path / "dest"
+    engine.archive_local(str(small_collection), str(dest))
+    key = "line/ocal_galicia_01.png"
+    flip_a_bit(dest / (key + ".pxa"))
+    _rewrite_image(small_collection / key, 90)
+    r = repair(str(dest))
+    assert r.reencoded == [] and [k for k, _ in r.unrepairable] == [key]
+    assert "no longer matches" in r.unrepairable[0][1]
+
+
+def test_missing_plugin_is_named_with_its_distribution_not_corruption(small_collection, tmp_path, monkeypatch):
+    from pixarc.plugins import build_plugin_manager
+
+    dest = tmp_path / "dest"
+    engine.archive_local(str(small_collection), str(dest), policy="png")
+    monkeypatch.setenv("PIXARC_PLUGINS", "webp,store,stats_classifier,default_router")  # png not installed
+    reg = build_plugin_manager()
+    monkeypatch.setattr(engine, "default_registry", lambda: reg)
+    v = engine.verify_local(str(dest), full=True)
+    assert len(v.problems) == 5 and {p.problem for p in v.problems} == {"missing_plugin"}
+    assert "codec 'png'" in v.problems[0].detail and "pip install pixarc" in v.problems[0].detail
+    from pixarc.cli import _problems_exit
+
+    assert _problems_exit(v.problems) == 4
+
+
+@pytest.mark.parametrize("errno_name, text", [("ENOSPC", "disk full"), ("EACCES", "permission denied")])
+def test_disk_full_and_permission_denied_are_one_line_and_exit_4(small_collection, tmp_path, monkeypatch,
+                                                                  errno_name, text):
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    def refuse(fs, path, data, fault_site=""):
+        code = getattr(errno, errno_name)
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(engine, "write_new", refuse)
+    res = CliRunner().invoke(main, ["archive", str(small_collection), str(tmp_path / "d"), "--engine", "local",
+                                    "--no-progress"])
+    assert res.exit_code == 4, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: " + text) and ".pxa" in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- 6. exit status
+
+
+@pytest.mark.parametrize("command", [["verify"], ["restore", "OUT"], ["report"], ["recompress"]])
+def test_commands_on_something_that_is_not_an_archive_exit_2(small_collection, tmp_path, command):
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    for target in (small_collection, tmp_path / "missing"):
+        args = [command[0], str(target), *[str(tmp_path / "out") for _ in command[1:]], "--no-progress"]
+        if command[0] == "report":
+            args.remove("--no-progress")
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, res.output
+        assert "not a pixarc archive" in res.output and "Traceback" not in res.output
+
+
+def test_archive_exits_1_when_an_object_ended_in_error(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import encode_bytes, rng_image
+    from pixarc.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.png").write_bytes(encode_bytes(rng_image("RGB"), "PNG"))
+    (src / "notes.txt").write_text("not an image")
+    res = CliRunner().invoke(main, ["archive", str(src), str(tmp_path / "d"), "--engine", "local", "--no-progress"])
+    assert res.exit_code == 1 and "1 done" in res.output and "1 errors" in res.output, res.output
+    (src / "notes.txt").unlink()
+    res = CliRunner().invoke(main, ["archive", str(src), str(tmp_path / "d2"), "--engine", "local", "--no-progress"])
+    assert res.exit_code == 0, res.output
