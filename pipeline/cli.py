@@ -1,4 +1,4 @@
-"""``pixarc`` command line: archive, restore, verify, report, recompress, serve, plugins, classify, train."""
+"""``pixarc`` command line: archive, restore, verify, report, recompress, prune, repair, serve, plugins, classify, train."""
 
 from __future__ import annotations
 
@@ -343,6 +343,27 @@ def prune(dest, dry_run, wait):
     for rel in s.paths:
         console.print(("would delete " if dry_run else "deleted ") + rel)
     console.print(f"{len(s.paths)} old-version bitstream(s), {s.bytes} bytes" + (" (dry run)" if dry_run else ""))
+
+
+@main.command()
+@click.argument("dest")
+@click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
+              help="When another run writes DEST: wait for it (up to SECONDS).")
+def repair(dest, wait):
+    """Rebuild damaged manifest parts from the bitstreams' headers; re-encode missing or damaged
+    bitstreams from originals that still match their sha256. Exit 3 if something stays broken."""
+    from .repair import repair as run
+
+    try:
+        s = run(dest, wait=wait)
+    except (PixarcError, OSError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
+                  f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
+    for key, why in s.unrepairable:
+        console.print(f"[red]not repaired:[/red] {key}: {why}", highlight=False)
+    if s.unrepairable:
+        sys.exit(EXIT_INTEGRITY)
 
 
 @main.command()

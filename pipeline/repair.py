@@ -1,0 +1,236 @@
+"""``pixarc repair``: rebuild what can be rebuilt of a damaged archive.
+
+1. A damaged manifest part (its bytes do not match the commit marker, or it cannot be
+   read) is moved to ``manifest/damaged/`` with its marker, and its rows are rebuilt from
+   the bitstreams no intact row names: every ``.pxa`` carries its codec, parameters,
+   geometry, source and pixel hashes and, for lossy codecs, the recorded quality in its
+   own header. Each one is decoded and checked before its row (``job = "repair"``) says
+   done. What a header does not carry (the source's size and mtime, timings) is taken
+   from the source when it still matches, else left empty: the next archive run then
+   re-checks that source.
+2. A current row whose bitstream is missing or fails its full check is re-encoded from
+   its original, only if the original still matches its archived sha256, with the row's
+   own codec and parameters, under a new name (nothing is overwritten); the new row
+   records ``replaces_sha256``. Anything else is reported as unrepairable, with why.
+
+Runs under the one-writer lease.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import __version__
+from .codec import params_hash
+from .container import unpack
+from .engine import (
+    STATE_DIR,
+    _fill_from_encoded,
+    _write_version,
+    bitstream_rel,
+    current_rows,
+    decode_container,
+    encode_route,
+    new_run_id,
+    require_archive,
+    with_location,
+)
+from .errors import InputError, PixarcError
+from .images import probe_and_load, sha256_hex
+from .lock import check_held, hold
+from .manifest import STATUS_DONE, ManifestRow, read_manifest, rows_to_table, write_part
+from .plugins import Registry, default_registry
+from .routing import Candidate, Route
+from .storage import get_fs, join
+
+_VERSION_TAIL = re.compile(r"\.([0-9a-f]{12})\.pxa\Z")
+
+
+@dataclass
+class RepairSummary:
+    run_id: str
+    parts_rebuilt: int = 0  # damaged parts moved aside and rebuilt from bitstream headers
+    rows_rebuilt: int = 0
+    reencoded: list[str] = field(default_factory=list)  # keys re-encoded from their originals
+    unrepairable: list[tuple[str, str]] = field(default_factory=list)  # (key or part, why)
+
+
+def _key_of(rel: str, blob_sha: str) -> str:
+    """``a/b.png.pxa`` -> ``a/b.png``; a version ``a/b.png.<sha12>.pxa`` is named by the
+    bitstream's own hash, which is how it is told apart from a key that ends in 12 hex digits."""
+    m = _VERSION_TAIL.search(rel)
+    if m and m.group(1) == blob_sha[:12]:
+        return rel[: m.start()]
+    return rel[: -len(".pxa")]
+
+
+def _quarantine(fs, root: str, name: str) -> None:
+    base = name.rsplit(".", 1)[0]
+    for sub, suffix in (("parts", ".parquet"), ("commits", ".json")):
+        path = join(root, "manifest", sub, base + suffix)
+        if fs.exists(path):
+            target = join(root, "manifest", "damaged", base + suffix)
+            fs.makedirs(join(root, "manifest", "damaged"), exist_ok=True)
+            fs.mv(path, target)
+
+
+def _source_root(fs, root: str) -> str:
+    try:
+        return json.loads(fs.cat_file(join(root, STATE_DIR, "source.json")))["source"]
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def _row_from_header(rel: str, blob: bytes, run_id: str, source_root: str, registry: Registry,
+                     written: float | None) -> ManifestRow:
+    c, decoded = decode_container(blob, registry)  # decoded and checked before it says done
+    meta = c.meta
+    sha = sha256_hex(blob)
+    key = _key_of(rel, sha)
+    lossless = bool(meta.get("lossless"))
+    created = datetime.fromtimestamp(written, timezone.utc) if written else datetime.now(timezone.utc)
+    row = ManifestRow(run_id, 0, key, (source_root.rstrip("/") + "/" + key) if source_root else "", STATUS_DONE,
+                      job="repair", pixarc_version=__version__, created_at=created)
+    row.source_sha256, row.pixels_sha256 = c.source_sha256, c.pixels_sha256
+    row.source_format = meta.get("source_format", "")
+    row.width, row.height, row.mode, row.bit_depth = c.width, c.height, c.mode, c.bit_depth
+    row.domain = row.route = meta.get("domain", "")
+    row.codec_id, row.codec_version, row.format_version = c.codec_id, meta.get("codec_version", ""), c.format_version
+    row.weights_sha256 = c.weights_sha256
+    params = meta.get("params", {})
+    row.params, row.params_hash = json.dumps(params, sort_keys=True), params_hash(params)
+    row.plugin_dist, row.plugin_version = registry.provenance(c.codec_id)
+    row.bitstream_uri, row.bitstream_sha256, row.bitstream_bytes = rel, sha, len(blob)
+    row.bpp = 8.0 * len(blob) / max(1, c.width * c.height)
+    row.lossless = lossless
+    row.psnr = math.inf if lossless else float(meta.get("psnr", math.nan))
+    row.ms_ssim = 1.0 if lossless else float(meta.get("ms_ssim", math.nan))
+    row.decoded_sha256 = c.pixels_sha256 if lossless else meta.get("decoded_sha256", "")
+    row.device, row.verified = "cpu", True
+    row.notes = "rebuilt by repair from the bitstream's own header (its manifest part was damaged)"
+    if decoded.original is not None:
+        row.source_bytes = len(decoded.original)
+    return row
+
+
+def _fill_source_stamp(row: ManifestRow) -> None:
+    """Size and mtime of the original, when it still is what the bitstream holds."""
+    from .crawl import _stamp
+
+    if not row.source_uri:
+        return
+    try:
+        fs, path = get_fs(row.source_uri)
+        data = fs.cat_file(path)
+        if sha256_hex(data) == row.source_sha256:
+            row.source_bytes, row.source_mtime = len(data), _stamp(fs.info(path))
+    except (OSError, ValueError):
+        pass
+
+
+def _rebuild_parts(dest: str, run_id: str, damaged: list[tuple[str, str]], registry: Registry,
+                   out: RepairSummary) -> list[ManifestRow]:
+    fs, root = get_fs(dest)
+    for name, _ in damaged:
+        _quarantine(fs, root, name)
+    out.parts_rebuilt = len(damaged)
+    named = set()
+    for r in read_manifest(dest, columns=["bitstream_uri"], damaged=[]).to_pylist():
+        try:
+            named.add(bitstream_rel(r["bitstream_uri"], r["key"]))
+        except InputError:
+            continue
+    source_root = _source_root(fs, root)
+    rows = []
+    prefix = root.rstrip("/") + "/"
+    for path in sorted(fs.find(root)):
+        rel = path[len(prefix):] if path.startswith(prefix) else path
+        if not rel.endswith(".pxa") or rel in named or rel.startswith(("manifest/", STATE_DIR + "/")):
+            continue
+        if any(p.startswith(".") for p in rel.split("/")):
+            continue
+        try:
+            info = fs.info(path)
+            row = _row_from_header(rel, fs.cat_file(path), run_id, source_root, registry, info.get("mtime"))
+        except (PixarcError, OSError) as exc:
+            out.unrepairable.append((rel, f"{getattr(exc, 'reason', 'io_error')}: {exc}"))
+            continue
+        _fill_source_stamp(row)
+        rows.append(row)
+    out.rows_rebuilt = len(rows)
+    return rows
+
+
+def _bitstream_ok(item: dict, registry: Registry) -> bool:
+    try:
+        fs, path = get_fs(item["bitstream_uri"])
+        blob = fs.cat_file(path)
+        if sha256_hex(blob) != item["bitstream_sha256"]:
+            return False
+        decode_container(blob, registry)
+    except (PixarcError, OSError):
+        return False
+    return True
+
+
+def _reencode(item: dict, dest: str, run_id: str, registry: Registry) -> ManifestRow:
+    try:
+        fs, path = get_fs(item["source_uri"])
+        data = fs.cat_file(path)
+    except (OSError, ValueError) as exc:
+        raise InputError("source_gone", f"the original is gone ({exc}); nothing to re-encode from") from None
+    if sha256_hex(data) != item["source_sha256"]:
+        raise InputError("source_changed", "the original no longer matches its archived sha256")
+    src = probe_and_load(data)
+    route = Route(item["route"] or item["domain"] or "repair", item["lossless"],
+                  (Candidate(item["codec_id"], json.loads(item["params"])),))
+    chosen, attempts = encode_route(src, route, registry, "cpu")
+    if chosen is None:
+        raise InputError("reencode_failed", "; ".join(f"{a['codec']}: {a.get('reason', a['result'])}" for a in attempts))
+    dfs, droot = get_fs(dest)
+    rel = _write_version(dfs, droot, item["key"], chosen.blob)
+    row = ManifestRow(run_id, 1, item["key"], item["source_uri"], STATUS_DONE, job="repair",
+                      replaces_sha256=item["bitstream_sha256"], pixarc_version=__version__)
+    for name in ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
+                 "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id", "route"):
+        setattr(row, name, item[name])
+    _fill_from_encoded(row, chosen, registry, rel, "cpu")
+    row.attempts = json.dumps(attempts)
+    row.notes = "re-encoded by repair from the original (its bitstream was missing or damaged)"
+    return row
+
+
+def repair(dest: str, wait: float = 0.0, registry: Registry | None = None) -> RepairSummary:
+    """Rebuild damaged manifest parts and re-encode missing or damaged bitstreams."""
+    registry = registry or default_registry()
+    require_archive(dest)
+    out = RepairSummary(new_run_id())
+    with hold(dest, "repair", wait) as lease:
+        damaged: list[tuple[str, str]] = []
+        read_manifest(dest, columns=[], damaged=damaged)
+        if damaged:
+            rows = _rebuild_parts(dest, out.run_id, damaged, registry, out)
+            if rows:
+                check_held(dest, lease.token)
+                write_part(dest, out.run_id, 0, rows_to_table(rows))
+        fixed = []
+        for r in current_rows(dest):
+            item = with_location(dest, r)
+            if item.get("unsafe"):
+                out.unrepairable.append((r["key"], item["unsafe"]))
+                continue
+            if _bitstream_ok(item, registry):
+                continue
+            try:
+                fixed.append(_reencode(item, dest, out.run_id, registry))
+                out.reencoded.append(r["key"])
+            except PixarcError as exc:
+                out.unrepairable.append((r["key"], f"{exc.reason}: {exc}"))
+        if fixed:
+            check_held(dest, lease.token)
+            write_part(dest, out.run_id, 1, rows_to_table(fixed))
+    return out
