@@ -444,6 +444,14 @@ def _encode_verified(
     blob = pack(container)
     t0 = time.perf_counter()
     decode_with(unpack(blob), codec, device)  # the check on the very bytes that will be stored
+    if device != "cpu":
+        # Restore decodes on the CPU (any machine, no GPU needed): a check on the encoding
+        # GPU alone proves nothing about that path, so the CPU decode must pass it too.
+        try:
+            decode_with(unpack(blob), codec, "cpu")
+        except PixarcError as exc:
+            raise VerificationError(f"encoded on {device}, but the CPU decode restore uses fails its check: "
+                                    f"{exc}") from None
     decode_s = time.perf_counter() - t0
     return _Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s)
 

@@ -552,3 +552,66 @@ def test_archive_exits_1_when_an_object_ended_in_error(tmp_path):
     (src / "notes.txt").unlink()
     res = CliRunner().invoke(main, ["archive", str(src), str(tmp_path / "d2"), "--engine", "local", "--no-progress"])
     assert res.exit_code == 0, res.output
+
+
+# --------------------------------------------------------------------------- 7. cross-device verified
+
+
+class _GPUPlugin:
+    """A lossless codec that 'encodes on a GPU' and whose CPU decode can be made to differ
+    in one sample (the class of bug a same-device check cannot see)."""
+
+    def __init__(self):
+        self.cpu_differs = False
+        self.decoded_on: list[str] = []
+        from pixarc.codec import Codec, Decoded
+        from pixarc.hookspecs import hookimpl
+
+        plugin = self
+
+        class FakeGPUCodec(Codec):
+            codec_id = "fake-gpu"
+            lossless = True
+            prefers_gpu = True
+
+            def encode(self, src, params, device="cpu"):
+                im = src.image
+                return f"{im.mode}|{im.width}|{im.height}|".encode() + im.tobytes()
+
+            def decode(self, payload, device="cpu"):
+                from PIL import Image
+
+                plugin.decoded_on.append(device)
+                mode, w, h, raw = payload.split(b"|", 3)
+                raw = bytearray(raw)
+                if device == "cpu" and plugin.cpu_differs:
+                    raw[0] ^= 1
+                return Decoded(image=Image.frombytes(mode.decode(), (int(w), int(h)), bytes(raw)))
+
+        @hookimpl
+        def register_codecs(register):
+            register(FakeGPUCodec)
+
+        self.register_codecs = register_codecs
+
+
+def test_gpu_encoded_bitstream_is_decode_checked_on_the_cpu_path_restore_uses(monkeypatch):
+    from conftest import encode_bytes, rng_image
+    from pixarc.images import probe_and_load
+    from pixarc.plugins import build_plugin_manager
+    from pixarc.routing import Candidate, Route
+
+    plugin = _GPUPlugin()
+    monkeypatch.setenv("PIXARC_PLUGINS", "png,store,fake_gpu")
+    reg = build_plugin_manager(extra_plugins={"fake_gpu": plugin})
+    src = probe_and_load(encode_bytes(rng_image("RGB"), "PNG"))
+    route = Route("test", True, (Candidate("fake-gpu"), Candidate("png")))
+
+    chosen, attempts = engine.encode_route(src, route, reg, "cuda")
+    assert chosen.codec.codec_id == "fake-gpu" and "cpu" in plugin.decoded_on and "cuda" in plugin.decoded_on
+
+    plugin.cpu_differs, plugin.decoded_on[:] = True, []
+    chosen, attempts = engine.encode_route(src, route, reg, "cuda")
+    assert chosen.codec.codec_id == "png", attempts  # the GPU bitstream failed its CPU check: fallback
+    assert attempts[0]["codec"] == "fake-gpu" and attempts[0]["result"] == "failed"
+    assert "CPU decode restore uses fails" in attempts[0]["reason"]
