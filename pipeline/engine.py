@@ -594,7 +594,7 @@ def _try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry
         if head.source_sha256 != src.sha256 or got not in wanted:
             return None
         t0 = time.perf_counter()
-        c, _ = decode_container(blob, registry, device)
+        c, _ = decode_container(blob, registry, "cpu")  # the path restore uses, whatever encoded it
         decode_s = time.perf_counter() - t0
     except (PixarcError, OSError):
         return None  # unusable: it will be overwritten by a fresh, verified encode
