@@ -903,8 +903,11 @@ def plan_one(ref: ImageRef, policy: Policy, registry: Registry) -> dict[str, str
     """What ``archive`` would do with one object, without encoding or writing (dry run)."""
     try:
         safe_key(ref.key)
+        if ref.kind != "file":
+            raise InputError("not_regular_file", f"a {ref.kind} entry, not a regular file; not read")
         fs, path = get_fs(ref.uri)
-        src = probe_and_load(fs.cat_file(path), max_pixels=policy.max_pixels, formats=policy.formats)
+        with open_source(fs, path, DEFAULT_MAX_BYTES) as f:  # never blocks on a FIFO swapped in
+            src = probe_and_load(f.read(), max_pixels=policy.max_pixels, formats=policy.formats)
     except InputError as exc:
         status = STATUS_REJECTED if exc.reason in REJECT_REASONS else STATUS_ERROR
         return {"domain": "-", "confidence": "", "route": "-", "codec": f"({status})", "note": f"{exc.reason}: {exc}"}
