@@ -114,8 +114,8 @@ def publish_summary(dest: str, summary: RunSummary) -> None:
 
 @flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def restore_flow(
-    dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256, run_id: str | None = None,
-    version: int | None = None, as_of: str | None = None, overwrite: bool = False,
+    dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,
+    run_id: str | None = None, version: int | None = None, as_of: str | None = None, overwrite: bool = False,
 ) -> RunSummary:
     """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``
     (the current versions, or those of ``as_of`` (ISO time) or the ``version``-th); files

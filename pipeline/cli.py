@@ -1,4 +1,5 @@
-"""``pixarc`` command line: archive, restore, verify, report, recompress, prune, repair, serve, plugins, classify, train."""
+"""``pixarc`` command line: archive, restore, verify, report, recompress, prune, repair, serve, plugins,
+classify, train."""
 
 from __future__ import annotations
 

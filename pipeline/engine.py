@@ -984,7 +984,8 @@ def _unsafe(item: dict) -> None:
         raise InputError("outside_dest", item["unsafe"])
 
 
-def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int, dest: str | None = None) -> list[Shard]:
+def plan_rows(base: str, run_id: str, kind: str, rows: list[dict], shard_size: int,
+              dest: str | None = None) -> list[Shard]:
     items = ({k: r[k] for k in (*_ROW_FIELDS, "name") if k in r} for r in rows)
     if dest is not None:
         items = (with_location(dest, item) for item in items)

@@ -190,7 +190,8 @@ def _reencode(item: dict, dest: str, run_id: str, registry: Registry) -> Manifes
                   (Candidate(item["codec_id"], json.loads(item["params"])),))
     chosen, attempts = encode_route(src, route, registry, "cpu")
     if chosen is None:
-        raise InputError("reencode_failed", "; ".join(f"{a['codec']}: {a.get('reason', a['result'])}" for a in attempts))
+        why = "; ".join(f"{a['codec']}: {a.get('reason', a['result'])}" for a in attempts)
+        raise InputError("reencode_failed", why)
     dfs, droot = get_fs(dest)
     rel = _write_version(dfs, droot, item["key"], chosen.blob)
     row = ManifestRow(run_id, 1, item["key"], item["source_uri"], STATUS_DONE, job="repair",

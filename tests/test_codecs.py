@@ -91,7 +91,9 @@ def test_container_with_unknown_codec_is_a_clear_error():
     from pixarc.container import Container, pack
 
     blob = pack(Container("no-such-codec", 1, 2, 2, "RGB", 8, "aa" * 32, sections={"DATA": b"x"}))
-    with pytest.raises(ContainerError, match="unknown codec"):
+    from pixarc.errors import MissingPluginError  # a missing plugin is not corruption (issue 11)
+
+    with pytest.raises(MissingPluginError, match="codec 'no-such-codec' is not installed"):
         decode_container(blob, REG)
 
 
