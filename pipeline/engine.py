@@ -49,7 +49,7 @@ from .manifest import (
 from .metrics import ms_ssim, psnr
 from .plugins import Registry, default_registry
 from .routing import Policy, Route, load_policy
-from .storage import check_size, get_fs, inside, join, open_source, safe_key, write_atomic, write_new
+from .storage import check_size, get_fs, inside, join, open_source, read_regular, safe_key, write_atomic, write_new
 
 REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file"}
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a source is held in memory while it is archived
@@ -1079,9 +1079,9 @@ def _source_problem(item: dict) -> VerifyProblem | None:
         fs, path = get_fs(item["source_uri"])
         if not fs.exists(path):
             return VerifyProblem(item["key"], "source_gone", item["source_uri"])
-        if sha256_hex(fs.cat_file(path)) != item["source_sha256"]:
+        if sha256_hex(read_regular(fs, path)) != item["source_sha256"]:
             return VerifyProblem(item["key"], "source_changed", "the original no longer matches its archived sha256")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, InputError) as exc:
         return VerifyProblem(item["key"], "source_unreadable", str(exc))
     return None
 

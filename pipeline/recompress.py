@@ -50,9 +50,9 @@ from .engine import (
 from .errors import PixarcError
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex
 from .lock import check_held, hold
-from .manifest import ManifestRow, rows_to_table, write_part
+from .manifest import ManifestRow, read_manifest, rows_to_table, write_part
 from .plugins import Registry, default_registry
-from .storage import get_fs, join, write_atomic
+from .storage import get_fs, join, read_regular, write_atomic
 
 STORE = "store"
 
@@ -125,8 +125,8 @@ def _source_from_archive(row: dict, registry: Registry, device: str) -> SourceIm
 def _source_from_original(row: dict) -> SourceImage | None:
     try:
         fs, path = get_fs(row["source_uri"])
-        data = fs.cat_file(path)
-    except (OSError, ValueError):
+        data = read_regular(fs, path)
+    except (OSError, ValueError, PixarcError):
         return None
     return probe_and_load(data) if sha256_hex(data) == row["source_sha256"] else None
 
@@ -208,7 +208,8 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
         if new is not None:
             new.shard = shard.index
             rows.append(new)
-            replaced.append(item["bitstream_uri"])  # resolved under DEST by plan_recompress
+            # resolved under DEST by plan_recompress; kept when another key's row names it too
+            replaced.append("" if item.get("shared") else item["bitstream_uri"])
             out.applied += 1
             out.bytes_before += decision.old_bytes
             out.bytes_after += decision.new_bytes
@@ -219,7 +220,7 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
         write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows))
         # committed: the replaced bitstreams are no longer referenced by any current row
         for old_uri, new_row in zip(replaced, rows, strict=True):
-            if old_uri != resolve_bitstream(cfg.dest, new_row.bitstream_uri, new_row.key):
+            if old_uri and old_uri != resolve_bitstream(cfg.dest, new_row.bitstream_uri, new_row.key):
                 fs, path = get_fs(old_uri)
                 if fs.exists(path):
                     fs.rm(path)
@@ -229,9 +230,16 @@ def recompress_shard(shard: Shard, cfg: RecompressConfig, registry: Registry | N
 def plan_recompress(dest: str, run_id: str, shard_size: int = 256) -> list[Shard]:
     # every bitstream is located under DEST (this copy of the archive), never elsewhere
     rows = [{**with_location(dest, r), "bitstream_rel": r["bitstream_uri"]} for r in current_rows(dest)]
+    named_by: dict[str, set[str]] = {}  # bitstream -> keys whose rows (any version) name it
+    for r in read_manifest(dest, columns=["bitstream_uri"], damaged=[]).to_pylist():
+        try:
+            named_by.setdefault(bitstream_rel(r["bitstream_uri"], r["key"]), set()).add(r["key"])
+        except PixarcError:
+            continue
     for r in rows:
         if not r.get("unsafe"):
             r["bitstream_rel"] = bitstream_rel(r["bitstream_rel"], r["key"])
+            r["shared"] = bool(named_by.get(r["bitstream_rel"], set()) - {r["key"]})
     progress.set_total(run_id, len(rows))
     return _write_plan(dest, run_id, "recompress", rows, shard_size)[0]
 

@@ -45,7 +45,7 @@ from .lock import check_held, hold
 from .manifest import STATUS_DONE, ManifestRow, read_manifest, rows_to_table, write_part
 from .plugins import Registry, default_registry
 from .routing import Candidate, Route
-from .storage import get_fs, join
+from .storage import get_fs, join, read_regular
 
 _VERSION_TAIL = re.compile(r"\.([0-9a-f]{12})\.pxa\Z")
 
@@ -125,10 +125,10 @@ def _fill_source_stamp(row: ManifestRow) -> None:
         return
     try:
         fs, path = get_fs(row.source_uri)
-        data = fs.cat_file(path)
+        data = read_regular(fs, path)
         if sha256_hex(data) == row.source_sha256:
             row.source_bytes, row.source_mtime = len(data), _stamp(fs.info(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, PixarcError):
         pass
 
 
@@ -180,8 +180,8 @@ def _bitstream_ok(item: dict, registry: Registry) -> bool:
 def _reencode(item: dict, dest: str, run_id: str, registry: Registry) -> ManifestRow:
     try:
         fs, path = get_fs(item["source_uri"])
-        data = fs.cat_file(path)
-    except (OSError, ValueError) as exc:
+        data = read_regular(fs, path)
+    except (OSError, ValueError, InputError) as exc:
         raise InputError("source_gone", f"the original is gone ({exc}); nothing to re-encode from") from None
     if sha256_hex(data) != item["source_sha256"]:
         raise InputError("source_changed", "the original no longer matches its archived sha256")

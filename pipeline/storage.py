@@ -161,6 +161,12 @@ def open_source(fs: fsspec.AbstractFileSystem, path: str, max_bytes: int):
     return fs.open(path, "rb")
 
 
+def read_regular(fs: fsspec.AbstractFileSystem, path: str, max_bytes: int = 0) -> bytes:
+    """The bytes of a regular file (see :func:`open_source`): never blocks on a FIFO."""
+    with open_source(fs, path, max_bytes) as f:
+        return f.read()
+
+
 def check_size(size: int, max_bytes: int) -> None:
     if max_bytes and size > max_bytes:
         raise InputError("too_large", f"{size} bytes exceeds the limit of {max_bytes} bytes (--max-bytes); not read")

@@ -615,3 +615,19 @@ def test_gpu_encoded_bitstream_is_decode_checked_on_the_cpu_path_restore_uses(mo
     assert chosen.codec.codec_id == "png", attempts  # the GPU bitstream failed its CPU check: fallback
     assert attempts[0]["codec"] == "fake-gpu" and attempts[0]["result"] == "failed"
     assert "CPU decode restore uses fails" in attempts[0]["reason"]
+
+
+def test_verify_sources_does_not_block_on_an_original_replaced_by_a_fifo(small_collection, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dest = tmp_path / "dest"
+    engine.archive_local(str(small_collection), str(dest))
+    victim = small_collection / "line/ocal_galicia_01.png"
+    victim.unlink()
+    os.mkfifo(victim)
+    code = ("import sys; from pixarc import engine;"
+            "print([(p.key, p.problem) for p in engine.verify_local(sys.argv[1], sources=True).problems])")
+    res = subprocess.run([sys.executable, "-c", code, str(dest)], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "[('line/ocal_galicia_01.png', 'source_unreadable')]", res.stdout + res.stderr
