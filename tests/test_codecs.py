@@ -109,5 +109,7 @@ def test_bitstream_needing_unknown_weights_is_a_clear_error():
     from pixarc.container import Container, pack
 
     blob = pack(Container("png", 1, 2, 2, "RGB", 8, "aa" * 32, weights_sha256="ee" * 32, sections={"DATA": b"x"}))
-    with pytest.raises(ContainerError, match="needs weights eeeeeeeeeeee"):
+    from pixarc.errors import MissingPluginError  # missing weights: install them; not corruption (issue 11)
+
+    with pytest.raises(MissingPluginError, match="needs weights eeeeeeeeeeee"):
         decode_container(blob, REG)
