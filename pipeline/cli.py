@@ -397,22 +397,53 @@ def recompress(dest, policy, min_saving, apply, workers, runner, dask_address, n
 @click.argument("dest")
 @click.option("--src", default=None, help="Source to archive on --archive-cron.")
 @click.option("--archive-cron", default=None, help='Cron for archive runs, e.g. "0 2 * * *".')
+@click.option("--archive-interval", default=None, type=click.FloatRange(min=1),
+              help="Seconds between archive runs (instead of --archive-cron).")
 @click.option("--verify-cron", default="0 3 * * 0", show_default=True, help="Cron for full verify runs ('' to disable).")
 @click.option("--recompress-cron", default=None, help="Cron for recompress --apply runs.")
 @click.option("--policy", default=None)
 @click.option("--min-saving", default=0.1, show_default=True)
-def serve(dest, src, archive_cron, verify_cron, recompress_cron, policy, min_saving):
-    """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped."""
+@click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Images per shard of each run.")
+@runner_options
+def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cron, policy, min_saving, shard_size,
+          workers, runner, dask_address):
+    """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped (SIGTERM or Ctrl-C)."""
+    import signal
+
+    try:  # what a run would refuse, refused now: a bad policy, a DEST that archives another source
+        engine._policy(policy)
+        storageopts.apply([src, dest])
+        if src:
+            engine._claim_dest(src, dest)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
     _prefect_defaults()
     from prefect import serve as prefect_serve
 
     from .flows.deployments import build_deployments
+    from .flows.runners import make_task_runner
 
-    deployments = build_deployments(dest, src, archive_cron, verify_cron or None, True, policy, recompress_cron,
-                                    min_saving)
+    try:
+        deployments = build_deployments(dest, src, archive_cron, verify_cron or None, True, policy, recompress_cron,
+                                        min_saving, shard_size, make_task_runner(runner, workers, dask_address),
+                                        archive_interval)
+    except ValueError as exc:
+        _fail(exc)
     for d in deployments:
-        console.print(f"serving {d.name}: {d.schedules[0].schedule.cron if d.schedules else 'manual'}")
-    prefect_serve(*deployments)
+        sched = d.schedules[0].schedule if d.schedules else None
+        when = getattr(sched, "cron", None) or (f"every {sched.interval}" if sched is not None else "manual")
+        console.print(f"serving {d.name}: {when}")
+
+    def stop(_signum, _frame):  # SIGTERM (systemd, docker stop, kill) ends like Ctrl-C; once serving,
+        raise KeyboardInterrupt  # Prefect's runner takes SIGTERM over and shuts down the same way
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        prefect_serve(*deployments)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err.print("pixarc serve: stopped")
 
 
 # --------------------------------------------------------------------------- report / plugins / classify
@@ -469,8 +500,9 @@ def _print_report(dest: str) -> None:
 
 
 @main.command()
+@_json_flag("plugins")
 def plugins():
-    """List loaded plugins, their hooks, codecs and classifiers."""
+    """List loaded plugins, their hooks, codecs and classifiers, and which cannot run here and why."""
     from .plugins import default_registry
 
     reg = default_registry()
@@ -482,14 +514,34 @@ def plugins():
         table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks), provides)
     console.print(table)
     codecs = Table(title="codecs")
-    for col in ("codec", "lossless", "modes", "version", "params"):
+    for col in ("codec", "lossless", "modes", "version", "params", "available"):
         codecs.add_column(col)
+    codec_docs = []
     for cid in sorted(reg.codecs):
-        c = reg.codec(cid)
-        params = ", ".join(f"{k}={v.default}" for k, v in c.params_schema.items())
-        codecs.add_row(cid, "yes" if c.lossless else "no", " ".join(sorted(c.modes)) if cid != "store" else "any",
-                       c.version(), params)
+        cls = reg.codecs[cid]
+        why = reg.unavailable_reason("codec", cid)
+        c = reg.codec(cid) if why is None or "unavailable" not in why else None
+        params = ", ".join(f"{k}={v.default}" for k, v in cls.params_schema.items())
+        version = c.version() if c is not None else "-"
+        modes = " ".join(sorted(cls.modes)) if cid != "store" else "any"
+        codecs.add_row(cid, "yes" if cls.lossless else "no", modes, version, params,
+                       "yes" if why is None else f"[yellow]no[/yellow]: {why}")
+        codec_docs.append({"codec": cid, "plugin": reg.owner.get(cid, ""), "lossless": bool(cls.lossless),
+                           "modes": modes.split(), "version": version, "params": {k: v.default for k, v in
+                                                                                   cls.params_schema.items()},
+                           "available": why is None, "unavailable_reason": why})
     console.print(codecs)
+    classifier_docs = []
+    for name in sorted(reg.classifiers):
+        why = reg.unavailable_reason("classifier", name)
+        classifier_docs.append({"classifier": name, "plugin": reg.owner.get(name, ""), "available": why is None,
+                                "unavailable_reason": why})
+        if why:
+            console.print(f"classifier {name}: [yellow]unavailable[/yellow]: {why}")
+    jsonout.put(plugins=[{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
+                          "hooks": list(p.hooks), "codecs": list(p.codecs), "classifiers": list(p.classifiers)}
+                         for p in reg.plugins()],
+                codecs=codec_docs, classifiers=classifier_docs)
 
 
 @main.command()

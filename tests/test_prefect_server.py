@@ -13,7 +13,6 @@ import pytest
 
 from pixarc.flows.deployments import _slug
 
-pytestmark = pytest.mark.prefect
 
 
 def free_port() -> int:
@@ -57,6 +56,7 @@ def start_server(tmp_path: Path) -> tuple[subprocess.Popen, str, dict]:
     return server, api, env
 
 
+@pytest.mark.prefect
 def test_served_archive_deployment_runs_on_a_real_server(small_collection, tmp_path):
     server, api, env = start_server(tmp_path)
     served = None
@@ -106,6 +106,7 @@ def _deployment_runs(client, deployment_id) -> list:
     return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
 
+@pytest.mark.prefect
 @pytest.mark.schedule
 def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
     """`pixarc serve` with a one-minute cron: the server's scheduler creates the run, the
@@ -118,7 +119,8 @@ def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
         wait_for(api + "/health", server)
         dest = tmp_path / "dest"
         served = subprocess.Popen([sys.executable, "-m", "pixarc.cli", "serve", str(dest), "--src", str(small_collection),
-                                   "--archive-cron", "* * * * *", "--verify-cron", ""], env=env,
+                                   "--archive-cron", "* * * * *", "--verify-cron", "", "--shard-size", "2",
+                                   "--workers", "2"], env=env,
                                   stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
         from prefect.client.orchestration import get_client
@@ -146,7 +148,13 @@ def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
             done = [r for r in runs if r.state.is_completed()]
             assert done, f"no completed scheduled run; runs: {[(r.name, r.state_name) for r in runs]}\n{log[-3000:]}"
             assert all(r.auto_scheduled for r in done)  # created by the scheduler, not triggered
+            assert done[0].parameters["shard_size"] == 2  # serve's --shard-size reached the run
+            assert deployment.global_concurrency_limit is not None
+            assert deployment.global_concurrency_limit.limit == 1  # one run at a time per DEST
         assert "Can't evaluate bulk DML" not in log
+        served.send_signal(signal.SIGTERM)  # stops cleanly: exit status 0, no traceback
+        assert served.wait(60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        assert "Traceback" not in (tmp_path / "serve.log").read_text()
         from pixarc.manifest import latest, read_manifest
 
         assert latest(read_manifest(str(dest))).num_rows == 5
@@ -154,3 +162,18 @@ def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
         if served is not None:
             stop(served)
         stop(server)
+
+
+def test_serve_refuses_a_dest_claimed_by_another_source_at_start(small_collection, tmp_path):
+    """The claim is checked when serve starts (before Prefect), not at the first run."""
+    from click.testing import CliRunner
+
+    from pixarc import engine
+    from pixarc.cli import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    engine._claim_dest(str(other), str(tmp_path / "dest"))
+    res = CliRunner().invoke(main, ["serve", str(tmp_path / "dest"), "--src", str(small_collection),
+                                    "--verify-cron", ""])
+    assert res.exit_code == 2 and "already archives" in res.output
