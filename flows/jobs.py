@@ -121,6 +121,9 @@ def prefect_runner(job: str, run_id: str, shards: list[Shard], *args: Any) -> li
     return [results[s.index] for s in shards]
 
 
+prefect_runner.engine = "prefect"  # type: ignore[attr-defined]  (recorded in the run's stats)
+
+
 def flow_workers() -> int:
     """How many shards the current flow's task runner runs at once (for :func:`runs.spread`)."""
     from prefect.context import FlowRunContext

@@ -176,6 +176,11 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
         _fail(exc)
     if hasattr(result, "problems"):
         jsonout.put(**jsonout.summary_fields(result), ok=not result.problems)
+    elif isinstance(result, list):  # recompress: one summary per shard
+        decisions = [d for r in result for d in r.decisions]
+        todo = [d for d in decisions if d.action == "recompress"]
+        jsonout.put(run_id=run_id, applied=bool(params.get("apply")), decisions=decisions, to_recompress=len(todo),
+                    bytes_before=sum(d.old_bytes for d in todo), bytes_after=sum(d.new_bytes for d in todo))
     return result
 
 
@@ -452,10 +457,12 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
 @main.command()
 @click.argument("dest")
 @click.option("--html", "html_out", default=None, help="Also write a self-contained HTML report (tables + plots) here.")
+@_json_flag("report")
 def report(dest, html_out):
-    """Per-domain, per-codec table of bytes, bpp, PSNR and MS-SSIM for DEST."""
+    """Tables by domain guess, route taken and codec (bytes, bpp, PSNR, MS-SSIM); low-confidence
+    images; what is not archived and why; last run (date, policy) and last verify."""
     try:
-        _print_report(dest)
+        _print_report(dest, details=True)
         if html_out:
             from .manifest import latest, read_manifest
             from .plugins import default_registry
@@ -467,22 +474,26 @@ def report(dest, html_out):
             with open(html_out, "w") as f:
                 f.write(html_report(dest, table.to_pylist(), extra))
             console.print(f"wrote {html_out}")
+            jsonout.put(html=html_out)
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
 
 
-def _print_report(dest: str) -> None:
-    from .report import best_of_savings, fmt_quality, summarise
+def _print_report(dest: str, details: bool = False) -> None:
+    from .report import COLUMNS, best_of_savings, fmt_quality, report_data, run_lines, summarise
 
     rows = engine.current_rows(dest, status=None)
     groups, statuses = summarise(rows)
+    data = report_data(dest, rows)
+    if jsonout.active():
+        jsonout.put(**data) if details else jsonout.put(report=data)
     table = Table(title=f"archive {dest}: {len(rows)} object(s)")
-    for col in ("domain", "codec", "images", "source MB", "archive MB", "ratio", "bpp", "PSNR dB", "MS-SSIM"):
-        table.add_column(col, justify="right" if col not in ("domain", "codec") else "left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col not in ("domain", "route", "codec") else "left")
     for g in groups:
         psnr_text, ssim_text = fmt_quality(g)
         table.add_row(
-            g.domain, g.codec, str(g.images), f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
+            g.domain, g.route, g.codec, str(g.images), f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
             f"{g.ratio:.2f}", f"{g.bpp:.3f}", psnr_text, ssim_text,
             end_section=len(groups) > 1 and g is groups[-2],  # rule above the "all" row
         )
@@ -497,6 +508,25 @@ def _print_report(dest: str) -> None:
         for codec, n, alone, kept in best:
             t.add_row(codec, str(n), str(alone), str(kept), f"{100 * (1 - kept / alone):.1f} %")
         console.print(t)
+    if not details:
+        return
+    if data["low_confidence"]:
+        t = Table(title="low confidence: routed as unknown")
+        for col in ("key", "guess", "confidence", "codec"):
+            t.add_column(col)
+        for r in data["low_confidence"]:
+            conf = r["confidence"]
+            t.add_row(r["key"], r["guess"], "" if conf is None or conf != conf else f"{conf:.2f}", r["codec"])
+        console.print(t)
+    if data["not_archived"]:
+        t = Table(title="not archived", title_style="red")
+        for col in ("key", "status", "reason", "message"):
+            t.add_column(col)
+        for r in data["not_archived"]:
+            t.add_row(r["key"], r["status"], r["reason"], r["message"])
+        console.print(t)
+    for line in run_lines(data):
+        console.print(line)
 
 
 @main.command()
@@ -505,14 +535,29 @@ def plugins():
     """List loaded plugins, their hooks, codecs and classifiers, and which cannot run here and why."""
     from .plugins import default_registry
 
+    from .plugins import LEARNED_HINT, missing_learned_dependencies
+
     reg = default_registry()
+    missing = missing_learned_dependencies()
     table = Table(title="pixarc plugins")
     for col in ("name", "distribution", "version", "hooks", "provides"):
         table.add_column(col)
+    plugin_docs = []
     for p in reg.plugins():
         provides = ", ".join(list(p.codecs) + [f"classifier:{c}" for c in p.classifiers])
-        table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks), provides)
+        why = None
+        if not provides and {"register_codecs", "register_classifiers"} & set(p.hooks):
+            # learned-codec plugins register nothing without their dependencies
+            why = f"nothing registered: {', '.join(missing)} not installed ({LEARNED_HINT})" if missing else \
+                "nothing registered"
+        table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks),
+                      provides or f"[yellow]{why}[/yellow]")
+        plugin_docs.append({"name": p.name, "module": p.module, "distribution": p.distribution,
+                            "version": p.version, "hooks": list(p.hooks), "codecs": list(p.codecs),
+                            "classifiers": list(p.classifiers), "unavailable_reason": why})
     console.print(table)
+    if missing:
+        console.print(f"learned codecs unavailable: {', '.join(missing)} not installed ({LEARNED_HINT})")
     codecs = Table(title="codecs")
     for col in ("codec", "lossless", "modes", "version", "params", "available"):
         codecs.add_column(col)
@@ -538,16 +583,15 @@ def plugins():
                                 "unavailable_reason": why})
         if why:
             console.print(f"classifier {name}: [yellow]unavailable[/yellow]: {why}")
-    jsonout.put(plugins=[{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
-                          "hooks": list(p.hooks), "codecs": list(p.codecs), "classifiers": list(p.classifiers)}
-                         for p in reg.plugins()],
-                codecs=codec_docs, classifiers=classifier_docs)
+    jsonout.put(plugins=plugin_docs, codecs=codec_docs, classifiers=classifier_docs,
+                learned_dependencies_missing=missing)
 
 
 @main.command()
 @click.argument("src")
 @click.option("--policy", default=None, help="Policy whose classifier to use.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--jsonl", "as_json", is_flag=True, help="One JSON object per line, as each image is classified.")
+@_json_flag("classify")
 def classify(src, policy, as_json):
     """Print the domain and confidence of every image under SRC."""
     from .crawl import crawl
@@ -562,6 +606,7 @@ def classify(src, policy, as_json):
     clf, note = pick_classifier(default_registry(), pol)
     if note:
         err.print(note)
+    images: list[dict] = []
     table = Table(title=f"{src} — classifier {clf.classifier_id}")
     for col in ("key", "domain", "confidence", "scores"):
         table.add_column(col)
@@ -576,12 +621,14 @@ def classify(src, policy, as_json):
                    "scores": {k: round(v, 4) for k, v in c.scores.items()}}
         except PixarcError as exc:
             rec = {"key": ref.key, "domain": "-", "confidence": None, "error": f"{exc.reason}: {exc}"}
+        images.append(rec)
         if as_json:
             click.echo(json.dumps(rec))
-        else:
+        elif not jsonout.active():
             scores = rec.get("error") or " ".join(f"{k[:4]}={v:.2f}" for k, v in rec["scores"].items())
             conf = "" if rec["confidence"] is None else f"{rec['confidence']:.2f}"
             table.add_row(rec["key"], rec["domain"], conf, scores)
+    jsonout.put(src=src, classifier=clf.classifier_id, note=note or None, images=images)
     if not as_json:
         console.print(table)
 
@@ -649,6 +696,33 @@ def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, 
 
     entry = run(data, out, stage1_steps, stage2_steps, batch=batch, patch=patch, width=width, seed=seed, device=device)
     console.print(f"wrote {out} ({entry['sha256'][:16]}...)")
+
+
+# --------------------------------------------------------------------------- interop
+
+
+@main.command("export-bagit")
+@click.argument("dest")
+@click.argument("out")
+@click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
+@click.option("--domain", default=None, help="Only this domain.")
+@click.option("--workers", default=2, show_default=True, help="Shards restored concurrently.")
+@_json_flag("export-bagit")
+def export_bagit(dest, out, pattern, domain, workers):
+    """Restore DEST's images (checked) into OUT and make OUT a BagIt bag (sha256 + sha512)."""
+    from .bagexport import export_bagit as run
+
+    try:
+        res = run(dest, out, pattern, domain, workers)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    jsonout.put(out=res.out, run_id=res.run_id, images=res.images, payload_bytes=res.payload_bytes,
+                problems=res.problems, ok=not res.problems, bag=not res.problems)
+    if res.problems:
+        _print_problems(res.problems)
+        err.print(f"[red]no bag made[/red]: {len(res.problems)} problem(s) restoring {dest}")
+        sys.exit(1)
+    console.print(f"bag {out}: {res.images} image(s), {res.payload_bytes} bytes, restore run {res.run_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

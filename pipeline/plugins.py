@@ -43,10 +43,22 @@ class PluginInfo:
 
 def missing_dependency(exc: ImportError) -> str:
     """A reader's version of an ImportError: which package is missing and how to get it."""
-    name = (exc.name or str(exc)).split(".")[0]
-    if name in ("torch", "compressai", "torchvision", "einops", "pytorch_msssim"):
-        return f"needs {name}, which is not installed (pip install 'pixarc[learned]')"
+    if not exc.name:
+        return str(exc)
+    name = exc.name.split(".")[0]
+    if name in ("torch", "compressai", "torchvision", "einops", "scipy"):
+        return f"needs {name}, which is not installed ({LEARNED_HINT})"
     return f"needs {name}, which is not installed ({exc})"
+
+
+LEARNED_HINT = "pip install 'pixarc[learned]' and pip install --no-deps compressai==1.2.8"
+
+
+def missing_learned_dependencies() -> list[str]:
+    """Which of the learned codecs' dependencies are absent (checked without importing them)."""
+    import importlib.util
+
+    return [m for m in ("torch", "compressai") if importlib.util.find_spec(m) is None]
 
 
 def _env_list(name: str) -> set[str] | None:

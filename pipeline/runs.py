@@ -11,10 +11,11 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Protocol, Sequence
 
-from . import engine, progress
+from . import engine, progress, runstats
 from .engine import ArchiveConfig, CheckSummary, RunSummary, Shard, ShardSummary
 
 log = logging.getLogger("pixarc.runs")
@@ -70,7 +71,7 @@ def shard_bytes(result: Any) -> int:
 def local_runner(workers: int = 2) -> ShardRunner:
     """Shards on a thread pool of ``workers`` in this process (codecs release the GIL)."""
 
-    def run(job: str, run_id: str, shards: list[Shard], *args: Any) -> list[Any]:
+    def run(job: str, run_id: str, shards: list[Shard], *args: Any) -> list[Any]:  # noqa: D401
         fn = shard_function(job)
         results: dict[int, Any] = {}
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"pixarc-{job}") as pool:
@@ -82,7 +83,12 @@ def local_runner(workers: int = 2) -> ShardRunner:
                 progress.shard_done(run_id, shard.count, shard_bytes(results[shard.index]))
         return [results[s.index] for s in shards]
 
+    run.engine = "local"  # type: ignore[attr-defined]
     return run
+
+
+def _engine_of(run: ShardRunner) -> str:
+    return getattr(run, "engine", "local")
 
 
 def spread(base: str, kind: str, run_id: str, shards: list[Shard], workers: int) -> list[Shard]:
@@ -114,12 +120,18 @@ def archive_job(run: ShardRunner, src: str, dest: str, policy: str | None = None
                 exclude: Sequence[str] = (), limit: int | None = None) -> RunSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one shard function per shard."""
     run_id = run_id or engine.new_run_id()
-    engine._policy(policy)  # fail fast on a bad policy, before any shard starts
+    started, t0 = runstats.now(), time.perf_counter()
+    pol = engine._policy(policy)  # fail fast on a bad policy, before any shard starts
     plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks, key_filter(include, exclude), limit)
     plan.shards = spread(dest, "archive", run_id, plan.shards, workers)
     cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
     summary = engine.summarise_run(plan, run("archive", run_id, plan.shards, cfg))
     engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
+    seconds = time.perf_counter() - t0
+    runstats.write(dest, runstats.record(
+        "archive", run_id, dest, started, seconds, engine=_engine_of(run), workers=workers, src=src,
+        policy=pol.name, policy_source=policy or "default", include=list(include), exclude=list(exclude),
+        limit=limit, **runstats.archive_fields(summary, seconds)))
     return summary
 
 
@@ -134,10 +146,15 @@ def restore_job(run: ShardRunner, dest: str, out: str, pattern: str = "*", domai
 def verify_job(run: ShardRunner, dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None,
                sources: bool = False, workers: int = 1) -> RunSummary:
     run_id = run_id or engine.new_run_id()
+    started, t0 = runstats.now(), time.perf_counter()
     found, shards = engine.plan_verify(dest, run_id, shard_size)
     shards = spread(dest, "verify", run_id, shards, workers)
     results = run("verify", run_id, shards, full, run_id, sources)
-    return engine.finish_checks(dest, "verify", run_id, found, shards, results)
+    summary = engine.finish_checks(dest, "verify", run_id, found, shards, results)
+    runstats.write(dest, runstats.record("verify", run_id, dest, started, time.perf_counter() - t0,
+                                         engine=_engine_of(run), workers=workers, full=full, sources=sources,
+                                         **runstats.check_fields(summary)))
+    return summary
 
 
 def recompress_job(run: ShardRunner, dest: str, policy: str | None = None, min_saving: float = 0.1,
@@ -145,11 +162,18 @@ def recompress_job(run: ShardRunner, dest: str, policy: str | None = None, min_s
     from . import recompress
 
     run_id = run_id or engine.new_run_id()
-    engine._policy(policy)
+    started, t0 = runstats.now(), time.perf_counter()
+    pol = engine._policy(policy)
     cfg = recompress.RecompressConfig(dest, run_id, policy, min_saving, apply)
     shards = spread(dest, "recompress", run_id, recompress.plan_recompress(dest, run_id, shard_size), workers)
     results = run("recompress", run_id, shards, cfg)
     engine.drop_plan(dest, "recompress", run_id)
+    todo = [d for r in results for d in r.decisions if d.action == "recompress"]
+    runstats.write(dest, runstats.record(
+        "recompress", run_id, dest, started, time.perf_counter() - t0, engine=_engine_of(run), workers=workers,
+        policy=pol.name, apply=apply, min_saving=min_saving, rows=sum(len(r.decisions) for r in results),
+        to_recompress=len(todo), bytes_before=sum(d.old_bytes for d in todo),
+        bytes_after=sum(d.new_bytes for d in todo)))
     return results
 
 

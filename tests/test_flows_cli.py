@@ -127,7 +127,7 @@ def test_plugins_and_classify_commands(runner, small_collection):
     text = invoke(runner, "plugins")
     for name in ("png", "webp-lossless", "jxl-lossless", "avif", "store", "default_router"):
         assert name in text
-    text = invoke(runner, "classify", str(small_collection), "--json")
+    text = invoke(runner, "classify", str(small_collection), "--jsonl")
     recs = [json.loads(line) for line in text.splitlines()]
     assert len(recs) == 5
     assert all(r["domain"] in ("natural", "comic", "line", "vector", "screenshot") for r in recs)

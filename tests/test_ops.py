@@ -96,10 +96,11 @@ def test_two_workers_on_forty_images_use_two_workers(forty, tmp_path, monkeypatc
 def test_spread_recuts_a_small_plan_evenly(forty, tmp_path):
     plan = engine.plan_archive(str(forty), str(tmp_path / "d"), "r1", shard_size=256)
     assert [s.count for s in plan.shards] == [40]
+    planned = sorted(item["key"] for item in engine.load_shard(plan.shards[0]))
     shards = runs.spread(str(tmp_path / "d"), "archive", "r1", plan.shards, 3)
     assert [s.count for s in shards] == [14, 14, 12]
     keys = [item["key"] for s in shards for item in engine.load_shard(s)]
-    assert sorted(keys) == sorted(item["key"] for item in engine.load_shard(plan.shards[0])) and len(set(keys)) == 40
+    assert sorted(keys) == planned and len(set(keys)) == 40
     big = engine.plan_archive(str(forty), str(tmp_path / "e"), "r2", shard_size=8)
     assert runs.spread(str(tmp_path / "e"), "archive", "r2", big.shards, 2) == big.shards  # enough shards already
 
@@ -211,12 +212,9 @@ def test_log_level_info_shows_one_line_per_shard(small_collection, tmp_path):
 
 
 BLOCK_TORCH = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'compressai', 'pytorch_msssim', 'torchvision'):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, Block())
+import sys
+for name in ('torch', 'compressai', 'pytorch_msssim', 'torchvision'):
+    sys.modules[name] = None  # as if not installed: import fails, find_spec says absent
 """
 
 
@@ -228,7 +226,7 @@ def test_core_works_without_torch(small_collection, tmp_path):
         "for args in (['plugins', '--json'], ['archive', sys.argv[1], sys.argv[2], '--json'],\n"
         "             ['verify', sys.argv[2], '--full', '--json'], ['report', sys.argv[2], '--json']):\n"
         "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
-        "assert 'torch' not in sys.modules\n"
+        "assert sys.modules['torch'] is None  # never really imported\n"
     )
     env = {**os.environ, "PIXARC_PLUGINS": os.environ["PIXARC_PLUGINS"] + ",adaptive,svr,cnn_classifier",
            "PIXARC_ADAPTIVE_WEIGHTS": str(tmp_path / "none"), "PIXARC_SVR_WEIGHTS": str(tmp_path / "none")}
@@ -245,19 +243,131 @@ def test_core_works_without_torch(small_collection, tmp_path):
     plugins, archived, verified, report = docs
     codecs = {c["codec"]: c for c in plugins["codecs"]}
     assert codecs["png"]["available"] and codecs["jxl-lossless"]["available"]
-    for learned in ("adaptive", "svr"):
-        assert not codecs[learned]["available"]
-        assert "torch" in codecs[learned]["unavailable_reason"] and "pixarc[learned]" in \
-            codecs[learned]["unavailable_reason"]
+    assert plugins["learned_dependencies_missing"] == ["torch", "compressai"]
+    by_name = {p["name"]: p for p in plugins["plugins"]}
+    for learned in ("adaptive", "svr"):  # they register no codec without torch/compressai, and say so
+        assert by_name[learned]["codecs"] == [] and "torch" in by_name[learned]["unavailable_reason"]
+        assert "pixarc[learned]" in by_name[learned]["unavailable_reason"]
+    cnn = {c["classifier"]: c for c in plugins["classifiers"]}["cnn"]
+    assert not cnn["available"] and cnn["unavailable_reason"]  # no torch, or no weights first
     assert archived["totals"]["done"] == 5 and verified["ok"] and report["objects"] == 5
 
 
 def test_ms_ssim_needs_no_torch():
     code = BLOCK_TORCH + (
         "from conftest import rng_image\nfrom pixarc.metrics import ms_ssim\n"
-        "a = rng_image('RGB', (200, 180)); print(ms_ssim(a, a))\nassert 'torch' not in sys.modules\n"
+        "a = rng_image('RGB', (200, 180)); print(ms_ssim(a, a))\nassert sys.modules['torch'] is None\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stderr[-2000:]
     assert abs(float(out.stdout.strip()) - 1.0) < 1e-9
+
+
+# --------------------------------------------------------------------------- reports, stats, interop
+
+
+def test_run_stats_beside_the_manifest(small_collection, tmp_path):
+    from pixarc import runstats
+
+    dest = tmp_path / "d"
+    doc = jdoc("archive", str(small_collection), str(dest), "--policy", "png", "--json")
+    invoke("verify", str(dest), "--full")
+    recs = runstats.read_all(str(dest))
+    assert [r["job"] for r in recs] == ["archive", "verify"]
+    a, v = recs
+    assert a["run_id"] == doc["run_id"] and (dest / "manifest" / "runs" / f"{a['run_id']}.json").exists()
+    assert a["policy"] == "png" and a["done"] == 5 and a["source_bytes"] == doc["totals"]["source_bytes"]
+    assert a["images_per_s"] > 0 and a["engine"] == "local" and a["started"] <= a["finished"]
+    assert v["full"] is True and v["checked"] == 5 and v["ok"] == 5 and v["problems"] == []
+
+
+def test_report_shows_route_low_confidence_errors_runs_and_verify(examples_dir, tmp_path):
+    src = tmp_path / "src"
+    picks = ["comic/wesnoth_dwarves_runemaster.png", "line/ocal_galicia_01.png", "misc/mcmaster_13_q90.jpg"]
+    for p in picks:
+        (src / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(examples_dir / p, src / p)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    dest = tmp_path / "d"
+    invoke("archive", str(src), str(dest), "--policy", "lossy")
+    text = invoke("report", str(dest))
+    assert "verify: never run" in text
+    invoke("verify", str(dest))
+    doc = jdoc("report", str(dest), "--json")
+    rows = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
+    unknown = [k for k, r in rows.items() if r["status"] == "done" and r["route"] == "unknown"]
+    assert unknown, "the wesnoth sprite is a low-confidence example"
+    assert [r["key"] for r in doc["low_confidence"]] == unknown
+    assert {(g["domain"], g["route"], g["codec"]) for g in doc["groups"][:-1]} == {
+        (r["domain"], r["route"], r["codec_id"]) for r in rows.values() if r["status"] == "done"}
+    assert doc["not_archived"] == [{"key": "broken.png", "status": "error", "reason": rows["broken.png"]["error"],
+                                    "message": rows["broken.png"]["message"]}]
+    run_id = doc["last_archive"]["run_id"]
+    assert doc["last_archive"]["policy"] == "lossy" and set(rows[k]["run_id"] for k in rows) == {run_id}
+    assert doc["last_archive"]["started"][:10].replace("-", "") == run_id[:8]  # the run date
+    assert doc["last_verify"]["status"] == "OK" and doc["last_verify"]["checked"] == 3
+    text = invoke("report", str(dest), "--html", str(tmp_path / "r.html"))
+    assert "low confidence" in text and "not archived" in text and "last verify" in text and "policy lossy" in text
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>route</th>" in page and "Low confidence" in page and "last verify" in page
+
+
+def test_plot_bars_follow_the_table(small_collection, tmp_path):
+    from pixarc.report import group_label, saved_bars, summarise
+
+    dest = tmp_path / "d"
+    engine.archive_local(str(small_collection), str(dest), policy="lossy")
+    rows = engine.current_rows(str(dest), status=None)
+    groups, _ = summarise(rows)
+    bars = saved_bars(rows)
+    assert [label for label, _ in bars] == [group_label(g) for g in groups]  # same labels, same order
+    assert len(bars) >= 3 and bars[-1][0] == "all / all / all"
+    g = groups[0]
+    assert abs(bars[0][1] - 100 * (1 - g.archive_bytes / g.source_bytes)) < 1e-9
+
+
+def test_lossy_policy_never_stores_bigger_than_the_lossless_default(examples_dir, tmp_path):
+    """Where `lossy` takes a lossless route (low confidence included), its bytes are at most
+    what the default policy stores for the same image."""
+    src = tmp_path / "src"
+    for p in ["comic/wesnoth_dwarves_runemaster.png", "comic/wesnoth_goblins_spearman.png",
+              "vector/ocal_hot_dog_juliane_krug_r.png", "screenshot/gimp_css-keywords.png"]:
+        (src / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(examples_dir / p, src / p)
+    engine.archive_local(str(src), str(tmp_path / "lossy"), policy="lossy")
+    engine.archive_local(str(src), str(tmp_path / "default"), policy="default")
+    lossy = {r["key"]: r for r in engine.current_rows(str(tmp_path / "lossy"))}
+    default = {r["key"]: r for r in engine.current_rows(str(tmp_path / "default"))}
+    lossless = [k for k, r in lossy.items() if r["lossless"]]
+    assert any(lossy[k]["route"] == "unknown" for k in lossless)
+    for k in lossless:
+        assert lossy[k]["bitstream_bytes"] <= default[k]["bitstream_bytes"], (k, lossy[k]["codec_id"])
+        assert lossy[k]["bitstream_bytes"] <= lossy[k]["source_bytes"] or lossy[k]["codec_id"] == "store"
+
+
+def test_export_bagit_is_a_valid_bag(small_collection, tmp_path):
+    bagit = pytest.importorskip("bagit")
+    dest, out = tmp_path / "d", tmp_path / "bag"
+    engine.archive_local(str(small_collection), str(dest))
+    doc = jdoc("export-bagit", str(dest), str(out), "--json")
+    assert doc["ok"] and doc["images"] == 5
+    bag = bagit.Bag(str(out))
+    bag.validate()  # raises BagValidationError when anything is off
+    assert len(list(bag.payload_files())) == 5 and bag.info["External-Identifier"] == str(dest)
+    assert set(bag.algorithms) == {"sha256", "sha512"}
+    restored = out / "data" / "line" / "ocal_galicia_01.png"
+    assert Image.open(restored).tobytes() == Image.open(small_collection / "line" / "ocal_galicia_01.png").tobytes()
+    restored.write_bytes(restored.read_bytes() + b"x")  # the bag notices tampering
+    with pytest.raises(bagit.BagValidationError):
+        bagit.Bag(str(out)).validate()
+    invoke("export-bagit", str(dest), str(out), code=2)  # not empty: refused
+
+
+def test_export_bagit_makes_no_bag_when_restore_finds_problems(small_collection, tmp_path):
+    dest, out = tmp_path / "d", tmp_path / "bag"
+    engine.archive_local(str(small_collection), str(dest))
+    victim = next(dest.rglob("*.pxa"))
+    victim.write_bytes(victim.read_bytes()[:-3] + b"abc")
+    text = invoke("export-bagit", str(dest), str(out), code=1)
+    assert "no bag made" in text and not (out / "bagit.txt").exists()
