@@ -439,9 +439,15 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
         when = getattr(sched, "cron", None) or (f"every {sched.interval}" if sched is not None else "manual")
         console.print(f"serving {d.name}: {when}")
 
-    def stop(_signum, _frame):  # SIGTERM (systemd, docker stop, kill) ends like Ctrl-C; once serving,
-        raise KeyboardInterrupt  # Prefect's runner takes SIGTERM over and shuts down the same way
+    def stop(*_args):  # SIGTERM (systemd, docker stop, kill) ends like Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)
 
+    # Prefect's runner installs its own SIGTERM handler, which calls sys.exit() from inside
+    # the event loop (tracebacks of the cancelled tasks follow). Ctrl-C is its clean path:
+    # asyncio cancels the runner's main task and `serve` returns; make SIGTERM take it.
+    from prefect.runner import Runner
+
+    Runner.handle_sigterm = lambda self, *args, **kwargs: stop()
     signal.signal(signal.SIGTERM, stop)
     try:
         prefect_serve(*deployments)
