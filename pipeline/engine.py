@@ -290,13 +290,14 @@ def gpu_count() -> int:
 
 
 def _no_gpu_device_files() -> bool:
-    """On Linux an NVIDIA (or ROCm) GPU shows up as /dev/nvidiaN (or /dev/kfd); without one
-    torch would report no CUDA device either."""
+    """On Linux an NVIDIA GPU shows up as /dev/nvidiaN (ROCm: /dev/kfd; WSL2: /dev/dxg);
+    without one torch would report no CUDA device either."""
     import glob
     import os
     import sys
 
-    return sys.platform.startswith("linux") and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+    return sys.platform.startswith("linux") and not (
+        glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"))
 
 
 def codec_device(codec: Codec, requested: str) -> str:
