@@ -182,19 +182,20 @@ def problems_markdown(kind: str, where: str, summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def _checked(kind: str, dest: str, where: str, summary: RunSummary):
-    """The summary, or a Failed state carrying it (and a problems artifact) when the run found
-    problems: the operator sees red in the UI, and `pixarc` still gets the summary."""
+def _checked(kind: str, dest: str, where: str, summary: RunSummary) -> RunSummary:
+    """The summary; when the run found problems, a problems artifact and ``ProblemsFound``
+    (carrying the summary), so the flow run ends Failed: the operator sees red in the UI,
+    and callers (the CLI) still get the summary from the exception."""
     if not summary.problems:
         return summary
     from prefect.artifacts import create_markdown_artifact
-    from prefect.states import Failed
 
     create_markdown_artifact(markdown=problems_markdown(kind, where, summary),
                              key=f"pixarc-{kind}-problems-{dest_key(dest)}",
                              description=f"pixarc {kind} problems in {dest}")
-    get_run_logger().error(f"{kind} of {dest}: {len(summary.problems)} problem(s) in {summary.found} item(s)")
-    return Failed(message=f"{len(summary.problems)} problem(s) in {summary.found} item(s) of {dest}", data=summary)
+    message = f"{len(summary.problems)} problem(s) in {summary.found} item(s) of {dest}"
+    get_run_logger().error(f"{kind}: {message}")
+    raise runs.ProblemsFound(message, summary)
 
 
 @flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))

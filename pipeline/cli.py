@@ -170,7 +170,9 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
                 _starting_prefect()
                 state = _with_runner(flow, runner, workers, address)(run_id=run_id, **params, return_state=True)
                 result = state.result(raise_on_failure=False)
-                if isinstance(result, BaseException):
+                if isinstance(result, runs.ProblemsFound):  # a Failed run that found problems
+                    result = result.summary
+                elif isinstance(result, BaseException):
                     raise result
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)

@@ -17,10 +17,25 @@ from typing import Any, Callable, Protocol, Sequence
 
 from . import engine, progress, runstats
 from .engine import ArchiveConfig, CheckSummary, RunSummary, Shard, ShardSummary
+from .errors import PixarcError
 
 log = logging.getLogger("pixarc.runs")
 
 JOBS = ("archive", "restore", "verify", "recompress")
+
+
+class ProblemsFound(PixarcError):
+    """A verify or restore run found problems: the Prefect flow run ends Failed with this
+    exception, which carries the run's summary (``.summary``) for the caller."""
+
+    reason = "problems_found"
+
+    def __init__(self, message: str, summary: RunSummary):
+        super().__init__(message, summary)  # both in args: the exception pickles whole
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ShardRunner(Protocol):
