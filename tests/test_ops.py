@@ -193,12 +193,20 @@ def test_storage_option_reaches_fsspec(tmp_path):
         os.environ.pop("FSSPEC_MEMORY_SKIP_INSTANCE_CACHE", None)
         os.environ.pop("FSSPEC_MEMORY_AUTO_MKDIR", None)
         storageopts.reset()
-    # through the CLI: an archive on memory:// with an option for it
-    out = invoke("archive", str(tmp_path / "none"), "memory://bucket/dest", "--storage-option",
-                 "memory.skip_instance_cache=false", code=2)
-    assert "error" in out
-    fsspec.config.conf.pop("memory", None)
-    os.environ.pop("FSSPEC_MEMORY_SKIP_INSTANCE_CACHE", None)
+    # through the CLI: the option (no protocol given) applies to DEST's protocol
+    rng_image("RGB", (16, 16)).save(tmp_path / "one.png")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.move(tmp_path / "one.png", src / "one.png")
+    try:
+        doc = jdoc("archive", str(src), "memory://bucket/opts-dest", "--storage-option", "skip_instance_cache=true",
+                   "--json")
+        assert doc["totals"]["done"] == 1
+        assert fsspec.config.conf["memory"] == {"skip_instance_cache": True}
+    finally:
+        fsspec.config.conf.pop("memory", None)
+        os.environ.pop("FSSPEC_MEMORY_SKIP_INSTANCE_CACHE", None)
+        fsspec.filesystem("memory").rm("/bucket/opts-dest", recursive=True)
 
 
 def test_log_level_info_shows_one_line_per_shard(small_collection, tmp_path):
