@@ -298,7 +298,7 @@ def test_report_shows_route_low_confidence_errors_runs_and_verify(examples_dir, 
         shutil.copy(examples_dir / p, src / p)
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     dest = tmp_path / "d"
-    invoke("archive", str(src), str(dest), "--policy", "lossy")
+    invoke("archive", str(src), str(dest), "--policy", "lossy", code=1)  # exit 1: broken.png ended in error
     text = invoke("report", str(dest))
     assert "verify: never run" in text
     invoke("verify", str(dest))
