@@ -1,7 +1,10 @@
-"""The learned classifier's machinery on synthetic domains (no train/whole here yet):
-training, fp16 export with sha256, loading, and the policy's fallback without weights."""
+"""The learned classifier's machinery on synthetic domains (tiny, seconds): held-out
+selection and calibration, fp16 export with sha256 and provenance, loading, and the
+policy's fallback without weights."""
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -31,33 +34,98 @@ def synthetic(domain: str, seed: int) -> Image.Image:
     return im
 
 
-@pytest.fixture
-def trained(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
     from pixarc_cnn_classifier.train import train
 
-    data = tmp_path / "whole"
+    root = tmp_path_factory.mktemp("cnn")
+    data = root / "whole"
     for d in DOMAINS:
         (data / d).mkdir(parents=True)
         for i in range(6):
             synthetic(d, i).save(data / d / f"{i}.png")
-    entry = train(str(data), str(tmp_path / "w"), epochs=12, width=8, lr=1e-2, batch=10)
+    lines = []
+    entry = train(str(data), str(root / "w"), augment_rounds=1, epochs=60, members=2, folds=3,
+                  candidates=((0, 1e-2), (8, 1e-2)), log=lines.append)
+    return entry, root, lines
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path, monkeypatch):
+    """A private copy of the trained weights, installed through the environment."""
+    entry, root, lines = trained_once
+    shutil.copytree(root / "w", tmp_path / "w")
+    shutil.copytree(root / "whole", tmp_path / "whole")
     monkeypatch.setenv("PIXARC_CLASSIFIER_WEIGHTS", str(tmp_path / "w"))
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",cnn_classifier")
-    return entry
+    return entry, tmp_path / "w", lines
 
 
 def test_training_learns_and_the_classifier_loads(trained):
+    import torch
+
     from pixarc_cnn_classifier import CNNClassifier
 
-    assert trained["train_accuracy"] >= 0.8 and trained["images"] == {d: 6 for d in DOMAINS}
+    entry, out, lines = trained
+    # no MANIFEST.tsv: every file is its own group, so held-out images are unseen files
+    assert entry["heldout"]["accuracy"] >= 0.8 and entry["train_accuracy"] >= 0.9
+    assert entry["images"] == {d: 6 for d in DOMAINS} and entry["augment_rounds"] == 1
+    assert entry["samples"] == 60 and len(entry["data_sha256"]) == 64 and entry["devices"] == ["cpu"]
+    assert any(line.lstrip().startswith("confidence") for line in lines)  # the reliability table
+    state = torch.load(out / next(iter(json.loads((out / "weights.json").read_text())["files"])), weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert float(state["temperature"]) == pytest.approx(entry["temperature"], rel=1e-2)
     clf = CNNClassifier()
-    assert clf.unavailable_reason() is None and clf.version() == trained["sha256"][:12]
+    assert clf.unavailable_reason() is None and clf.version() == entry["sha256"][:12]
     hits = 0
     for d in DOMAINS:
         c = clf.classify(synthetic(d, 100))
         assert abs(sum(c.scores.values()) - 1) < 1e-5 and 0 <= c.confidence <= 1
+        assert c.confidence == max(c.scores.values()) and c.domain == max(c.scores, key=c.scores.get)
         hits += c.domain == d
     assert hits >= 4
+
+
+def test_retraining_replaces_the_previous_entry(trained, tmp_path):
+    from pixarc_cnn_classifier.train import train
+
+    entry, out, _ = trained
+    again = train(str(tmp_path / "whole"), str(out), augment_rounds=0, epochs=10, members=1, folds=2,
+                  candidates=((0, 1e-2),), log=lambda _: None)
+    files = json.loads((out / "weights.json").read_text())["files"]
+    assert list(files) == [f"domainnet-f{again['n_features']}-h0.pt"] and files[list(files)[0]]["sha256"] == again["sha256"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "weights.json"])
+
+
+def test_temperature_fixes_overconfident_logits():
+    """Logits 4x too sharp for labels that are right 70 % of the time: T must come out > 1
+    and bring the mean confidence near the accuracy."""
+    import torch
+
+    from pixarc_cnn_classifier.train import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    n = 1000
+    y = torch.randint(0, 5, (n,), generator=g)
+    pred = torch.where(torch.rand(n, generator=g) < 0.7, y, (y + 1) % 5)
+    logits = torch.full((n, 5), 0.0)
+    logits[torch.arange(n), pred] = 8.0
+    t = fit_temperature(logits, y)
+    conf = torch.softmax(logits / t, 1).max(1).values.mean().item()
+    assert t > 2 and abs(conf - 0.7) < 0.03
+
+
+def test_statistics_do_not_depend_on_the_image_size():
+    """A flat-colour drawing and its 3x NEAREST enlargement give close statistics: inputs
+    are box-downscaled to a common size first."""
+    from pixarc_cnn_classifier.features import N_FEATURES, features
+
+    im = synthetic("vector", 3).resize((300, 225), Image.NEAREST)
+    big = im.resize((900, 675), Image.NEAREST)
+    a, b = features(im), features(big)
+    assert a.shape == (N_FEATURES,) and np.isfinite(a).all()
+    assert np.abs(a - b).mean() < 0.02
+    assert np.abs(a - features(synthetic("natural", 3).resize((300, 225)))).mean() > 0.05
 
 
 def test_policy_falls_back_to_stats_without_weights(monkeypatch, tmp_path):
