@@ -70,6 +70,50 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.searchsorted(c, q * values.size))
 
 
+# rotation-invariant uniform LBP: map each 8-bit neighbour pattern to the number of set
+# bits when it has at most two 0/1 transitions around the circle (0-8), else 9
+def _riu2_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.int64)
+    for code in range(256):
+        bits = [(code >> i) & 1 for i in range(8)]
+        transitions = sum(bits[i] != bits[(i + 1) % 8] for i in range(8))
+        table[code] = sum(bits) if transitions <= 2 else 9
+    return table
+
+
+_RIU2 = _riu2_table()
+
+
+def _lbp(y: np.ndarray, thresholds=(6, 32)) -> list[float]:
+    """Local texture words (LBP with a contrast threshold): flat fills, thin strokes,
+    corners, text and painted noise give different mixes. 10 shares per threshold."""
+    y = y.astype(np.int16)
+    c = y[1:-1, 1:-1]
+    h, w = y.shape
+    out = []
+    for t in thresholds:
+        ct = c + t
+        code = np.zeros(c.shape, dtype=np.uint8)
+        for bit, (dy, dx) in enumerate(((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))):
+            code |= (y[dy:h - 2 + dy, dx:w - 2 + dx] > ct).view(np.uint8) << bit
+        hist = np.bincount(code.ravel(), minlength=256)  # histogram of codes, then map: no gather
+        out += list(np.bincount(_RIU2, weights=hist, minlength=10) / max(1, c.size))
+    return out
+
+
+def _long_edges(edge: np.ndarray, axis: int, run: int = 16) -> float:
+    """Share of edge pixels lying in a straight run of at least ``run`` pixels along
+    ``axis`` (UI frames, panels, table rules)."""
+    total = int(edge.sum())
+    if total == 0 or edge.shape[axis] < run:
+        return 0.0
+    e = edge if axis == 1 else edge.T
+    cs = np.zeros((e.shape[0], e.shape[1] + 1), dtype=np.int32)
+    np.cumsum(e, axis=1, out=cs[:, 1:])
+    full = (cs[:, run:] - cs[:, :-run]) == run
+    return float(np.count_nonzero(full) / total)
+
+
 def features(rgb: Image.Image) -> np.ndarray:
     """The statistics of one 8-bit RGB image (any size) as a float32 vector."""
     rgb = normalise(rgb)
@@ -131,6 +175,12 @@ def features(rgb: Image.Image) -> np.ndarray:
     # long straight rows/columns: fraction of rows whose horizontal difference is zero over
     # 90 % of the row (panels, separators) vs rows with content
     out += [_share(np.mean(cdx == 0, axis=1) > 0.9), _share(np.mean(cdy == 0, axis=0) > 0.9)]
+
+    out += [_long_edges(np.abs(np.diff(y, axis=0)) > 32, 1), _long_edges(np.abs(np.diff(y, axis=1)) > 32, 0)]
+    # texture words at this scale and at half of it
+    out += _lbp(y)
+    half = (y[: y.shape[0] // 2 * 2, : y.shape[1] // 2 * 2]).reshape(y.shape[0] // 2, 2, y.shape[1] // 2, 2).mean((1, 3))
+    out += _lbp(half) if min(half.shape) >= 3 else [0.0] * 20
 
     # background and border
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])

@@ -41,7 +41,7 @@ from pixarc.classify import DOMAINS
 from . import ARCH, FORMAT, build_model
 
 EXTENSIONS = {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
-CANDIDATES = ((0, 1e-1), (32, 1e-1), (32, 1e-3), (64, 1e-1))  # (hidden width, weight decay)
+CANDIDATES = ((0, 1.0), (32, 0.1), (32, 1.0), (64, 1.0))  # (hidden width, AdamW weight decay)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
