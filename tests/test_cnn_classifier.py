@@ -145,3 +145,26 @@ def test_policy_falls_back_to_stats_without_weights(monkeypatch, tmp_path):
     engine.archive_local(str(src), str(tmp_path / "d"), policy=str(policy))
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
     assert row["classifier_id"] == "stats" and "classifier cnn unavailable (no weights installed)" in row["notes"]
+
+
+def test_held_out_folds_keep_source_groups_together(tmp_path):
+    """With a MANIFEST.tsv (as in ../shared/data/train), files from one source directory
+    share a group, hence a fold: a redraw of a held-out portrait is never trained on."""
+    from pixarc_cnn_classifier.train import _fold, collect
+
+    rows = ["set\tdomain\tfile\tsource_package\tsource_path"]
+    for d in ("comic", "line"):
+        (tmp_path / "train" / "whole" / d).mkdir(parents=True)
+        for i in range(4):
+            synthetic(d, i).save(tmp_path / "train" / "whole" / d / f"{i}.png")
+            family = "elves" if i < 2 else "orcs"
+            rows.append(f"whole\t{d}\ttrain/whole/{d}/{i}.png\tdebian:x\t/usr/share/{family}/{d}{i}.png")
+    (tmp_path / "train" / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    samples = collect(str(tmp_path / "train" / "whole"))
+    groups = [s.group for s in samples]
+    assert groups == ["comic:debian:x:/usr/share/elves"] * 2 + ["comic:debian:x:/usr/share/orcs"] * 2 \
+        + ["line:debian:x:/usr/share/elves"] * 2 + ["line:debian:x:/usr/share/orcs"] * 2
+    assert all(_fold(groups[i], 5) == _fold(groups[i + 1], 5) for i in (0, 2, 4, 6))
+    # without a manifest each file is its own group
+    (tmp_path / "train" / "MANIFEST.tsv").unlink()
+    assert len({s.group for s in collect(str(tmp_path / "train" / "whole"))}) == 8
