@@ -137,9 +137,9 @@ class CNNClassifier(Classifier):
             return self._model
 
     def classify(self, image: Image.Image) -> Classification:
-        from .features import features
+        from .features import features, shrink
 
-        probs = self._net().probabilities(features(to_rgb8(image)))
+        probs = self._net().probabilities(features(to_rgb8(shrink(image))))
         scores = dict(zip(DOMAINS, map(float, probs)))
         domain = max(scores, key=scores.get)
         return Classification(domain, scores[domain], self.classifier_id, scores)
