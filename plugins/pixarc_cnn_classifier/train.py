@@ -270,6 +270,11 @@ def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minut
     for t in THRESHOLDS:
         log(f"  confidence < {t}: {100 * below[t]:.1f} % of held-out images, holding {100 * wrong_below[t]:.0f} % of the errors")
 
+    # the policy threshold this suggests: the strictest that sends at most 5 % of held-out
+    # images to the `unknown` route (the budget)
+    suggested = max([t for t in THRESHOLDS if below[t] <= 0.05], default=THRESHOLDS[0])
+    log(f"suggested min_confidence {suggested}")
+
     # 3. final model on everything
     model = fit(x, y, hidden, wd, members, epochs, seed)
     model.temperature.fill_(temperature)
@@ -286,7 +291,9 @@ def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minut
         "heldout": {"folds": folds, "split": "by source group", "accuracy": round(ho_acc, 4),
                     "log_loss": round(float(torch.nn.functional.cross_entropy(ho_logits / temperature, ho_y)), 4),
                     "recall": {d: round(r, 3) for d, r in recall.items()},
-                    "share_below": {str(t): round(v, 4) for t, v in below.items()}},
+                    "share_below": {str(t): round(v, 4) for t, v in below.items()},
+                    "errors_below": {str(t): round(v, 4) for t, v in wrong_below.items()},
+                    "suggested_min_confidence": suggested},
         "data": [str(data), *map(str, extra)], "data_sha256": data_sha256(list(samples)),
         "minutes": round(total_minutes, 2), "devices": ["cpu"],  # the networks are tiny: CPU only
         "source": "pixarc train classifier" + "".join(f" --extra {e}" for e in extra)
