@@ -72,7 +72,7 @@ def evaluate(clf, images: list[tuple[str, object]], threshold: float) -> list[st
                f"{sum(correct[i] for i in kept)}/{len(kept)}")
     out.append(f"  {1000 * sum(times) / n:.1f} ms/image wall (mean), {1000 * max(times):.1f} ms max; "
                f"{1000 * sum(cpu) / n:.1f} ms/image CPU (mean), {1000 * max(cpu):.1f} ms max; "
-               f"first call {1000 * first:.0f} ms (loads the model)")
+               f"first call {1000 * first:.0f} ms (loads weights, if any)")
     out += reliability(conf, correct)
     return out
 
