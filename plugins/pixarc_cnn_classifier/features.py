@@ -127,8 +127,8 @@ def _lbp(y: np.ndarray, thresholds=(6, 32)) -> list[float]:
 
 
 def _long_edges(edge: np.ndarray, axis: int, run: int = 16) -> float:
-    """Share of edge pixels lying in a straight run of at least ``run`` pixels along
-    ``axis`` (UI frames, panels, table rules)."""
+    """Windows of ``run`` consecutive edge pixels along ``axis``, per edge pixel: about the
+    share of edge pixels in long straight runs (UI frames, panels, table rules)."""
     total = int(edge.sum())
     if total == 0 or edge.shape[axis] < run:
         return 0.0
