@@ -133,7 +133,10 @@ def test_policy_falls_back_to_stats_without_weights(monkeypatch, tmp_path):
     from pixarc.manifest import latest, read_manifest
     from pixarc.plugins import build_plugin_manager
 
+    import pixarc_cnn_classifier
+
     monkeypatch.setenv("PIXARC_CLASSIFIER_WEIGHTS", str(tmp_path / "none"))
+    monkeypatch.setattr(pixarc_cnn_classifier, "WEIGHTS_DIR", tmp_path / "none")  # as if none shipped
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",cnn_classifier")
     reg = build_plugin_manager()
     monkeypatch.setattr(engine, "default_registry", lambda: reg)
@@ -168,3 +171,26 @@ def test_held_out_folds_keep_source_groups_together(tmp_path):
     # without a manifest each file is its own group
     (tmp_path / "train" / "MANIFEST.tsv").unlink()
     assert len({s.group for s in collect(str(tmp_path / "train" / "whole"))}) == 8
+
+
+def test_shipped_weights_are_listed_small_and_load(monkeypatch):
+    """The committed weights: in weights.json with sha256 and provenance, fp16, under 1 MB,
+    loadable through pixarc.weights, and classifying with calibrated-looking scores."""
+    import torch
+
+    import pixarc_cnn_classifier as plugin
+    from pixarc.weights import file_sha256, read_manifest
+
+    monkeypatch.delenv("PIXARC_CLASSIFIER_WEIGHTS", raising=False)
+    files = read_manifest(plugin.WEIGHTS_DIR / "weights.json")
+    (name, entry), = files.items()
+    data = (plugin.WEIGHTS_DIR / name).read_bytes()
+    assert len(data) < 1_000_000 and file_sha256(data) == entry["sha256"]
+    for key in ("epochs", "minutes", "devices", "data_sha256", "temperature", "heldout"):
+        assert key in entry, key
+    state = torch.load(plugin.WEIGHTS_DIR / name, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    clf = plugin.CNNClassifier()
+    assert clf.unavailable_reason() is None and clf.version() == entry["sha256"][:12]
+    c = clf.classify(synthetic("line", 7).resize((384, 288), Image.NEAREST))
+    assert abs(sum(c.scores.values()) - 1) < 1e-5 and c.domain in DOMAINS

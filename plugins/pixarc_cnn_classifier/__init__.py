@@ -27,12 +27,13 @@ from pixarc.hookspecs import hookimpl
 
 ARCH = "domainnet"
 FORMAT = 2  # weights layout: 2 = statistics → MLP ensemble + temperature
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # the shipped weights
 
 
 def find_weights() -> tuple[Path, dict] | None:
     from pixarc.weights import manifest_entries
 
-    found = [e for e in manifest_entries("PIXARC_CLASSIFIER_WEIGHTS", Path(__file__).parent / "weights", ARCH)
+    found = [e for e in manifest_entries("PIXARC_CLASSIFIER_WEIGHTS", WEIGHTS_DIR, ARCH)
              if e[1].get("format") == FORMAT]
     return found[0] if found else None
 
