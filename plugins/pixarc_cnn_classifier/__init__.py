@@ -116,6 +116,12 @@ class CNNClassifier(Classifier):
         self._lock = threading.Lock()
 
     def unavailable_reason(self) -> str | None:
+        import importlib.util
+
+        from pixarc.plugins import LEARNED_HINT
+
+        if importlib.util.find_spec("torch") is None:  # weights load through torch: fall back to stats
+            return f"needs torch, which is not installed ({LEARNED_HINT})"
         return None if self._found else "no weights installed"
 
     def version(self) -> str:
