@@ -794,17 +794,22 @@ def train_lossy(data, quality, minutes, steps, batch, patch, lr, device, seed, n
 
 @train.command("classifier")
 @click.option("--data", required=True, help="Folder with one sub-folder per domain (e.g. ../shared/data/train/whole).")
+@click.option("--extra", multiple=True, help="More <domain>/ folders used for training only (e.g. ../shared/data/train/crops).")
 @click.option("--out", required=True, help="Folder for the weights and their weights.json entry.")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--width", default=32, show_default=True)
+@click.option("--augment", default=6, show_default=True, help="Augmented copies per whole image.")
+@click.option("--epochs", default=300, show_default=True)
+@click.option("--members", default=5, show_default=True, help="Ensemble size.")
+@click.option("--folds", default=5, show_default=True, help="Held-out folds (by source group) for selection and calibration.")
+@click.option("--minutes", default=8.0, show_default=True, help="Time budget (bounds the augmentation rounds).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def train_classifier(data, out, epochs, width, seed, device):
-    """Train the `cnn` domain classifier."""
+def train_classifier(data, extra, out, augment, epochs, members, folds, minutes, seed):
+    """Train the `cnn` domain classifier (selected and calibrated on held-out training images)."""
     from pixarc_cnn_classifier.train import train as run
 
-    entry = run(data, out, epochs=epochs, width=width, seed=seed, device=device)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., training accuracy {entry['train_accuracy']:.3f})")
+    entry = run(data, out, extra=extra, augment_rounds=augment, epochs=epochs, members=members, folds=folds,
+                minutes=minutes, seed=seed)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., held-out accuracy {entry['heldout']['accuracy']:.3f}, "
+                  f"temperature {entry['temperature']:.2f}, {entry['minutes']:.1f} min)")
 
 
 @train.command("svr")
