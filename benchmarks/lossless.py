@@ -6,11 +6,17 @@ PNG (zlib level 9), WebP lossless (method 6, the slowest/smallest), JPEG XL loss
 (effort 9, the highest available here), plus every other lossless pixel codec installed
 (learned ones once their weights exist). Reports bpsp = bits / (pixels × channels) and
 encode/decode seconds per megapixel; each bitstream is decoded and compared exactly.
+
+Then, per domain, pixarc's conventional lossless codecs at each effort setting against
+the reference command-line encoder at the same setting (``cjxl -d 0 -e N``,
+``cwebp -lossless -exact -m N``; see ``reference.py``), in the same run; a reference
+that is not installed is named and skipped (``--no-reference`` skips the section).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +25,9 @@ from pixarc.images import pixels_sha256, probe_and_load
 from pixarc.plugins import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference.py beside this file
+import reference  # noqa: E402
+
 SETTINGS = {"png": {"compress_level": 9}, "webp-lossless": {"method": 6}, "jxl-lossless": {"effort": 9}}
 
 
@@ -26,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
     ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference-encoder section")
     args = ap.parse_args()
     reg = build_plugin_manager()
     codecs = [c for c in sorted(reg.codecs) if reg.codec(c).lossless and c != "store"]
@@ -63,6 +73,56 @@ def main() -> None:
     print(f"{'all':11s} " + " ".join(f"{b / max(1, n):15.3f}" for b, n in totals.values()))
     print(f"{'enc s/MP':11s} " + " ".join(f"{e / max(mp, 1e-9):15.2f}" for e, _, mp in speed.values()))
     print(f"{'dec s/MP':11s} " + " ".join(f"{d / max(mp, 1e-9):15.3f}" for _, d, mp in speed.values()))
+    if not args.no_reference:
+        reference_rows(reg, args.dev, args.limit)
+
+
+# pixarc codec, its parameters, and the reference encoder at the same setting
+REFERENCE_PAIRS = [
+    ("jxl-lossless", {"effort": 7}, "jxl", lambda im: reference.jxl(im, effort=7)),
+    ("jxl-lossless", {"effort": 9}, "jxl", lambda im: reference.jxl(im, effort=9)),
+    ("webp-lossless", {"method": 4}, "webp", lambda im: reference.webp(im, method=4)),
+    ("webp-lossless", {"method": 6}, "webp", lambda im: reference.webp(im, method=6)),
+]
+
+
+def reference_rows(reg, dev: str, limit: int) -> None:
+    """Per domain and setting: pixarc's bpsp, the reference CLI's bpsp, their ratio, and
+    encode CPU seconds per megapixel of both (CPU time: the machine is shared)."""
+    print(f"\nreference encoders: {reference.status()}")
+    pairs = [p for p in REFERENCE_PAIRS if p[0] in reg.codecs]
+    print(f"{'domain':11s} {'setting':24s} {'pixarc':>8s} {'ref':>8s} {'ratio':>6s} {'enc CPU s/MP':>14s} {'ref CPU s/MP':>13s}")
+    for domain in DOMAINS:
+        files = sorted(Path(dev, domain).glob("*"))[:limit]
+        sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
+        for cid, params, family, run_ref in pairs:
+            codec = reg.codec(cid)
+            usable = [s for s in sources if not codec.unsupported_reason(s.info)]
+            p = codec.validate_params(params)
+            ours = ref = subpixels = 0
+            our_cpu = ref_cpu = mp = 0.0
+            for s in usable:
+                t0 = time.process_time()
+                payload = codec.encode(s, p)
+                our_cpu += time.process_time() - t0
+                assert pixels_sha256(codec.decode(payload).image) == s.pixels_sha256, f"{cid} not lossless"
+                ours += 8 * len(payload)
+                subpixels += s.info.pixels * len(s.image.getbands())
+                mp += s.info.pixels / 1e6
+                if reference.version(family):
+                    r = run_ref(s.image)
+                    assert r.image.tobytes() == s.image.tobytes(), f"{reference.version(family)} not lossless"
+                    ref += 8 * r.nbytes
+                    ref_cpu += r.encode_cpu_s
+            setting = f"{cid} " + ",".join(f"{k}={v}" for k, v in params.items())
+            if not usable:
+                continue
+            if ref:
+                print(f"{domain:11s} {setting:24s} {ours / subpixels:8.3f} {ref / subpixels:8.3f} {ours / ref:6.3f}"
+                      f" {our_cpu / mp:14.2f} {ref_cpu / mp:13.2f}")
+            else:
+                print(f"{domain:11s} {setting:24s} {ours / subpixels:8.3f} {'-':>8s} {'-':>6s} {our_cpu / mp:14.2f}"
+                      f"   ({reference.TOOLS[family][0]} not installed)")
 
 
 if __name__ == "__main__":
