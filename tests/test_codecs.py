@@ -1,6 +1,8 @@
 """Every registered codec: round trips, mode coverage, hostile payloads."""
 
+import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import encode_bytes, rng_image
@@ -109,3 +111,71 @@ def test_bitstream_needing_unknown_weights_is_a_clear_error():
     blob = pack(Container("png", 1, 2, 2, "RGB", 8, "aa" * 32, weights_sha256="ee" * 32, sections={"DATA": b"x"}))
     with pytest.raises(ContainerError, match="needs weights eeeeeeeeeeee"):
         decode_container(blob, REG)
+
+
+# --------------------------------------------------------------------------- settings that matter
+# Each test measures both sides in the test itself: no remembered byte counts.
+
+
+def _example_crop(rel: str, box):
+    from conftest import EXAMPLES
+
+    return probe_and_load(encode_bytes(Image.open(EXAMPLES / rel).convert("RGB").crop(box), "PNG"))
+
+
+@pytest.mark.parametrize("name", ["ocal_3_faces_lumen_design_stu_01.png", "ocal_eris_apple_nurbldoff_01.png"])
+def test_jxl_lossless_whole_image_no_larger_than_its_halves(name):
+    """pillow-jxl-plugin 1.3.8 (jpegxl-rs 0.15, libjxl 0.12.0) loses its palette/channel
+    handling on images over 512 px a side: a 520x520 line drawing came out 10-20 % larger
+    than its two 520x260 halves encoded separately (25-30 % larger files on the dev line
+    art). A sound encoder codes the whole in fewer bytes than the halves (1.3.7: 0.87-0.91)."""
+    codec = REG.codec("jxl-lossless")
+    params = codec.validate_params({})
+    whole = _example_crop(f"line/{name}", (0, 0, 520, 520))
+    halves = [_example_crop(f"line/{name}", (0, y, 520, y + 260)) for y in (0, 260)]
+    n_whole = len(codec.encode(whole, params))
+    n_halves = sum(len(codec.encode(h, params)) for h in halves)
+    assert n_whole <= n_halves, f"jxl-lossless: whole {n_whole} B > halves {n_halves} B ({codec.version()})"
+
+
+def _stripes(size=(48, 32)):
+    """1-px red/blue columns: chroma detail that 4:2:0 cannot carry."""
+    a = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    a[:, 0::2, 0] = 220
+    a[:, 1::2, 2] = 220
+    a[:, :, 1] = 40
+    return probe_and_load(encode_bytes(Image.fromarray(a), "PNG"))
+
+
+def test_avif_444_keeps_chroma_that_420_loses():
+    avif = REG.codec("avif")
+    src = _stripes()
+    got = {}
+    for sub in ("4:2:0", "4:4:4"):
+        payload = avif.encode(src, avif.validate_params({"quality": 90, "subsampling": sub}))
+        got[sub] = psnr(src.image, avif.decode(payload).image)
+    assert got["4:4:4"] > got["4:2:0"] + 6, got  # 4:2:0 averages the stripes into one colour
+
+
+def test_avif_rejects_unknown_subsampling_and_tune():
+    avif = REG.codec("avif")
+    with pytest.raises(CodecError, match="subsampling"):
+        avif.validate_params({"subsampling": "4:1:1"})
+    with pytest.raises(CodecError, match="tune"):
+        avif.validate_params({"tune": "fast"})
+
+
+def test_avif_tune_reaches_the_encoder():
+    avif = REG.codec("avif")
+    src = probe_and_load(encode_bytes(rng_image("RGB", (40, 40), seed=3), "PNG"))
+    sizes = {t: len(avif.encode(src, avif.validate_params({"tune": t}))) for t in ("", "psnr")}
+    assert sizes[""] != sizes["psnr"], sizes
+
+
+@pytest.mark.parametrize("codec_id", ["webp", "webp-lossless"])
+def test_webp_defaults_to_method_6_and_method_reaches_the_encoder(codec_id):
+    codec = REG.codec(codec_id)
+    assert codec.validate_params({})["method"] == 6
+    src = _example_crop("vector/ocal_orange_dave_pena_01.png", (200, 200, 264, 264))
+    sizes = {m: len(codec.encode(src, codec.validate_params({"method": m}))) for m in (0, 6)}
+    assert sizes[0] != sizes[6], sizes
