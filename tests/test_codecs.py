@@ -172,10 +172,10 @@ def test_avif_tune_reaches_the_encoder():
     assert sizes[""] != sizes["psnr"], sizes
 
 
-@pytest.mark.parametrize("codec_id", ["webp", "webp-lossless"])
-def test_webp_defaults_to_method_6_and_method_reaches_the_encoder(codec_id):
+@pytest.mark.parametrize("codec_id,default", [("webp", 6), ("webp-lossless", 4)])
+def test_webp_default_method_and_method_reaches_the_encoder(codec_id, default):
     codec = REG.codec(codec_id)
-    assert codec.validate_params({})["method"] == 6
+    assert codec.validate_params({})["method"] == default
     src = _example_crop("vector/ocal_orange_dave_pena_01.png", (200, 200, 264, 264))
     sizes = {m: len(codec.encode(src, codec.validate_params({"method": m}))) for m in (0, 6)}
     assert sizes[0] != sizes[6], sizes
