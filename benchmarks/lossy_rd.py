@@ -163,8 +163,6 @@ SETTING_CURVES = {
 REFERENCE_CURVES = {
     "ref cjxl e7": ("jxl", lambda im, p: reference.jxl(im, effort=7, quality=p["quality"]), "jxl"),
     "ref avifenc 4:2:0": ("avif", lambda im, p: reference.avif(im, quality=p["quality"], speed=6), "avif"),
-    "ref avifenc 4:4:4": ("avif", lambda im, p: reference.avif(im, quality=p["quality"], speed=6,
-                                                               subsampling="4:4:4"), "avif 4:4:4"),
     "ref cwebp m6": ("webp", lambda im, p: reference.webp(im, method=6, quality=p["quality"]), "webp"),
 }
 
