@@ -195,8 +195,10 @@ def test_jxl_lossless_decodes_payloads_of_the_previous_binding(mode):
     assert out.mode == mode and out.tobytes() == image.tobytes()
 
 
-def test_jxl_lossless_offers_effort_10():
+def test_jxl_lossless_effort_10_reaches_the_encoder():
+    """Effort 10 (cjxl 0.7's -e 9) is accepted, lossless, and not silently effort 9."""
     codec = REG.codec("jxl-lossless")
-    src = _example_crop("line/ocal_galicia_01.png", (100, 100, 164, 164))
-    payload = codec.encode(src, codec.validate_params({"effort": 10}))
-    assert codec.decode(payload).image.tobytes() == src.image.tobytes()
+    src = _example_crop("line/ocal_3_faces_lumen_design_stu_01.png", (200, 300, 328, 428))
+    payloads = {e: codec.encode(src, codec.validate_params({"effort": e})) for e in (9, 10)}
+    assert codec.decode(payloads[10]).image.tobytes() == src.image.tobytes()
+    assert payloads[9] != payloads[10]
