@@ -11,6 +11,9 @@ Why two bindings (measured on the dev set, issue 15; ``benchmarks/lossless.py`` 
   Its libjxl 0.11.2 also avoids a regression of pillow-jxl-plugin 1.3.8 (jpegxl-rs 0.15,
   libjxl 0.12.0): lossless files 25-30 % larger on few-colour images over 512 px a side.
 * Lossy: pillow-jxl-plugin 1.3.8's libjxl 0.12 is 1-3 % better (PSNR BD-rate) than 0.11.
+  Against ``cjxl`` 0.7 at effort 7 (PSNR BD-rate): natural +2 %, comic +3 %, line -5 %,
+  vector +7 % (+5 % at effort 9), screenshot -9 %: newer libjxl tunes for perceptual
+  metrics, and neither binding exposes the options (gaborish, EPF, AQ) that trade it back.
 
 Both write a plain JPEG XL codestream after the mode tag (the layout of
 :class:`~pixarc.pillow_codec.PillowCodec`), so either binding decodes either's payloads
