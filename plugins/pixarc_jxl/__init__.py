@@ -13,7 +13,7 @@ Why two bindings (measured on the dev set, issue 15; ``benchmarks/lossless.py`` 
 * Lossy: pillow-jxl-plugin 1.3.8's libjxl 0.12 is 1-3 % better (PSNR BD-rate) than 0.11.
   Against ``cjxl`` 0.7 at effort 7 (PSNR BD-rate): natural +2 %, comic +3 %, line -5 %,
   vector +7 % (+5 % at effort 9), screenshot -9 %: newer libjxl tunes for perceptual
-  metrics, and neither binding exposes the options (gaborish, EPF, AQ) that trade it back.
+  metrics, and neither binding exposes libjxl's finer options (gaborish, EPF, AQ) to try.
 
 Both write a plain JPEG XL codestream after the mode tag (the layout of
 :class:`~pixarc.pillow_codec.PillowCodec`), so either binding decodes either's payloads
