@@ -3,29 +3,47 @@
     .venv/bin/python benchmarks/lossless.py [DEV_DIR] [--limit 8]
 
 PNG (zlib level 9), WebP lossless (method 6, the slowest/smallest), JPEG XL lossless
-(effort 9, the highest available here), plus every other lossless pixel codec installed
+(effort 10, the highest available here: libjxl 0.11's 10 is cjxl 0.7's 9), plus every other lossless pixel codec installed
 (learned ones once their weights exist). Reports bpsp = bits / (pixels × channels) and
 encode/decode seconds per megapixel; each bitstream is decoded and compared exactly.
+
+Then, per domain, pixarc's conventional lossless codecs at each effort setting against
+the reference command-line encoder at the same setting (``cjxl -d 0 -e N``,
+``cwebp -lossless -exact -m N``; see ``reference.py``), in the same run; a reference
+that is not installed is named and skipped (``--no-reference`` skips the section).
+By default the settings the policies use (jxl effort 7, webp method 4); ``--slow-reference``
+adds the slowest ones (jxl effort 9 and 10 against ``cjxl -e 9``, whose libjxl 0.7 effort 9
+searches like 0.11's effort 10; webp method 6), several CPU minutes more.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from PIL import Image
 
 from pixarc.classify import DOMAINS
 from pixarc.images import pixels_sha256, probe_and_load
 from pixarc.plugins import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"png": {"compress_level": 9}, "webp-lossless": {"method": 6}, "jxl-lossless": {"effort": 9}}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference.py beside this file
+import reference  # noqa: E402
+
+SETTINGS = {"png": {"compress_level": 9}, "webp-lossless": {"method": 6}, "jxl-lossless": {"effort": 10}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
     ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference-encoder section")
+    ap.add_argument("--slow-reference", action="store_true", help="also the slowest settings (minutes of CPU)")
     args = ap.parse_args()
     reg = build_plugin_manager()
     codecs = [c for c in sorted(reg.codecs) if reg.codec(c).lossless and c != "store"]
@@ -63,6 +81,73 @@ def main() -> None:
     print(f"{'all':11s} " + " ".join(f"{b / max(1, n):15.3f}" for b, n in totals.values()))
     print(f"{'enc s/MP':11s} " + " ".join(f"{e / max(mp, 1e-9):15.2f}" for e, _, mp in speed.values()))
     print(f"{'dec s/MP':11s} " + " ".join(f"{d / max(mp, 1e-9):15.3f}" for _, d, mp in speed.values()))
+    if not args.no_reference:
+        reference_rows(reg, args.dev, args.limit, REFERENCE_PAIRS + (SLOW_REFERENCE_PAIRS if args.slow_reference else []))
+
+
+@dataclass(frozen=True)
+class RefPair:
+    """pixarc's codec at ``params`` against the reference command at the same setting."""
+
+    codec_id: str
+    params: dict
+    family: str  # reference.TOOLS key
+    command: str  # what the reference runs, for the table
+    run: Callable[[Image.Image], reference.RefResult]
+
+
+REFERENCE_PAIRS = [
+    RefPair("jxl-lossless", {"effort": 7}, "jxl", "cjxl -d 0 -e 7", lambda im: reference.jxl(im, effort=7)),
+    RefPair("webp-lossless", {"method": 4}, "webp", "cwebp -lossless -exact -m 4",
+            lambda im: reference.webp(im, method=4)),
+]
+SLOW_REFERENCE_PAIRS = [
+    RefPair("jxl-lossless", {"effort": 9}, "jxl", "cjxl -d 0 -e 9", lambda im: reference.jxl(im, effort=9)),
+    RefPair("jxl-lossless", {"effort": 10}, "jxl", "cjxl -d 0 -e 9", lambda im: reference.jxl(im, effort=9)),
+    RefPair("webp-lossless", {"method": 6}, "webp", "cwebp -lossless -exact -m 6",
+            lambda im: reference.webp(im, method=6)),
+]
+
+
+def reference_rows(reg, dev: str, limit: int, pairs: list[RefPair]) -> None:
+    """Per domain and setting: pixarc's bpsp, the reference CLI's bpsp, their ratio, and
+    encode CPU seconds per megapixel of both (CPU time: the machine is shared)."""
+    print(f"\nreference encoders: {reference.status()}")
+    pairs = [p for p in pairs if p.codec_id in reg.codecs]
+    print(f"{'domain':11s} {'pixarc setting':24s} {'pixarc':>8s} {'ref':>8s} {'ratio':>6s} {'enc CPU s/MP':>13s}"
+          f" {'ref CPU s/MP':>13s}  reference (bpsp; ratio = pixarc / reference)")
+    for domain in DOMAINS:
+        files = sorted(Path(dev, domain).glob("*"))[:limit]
+        sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
+        for pair in pairs:
+            codec = reg.codec(pair.codec_id)
+            usable = [s for s in sources if not codec.unsupported_reason(s.info)]
+            if not usable:
+                continue
+            p = codec.validate_params(pair.params)
+            installed = reference.version(pair.family) is not None
+            ours = ref = subpixels = 0
+            our_cpu = ref_cpu = mp = 0.0
+            for s in usable:
+                t0 = time.process_time()
+                payload = codec.encode(s, p)
+                our_cpu += time.process_time() - t0
+                assert pixels_sha256(codec.decode(payload).image) == s.pixels_sha256, f"{pair.codec_id} not lossless"
+                ours += 8 * len(payload)
+                subpixels += s.info.pixels * len(s.image.getbands())
+                mp += s.info.pixels / 1e6
+                if installed:
+                    r = pair.run(s.image)
+                    assert r.image.tobytes() == s.image.tobytes(), f"{pair.command} not lossless"
+                    ref += 8 * r.nbytes
+                    ref_cpu += r.encode_cpu_s
+            setting = f"{pair.codec_id} " + ",".join(f"{k}={v}" for k, v in pair.params.items())
+            if installed:
+                print(f"{domain:11s} {setting:24s} {ours / subpixels:8.3f} {ref / subpixels:8.3f} {ours / ref:6.3f}"
+                      f" {our_cpu / mp:13.2f} {ref_cpu / mp:13.2f}  {pair.command}")
+            else:
+                print(f"{domain:11s} {setting:24s} {ours / subpixels:8.3f} {'-':>8s} {'-':>6s} {our_cpu / mp:13.2f}"
+                      f" {'-':>13s}  {pair.command}: not installed")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,19 @@ Curves, all measured in this run on the same images:
 BD-rate (Bjøntegaard, PSNR, piecewise-cubic over the overlapping PSNR range) of each
 curve against the best conventional curve of the domain; negative = fewer bits. Also
 encode and decode seconds per image with the iteration counts used.
+
+Settings of the conventional codecs besides their defaults (AVIF 4:4:4, WebP method 4) and
+the reference command-line encoders at the same settings (``cjxl``, ``avifenc``,
+``cwebp``; see ``reference.py``; skipped with a note when not installed, or with
+``--no-reference``) run on the same images; per domain their BD-rate against AVIF 4:2:0
+at its defaults and pixarc's codec against the reference encoder are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +35,9 @@ from pixarc.metrics import psnr
 from pixarc.plugins import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference.py beside this file
+import reference  # noqa: E402
+
 CONVENTIONAL = {
     "webp": [{"quality": q} for q in (50, 65, 80, 90, 95)],
     "avif": [{"quality": q} for q in (30, 45, 60, 75, 90)],
@@ -88,6 +98,7 @@ def main() -> None:
     ap.add_argument("--adapter-iters", type=int, default=500)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-learned", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="skip the setting and reference-encoder curves")
     args = ap.parse_args()
     reg = build_plugin_manager()
     learned = None if args.skip_learned or "adaptive-mbt2018-mean" not in reg.codecs else reg.codec(
@@ -118,6 +129,8 @@ def main() -> None:
                 bpp, p, e, d = measure(reg.codec(cid), params, sources)
                 curves[cid].append((bpp, p))
                 timing[cid] = (e, d)
+        if not args.no_reference:
+            setting_curves(reg, sources, curves, timing)
         for name, extra in variants.items() if learned else []:
             for q in qualities:
                 bpp, p, e, d = measure(learned, {"quality": q, **extra}, sources, device)
@@ -137,6 +150,59 @@ def main() -> None:
             for name in ("learned +refine", "learned +adapters", "learned +resize"):
                 if base and curves.get(name):
                     print(f"  {name} vs learned base: {bd_rate(base, curves[name]):.2f} % BD-rate")
+        if not args.no_reference:
+            print_setting_summary(curves, timing, sources)
+
+
+# Settings of the conventional codecs other than their defaults (name -> codec, params).
+SETTING_CURVES = {
+    "avif 4:4:4": ("avif", [{**p, "subsampling": "4:4:4"} for p in CONVENTIONAL["avif"]]),
+    "webp m4": ("webp", [{**p, "method": 4} for p in CONVENTIONAL["webp"]]),
+}
+# Reference encoders at the settings of pixarc's curves: name -> (family, encode(image, params), pixarc curve).
+REFERENCE_CURVES = {
+    "ref cjxl e7": ("jxl", lambda im, p: reference.jxl(im, effort=7, quality=p["quality"]), "jxl"),
+    "ref avifenc 4:2:0": ("avif", lambda im, p: reference.avif(im, quality=p["quality"], speed=6), "avif"),
+    "ref cwebp m6": ("webp", lambda im, p: reference.webp(im, method=6, quality=p["quality"]), "webp"),
+}
+
+
+def setting_curves(reg, sources, curves, timing) -> None:
+    """Add the non-default settings and the reference encoders' curves for one domain."""
+    for name, (cid, settings) in SETTING_CURVES.items():
+        if cid in reg.codecs:
+            for params in settings:
+                bpp, p, e, d = measure(reg.codec(cid), params, sources)
+                curves[name].append((bpp, p))
+                timing[name] = (e, d)
+    pixels = sum(s.info.pixels for s in sources)
+    for name, (family, run, ours) in REFERENCE_CURVES.items():
+        if not reference.version(family) or ours not in curves:
+            continue
+        cid, settings = SETTING_CURVES.get(ours, (ours, CONVENTIONAL[ours]))
+        for params in settings:
+            results = [run(s.image, params) for s in sources]
+            bits = sum(8 * r.nbytes for r in results)
+            curves[name].append((bits / pixels, float(np.mean([psnr(s.image, r.image) for s, r in
+                                                               zip(sources, results)]))))
+            timing[name] = (sum(r.encode_cpu_s for r in results) / len(sources), math.nan)
+
+
+def print_setting_summary(curves, timing, sources) -> None:
+    """BD-rate of every conventional curve against AVIF 4:2:0 at its defaults, encode
+    seconds per megapixel, and pixarc's curves against the reference encoder's."""
+    mp = sum(s.info.pixels for s in sources) / 1e6 / len(sources)  # per image
+    print(f"  reference encoders: {reference.status()}")
+    if "avif" in curves:
+        for name in [*CONVENTIONAL, *SETTING_CURVES, *REFERENCE_CURVES]:
+            if name in curves and name != "avif":
+                print(f"  {name:20s} vs avif 4:2:0 default: {bd_rate(curves['avif'], curves[name]):7.2f} % BD-rate,"
+                      f" encode {timing[name][0] / mp:6.2f} s/MP ({'CPU' if name in REFERENCE_CURVES else 'wall'})")
+    for name, (family, _, ours) in REFERENCE_CURVES.items():
+        if name in curves and ours in curves:
+            print(f"  pixarc {ours:12s} vs {name:18s}: {bd_rate(curves[name], curves[ours]):7.2f} % BD-rate")
+        elif ours in curves:
+            print(f"  pixarc {ours:12s} vs {name:18s}: {reference.TOOLS[family][0]} not installed")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Every registered codec: round trips, mode coverage, hostile payloads."""
 
+import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import encode_bytes, rng_image
@@ -113,3 +115,94 @@ def test_bitstream_needing_unknown_weights_is_a_clear_error():
 
     with pytest.raises(MissingPluginError, match="needs weights eeeeeeeeeeee"):
         decode_container(blob, REG)
+
+
+# --------------------------------------------------------------------------- settings that matter
+# Each test measures both sides in the test itself: no remembered byte counts.
+
+
+def _example_crop(rel: str, box):
+    from conftest import EXAMPLES
+
+    return probe_and_load(encode_bytes(Image.open(EXAMPLES / rel).convert("RGB").crop(box), "PNG"))
+
+
+@pytest.mark.parametrize("name", ["ocal_3_faces_lumen_design_stu_01.png", "ocal_eris_apple_nurbldoff_01.png"])
+def test_jxl_lossless_whole_image_no_larger_than_its_halves(name):
+    """pillow-jxl-plugin 1.3.8 (jpegxl-rs 0.15, libjxl 0.12.0) codes few-colour images over
+    512 px a side badly: a 520x520 line drawing came out 10-20 % larger than its two
+    520x260 halves encoded separately (25-30 % larger files on the dev line art). A sound
+    encoder codes the whole in fewer bytes than the halves (libjxl 0.11: 0.87-0.91)."""
+    codec = REG.codec("jxl-lossless")
+    params = codec.validate_params({})
+    whole = _example_crop(f"line/{name}", (0, 0, 520, 520))
+    halves = [_example_crop(f"line/{name}", (0, y, 520, y + 260)) for y in (0, 260)]
+    n_whole = len(codec.encode(whole, params))
+    n_halves = sum(len(codec.encode(h, params)) for h in halves)
+    assert n_whole <= n_halves, f"jxl-lossless: whole {n_whole} B > halves {n_halves} B ({codec.version()})"
+
+
+def _stripes(size=(48, 32)):
+    """1-px red/blue columns: chroma detail that 4:2:0 cannot carry."""
+    a = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    a[:, 0::2, 0] = 220
+    a[:, 1::2, 2] = 220
+    a[:, :, 1] = 40
+    return probe_and_load(encode_bytes(Image.fromarray(a), "PNG"))
+
+
+def test_avif_444_keeps_chroma_that_420_loses():
+    avif = REG.codec("avif")
+    src = _stripes()
+    got = {}
+    for sub in ("4:2:0", "4:4:4"):
+        payload = avif.encode(src, avif.validate_params({"quality": 90, "subsampling": sub}))
+        got[sub] = psnr(src.image, avif.decode(payload).image)
+    assert got["4:4:4"] > got["4:2:0"] + 6, got  # 4:2:0 averages the stripes into one colour
+
+
+def test_avif_rejects_unknown_subsampling_and_tune():
+    avif = REG.codec("avif")
+    with pytest.raises(CodecError, match="subsampling"):
+        avif.validate_params({"subsampling": "4:1:1"})
+    with pytest.raises(CodecError, match="tune"):
+        avif.validate_params({"tune": "fast"})
+
+
+def test_avif_tune_reaches_the_encoder():
+    avif = REG.codec("avif")
+    src = probe_and_load(encode_bytes(rng_image("RGB", (40, 40), seed=3), "PNG"))
+    sizes = {t: len(avif.encode(src, avif.validate_params({"tune": t}))) for t in ("", "psnr")}
+    assert sizes[""] != sizes["psnr"], sizes
+
+
+@pytest.mark.parametrize("codec_id,default", [("webp", 6), ("webp-lossless", 4)])
+def test_webp_default_method_and_method_reaches_the_encoder(codec_id, default):
+    codec = REG.codec(codec_id)
+    assert codec.validate_params({})["method"] == default
+    src = _example_crop("vector/ocal_orange_dave_pena_01.png", (200, 200, 264, 264))
+    sizes = {m: len(codec.encode(src, codec.validate_params({"method": m}))) for m in (0, 6)}
+    assert sizes[0] != sizes[6], sizes
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_jxl_lossless_decodes_payloads_of_the_previous_binding(mode):
+    """Archives written when jxl-lossless went through pillow-jxl-plugin stay readable."""
+    import io
+
+    pytest.importorskip("pillow_jxl")
+    image = rng_image(mode, (37, 23))
+    buf = io.BytesIO()
+    image.save(buf, "JXL", lossless=True, effort=3, num_threads=1)
+    old_payload = bytes([len(mode)]) + mode.encode() + buf.getvalue()
+    out = REG.codec("jxl-lossless").decode(old_payload).image
+    assert out.mode == mode and out.tobytes() == image.tobytes()
+
+
+def test_jxl_lossless_effort_10_reaches_the_encoder():
+    """Effort 10 (cjxl 0.7's -e 9) is accepted, lossless, and not silently effort 9."""
+    codec = REG.codec("jxl-lossless")
+    src = _example_crop("line/ocal_3_faces_lumen_design_stu_01.png", (200, 300, 328, 428))
+    payloads = {e: codec.encode(src, codec.validate_params({"effort": e})) for e in (9, 10)}
+    assert codec.decode(payloads[10]).image.tobytes() == src.image.tobytes()
+    assert payloads[9] != payloads[10]

@@ -24,8 +24,8 @@ def test_builtin_policies_load():
 def test_confident_domain_uses_its_route_and_ends_with_store():
     r = route(RGB, "line", 0.9)
     assert r.domain == "line" and r.lossless
-    assert [c.codec_id for c in r.candidates] == ["webp-lossless", "jxl-lossless", "png", "store"]
-    assert r.candidates[0].params == {"method": 4}
+    assert [c.codec_id for c in r.candidates] == ["jxl-lossless", "webp-lossless", "png", "store"]
+    assert r.candidates[0].params == {"effort": 10}  # the route's own params over the policy's
 
 
 def test_low_confidence_goes_to_unknown_with_reason():

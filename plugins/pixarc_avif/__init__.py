@@ -1,16 +1,28 @@
-"""AVIF (lossy) through Pillow's bundled libavif.
+"""AVIF (lossy) through Pillow's bundled libavif (aom encoder).
 
 Only lossy: Pillow's AVIF writer converts to YUV and exposes no identity-matrix
 (lossless) mode, so a "lossless" AVIF would fail pixarc's decode check anyway.
+
+Chroma subsampling is a parameter because it decides the quality ceiling: 4:2:0 halves
+the chroma resolution, which caps PSNR on coloured edges (screenshots, flat vector art)
+however many bits are spent; 4:4:4 keeps full chroma at some cost in bits on smooth
+photos. ``tune`` selects aom's rate-distortion target (passed as a codec-specific option).
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from PIL import features
 
 from pixarc.codec import Param
+from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.pillow_codec import PillowCodec
+
+SUBSAMPLINGS = ("4:2:0", "4:2:2", "4:4:4")
+# aom's --tune values; "" leaves libavif's own default. "iq" exists from aom 3.12.
+TUNES = ("", "psnr", "ssim", "iq")
 
 
 class AVIFCodec(PillowCodec):
@@ -23,13 +35,31 @@ class AVIFCodec(PillowCodec):
     params_schema = {
         "quality": Param(int, 70, 0, 100, "quality (100 = best)"),
         "speed": Param(int, 6, 0, 10, "encoder speed (0 = slowest, smallest)"),
-        "subsampling": Param(str, "4:2:0", help="chroma subsampling: 4:2:0, 4:2:2 or 4:4:4"),
+        "subsampling": Param(str, "4:2:0", help="chroma subsampling: " + ", ".join(SUBSAMPLINGS)),
+        "tune": Param(str, "", help="aom tune: '' (libavif default), " + ", ".join(TUNES[1:])),
     }
     description = "AVIF lossy (libavif/aom)"
     rate_param = "quality"
 
+    def validate_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        out = super().validate_params(params)
+        if out["subsampling"] not in SUBSAMPLINGS:
+            raise CodecError(f"avif: subsampling={out['subsampling']!r} not one of {SUBSAMPLINGS}")
+        if out["tune"] not in TUNES:
+            raise CodecError(f"avif: tune={out['tune']!r} not one of {TUNES}")
+        return out
+
+    def version(self) -> str:
+        from PIL import _avif
+
+        return f"{super().version()} ({_avif.codec_versions()})"
+
     def save_kwargs(self, params):
-        return {"quality": params["quality"], "speed": params["speed"], "subsampling": params["subsampling"]}
+        kwargs = {"quality": params["quality"], "speed": params["speed"],
+                  "subsampling": params["subsampling"]}
+        if params.get("tune"):
+            kwargs["advanced"] = {"tune": params["tune"]}
+        return kwargs
 
 
 @hookimpl
