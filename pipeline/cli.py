@@ -328,6 +328,10 @@ def _print_report(dest: str) -> None:
         for codec, n, alone, kept in best:
             t.add_row(codec, str(n), str(alone), str(kept), f"{100 * (1 - kept / alone):.1f} %")
         console.print(t)
+    from .report import rd_summary
+
+    if (rd := rd_summary(rows)) is not None:
+        console.print("per-image selection: " + rd.text())
 
 
 @main.command()

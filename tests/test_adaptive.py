@@ -357,3 +357,32 @@ def test_bad_scales_are_refused(tiny_weights, value):
 
     with pytest.raises(CodecError, match="scales"):
         codec().validate_params({"scales": value})
+
+
+def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp_path):
+    """The tiny weights exist for quality 1 only: the target search must probe that, not
+    fail on the missing rate points of the 1..8 range."""
+    from pixarc import engine
+    from pixarc.manifest import latest, read_manifest
+    from pixarc.plugins import build_plugin_manager
+
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    smooth_image(64, 48).save(src_dir / "a.png")
+    policy = tmp_path / "p.toml"
+    policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nlatent_iters = 2\n'
+                      'adapter_iters = 2\n[routes.unknown]\nlossless = false\ncodecs = ["adaptive-mbt2018-mean", "webp"]\n'
+                      'target_psnr = 30.0\n')
+    import pixarc.engine as eng
+
+    reg = build_plugin_manager()
+    orig = eng.default_registry
+    eng.default_registry = lambda: reg
+    try:
+        engine.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy))
+    finally:
+        eng.default_registry = orig
+    row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
+    attempts = [a for a in json.loads(row["attempts"]) if a["codec"] == "adaptive-mbt2018-mean"]
+    assert [a["result"] for a in attempts] == ["target", "verified"], attempts
+    assert "quality=1" in attempts[0]["reason"]

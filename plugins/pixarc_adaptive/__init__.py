@@ -141,6 +141,9 @@ class AdaptiveCodec(Codec):
                              f"(have {sorted(self._checkpoints) or 'none'})")
         return self._checkpoints[quality]
 
+    def rate_values(self) -> list[int]:
+        return sorted(self._checkpoints)  # a target search probes only installed rate points
+
     def weights_for(self, params) -> str:
         return self._checkpoint(int(params["quality"])).sha256
 
