@@ -189,16 +189,50 @@ class AdaptiveCodec(Codec):
 
         ck = self._checkpoint(params["quality"])
         cpu, dev = self._model(ck), self._model(ck, device)
-        scales = _scales(params, self.codec_id).permille
-        image = src.image
-        if len(scales) > 1:  # the resize search: base encodes, judged by RD cost at full size
-            def cost(permille: int) -> float:
-                data = self._encode_at(cpu, dev, image, permille, ck, params, device, search=True)
-                return self._rd_cost(data, image, ck.lam, device)
-
-            scales = [min(scales, key=cost)]
+        permille = self._pick_scale(src.image, ck, params, device)
         with torch.enable_grad():
-            return self._encode_at(cpu, dev, image, scales[0], ck, params, device)
+            return self._encode_at(cpu, dev, src.image, permille, ck, params, device)
+
+    def _pick_scale(self, image, ck, params, device) -> int:
+        """The resize search: a base encode per factor, judged by RD cost at full size."""
+        scales = _scales(params, self.codec_id).permille
+        if len(scales) == 1:
+            return scales[0]
+        cpu, dev = self._model(ck), self._model(ck, device)
+        return min(scales, key=lambda permille: self._rd_cost(
+            self._encode_at(cpu, dev, image, permille, ck, params, device, search=True), image, ck.lam, device))
+
+    def encode_stages(self, src, params, device="cpu") -> dict[str, tuple[bytes, float]]:
+        """For benchmarks: the payload after each stage of one adaptation, sharing the work,
+        with the process CPU seconds that stage's full encode takes: ``base`` (no
+        adaptation, scale 1), ``refine`` (latent refinement), ``adapters`` (the encoder's
+        choice with or without them; refine and adapters are one pass, timed together),
+        ``resize`` (the resize search over ``params["scales"]`` then the adapted encode at
+        the factor it picks: the ``adapters`` payload when that is 1)."""
+        import time
+
+        import torch
+
+        ck = self._checkpoint(params["quality"])
+        cpu, dev = self._model(ck), self._model(ck, device)
+        t0 = time.process_time()
+        out = {"base": (self._encode_at(cpu, dev, src.image, 1000, ck, params, device, search=True),
+                        time.process_time() - t0)}
+        with torch.enable_grad():
+            t0 = time.process_time()
+            plain, chosen = self._encode_tensors(cpu, dev, [src.image], 1000, ck, params, device, both=True)[0]
+            adapt_s = time.process_time() - t0
+            out.update(refine=(plain, adapt_s), adapters=(chosen, adapt_s))
+            t0 = time.process_time()
+            permille = self._pick_scale(src.image, ck, params, device)
+            search_s = time.process_time() - t0
+            if permille == 1000:
+                out["resize"] = (chosen, search_s + adapt_s)
+            else:
+                t0 = time.process_time()
+                payload = self._encode_at(cpu, dev, src.image, permille, ck, params, device)
+                out["resize"] = (payload, search_s + time.process_time() - t0)
+        return out
 
     def encode_batch(self, srcs, params, device="cpu"):
         """Adapt several images at once: images of the same size share one batched latent
@@ -231,7 +265,9 @@ class AdaptiveCodec(Codec):
     def _encode_at(self, cpu, dev, image, permille, ck, params, device, search=False) -> bytes:
         return self._encode_tensors(cpu, dev, [image], permille, ck, params, device, search)[0]
 
-    def _encode_tensors(self, cpu, dev, images, permille, ck, params, device, search=False) -> list[bytes]:
+    def _encode_tensors(self, cpu, dev, images, permille, ck, params, device, search=False, both=False) -> list:
+        """Payloads of ``images`` (one size) coded at ``permille``; ``both``: per image the
+        pair (payload without adapters, payload chosen)."""
         import torch
         import torch.nn.functional as F
         from PIL import Image
@@ -268,11 +304,11 @@ class AdaptiveCodec(Codec):
         out = []
         for image, (z_str, y_str, _, z_shape), sym in zip(images, coded, symbols, strict=True):
             head = _HEAD.pack(ck.quality, permille, w, h, *z_shape)
-            plain = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
+            plain = chosen = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
             if any(sym):  # sent only if it pays: decoded bytes + λ·MSE, both payloads decoded
                 adapted = head + pack_sections(z_str, y_str, adapt.encode_adapter(sym)) + struct.pack(">I", len(sym))
-                plain = min((adapted, plain), key=lambda p: self._rd_cost(p, image, ck.lam, device))
-            out.append(plain)
+                chosen = min((adapted, plain), key=lambda p: self._rd_cost(p, image, ck.lam, device))
+            out.append((plain, chosen) if both else chosen)
         return out
 
     def _rd_cost(self, payload: bytes, image, lam: float, device: str) -> float:
