@@ -119,8 +119,23 @@ def bd_quality(ref: list[tuple[float, float]], test: list[tuple[float, float]]) 
     return float(np.trapezoid(PchipInterpolator(tx, ty)(grid) - PchipInterpolator(rx, ry)(grid), grid) / (hi - lo))
 
 
+def quality_at(ref: list[tuple[float, float]], rate: float) -> float:
+    """Quality of the ``ref`` curve at ``rate`` (PCHIP on log-rate; NaN outside its range)."""
+    from scipy.interpolate import PchipInterpolator
+
+    pts = sorted((math.log(r), q) for r, q in ref if r > 0 and math.isfinite(q))
+    xs = [p[0] for p in pts]
+    if len(pts) < 2 or not xs[0] <= math.log(rate) <= xs[-1] or len(set(xs)) < len(xs):
+        return math.nan
+    return float(PchipInterpolator(xs, [p[1] for p in pts])(math.log(rate)))
+
+
 def bd_cell(ref, test) -> str:
-    """BD-rate, or when the quality ranges do not overlap, BD-quality in dB (marked)."""
+    """BD-rate; where the quality ranges do not overlap, BD-quality in dB (in brackets); for
+    a one-point curve, the quality difference at its rate (in square brackets)."""
+    if len(test) == 1:
+        dq = test[0][1] - quality_at(ref, test[0][0])
+        return "n/a" if math.isnan(dq) else f"[{dq:+.1f} dB]"
     bd = bd_rate(ref, test)
     if not math.isnan(bd):
         return f"{bd:+.1f} %"
@@ -209,7 +224,7 @@ def main_stages(args, reg) -> None:
         names = ", ".join(f.name for f in files)
         print(f"\n### {domain} ({len(sources)} image(s): {names})\n")
         print("| curve | " + " | ".join(f"vs {c} PSNR | vs {c} MS-SSIM" for c in conv) + " | enc s/img | dec s/img |")
-        print("|---|" + "---:|" * (2 * len(conv) + 2))  # (in brackets: BD-quality dB, no rate overlap)
+        print("|---|" + "---:|" * (2 * len(conv) + 2))
         for st in STAGES:
             pts = curves[f"learned {st}"]
             cells = []
@@ -222,10 +237,15 @@ def main_stages(args, reg) -> None:
         gains = []
         for st in STAGES[1:]:
             pts = curves[f"learned {st}"]
+            if len(pts) == 1:  # one rate point: the change of rate and of quality
+                (b0, p0, m0), (b1, p1, m1) = base[0][:3], pts[0][:3]
+                gains.append(f"{st} {100 * (b1 / b0 - 1):+.1f} % bpp, {p1 - p0:+.2f} dB PSNR, {m1 - m0:+.2f} dB MS-SSIM")
+                continue
             gains.append(f"{st} {bd_cell([(p[0], p[1]) for p in base], [(p[0], p[1]) for p in pts])} / "
                          f"{bd_cell([(p[0], p[2]) for p in base], [(p[0], p[2]) for p in pts])}")
-        print("\nBD-rate vs learned base (PSNR / MS-SSIM; in brackets BD-quality in dB where the quality "
-              "ranges do not overlap): " + "; ".join(gains))
+        print("\nBD-rate vs learned base (PSNR / MS-SSIM): " + "; ".join(gains))
+        print("\n(% : BD-rate, negative = fewer bits; (dB): BD-quality where the quality ranges do not "
+              "overlap; [dB]: quality difference at the same rate, for a one-rate-point learned curve)")
         print("\nRD points, bpp / PSNR dB / MS-SSIM dB (enc CPU s/img):\n")
         for name, pts in curves.items():
             print(f"- {name}: " + ", ".join(f"{p[0]:.3f}/{p[1]:.2f}/{p[2]:.2f} ({p[3]:.2f})" for p in sorted(pts)))

@@ -73,8 +73,8 @@ def test_round_trip_odd_size_and_fingerprint(tiny_weights):
 def test_latent_refinement_lowers_the_rd_cost(tiny_weights):
     c = codec()
     src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
-    base, _ = rd_cost(c, src, {"quality": 1})
-    refined, _ = rd_cost(c, src, {"quality": 1, "latent_iters": 60, "lr": 0.05})
+    base, _ = rd_cost(c, src, {"quality": 1, "latent_iters": 0, "adapter_iters": 0})
+    refined, _ = rd_cost(c, src, {"quality": 1, "latent_iters": 60, "adapter_iters": 0, "lr": 0.05})
     assert refined < base
 
 
@@ -91,7 +91,7 @@ def test_adapter_training_lowers_its_loss_and_travels_in_the_bitstream(tiny_weig
     symbols, before, after = adapt.train_adapter(adapt.Synthesis(model.g_s), y_hat, x, view, 0.0483, 80, 0.01)
     assert after < before and len(symbols) == 2 * 2 * 8 and max(map(abs, symbols)) <= adapt.K
     assert adapt.decode_adapter(adapt.encode_adapter(symbols), len(symbols)) == symbols
-    payload = c.encode(src, c.validate_params({"quality": 1, "adapter_iters": 40, "lr": 0.01}))
+    payload = c.encode(src, c.validate_params({"quality": 1, "adapter_iters": 40, "adapter_lr": 0.01}))
     n_sym = int.from_bytes(payload[-4:], "big")
     assert n_sym in (0, 32)  # 0 only if every trained value rounded to zero
 
@@ -216,7 +216,7 @@ def test_batched_adaptation_matches_the_single_image_path(tiny_weights):
     c = codec()
     srcs = [probe_and_load(encode_bytes(smooth_image(64, 48, seed=i), "PNG")) for i in range(3)]
     srcs.append(probe_and_load(encode_bytes(smooth_image(70, 50, seed=9), "PNG")))  # its own group
-    params = c.validate_params({"quality": 1, "latent_iters": 40, "adapter_iters": 20, "lr": 0.05})
+    params = c.validate_params({"quality": 1, "latent_iters": 40, "adapter_iters": 20, "lr": 0.05, "adapter_lr": 0.05})
     batched = c.encode_batch(srcs, params)
     assert all(isinstance(p, bytes) for p in batched)
 
@@ -228,7 +228,7 @@ def test_batched_adaptation_matches_the_single_image_path(tiny_weights):
     single = [c.encode(s, params) for s in srcs]
     for s, p in zip(srcs, batched):
         assert c.decode(p).image.size == s.image.size
-    base = [c.encode(s, c.validate_params({"quality": 1})) for s in srcs]
+    base = [c.encode(s, c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 0})) for s in srcs]
     total = lambda payloads: sum(cost(s, p) for s, p in zip(srcs, payloads))  # noqa: E731
     assert total(batched) < total(base)  # the batched adaptation still helps
     assert total(batched) <= total(single) * 1.05  # and is about as good as one by one
@@ -287,7 +287,7 @@ def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
     monkeypatch.setattr(adapt, "train_adapters", spy)
     c = codec()
     src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
-    payload = c.encode(src, c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 60, "lr": 0.01}))
+    payload = c.encode(src, c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 60, "adapter_lr": 0.01}))
     blobs, n_sym = _payload_sections(payload)
     assert len(trained) == 1 and any(trained[0])  # an adapter was trained and had something to say
     head = payload[: _HEAD.size]

@@ -10,7 +10,8 @@ Weights, first match wins (all loaded by sha256 first, then ``weights_only=True`
    against the sha256 prefix in their name, as torch.hub does.
 
 Parameters: ``quality`` (rate point 1–8), ``latent_iters`` (SGA refinement steps; the
-paper uses 2000), ``adapter_iters`` (paper: 500), ``lr``, ``scales`` (resize factors in
+paper uses 2000), ``adapter_iters`` (paper: 500), ``lr`` and ``adapter_lr`` (paper: 1e-3
+both; a short run needs larger steps), ``scales`` (resize factors in
 (0, 1] searched by RD cost, a list such as ``[1.0, 0.75, 0.5]``; the chosen one is coded
 exactly, in permille), ``seed``. The algorithm is in ``adapt.py``; the default iteration
 counts come from a measured gain-versus-iterations curve (``docs/adaptive.md``).
@@ -114,9 +115,10 @@ class AdaptiveCodec(Codec):
     modes = frozenset({"RGB"})
     params_schema = {
         "quality": Param(int, 3, 1, 8, "rate point (CompressAI quality)"),
-        "latent_iters": Param(int, 100, 0, 100_000, "SGA latent refinement steps (paper: 2000)"),
-        "adapter_iters": Param(int, 50, 0, 100_000, "adapter training steps (paper: 500)"),
-        "lr": Param(float, 1e-3, 1e-6, 1.0, "Adam learning rate (1/10 for the last 20 %)"),
+        "latent_iters": Param(int, 30, 0, 100_000, "SGA latent refinement steps (paper: 2000)"),
+        "adapter_iters": Param(int, 25, 0, 100_000, "adapter training steps (paper: 500)"),
+        "lr": Param(float, 5e-2, 1e-6, 1.0, "latent refinement Adam learning rate (1/10 for the last 20 %)"),
+        "adapter_lr": Param(float, 1e-2, 1e-6, 1.0, "adapter Adam learning rate (1/10 for the last 20 %)"),
         "scales": Param(Scales, Scales((1.0,)), help="resize factors searched by RD cost, e.g. [1.0, 0.75, 0.5]"),
         "seed": Param(int, 0, 0, 2**31 - 1, "adapter initialisation seed"),
     }
@@ -300,7 +302,7 @@ class AdaptiveCodec(Codec):
         if params["adapter_iters"] and not search:
             y_hats = torch.cat([c[2] for c in coded]).to(device)
             symbols, _, _ = adapt.train_adapters(synth, y_hats, target, view, ck.lam, params["adapter_iters"],
-                                                 params["lr"], params["seed"])
+                                                 params["adapter_lr"], params["seed"])
         out = []
         for image, (z_str, y_str, _, z_shape), sym in zip(images, coded, symbols, strict=True):
             head = _HEAD.pack(ck.quality, permille, w, h, *z_shape)
