@@ -239,7 +239,8 @@ def main_stages(args, reg) -> None:
             pts = curves[f"learned {st}"]
             if len(pts) == 1:  # one rate point: the change of rate and of quality
                 (b0, p0, m0), (b1, p1, m1) = base[0][:3], pts[0][:3]
-                gains.append(f"{st} {100 * (b1 / b0 - 1):+.1f} % bpp, {p1 - p0:+.2f} dB PSNR, {m1 - m0:+.2f} dB MS-SSIM")
+                gains.append(f"{st} {100 * (b1 / b0 - 1):+.1f} % bpp, {p1 - p0:+.2f} dB PSNR, "
+                             f"{m1 - m0:+.2f} dB MS-SSIM")
                 continue
             gains.append(f"{st} {bd_cell([(p[0], p[1]) for p in base], [(p[0], p[1]) for p in pts])} / "
                          f"{bd_cell([(p[0], p[2]) for p in base], [(p[0], p[2]) for p in pts])}")

@@ -287,7 +287,8 @@ def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
     monkeypatch.setattr(adapt, "train_adapters", spy)
     c = codec()
     src = probe_and_load(encode_bytes(smooth_image(64, 64), "PNG"))
-    payload = c.encode(src, c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 60, "adapter_lr": 0.01}))
+    params = c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 60, "adapter_lr": 0.01})
+    payload = c.encode(src, params)
     blobs, n_sym = _payload_sections(payload)
     assert len(trained) == 1 and any(trained[0])  # an adapter was trained and had something to say
     head = payload[: _HEAD.size]
@@ -371,7 +372,8 @@ def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp
     smooth_image(64, 48).save(src_dir / "a.png")
     policy = tmp_path / "p.toml"
     policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nlatent_iters = 2\n'
-                      'adapter_iters = 2\n[routes.unknown]\nlossless = false\ncodecs = ["adaptive-mbt2018-mean", "webp"]\n'
+                      'adapter_iters = 2\n[routes.unknown]\nlossless = false\n'
+                      'codecs = ["adaptive-mbt2018-mean", "webp"]\n'
                       'target_psnr = 30.0\n')
     import pixarc.engine as eng
 

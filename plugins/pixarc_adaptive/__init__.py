@@ -309,7 +309,7 @@ class AdaptiveCodec(Codec):
             plain = chosen = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
             if any(sym):  # sent only if it pays: decoded bytes + λ·MSE, both payloads decoded
                 adapted = head + pack_sections(z_str, y_str, adapt.encode_adapter(sym)) + struct.pack(">I", len(sym))
-                chosen = min((adapted, plain), key=lambda p: self._rd_cost(p, image, ck.lam, device))
+                chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, ck.lam, device))  # tie: plain
             out.append((plain, chosen) if both else chosen)
         return out
 
