@@ -330,8 +330,8 @@ def _print_report(dest: str) -> None:
         console.print(t)
     from .report import rd_summary
 
-    if (rd := rd_summary(rows)) is not None:
-        console.print("per-image selection: " + rd.text())
+    for s in rd_summary(rows):
+        console.print("per-image selection: " + s.text())
 
 
 @main.command()

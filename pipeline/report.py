@@ -157,8 +157,8 @@ def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     body.append("</table>")
     body.append("<p>" + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))) + "</p>")
-    if (rd := rd_summary(rows)) is not None:
-        body.append(f"<h2>Per-image selection</h2><p>{html.escape(rd.text())}</p>")
+    if selection := rd_summary(rows):
+        body.append("<h2>Per-image selection</h2>" + "".join(f"<p>{html.escape(s.text())}</p>" for s in selection))
     problems = [r for r in rows if r["status"] != "done"]
     if problems:
         body.append("<h2>Not archived</h2><table><tr><th>key</th><th>status</th><th>reason</th><th>message</th></tr>")
@@ -199,14 +199,16 @@ def best_of_savings(rows: list[dict]) -> list[tuple[str, int, int, int]]:
 
 @dataclass
 class RdSummary:
-    """What per-image selection (``selection = "rd"`` or ``"smallest"``) bought, over the
-    rows where at least two candidates verified: which codec won how often, and the bytes
-    kept against the best single codec of the same candidates, had it coded all of them."""
+    """What per-image selection (``selection = "rd"`` or ``"smallest"``) bought on one route,
+    over its rows where at least two candidates verified: which codec won how often, and
+    the bytes kept against the best single codec of the same candidates, had it coded all
+    of them."""
 
+    route: str
     images: int
     wins: dict[str, int]
     kept_bytes: int
-    kept_psnr: float  # mean over the images (lossless rows excluded)
+    kept_psnr: float  # mean over the lossy rows kept (NaN: all lossless)
     best_codec: str  # fewest bytes alone among the codecs that verified (and met the target) everywhere
     best_bytes: int
     best_psnr: float
@@ -217,22 +219,32 @@ class RdSummary:
         return 1 - self.kept_bytes / self.best_bytes if self.best_bytes else math.nan
 
     def text(self) -> str:
+        def db(v: float) -> str:
+            return "lossless" if math.isnan(v) else f"{v:.2f} dB mean PSNR"
+
         won = ", ".join(f"{c} won on {n} image{'s' * (n != 1)}" for c, n in sorted(self.wins.items(),
                                                                                   key=lambda kv: -kv[1]))
-        return (f"{won}; {self.kept_bytes} bytes kept ({self.kept_psnr:.2f} dB mean PSNR) vs {self.best_bytes} "
-                f"with {self.best_codec} alone ({self.best_psnr:.2f} dB): {100 * self.saved:.1f} % saved "
-                f"over {self.images} images")
+        return (f"route {self.route}, {self.images} images: {won}; {self.kept_bytes} bytes kept ({db(self.kept_psnr)}) "
+                f"vs {self.best_bytes} with {self.best_codec} alone ({db(self.best_psnr)}): "
+                f"{100 * self.saved:.1f} % saved")
 
 
-def rd_summary(rows: list[dict]) -> RdSummary | None:
+def rd_summary(rows: list[dict]) -> list[RdSummary]:
+    """One :class:`RdSummary` per route (routes have different candidates)."""
+    by_route: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "done":
+            by_route[r["route"]].append(r)
+    return [s for route in sorted(by_route) if (s := _route_summary(route, by_route[route])) is not None]
+
+
+def _route_summary(route: str, rows: list[dict]) -> RdSummary | None:
     import json
 
     compared: list[dict] = []
     alone: dict[str, list] = defaultdict(lambda: [0, 0, 0.0, 0])  # codec: rows, bytes, psnr sum, psnr n
     missed: set[str] = set()
     for r in rows:
-        if r["status"] != "done":
-            continue
         verified = [a for a in json.loads(r["attempts"] or "[]") if a.get("result") == "verified"]
         if len(verified) < 2:
             continue
@@ -255,5 +267,5 @@ def rd_summary(rows: list[dict]) -> RdSummary | None:
     for r in compared:
         wins[r["codec_id"]] += 1
     b = everywhere[best]
-    return RdSummary(len(compared), dict(wins), sum(r["bitstream_bytes"] for r in compared),
+    return RdSummary(route, len(compared), dict(wins), sum(r["bitstream_bytes"] for r in compared),
                      sum(lossy) / len(lossy) if lossy else math.nan, best, b[1], b[2] / b[3] if b[3] else math.nan)

@@ -52,8 +52,8 @@ def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tm
         assert reaching and all(a["met"] == (a.get("psnr", math.inf) >= 33.0) for a in tried)
         assert r["bitstream_bytes"] == min(a["bytes"] for a in reaching)
         assert r["psnr"] >= 33.0
-    s = rd_summary(rows)
-    assert s is not None and s.images == 3 and sum(s.wins.values()) == 3
+    (s,) = rd_summary(rows)  # one route
+    assert s.route == "unknown" and s.images == 3 and sum(s.wins.values()) == 3
     assert s.kept_bytes == sum(r["bitstream_bytes"] for r in rows)
     assert s.best_bytes == min(sum(a["bytes"] for r in rows for a in verified(r) if a["codec"] == c)
                                for c in CODECS + ["store"]
@@ -88,3 +88,25 @@ def test_unknown_selection_is_refused(tmp_path):
     p.write_text('selection = "rd-ish"\n[routes.unknown]\ncodecs = ["png"]\n')
     with pytest.raises(PolicyError, match="selection"):
         load_policy(str(p))
+
+
+def test_rd_summary_is_per_route_and_skips_codecs_that_missed_the_target():
+    def row(route, codec, size, attempts, lossless=False):
+        return {"status": "done", "route": route, "codec_id": codec, "bitstream_bytes": size, "lossless": lossless,
+                "psnr": math.inf if lossless else 36.5, "attempts": json.dumps(attempts)}
+
+    def a(codec, size, met=True, psnr=36.5):
+        return {"codec": codec, "result": "verified", "bytes": size, "met": met, "psnr": psnr}
+
+    rows = [
+        row("natural", "avif", 100, [a("adaptive", 40, met=False, psnr=20.0), a("avif", 100), a("webp", 150)]),
+        row("natural", "webp", 120, [a("adaptive", 50, met=False, psnr=21.0), a("avif", 130), a("webp", 120)]),
+        row("line", "webp-lossless", 10, [{"codec": "webp-lossless", "result": "verified", "bytes": 10},
+                                          {"codec": "png", "result": "verified", "bytes": 12}], lossless=True),
+    ]
+    line, natural = rd_summary(rows)
+    assert (natural.route, natural.wins, natural.kept_bytes) == ("natural", {"avif": 1, "webp": 1}, 220)
+    assert (natural.best_codec, natural.best_bytes) == ("avif", 230)  # adaptive is smaller but missed 36 dB
+    assert abs(natural.saved - (1 - 220 / 230)) < 1e-12
+    assert (line.route, line.best_codec, line.kept_bytes, line.best_bytes) == ("line", "webp-lossless", 10, 10)
+    assert "lossless" in line.text() and "avif alone" in natural.text()
