@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--adapter", default="10,25,50")
     ap.add_argument("--no-paper", action="store_true", help="skip the full 2000 + 500 schedule")
     ap.add_argument("--timing-size", default="768x512")
+    ap.add_argument("--timing-image", default="vector/ocal_bicycle_philippe_colin_01.png")
+    ap.add_argument("--timing-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     codec = build_plugin_manager().codec("adaptive-mbt2018-mean")
@@ -79,7 +81,7 @@ def main() -> None:
         return (*rd_cost(codec, src, payload, ck.lam), enc, int.from_bytes(payload[-4:], "big"))
 
     shares = []
-    for name in args.images:
+    for name in [] if args.timing_only else args.images:
         src = crop_source(Path(args.dev, name), args.crop, args.crop)
         base = run(src, {"latent_iters": 0, "adapter_iters": 0})
         full = None if args.no_paper else run(src, PAPER)
@@ -103,15 +105,16 @@ def main() -> None:
         print(f"\nshare of the paper schedule's gain kept at the defaults: "
               + ", ".join(f"{100 * s:.0f} %" for s in shares))
     w, h = (int(v) for v in args.timing_size.split("x"))
-    src = crop_source(Path(args.dev, args.images[-1]), w, h)
+    src = crop_source(Path(args.dev, args.timing_image), w, h)
     t0 = time.process_time()
     payload = codec.encode(src, defaults)
     enc = time.process_time() - t0
     t0 = time.process_time()
     codec.decode(payload)
     dec = time.process_time() - t0
-    print(f"\ntiming at the defaults on a {src.image.size[0]}x{src.image.size[1]} crop of {args.images[-1]}: "
-          f"encode {enc:.1f} CPU s, decode {dec:.2f} CPU s (one torch thread)")
+    print(f"\ntiming at the defaults on a {src.image.size[0]}x{src.image.size[1]} crop of {args.timing_image}: "
+          f"encode {enc:.1f} CPU s, decode {dec:.2f} CPU s (one torch thread); adapter sent: "
+          f"{'yes' if int.from_bytes(payload[-4:], 'big') else 'no'}")
 
 
 if __name__ == "__main__":
