@@ -714,7 +714,10 @@ def batch_encode(prepared: list[_Prepared], cfg: ArchiveConfig, registry: Regist
             codec = registry.codec(cand.codec_id)
             if codec.unsupported_reason(p.src.info) or _device_reason(codec, cfg.device):
                 continue
-            if codec_device(codec, cfg.device).startswith("cuda"):
+            # a candidate with a target is rate-searched per image: a batch at the plain
+            # params would be thrown away
+            searched = cand.target and codec.rate_param and not codec.lossless
+            if codec_device(codec, cfg.device).startswith("cuda") and not searched:
                 try:
                     params = codec.validate_params(cand.params)
                 except PixarcError:

@@ -110,3 +110,51 @@ def test_rd_summary_is_per_route_and_skips_codecs_that_missed_the_target():
     assert abs(natural.saved - (1 - 220 / 230)) < 1e-12
     assert (line.route, line.best_codec, line.kept_bytes, line.best_bytes) == ("line", "webp-lossless", 10, 10)
     assert "lossless" in line.text() and "avif alone" in natural.text()
+
+
+def test_gpu_batches_skip_candidates_that_are_rate_searched(images, tmp_path, monkeypatch):
+    """A candidate with a target is rate-searched image by image; encoding a batch at its
+    plain parameters first (as today) would be thrown away: on a GPU, a full adaptation."""
+    import os
+    import types
+
+    from pixarc.codec import Codec, Decoded, Param
+    from pixarc.hookspecs import hookimpl
+    from pixarc.plugins import build_plugin_manager
+
+    batches = []
+
+    class FakeLossyGPU(Codec):
+        codec_id = "test-lossygpu"
+        lossless = False
+        prefers_gpu = True
+        rate_param = "quality"
+        params_schema = {"quality": Param(int, 2, 1, 4)}
+
+        def encode(self, src, params, device="cpu"):
+            im = src.image.convert("RGB").quantize(2 ** (2 * params["quality"])).convert("RGB")
+            return f"{im.width}|{im.height}|".encode() + im.tobytes()
+
+        def encode_batch(self, srcs, params, device="cpu"):
+            batches.append(len(srcs))
+            return super().encode_batch(srcs, params, device)
+
+        def decode(self, payload, device="cpu"):
+            w, h, body = payload.split(b"|", 2)
+            return Decoded(image=Image.frombytes("RGB", (int(w), int(h)), body))
+
+    mod = types.ModuleType("lossygpu")
+    mod.register_codecs = hookimpl(lambda register: register(FakeLossyGPU))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",lossygpu")
+    reg = build_plugin_manager({"lossygpu": mod})
+    monkeypatch.setattr(engine, "default_registry", lambda: reg)
+    monkeypatch.setattr(engine, "gpu_count", lambda: 1)
+    p = tmp_path / "p.toml"
+    p.write_text('selection = "rd"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
+                 'codecs = ["test-lossygpu", "webp"]\ntarget_psnr = 30.0\n')
+    engine.archive_local(str(images), str(tmp_path / "d"), policy=str(p))
+    rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert all(any(a["codec"] == "test-lossygpu" and a["result"] == "target" for a in json.loads(r["attempts"]))
+               for r in rows)
+    assert batches == []
