@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	# CPU build of torch first (a local wheel on the project machines; from PyPI elsewhere),
 	# so the dependency resolver never pulls the multi-GB CUDA build for a CPU host.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,learned]'
 	# CompressAI without its declared torchvision / torch-geometric / numpy<2 (unused by the
 	# model code pixarc loads; proven by tests/test_compressai_compat.py).
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps compressai==1.2.8

@@ -5,17 +5,26 @@ the scheduled runs; with ``PREFECT_API_URL`` pointing at a Prefect server they a
 its UI and can also be triggered from there or with ``prefect deployment run``. For a
 fleet, register the same flows on a work pool (``prefect deploy``) and run
 ``prefect worker start --pool NAME`` on each host instead.
+
+Every deployment of a DEST has a concurrency limit of one (later runs wait in the queue):
+two archive runs, or two recompress runs, never write the same DEST at once.
 """
 
 from __future__ import annotations
 
 import re
 
-from .jobs import archive_flow, verify_flow
+from .jobs import archive_flow, recompress_flow, verify_flow
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower()[-60:] or "archive"
+
+
+def _one_at_a_time():
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def build_deployments(
@@ -27,34 +36,44 @@ def build_deployments(
     policy: str | None = None,
     recompress_cron: str | None = None,
     min_saving: float = 0.1,
+    shard_size: int | None = None,
+    task_runner=None,
+    archive_interval: float | None = None,
 ) -> list:
-    """RunnerDeployment objects for the scheduled jobs of one archive."""
+    """RunnerDeployment objects for the scheduled jobs of one archive. ``shard_size`` goes
+    into each run's parameters; ``task_runner`` (threads or Dask, see ``flows.runners``)
+    runs their shard tasks; ``archive_interval`` (seconds) schedules archive runs by
+    interval instead of cron."""
     name = _slug(dest)
+    sized = {"shard_size": shard_size} if shard_size else {}
+
+    def flow_of(f):
+        return f.with_options(task_runner=task_runner) if task_runner is not None else f
+
     deployments = []
     if verify_cron:
         deployments.append(
-            verify_flow.to_deployment(
-                name=f"verify-{name}", cron=verify_cron, parameters={"dest": dest, "full": full_verify},
-                tags=["pixarc", "fixity"],
+            flow_of(verify_flow).to_deployment(
+                name=f"verify-{name}", cron=verify_cron, parameters={"dest": dest, "full": full_verify, **sized},
+                tags=["pixarc", "fixity"], concurrency_limit=_one_at_a_time(),
             )
         )
-    if archive_cron or src:
+    if archive_cron or archive_interval or src:
         if not src:
             raise ValueError("an archive schedule needs --src")
         deployments.append(
-            archive_flow.to_deployment(
-                name=f"archive-{name}", cron=archive_cron, parameters={"src": src, "dest": dest, "policy": policy},
-                tags=["pixarc", "archive"],
+            flow_of(archive_flow).to_deployment(
+                name=f"archive-{name}", cron=archive_cron, interval=archive_interval,
+                parameters={"src": src, "dest": dest, "policy": policy, **sized},
+                tags=["pixarc", "archive"], concurrency_limit=_one_at_a_time(),
             )
         )
     if recompress_cron:
-        from .recompress import recompress_flow
-
         deployments.append(
-            recompress_flow.to_deployment(
+            flow_of(recompress_flow).to_deployment(
                 name=f"recompress-{name}", cron=recompress_cron,
-                parameters={"dest": dest, "policy": policy, "min_saving": min_saving, "apply": True},
-                tags=["pixarc", "recompress"],
+                parameters={"dest": dest, "policy": policy, "min_saving": min_saving, "apply": True, **sized},
+                tags=["pixarc", "recompress"], concurrency_limit=_one_at_a_time(),
             )
         )
     return deployments

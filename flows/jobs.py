@@ -1,17 +1,26 @@
 """Prefect flows. One task per shard; tasks receive shard URIs and small config records.
 
-Run locally with no server: Prefect starts a temporary local API for the run (the
-default when ``PREFECT_API_URL`` is unset). Point ``PREFECT_API_URL`` at a server to
-see runs in its UI, or serve these flows as deployments on a work pool.
+The flow bodies are the job functions of :mod:`pixarc.runs`, which the local engine runs
+too; here each shard becomes a task run named ``<job>-shard-<n>`` that logs one line
+through Prefect's run logger. Verify and restore runs that find problems end in a
+``Failed`` state with a problems artifact; artifact keys are per DEST.
+
+Run with no server configured and Prefect starts a temporary local API for the run.
+Point ``PREFECT_API_URL`` at a server to see runs in its UI, or serve these flows as
+deployments on a work pool.
 """
 
 from __future__ import annotations
 
-from prefect import flow, task
+import hashlib
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixarc import engine
+from pixarc import engine, progress, recompress, runs
 from pixarc.engine import ArchiveConfig, RunSummary, Shard, ShardSummary
 
 
@@ -54,20 +63,77 @@ def gpu_slot(cfg: ArchiveConfig):
     return concurrency(name, occupy=1, strict=True)
 
 
-@task(name="archive-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def dest_key(dest: str) -> str:
+    """A per-DEST suffix for artifact keys (lowercase, digits, dashes): the readable tail
+    of the URL plus a hash, so two DESTs never share a key."""
+    tail = re.sub(r"[^a-z0-9]+", "-", dest.lower()).strip("-")[-40:].strip("-") or "archive"
+    return f"{tail}-{hashlib.sha256(dest.encode()).hexdigest()[:8]}"
+
+
+def _logged(job: str, shard: Shard, result: Any) -> Any:
+    get_run_logger().info(runs.shard_line(job, shard, result))
+    return result
+
+
+@task(name="archive-shard", task_run_name="archive-shard-{shard.index}", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=1)
 def archive_shard_task(shard: Shard, cfg: ArchiveConfig) -> ShardSummary:
     with gpu_slot(cfg):
-        return engine.archive_shard(shard, cfg)
+        return _logged("archive", shard, engine.archive_shard(shard, cfg))
 
 
-@task(name="restore-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+@task(name="restore-shard", task_run_name="restore-shard-{shard.index}", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=1)
 def restore_shard_task(shard: Shard, out: str, run_id: str) -> engine.CheckSummary:
-    return engine.restore_shard(shard, out, run_id)
+    return _logged("restore", shard, engine.restore_shard(shard, out, run_id))
 
 
-@task(name="verify-shard", cache_policy=NO_CACHE)
+@task(name="verify-shard", task_run_name="verify-shard-{shard.index}", cache_policy=NO_CACHE)
 def verify_shard_task(shard: Shard, full: bool, run_id: str, sources: bool = False) -> engine.CheckSummary:
-    return engine.verify_shard(shard, full, run_id, sources=sources)
+    return _logged("verify", shard, engine.verify_shard(shard, full, run_id, sources=sources))
+
+
+@task(name="recompress-shard", task_run_name="recompress-shard-{shard.index}", cache_policy=NO_CACHE)
+def recompress_shard_task(shard: Shard, cfg: recompress.RecompressConfig) -> recompress.RecompressSummary:
+    return _logged("recompress", shard, recompress.recompress_shard(shard, cfg))
+
+
+TASKS = {"archive": archive_shard_task, "restore": restore_shard_task, "verify": verify_shard_task,
+         "recompress": recompress_shard_task}
+
+
+def _task_for(job: str):
+    return TASKS[job]
+
+
+def prefect_runner(job: str, run_id: str, shards: list[Shard], *args: Any) -> list[Any]:
+    """One task run per shard on the flow's task runner; progress moves as shards finish
+    (the only progress signal when they run in other processes, e.g. Dask workers)."""
+    from prefect.futures import as_completed
+
+    shard_task = _task_for(job)
+    futures = {shard_task.submit(s, *args): s for s in shards}
+    results: dict[int, Any] = {}
+    for f in as_completed(list(futures)):
+        shard = futures[f]
+        results[shard.index] = f.result()
+        progress.shard_done(run_id, shard.count, runs.shard_bytes(results[shard.index]))
+    return [results[s.index] for s in shards]
+
+
+prefect_runner.engine = "prefect"  # type: ignore[attr-defined]  (recorded in the run's stats)
+
+
+def flow_workers() -> int:
+    """How many shards the current flow's task runner runs at once (for :func:`runs.spread`)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None)
+    if getattr(runner, "_max_workers", None):
+        return int(runner._max_workers)
+    kwargs = getattr(runner, "cluster_kwargs", None) or {}
+    return int(kwargs.get("n_workers") or 1)
 
 
 @flow(name="pixarc-archive", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -80,15 +146,14 @@ def archive_flow(
     device: str = "auto",
     batch_size: int = 16,
     follow_symlinks: bool = False,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    limit: int | None = None,
 ) -> RunSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
-    run_id = run_id or engine.new_run_id()
-    engine._policy(policy)  # fail fast on a bad policy, before any shard starts
-    plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks)
-    cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size)
-    futures = [archive_shard_task.submit(s, cfg) for s in plan.shards]
-    summary = engine.summarise_run(plan, [f.result() for f in futures])
-    engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
+    summary = runs.archive_job(prefect_runner, src, dest, policy, shard_size, run_id, device, batch_size,
+                               follow_symlinks, workers=flow_workers(), include=include or (),
+                               exclude=exclude or (), limit=limit)
     publish_summary(dest, summary)
     return summary
 
@@ -104,7 +169,33 @@ def publish_summary(dest: str, summary: RunSummary) -> None:
     text = (f"# pixarc archive run `{summary.run_id}`\n\n`{dest}`: {summary.found} found, "
             f"{summary.skipped} already archived, {t.done} done, {t.rejected} rejected, {t.errors} errors, "
             f"{t.failed} failed.\n\n## Archive now\n\n" + markdown_table(groups, statuses))
-    create_markdown_artifact(markdown=text, key="pixarc-archive-summary", description="pixarc archive summary")
+    create_markdown_artifact(markdown=text, key=f"pixarc-archive-{dest_key(dest)}",
+                             description=f"pixarc archive summary of {dest}")
+
+
+def problems_markdown(kind: str, where: str, summary: RunSummary) -> str:
+    lines = [f"# pixarc {kind} run `{summary.run_id}`: {len(summary.problems)} problem(s)", "",
+             f"`{where}`: {summary.totals.done} of {summary.found} OK.", "",
+             "| key | problem | detail |", "| --- | --- | --- |"]
+    for p in summary.problems:
+        lines.append(f"| {p.key} | {p.problem} | {p.detail.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def _checked(kind: str, dest: str, where: str, summary: RunSummary) -> RunSummary:
+    """The summary; when the run found problems, a problems artifact and ``ProblemsFound``
+    (carrying the summary), so the flow run ends Failed: the operator sees red in the UI,
+    and callers (the CLI) still get the summary from the exception."""
+    if not summary.problems:
+        return summary
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=problems_markdown(kind, where, summary),
+                             key=f"pixarc-{kind}-problems-{dest_key(dest)}",
+                             description=f"pixarc {kind} problems in {dest}")
+    message = f"{len(summary.problems)} problem(s) in {summary.found} item(s) of {dest}"
+    get_run_logger().error(f"{kind}: {message}")
+    raise runs.ProblemsFound(message, summary)
 
 
 @flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -112,10 +203,8 @@ def restore_flow(
     dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256, run_id: str | None = None
 ) -> RunSummary:
     """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``."""
-    run_id = run_id or engine.new_run_id()
-    found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size)
-    futures = [restore_shard_task.submit(s, out, run_id) for s in shards]
-    return engine.finish_checks(out, "restore", run_id, found, shards, [f.result() for f in futures])
+    summary = runs.restore_job(prefect_runner, dest, out, pattern, domain, shard_size, run_id, workers=flow_workers())
+    return _checked("restore", dest, out, summary)
 
 
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -123,8 +212,16 @@ def verify_flow(
     dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None, sources: bool = False
 ) -> RunSummary:
     """Fixity check of the archive's current rows (fast: presence and size; full: re-decode;
-    sources: re-hash the originals too)."""
-    run_id = run_id or engine.new_run_id()
-    found, shards = engine.plan_verify(dest, run_id, shard_size)
-    futures = [verify_shard_task.submit(s, full, run_id, sources) for s in shards]
-    return engine.finish_checks(dest, "verify", run_id, found, shards, [f.result() for f in futures])
+    sources: re-hash the originals too). Problems end the run in a Failed state."""
+    summary = runs.verify_job(prefect_runner, dest, full, shard_size, run_id, sources, workers=flow_workers())
+    return _checked("verify", dest, dest, summary)
+
+
+@flow(name="pixarc-recompress", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def recompress_flow(
+    dest: str, policy: str | None = None, min_saving: float = 0.1, apply: bool = False, shard_size: int = 256,
+    run_id: str | None = None,
+) -> list[recompress.RecompressSummary]:
+    """Re-encode outdated rows and rows the current policy stores ``min_saving`` smaller."""
+    return runs.recompress_job(prefect_runner, dest, policy, min_saving, apply, shard_size, run_id,
+                               workers=flow_workers())

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__, engine, progress
+from . import __version__, engine, jsonout, progress, storageopts
 from .errors import PixarcError
 
 # Tables are wide; when piped (no terminal to measure) use 120 columns, not rich's 80.
@@ -22,33 +22,52 @@ err = Console(stderr=True)
 
 
 def _prefect_defaults() -> None:
-    """Embedded defaults for a local run: no telemetry, quiet logs, a temporary local API."""
+    """Embedded defaults: no telemetry; run loggers at INFO (the one-line-per-shard logs reach
+    the Prefect API and its UI) while the console shows warnings only (``--log-level`` raises
+    it); a patient start for the temporary local API on a busy machine."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_ROOT_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
+def _starting_prefect() -> None:
+    """Say so when Prefect is about to start a temporary API (seconds before any work)."""
+    from .runs import prefect_api_configured
+
+    _prefect_defaults()
+    if not prefect_api_configured():
+        err.print("starting Prefect (a temporary local API; set PREFECT_API_URL to use a server, "
+                  "or --engine local)…")
 
 
 @contextlib.contextmanager
 def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
+    from .progress import Rate
+
+    rate = Rate()
     bar = Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        disable=not enabled,
+        disable=not enabled or jsonout.active(),
         transient=False,
     )
-    task = bar.add_task(label, total=None)
+    task = bar.add_task(label, total=None, rate="")
 
     def on_event(event: str, n: int) -> None:
         if event == "total":
             bar.update(task, total=n)
-        else:
-            bar.advance(task, n)
+            return
+        rate.update(event, n)
+        bar.update(task, completed=rate.items, rate=rate.text())
 
     progress.listen(run_id, on_event)
     try:
@@ -58,8 +77,55 @@ def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
         progress.forget(run_id)
 
 
+def _remember_engine(ctx, _param, value):
+    ctx.meta["pixarc.engine"] = value
+    return value
+
+
+def engine_option(fn):
+    """--engine for the commands that run a flow (archive has its own, same choices)."""
+    return click.option("--engine", type=click.Choice(["auto", "prefect", "local"]), default="auto",
+                        show_default=True, expose_value=False, callback=_remember_engine,
+                        help="prefect: a Prefect flow run; local: the same job in this process (no API to start); "
+                             "auto: prefect when a Prefect server is configured (PREFECT_API_URL or profile), "
+                             "else local.")(fn)
+
+
+def _json_flag(command: str):
+    """--json: one JSON document on stdout instead of tables (see pixarc.jsonout)."""
+
+    def callback(ctx, _param, value):
+        if value:
+            jsonout.start(command)
+            console.quiet = True
+            ctx.call_on_close(_emit_json)
+        else:
+            jsonout.stop()
+            console.quiet = False
+        return value
+
+    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=callback, is_eager=True,
+                        help="Print one JSON document on stdout (fields: docs/operations.md, Scripting).")
+
+
+def _emit_json() -> None:
+    if jsonout.active():
+        click.echo(jsonout.dumps())
+        jsonout.stop()
+        console.quiet = False
+
+
+def _remember_storage(ctx, _param, value):
+    storageopts.add(value)
+    return value
+
+
 def runner_options(fn):
     """--runner/--workers/--dask-address, shared by the commands that run a flow."""
+    fn = click.option("--storage-option", "storage_options", multiple=True, expose_value=False,
+                      callback=_remember_storage, metavar="[PROTOCOL.]KEY=VALUE",
+                      help="fsspec option for SRC/DEST storage, e.g. s3.endpoint_url=http://localhost:9000 "
+                           "(repeatable; without PROTOCOL it applies to the protocols of the URLs given).")(fn)
     fn = click.option("--dask-address", default=None, help="Existing Dask scheduler (tcp://host:8786) for --runner dask.")(fn)
     fn = click.option("--runner", type=click.Choice(["threads", "dask"]), default="threads", show_default=True,
                       help="Task runner: a thread pool here, or Dask (a local cluster, or --dask-address).")(fn)
@@ -73,25 +139,74 @@ def _with_runner(flow, runner: str, workers: int, address: str | None):
     return flow.with_options(task_runner=make_task_runner(runner, workers, address))
 
 
+def _engine(requested: str | None, runner: str) -> str:
+    """auto -> prefect when a server is configured (or Dask is asked for), else local."""
+    from .runs import prefect_api_configured
+
+    requested = requested or "auto"
+    if requested == "auto":
+        return "prefect" if runner == "dask" or prefect_api_configured() else "local"
+    if requested == "local" and runner == "dask":
+        raise click.UsageError("--runner dask needs the prefect engine")
+    return requested
+
+
 def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: str | None, **params):
-    """Run a flow with the chosen task runner and a progress bar; errors end the command."""
+    """Run a job (a Prefect flow, or the same job in-process on the local engine) with a
+    progress bar; errors end the command. A flow that ends Failed because it found
+    problems still returns its summary (the caller reports them)."""
+    from . import runs
+
     run_id = engine.new_run_id()
+    ctx = click.get_current_context()
     try:
+        storageopts.apply([params.get("dest"), params.get("out"), params.get("src")])
+        choice = _engine(ctx.meta.get("pixarc.engine"), runner)
         with _progress(run_id, label, show):
-            return _with_runner(flow, runner, workers, address)(run_id=run_id, **params)
+            if choice == "local":
+                result = runs.LOCAL_JOBS[flow.name](runs.local_runner(workers), run_id=run_id, workers=workers,
+                                                    **params)
+            else:
+                _starting_prefect()
+                state = _with_runner(flow, runner, workers, address)(run_id=run_id, **params, return_state=True)
+                result = state.result(raise_on_failure=False)
+                if isinstance(result, runs.ProblemsFound):  # a Failed run that found problems
+                    result = result.summary
+                elif isinstance(result, BaseException):
+                    raise result
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
+    if hasattr(result, "problems"):
+        jsonout.put(**jsonout.summary_fields(result), ok=not result.problems)
+    elif isinstance(result, list):  # recompress: one summary per shard
+        decisions = [d for r in result for d in r.decisions]
+        todo = [d for d in decisions if d.action == "recompress"]
+        jsonout.put(run_id=run_id, applied=bool(params.get("apply")), decisions=decisions, to_recompress=len(todo),
+                    bytes_before=sum(d.old_bytes for d in todo), bytes_after=sum(d.new_bytes for d in todo))
+    return result
 
 
 def _fail(exc: Exception) -> None:
+    jsonout.put(ok=False, error=str(exc), reason=getattr(exc, "reason", type(exc).__name__))
     err.print(f"[red]error:[/red] {exc}")
     sys.exit(2)
 
 
+def _set_log_level(_ctx, _param, value):
+    from .runs import configure_logging
+
+    configure_logging(value, err)
+    return value
+
+
 @click.group()
 @click.version_option(__version__, prog_name="pixarc")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="warning", show_default=True, expose_value=False, callback=_set_log_level,
+              help="Console log level for pixarc and Prefect (info: one line per shard).")
 def main() -> None:
     """pixarc: archive image collections with verified, self-describing bitstreams."""
+    storageopts.reset()
 
 
 # --------------------------------------------------------------------------- archive
@@ -103,9 +218,17 @@ def main() -> None:
 @click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, png, lossy.")
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
 @runner_options
-@click.option("--engine", "engine_name", type=click.Choice(["prefect", "local"]), default="prefect", show_default=True,
+@click.option("--engine", "engine_name", type=click.Choice(["auto", "prefect", "local"]), default="auto", show_default=True,
               help="prefect: a Prefect flow run (local temporary API unless PREFECT_API_URL is set); "
-                   "local: the same shard functions in this process, no orchestration.")
+                   "local: the same job in this process, no orchestration; "
+                   "auto: prefect when a Prefect server is configured, else local.")
+@click.option("--include", multiple=True, expose_value=False, callback=lambda c, p, v: c.meta.update(include=v),
+              help="Only keys matching this glob (repeatable; * crosses /).")
+@click.option("--exclude", multiple=True, expose_value=False, callback=lambda c, p, v: c.meta.update(exclude=v),
+              help="Leave out keys matching this glob (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, expose_value=False,
+              callback=lambda c, p, v: c.meta.update(limit=v), help="Archive at most this many new objects.")
+@_json_flag("archive")
 @click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
 @click.option("--device", default="auto", show_default=True,
               help="Device for codecs that use one: auto (a GPU when the worker has one), cpu, cuda, cuda:N.")
@@ -117,7 +240,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""
     try:
         if dry_run:
-            return _dry_run(src, policy)
+            return _dry_run(src, policy, dest)
         run_id = engine.new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
@@ -137,30 +260,46 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
 
 
 def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks):
-    if engine_name == "local":
-        return engine.archive_local(src, dest, policy, shard_size, run_id, device, batch_size, follow_symlinks)
-    _prefect_defaults()
-    from .flows import archive_flow
+    from . import runs
 
-    flow = _with_runner(archive_flow, *runner)
-    return flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device,
-                batch_size=batch_size, follow_symlinks=follow_symlinks)
+    meta = click.get_current_context().meta
+    select = {"include": list(meta.get("include") or ()), "exclude": list(meta.get("exclude") or ()),
+              "limit": meta.get("limit")}
+    storageopts.apply([src, dest])
+    kind, workers, address = runner
+    if _engine(engine_name, kind) == "local":
+        summary = runs.archive_job(runs.local_runner(workers), src, dest, policy, shard_size, run_id, device,
+                                   batch_size, follow_symlinks, workers=workers, **select)
+    else:
+        _starting_prefect()
+        from .flows import archive_flow
+
+        flow = _with_runner(archive_flow, *runner)
+        summary = flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device,
+                       batch_size=batch_size, follow_symlinks=follow_symlinks, **select)
+    jsonout.put(**jsonout.summary_fields(summary), ok=not summary.totals.failed)
+    return summary
 
 
-def _dry_run(src: str, policy_path: str | None) -> None:
-    from .crawl import crawl
-    from .plugins import default_registry
-    from .routing import load_policy
+def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
+    from .dryrun import dry_run
+    from .runs import key_filter
 
-    policy = load_policy(policy_path)
-    registry = default_registry()
-    table = Table(title=f"plan for {src} (policy {policy.name}) — nothing written")
-    for col in ("key", "domain", "conf", "route", "first usable codec", "note"):
+    meta = click.get_current_context().meta
+    storageopts.apply([src, dest])
+    plan = dry_run(src, dest, policy_path, key_filter(meta.get("include") or (), meta.get("exclude") or ()),
+                   meta.get("limit"))
+    jsonout.put(dry_run=True, src=src, dest=dest, policy=plan.policy, found=plan.found, skipped=plan.skipped,
+                to_archive=plan.to_archive, bytes_to_archive=plan.bytes_to_archive, limited=plan.limited,
+                objects=plan.rows)
+    table = Table(title=f"plan for {src} -> {dest} (policy {plan.policy}) — nothing written")
+    for col in ("key", "action", "domain", "conf", "route", "first usable codec", "note"):
         table.add_column(col)
-    for ref in crawl(src):
-        p = engine.plan_one(ref, policy, registry)
-        table.add_row(ref.key, p["domain"], p["confidence"], p["route"], p["codec"], p["note"])
+    for r in plan.rows:
+        table.add_row(r["key"], r["action"], r["domain"], r["confidence"], r["route"], r["codec"], r["note"])
     console.print(table)
+    console.print(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
+                  f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
 
 
 # --------------------------------------------------------------------------- restore / verify
@@ -172,6 +311,8 @@ def _dry_run(src: str, policy_path: str | None) -> None:
 @click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
 @click.option("--domain", default=None, help="Only this domain.")
 @runner_options
+@engine_option
+@_json_flag("restore")
 @click.option("--no-progress", is_flag=True)
 def restore(dest, out, pattern, domain, workers, runner, dask_address, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
@@ -192,6 +333,8 @@ def restore(dest, out, pattern, domain, workers, runner, dask_address, no_progre
 @click.option("--sources", is_flag=True, help="Also re-hash the originals against their archived sha256.")
 @click.option("--json-out", default=None, help="Write the result as JSON to this path.")
 @runner_options
+@engine_option
+@_json_flag("verify")
 @click.option("--no-progress", is_flag=True)
 def verify(dest, full, sources, json_out, workers, runner, dask_address, no_progress):
     """Fixity check of DEST. Exit status 1 when anything is wrong."""
@@ -231,6 +374,8 @@ def _print_problems(problems) -> None:
 @click.option("--min-saving", default=0.1, show_default=True, help="Re-encode when the policy saves at least this fraction.")
 @click.option("--apply", is_flag=True, help="Write the new bitstreams (without it: print the plan only).")
 @runner_options
+@engine_option
+@_json_flag("recompress")
 @click.option("--no-progress", is_flag=True)
 def recompress(dest, policy, min_saving, apply, workers, runner, dask_address, no_progress):
     """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
@@ -259,22 +404,59 @@ def recompress(dest, policy, min_saving, apply, workers, runner, dask_address, n
 @click.argument("dest")
 @click.option("--src", default=None, help="Source to archive on --archive-cron.")
 @click.option("--archive-cron", default=None, help='Cron for archive runs, e.g. "0 2 * * *".')
+@click.option("--archive-interval", default=None, type=click.FloatRange(min=1),
+              help="Seconds between archive runs (instead of --archive-cron).")
 @click.option("--verify-cron", default="0 3 * * 0", show_default=True, help="Cron for full verify runs ('' to disable).")
 @click.option("--recompress-cron", default=None, help="Cron for recompress --apply runs.")
 @click.option("--policy", default=None)
 @click.option("--min-saving", default=0.1, show_default=True)
-def serve(dest, src, archive_cron, verify_cron, recompress_cron, policy, min_saving):
-    """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped."""
+@click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Images per shard of each run.")
+@runner_options
+def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cron, policy, min_saving, shard_size,
+          workers, runner, dask_address):
+    """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped (SIGTERM or Ctrl-C)."""
+    import signal
+
+    try:  # what a run would refuse, refused now: a bad policy, a DEST that archives another source
+        engine._policy(policy)
+        storageopts.apply([src, dest])
+        if src:
+            engine._claim_dest(src, dest)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
     _prefect_defaults()
     from prefect import serve as prefect_serve
 
     from .flows.deployments import build_deployments
+    from .flows.runners import make_task_runner
 
-    deployments = build_deployments(dest, src, archive_cron, verify_cron or None, True, policy, recompress_cron,
-                                    min_saving)
+    try:
+        deployments = build_deployments(dest, src, archive_cron, verify_cron or None, True, policy, recompress_cron,
+                                        min_saving, shard_size, make_task_runner(runner, workers, dask_address),
+                                        archive_interval)
+    except ValueError as exc:
+        _fail(exc)
     for d in deployments:
-        console.print(f"serving {d.name}: {d.schedules[0].schedule.cron if d.schedules else 'manual'}")
-    prefect_serve(*deployments)
+        sched = d.schedules[0].schedule if d.schedules else None
+        when = getattr(sched, "cron", None) or (f"every {sched.interval}" if sched is not None else "manual")
+        console.print(f"serving {d.name}: {when}")
+
+    def stop(*_args):  # SIGTERM (systemd, docker stop, kill) ends like Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # Prefect's runner installs its own SIGTERM handler, which calls sys.exit() from inside
+    # the event loop (tracebacks of the cancelled tasks follow). Ctrl-C is its clean path:
+    # asyncio cancels the runner's main task and `serve` returns; make SIGTERM take it.
+    from prefect.runner import Runner
+
+    Runner.handle_sigterm = lambda self, *args, **kwargs: stop()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        prefect_serve(*deployments)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err.print("pixarc serve: stopped")
 
 
 # --------------------------------------------------------------------------- report / plugins / classify
@@ -283,10 +465,12 @@ def serve(dest, src, archive_cron, verify_cron, recompress_cron, policy, min_sav
 @main.command()
 @click.argument("dest")
 @click.option("--html", "html_out", default=None, help="Also write a self-contained HTML report (tables + plots) here.")
+@_json_flag("report")
 def report(dest, html_out):
-    """Per-domain, per-codec table of bytes, bpp, PSNR and MS-SSIM for DEST."""
+    """Tables by domain guess, route taken and codec (bytes, bpp, PSNR, MS-SSIM); low-confidence
+    images; what is not archived and why; last run (date, policy) and last verify."""
     try:
-        _print_report(dest)
+        _print_report(dest, details=True)
         if html_out:
             from .manifest import latest, read_manifest
             from .plugins import default_registry
@@ -298,22 +482,26 @@ def report(dest, html_out):
             with open(html_out, "w") as f:
                 f.write(html_report(dest, table.to_pylist(), extra))
             console.print(f"wrote {html_out}")
+            jsonout.put(html=html_out)
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
 
 
-def _print_report(dest: str) -> None:
-    from .report import best_of_savings, fmt_quality, summarise
+def _print_report(dest: str, details: bool = False) -> None:
+    from .report import COLUMNS, best_of_savings, fmt_quality, report_data, run_lines, summarise
 
     rows = engine.current_rows(dest, status=None)
     groups, statuses = summarise(rows)
+    data = report_data(dest, rows)
+    if jsonout.active():
+        jsonout.put(**data) if details else jsonout.put(report=data)
     table = Table(title=f"archive {dest}: {len(rows)} object(s)")
-    for col in ("domain", "codec", "images", "source MB", "archive MB", "ratio", "bpp", "PSNR dB", "MS-SSIM"):
-        table.add_column(col, justify="right" if col not in ("domain", "codec") else "left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col not in ("domain", "route", "codec") else "left")
     for g in groups:
         psnr_text, ssim_text = fmt_quality(g)
         table.add_row(
-            g.domain, g.codec, str(g.images), f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
+            g.domain, g.route, g.codec, str(g.images), f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
             f"{g.ratio:.2f}", f"{g.bpp:.3f}", psnr_text, ssim_text,
             end_section=len(groups) > 1 and g is groups[-2],  # rule above the "all" row
         )
@@ -332,36 +520,90 @@ def _print_report(dest: str) -> None:
 
     for s in rd_summary(rows):
         console.print("per-image selection: " + s.text())
+    if not details:
+        return
+    if data["low_confidence"]:
+        t = Table(title="low confidence: routed as unknown")
+        for col in ("key", "guess", "confidence", "codec"):
+            t.add_column(col)
+        for r in data["low_confidence"]:
+            conf = r["confidence"]
+            t.add_row(r["key"], r["guess"], "" if conf is None or conf != conf else f"{conf:.2f}", r["codec"])
+        console.print(t)
+    if data["not_archived"]:
+        t = Table(title="not archived", title_style="red")
+        for col in ("key", "status", "reason", "message"):
+            t.add_column(col)
+        for r in data["not_archived"]:
+            t.add_row(r["key"], r["status"], r["reason"], r["message"])
+        console.print(t)
+    for line in run_lines(data):
+        console.print(line)
 
 
 @main.command()
+@_json_flag("plugins")
 def plugins():
-    """List loaded plugins, their hooks, codecs and classifiers."""
+    """List loaded plugins, their hooks, codecs and classifiers, and which cannot run here and why."""
     from .plugins import default_registry
 
+    from .plugins import LEARNED_HINT, missing_learned_dependencies
+
     reg = default_registry()
+    missing = missing_learned_dependencies()
     table = Table(title="pixarc plugins")
     for col in ("name", "distribution", "version", "hooks", "provides"):
         table.add_column(col)
+    plugin_docs = []
     for p in reg.plugins():
         provides = ", ".join(list(p.codecs) + [f"classifier:{c}" for c in p.classifiers])
-        table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks), provides)
+        why = None
+        if not provides and {"register_codecs", "register_classifiers"} & set(p.hooks):
+            # learned-codec plugins register nothing without their dependencies
+            why = f"nothing registered: {', '.join(missing)} not installed ({LEARNED_HINT})" if missing else \
+                "nothing registered"
+        table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks),
+                      provides or f"[yellow]{why}[/yellow]")
+        plugin_docs.append({"name": p.name, "module": p.module, "distribution": p.distribution,
+                            "version": p.version, "hooks": list(p.hooks), "codecs": list(p.codecs),
+                            "classifiers": list(p.classifiers), "unavailable_reason": why})
     console.print(table)
+    if missing:
+        console.print(f"learned codecs unavailable: {', '.join(missing)} not installed ({LEARNED_HINT})")
     codecs = Table(title="codecs")
-    for col in ("codec", "lossless", "modes", "version", "params"):
+    for col in ("codec", "lossless", "modes", "version", "params", "available"):
         codecs.add_column(col)
+    codec_docs = []
     for cid in sorted(reg.codecs):
-        c = reg.codec(cid)
-        params = ", ".join(f"{k}={v.default}" for k, v in c.params_schema.items())
-        codecs.add_row(cid, "yes" if c.lossless else "no", " ".join(sorted(c.modes)) if cid != "store" else "any",
-                       c.version(), params)
+        cls = reg.codecs[cid]
+        why = reg.unavailable_reason("codec", cid)
+        c = reg.codec(cid) if why is None or "unavailable" not in why else None
+        params = ", ".join(f"{k}={v.default}" for k, v in cls.params_schema.items())
+        version = c.version() if c is not None else "-"
+        modes = " ".join(sorted(cls.modes)) if cid != "store" else "any"
+        codecs.add_row(cid, "yes" if cls.lossless else "no", modes, version, params,
+                       "yes" if why is None else f"[yellow]no[/yellow]: {why}")
+        codec_docs.append({"codec": cid, "plugin": reg.owner.get(cid, ""), "lossless": bool(cls.lossless),
+                           "modes": modes.split(), "version": version, "params": {k: v.default for k, v in
+                                                                                   cls.params_schema.items()},
+                           "available": why is None, "unavailable_reason": why})
     console.print(codecs)
+    classifier_docs = []
+    for name in sorted(reg.classifiers):
+        why = reg.unavailable_reason("classifier", name)
+        classifier_docs.append({"classifier": name, "plugin": reg.owner.get(name, ""), "available": why is None,
+                                "unavailable_reason": why})
+        if why:
+            console.print(f"classifier {name}: [yellow]unavailable[/yellow]: {why}")
+    jsonout.put(plugins=plugin_docs, codecs=codec_docs, classifiers=classifier_docs,
+                learned_dependencies_missing=missing)
 
 
 @main.command()
 @click.argument("src")
 @click.option("--policy", default=None, help="Policy whose classifier to use.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--jsonl", "as_json", is_flag=True, help="One JSON object per line, as each image is classified.")
+@_json_flag("classify")
 def classify(src, policy, as_json):
     """Print the domain and confidence of every image under SRC."""
     from .crawl import crawl
@@ -376,6 +618,7 @@ def classify(src, policy, as_json):
     clf, note = pick_classifier(default_registry(), pol)
     if note:
         err.print(note)
+    images: list[dict] = []
     table = Table(title=f"{src} — classifier {clf.classifier_id}")
     for col in ("key", "domain", "confidence", "scores"):
         table.add_column(col)
@@ -390,12 +633,14 @@ def classify(src, policy, as_json):
                    "scores": {k: round(v, 4) for k, v in c.scores.items()}}
         except PixarcError as exc:
             rec = {"key": ref.key, "domain": "-", "confidence": None, "error": f"{exc.reason}: {exc}"}
+        images.append(rec)
         if as_json:
             click.echo(json.dumps(rec))
-        else:
+        elif not jsonout.active():
             scores = rec.get("error") or " ".join(f"{k[:4]}={v:.2f}" for k, v in rec["scores"].items())
             conf = "" if rec["confidence"] is None else f"{rec['confidence']:.2f}"
             table.add_row(rec["key"], rec["domain"], conf, scores)
+    jsonout.put(src=src, classifier=clf.classifier_id, note=note or None, images=images)
     if not as_json:
         console.print(table)
 
@@ -434,17 +679,22 @@ def train_lossy(data, quality, minutes, steps, batch, patch, lr, device, seed, n
 
 @train.command("classifier")
 @click.option("--data", required=True, help="Folder with one sub-folder per domain (e.g. ../shared/data/train/whole).")
+@click.option("--extra", multiple=True, help="More <domain>/ folders used for training only (e.g. ../shared/data/train/crops).")
 @click.option("--out", required=True, help="Folder for the weights and their weights.json entry.")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--width", default=32, show_default=True)
+@click.option("--augment", default=6, show_default=True, help="Augmented copies per whole image.")
+@click.option("--epochs", default=300, show_default=True)
+@click.option("--members", default=5, show_default=True, help="Ensemble size.")
+@click.option("--folds", default=5, show_default=True, help="Held-out folds (by source group) for selection and calibration.")
+@click.option("--minutes", default=8.0, show_default=True, help="Time budget (bounds the augmentation rounds).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def train_classifier(data, out, epochs, width, seed, device):
-    """Train the `cnn` domain classifier."""
+def train_classifier(data, extra, out, augment, epochs, members, folds, minutes, seed):
+    """Train the `cnn` domain classifier (selected and calibrated on held-out training images)."""
     from pixarc_cnn_classifier.train import train as run
 
-    entry = run(data, out, epochs=epochs, width=width, seed=seed, device=device)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., training accuracy {entry['train_accuracy']:.3f})")
+    entry = run(data, out, extra=extra, augment_rounds=augment, epochs=epochs, members=members, folds=folds,
+                minutes=minutes, seed=seed)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., held-out accuracy {entry['heldout']['accuracy']:.3f}, "
+                  f"temperature {entry['temperature']:.2f}, {entry['minutes']:.1f} min)")
 
 
 @train.command("svr")
@@ -463,6 +713,33 @@ def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, 
 
     entry = run(data, out, stage1_steps, stage2_steps, batch=batch, patch=patch, width=width, seed=seed, device=device)
     console.print(f"wrote {out} ({entry['sha256'][:16]}...)")
+
+
+# --------------------------------------------------------------------------- interop
+
+
+@main.command("export-bagit")
+@click.argument("dest")
+@click.argument("out")
+@click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
+@click.option("--domain", default=None, help="Only this domain.")
+@click.option("--workers", default=2, show_default=True, help="Shards restored concurrently.")
+@_json_flag("export-bagit")
+def export_bagit(dest, out, pattern, domain, workers):
+    """Restore DEST's images (checked) into OUT and make OUT a BagIt bag (sha256 + sha512)."""
+    from .bagexport import export_bagit as run
+
+    try:
+        res = run(dest, out, pattern, domain, workers)
+    except (PixarcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    jsonout.put(out=res.out, run_id=res.run_id, images=res.images, payload_bytes=res.payload_bytes,
+                problems=res.problems, ok=not res.problems, bag=not res.problems)
+    if res.problems:
+        _print_problems(res.problems)
+        err.print(f"[red]no bag made[/red]: {len(res.problems)} problem(s) restoring {dest}")
+        sys.exit(1)
+    console.print(f"bag {out}: {res.images} image(s), {res.payload_bytes} bytes, restore run {res.run_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

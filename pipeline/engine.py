@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__, faults, progress
 from .classify import UNKNOWN, Classification, pick_classifier
@@ -183,11 +183,14 @@ def _claim_dest(src: str, dest: str) -> None:
     write_atomic(fs, marker, json.dumps({"source": source, "pixarc_version": __version__}).encode())
 
 
-def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow_symlinks: bool = False) -> Plan:
+def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow_symlinks: bool = False,
+                 select: Callable[[str], bool] | None = None, limit: int | None = None) -> Plan:
     """Crawl ``src``, drop what the manifest already holds unchanged, write shard lists.
 
     An object is skipped when its newest row has the same URI, size and mtime/ETag and a
-    final status (done, rejected, error); ``failed`` rows are retried.
+    final status (done, rejected, error); ``failed`` rows are retried. ``select(key)``
+    leaves out keys (``--include/--exclude``); ``limit`` stops the crawl once that many
+    objects are planned (``--limit``).
     """
     _claim_dest(src, dest)
     current = latest(read_manifest(dest, columns=["source_uri", "source_bytes", "source_mtime", "status"]))
@@ -203,8 +206,10 @@ def plan_archive(src: str, dest: str, run_id: str, shard_size: int = 256, follow
 
     def todo() -> Iterator[dict]:
         for ref in crawl(src, follow_symlinks=follow_symlinks):
-            if ref.uri.startswith(dest_prefix):
-                continue  # the archive itself, when DEST lies inside SRC
+            if ref.uri.startswith(dest_prefix) or (select is not None and not select(ref.key)):
+                continue  # the archive itself, when DEST lies inside SRC; or filtered out
+            if limit is not None and counts["total"] - counts["skipped"] >= limit:
+                break
             counts["total"] += 1
             if known.get(ref.uri) == (ref.size, ref.mtime):
                 counts["skipped"] += 1
@@ -275,11 +280,24 @@ def decode_with(c: Container, codec: Codec, device: str = "cpu") -> Decoded:
 @functools.lru_cache(maxsize=None)
 def gpu_count() -> int:
     """CUDA devices visible to this process (0 without torch or without a GPU)."""
+    if _no_gpu_device_files():  # importing torch only to learn "none" costs seconds at start
+        return 0
     try:
         import torch
     except ImportError:  # pragma: no cover
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _no_gpu_device_files() -> bool:
+    """On Linux an NVIDIA GPU shows up as /dev/nvidiaN (ROCm: /dev/kfd; WSL2: /dev/dxg);
+    without one torch would report no CUDA device either."""
+    import glob
+    import os
+    import sys
+
+    return sys.platform.startswith("linux") and not (
+        glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"))
 
 
 def codec_device(codec: Codec, requested: str) -> str:
@@ -752,6 +770,7 @@ def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = 
         for ref in items:  # one image in memory at a time
             rows.append(archive_one(ref, shard.index, cfg, policy, registry))
             progress.advance(cfg.run_id)
+            progress.add_bytes(cfg.run_id, rows[-1].source_bytes)
     else:  # GPU: prepare a batch, encode it together on the device, then check each image
         for i in range(0, len(items), cfg.batch_size):
             prepared = [prepare(ref, shard.index, cfg, policy, registry) for ref in items[i : i + cfg.batch_size]]
@@ -759,6 +778,7 @@ def archive_shard(shard: Shard, cfg: ArchiveConfig, registry: Registry | None = 
             for ref, prep in zip(items[i : i + cfg.batch_size], prepared):
                 rows.append(archive_one(ref, shard.index, cfg, policy, registry, prep, payloads.get(id(prep))))
                 progress.advance(cfg.run_id)
+                progress.add_bytes(cfg.run_id, rows[-1].source_bytes)
     write_part(cfg.dest, cfg.run_id, shard.index, rows_to_table(rows, _extra_columns(registry)))
     s = ShardSummary(shard.index, images=len(rows), seconds=time.perf_counter() - t0, workers=[_worker_id()])
     for r in rows:

@@ -1,4 +1,4 @@
-"""Fidelity metrics on canonical pixels: PSNR (numpy) and MS-SSIM (pytorch-msssim)."""
+"""Fidelity metrics on canonical pixels: PSNR and MS-SSIM, both in numpy (no torch in the core)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ def psnr(reference: Image.Image, test: Image.Image) -> float:
 
 
 def ms_ssim(reference: Image.Image, test: Image.Image) -> float:
-    """MS-SSIM on colour/grey channels (alpha dropped).
+    """MS-SSIM on colour/grey channels (alpha dropped), in numpy: the same computation as
+    pytorch-msssim (11-tap Gaussian window, sigma 1.5, valid filtering, K = (0.01, 0.03),
+    2x2 average pooling with odd-size padding, negative scores clipped to 0), so the core
+    needs no torch. tests/test_metrics.py checks it against pytorch-msssim when installed.
 
     Images too small for five scales use as many scales as fit (weights renormalised);
     below one 11-pixel window the value is NaN.
     """
-    import torch
-    from pytorch_msssim import ms_ssim as _ms_ssim, ssim as _ssim
-
     ref, tst = _array(reference), _array(test)
     if reference.mode in ("LA", "RGBA"):
         ref, tst = ref[..., :-1], tst[..., :-1]
@@ -48,32 +48,55 @@ def ms_ssim(reference: Image.Image, test: Image.Image) -> float:
         levels += 1
     if levels == 0:
         return math.nan
-    x = torch.from_numpy(ref).permute(2, 0, 1)[None].float()
-    y = torch.from_numpy(tst).permute(2, 0, 1)[None].float()
     rng = peak(reference.mode)
-    with torch.no_grad():
-        if levels == 5:
-            return float(_ms_ssim(x, y, data_range=rng, size_average=True))
-        if levels == 1:
-            return float(_ssim(x, y, data_range=rng, size_average=True))
-        return _ms_ssim_few_levels(x, y, rng, levels)
-
-
-def _ms_ssim_few_levels(x, y, data_range: float, levels: int) -> float:
-    """MS-SSIM over ``levels`` < 5 scales (pytorch-msssim insists on five)."""
-    import torch
-    import torch.nn.functional as F
-    from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
-
-    w = torch.tensor(_MSSSIM_WEIGHTS[:levels])
+    if levels == 1:  # plain SSIM (pytorch-msssim's ssim() does not clip at 0)
+        return float(np.mean(_ssim(ref, tst, rng)[0]))
+    w = np.asarray(_MSSSIM_WEIGHTS[:levels])
     w = w / w.sum()
-    win = _fspecial_gauss_1d(_WIN, 1.5).repeat([x.shape[1]] + [1] * 3)
-    mcs = []
+    factors = []
+    x, y = ref, tst
     for i in range(levels):
-        ssim_pc, cs = _ssim(x, y, data_range=data_range, win=win, size_average=False, K=(0.01, 0.03))
+        ssim_pc, cs_pc = _ssim(x, y, rng)
         if i < levels - 1:
-            mcs.append(torch.relu(cs))
-            pad = [s % 2 for s in x.shape[2:]]
-            x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
-    vals = torch.stack(mcs + [torch.relu(ssim_pc)], dim=0)
-    return float(torch.prod(vals ** w.view(-1, 1, 1), dim=0).mean())
+            factors.append(np.maximum(cs_pc, 0.0))
+            x, y = _avg_pool2(x), _avg_pool2(y)
+    factors.append(np.maximum(ssim_pc, 0.0))
+    vals = np.stack(factors)  # (levels, channels)
+    return float(np.mean(np.prod(vals ** w[:, None], axis=0)))
+
+
+def _gauss_window(size: int = _WIN, sigma: float = 1.5) -> np.ndarray:
+    coords = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _filter_valid(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable 'valid' Gaussian filtering of an (H, W, C) array along H then W."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    a = np.tensordot(sliding_window_view(a, len(g), axis=0), g, axes=([-1], [0]))
+    return np.tensordot(sliding_window_view(a, len(g), axis=1), g, axes=([-1], [0]))
+
+
+def _ssim(x: np.ndarray, y: np.ndarray, data_range: float, k: tuple[float, float] = (0.01, 0.03)):
+    """Per-channel SSIM and contrast-structure means of (H, W, C) arrays."""
+    g = _gauss_window()
+    c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
+    mu1, mu2 = _filter_valid(x, g), _filter_valid(y, g)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1 = _filter_valid(x * x, g) - mu1_sq
+    s2 = _filter_valid(y * y, g) - mu2_sq
+    s12 = _filter_valid(x * y, g) - mu12
+    cs_map = (2 * s12 + c2) / (s1 + s2 + c2)
+    ssim_map = ((2 * mu12 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map
+    return ssim_map.mean(axis=(0, 1)), cs_map.mean(axis=(0, 1))
+
+
+def _avg_pool2(a: np.ndarray) -> np.ndarray:
+    """torch's avg_pool2d(kernel 2, stride 2, padding = size % 2, zeros counted)."""
+    ph, pw = a.shape[0] % 2, a.shape[1] % 2
+    a = np.pad(a, ((ph, ph), (pw, pw), (0, 0)))
+    h, w = (a.shape[0] - 2) // 2 + 1, (a.shape[1] - 2) // 2 + 1
+    a = a[: 2 * h, : 2 * w]
+    return (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]) / 4.0

@@ -41,6 +41,26 @@ class PluginInfo:
     classifiers: tuple[str, ...] = ()
 
 
+def missing_dependency(exc: ImportError) -> str:
+    """A reader's version of an ImportError: which package is missing and how to get it."""
+    if not exc.name:
+        return str(exc)
+    name = exc.name.split(".")[0]
+    if name in ("torch", "compressai", "torchvision", "einops", "scipy"):
+        return f"needs {name}, which is not installed ({LEARNED_HINT})"
+    return f"needs {name}, which is not installed ({exc})"
+
+
+LEARNED_HINT = "pip install 'pixarc[learned]' and pip install --no-deps compressai==1.2.8"
+
+
+def missing_learned_dependencies() -> list[str]:
+    """Which of the learned codecs' dependencies are absent (checked without importing them)."""
+    import importlib.util
+
+    return [m for m in ("torch", "compressai") if importlib.util.find_spec(m) is None]
+
+
 def _env_list(name: str) -> set[str] | None:
     raw = os.environ.get(name)
     if raw is None:
@@ -85,8 +105,25 @@ class Registry:
             raise PluginError(f"no plugin provides {kind} {item_id!r} (known: {sorted(table)})")
         key = f"{kind}:{item_id}"
         if key not in self._instances:
-            self._instances[key] = table[item_id]()
+            try:
+                self._instances[key] = table[item_id]()
+            except ImportError as exc:  # e.g. a learned codec without torch: skipped with this reason
+                raise PluginError(f"{kind} {item_id!r} is unavailable: {missing_dependency(exc)}") from exc
         return self._instances[key]
+
+    def unavailable_reason(self, kind: str, item_id: str) -> str | None:
+        """Why a registered codec/classifier cannot be used here (a missing dependency such as
+        torch, no weights), or None. Codecs are asked about a plain 256x256 RGB image."""
+        try:
+            if kind == "classifier":
+                return self.classifier(item_id).unavailable_reason()
+            codec = self.codec(item_id)
+        except PluginError as exc:
+            return str(exc)
+        from .images import ImageInfo
+
+        probe = ImageInfo(256, 256, "RGB", 8, "PNG", "RGB")
+        return codec.unsupported_reason(probe) if "RGB" in getattr(codec, "modes", ("RGB",)) else None
 
     def codec(self, codec_id: str) -> "Codec":
         """A (cached) codec instance; raises PluginError if no plugin provides it."""

@@ -16,7 +16,11 @@ _lock = threading.Lock()
 
 
 def listen(run_id: str, callback: Callable[[str, int], None]) -> None:
-    """``callback(event, n)``: event is ``"total"`` (work items planned) or ``"advance"``."""
+    """``callback(event, n)``: event is ``"total"`` (work items planned), ``"advance"`` (items
+    done, reported from inside the shard function when it runs in this process),
+    ``"bytes"`` (source bytes those items had) or ``"shard"`` (items of a finished shard,
+    reported by the job's runner: the only event that arrives when shards run in other
+    processes, e.g. on Dask workers)."""
     with _lock:
         _listeners[run_id] = callback
 
@@ -38,3 +42,45 @@ def advance(run_id: str, n: int = 1) -> None:
 
 def set_total(run_id: str, n: int) -> None:
     _emit(run_id, "total", n)
+
+
+def add_bytes(run_id: str, n: int) -> None:
+    _emit(run_id, "bytes", n)
+
+
+def shard_done(run_id: str, n: int, nbytes: int = 0) -> None:
+    _emit(run_id, "shard", n)
+    if nbytes:
+        _emit(run_id, "shard_bytes", nbytes)
+
+
+class Rate:
+    """Items and bytes done so far and their rates, from the events above. Per-item events
+    (in-process shards) and per-shard events (any runner) describe the same work, so the
+    larger of the two counts is the truth at any moment."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._t0 = self._clock()
+        self._counts = {"advance": 0, "shard": 0, "bytes": 0, "shard_bytes": 0}
+
+    def update(self, event: str, n: int) -> None:
+        if event in self._counts:
+            self._counts[event] += n
+
+    @property
+    def items(self) -> int:
+        return max(self._counts["advance"], self._counts["shard"])
+
+    @property
+    def bytes(self) -> int:
+        return max(self._counts["bytes"], self._counts["shard_bytes"])
+
+    def text(self) -> str:
+        seconds = max(self._clock() - self._t0, 1e-6)
+        out = f"{self.items / seconds:.1f} img/s"
+        if self.bytes:
+            out += f" {self.bytes / seconds / 1e6:.1f} MB/s"
+        return out

@@ -1,4 +1,6 @@
-"""Summaries of an archive's manifest: per-domain, per-codec tables."""
+"""Summaries of an archive's manifest: tables by classifier guess, route taken and codec;
+images routed for low confidence; objects not archived and why; the runs (date, policy)
+and the last verify, from the per-run stats (:mod:`pixarc.runstats`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from dataclasses import dataclass
 
 @dataclass
 class Group:
-    domain: str
+    domain: str  # the classifier's guess
     codec: str
+    route: str = ""  # the policy route taken (the guess, or `unknown` for low confidence)
     images: int = 0
     pixels: int = 0
     source_bytes: int = 0
@@ -46,13 +49,15 @@ def summarise(rows: list[dict]) -> tuple[list[Group], dict[str, int]]:
     """Groups of done rows by (domain, codec), plus counts by status/reason."""
     groups: dict[tuple[str, str], Group] = {}
     statuses: dict[str, int] = defaultdict(int)
-    total = Group("all", "all")
+    total = Group("all", "all", "all")
     for r in rows:
         label = r["status"] if r["status"] == "done" else f"{r['status']}: {r['error']}"
         statuses[label] += 1
         if r["status"] != "done":
             continue
-        for g in (groups.setdefault((r["domain"], r["codec_id"]), Group(r["domain"], r["codec_id"])), total):
+        route = r.get("route") or ""
+        key = (r["domain"], route, r["codec_id"])
+        for g in (groups.setdefault(key, Group(r["domain"], r["codec_id"], route)), total):
             g.images += 1
             g.pixels += r["width"] * r["height"]
             g.source_bytes += r["source_bytes"]
@@ -66,7 +71,7 @@ def summarise(rows: list[dict]) -> tuple[list[Group], dict[str, int]]:
                 if not math.isnan(r["ms_ssim"]):
                     g.msssim_sum += r["ms_ssim"]
                     g.msssim_n += 1
-    out = sorted(groups.values(), key=lambda g: (g.domain, g.codec))
+    out = sorted(groups.values(), key=lambda g: (g.domain, g.route, g.codec))
     if out:
         out.append(total)
     return out, dict(statuses)
@@ -79,15 +84,93 @@ def fmt_quality(g: Group) -> tuple[str, str]:
     return p, f"{g.ms_ssim:.4f}"
 
 
+COLUMNS = ("domain", "route", "codec", "images", "source MB", "archive MB", "ratio", "bpp", "PSNR dB", "MS-SSIM")
+
+
+def group_label(g: Group) -> str:
+    """The label a group has in the table's first three columns (and on the plot's bars)."""
+    return f"{g.domain} / {g.route} / {g.codec}"
+
+
+def low_confidence(rows: list[dict]) -> list[dict]:
+    """Archived images the policy routed as `unknown` (classifier confidence below the policy's
+    threshold, or a domain without a route): worth a look, and a hint for the classifier."""
+    return [{"key": r["key"], "guess": r["domain"], "confidence": r.get("domain_confidence"),
+             "classifier": r.get("classifier_id", ""), "codec": r["codec_id"]}
+            for r in rows if r["status"] == "done" and r.get("route") == "unknown"]
+
+
+def not_archived(rows: list[dict]) -> list[dict]:
+    """Objects that are not (or no longer) archived, with the stable reason and the message."""
+    return [{"key": r["key"], "status": r["status"], "reason": r.get("error", ""), "message": r.get("message", "")}
+            for r in rows if r["status"] != "done"]
+
+
+def runs_summary(dest: str) -> dict:
+    """The last archive run (date, policy) and the last verify (date, mode, outcome), from the
+    per-run stats beside the manifest; empty entries for archives made before they existed."""
+    from . import runstats
+
+    runs = runstats.read_all(dest)
+    archive = [r for r in runs if r.get("job") == "archive"]
+    verify = [r for r in runs if r.get("job") == "verify"]
+    out: dict = {"runs": len(runs), "archive_runs": len(archive), "last_archive": None, "last_verify": None}
+    if archive:
+        a = archive[-1]
+        out["last_archive"] = {k: a.get(k) for k in ("run_id", "started", "finished", "policy", "policy_source",
+                                                      "engine", "done", "errors", "failed", "seconds")}
+    if verify:
+        v = verify[-1]
+        out["last_verify"] = {"run_id": v.get("run_id"), "started": v.get("started"),
+                              "mode": "full" if v.get("full") else "fast", "checked": v.get("checked"),
+                              "ok": v.get("ok"), "problems": v.get("problem_count"),
+                              "status": "OK" if not v.get("problem_count") else "PROBLEMS"}
+    return out
+
+
+def run_lines(info: dict) -> list[str]:
+    """Human lines for :func:`runs_summary` (CLI, markdown and HTML share them)."""
+    lines = []
+    a, v = info.get("last_archive"), info.get("last_verify")
+    if a:
+        lines.append(f"last archive run {a['run_id']} on {a['started']} with policy {a['policy']} "
+                     f"({a['policy_source']}, {a['engine']} engine): {a['done']} done, {a['errors']} errors, "
+                     f"{a['failed']} failed")
+    else:
+        lines.append("last archive run: no run statistics recorded")
+    if v:
+        lines.append(f"last verify {v['run_id']} on {v['started']} ({v['mode']}): {v['status']}, "
+                     f"{v['ok']} of {v['checked']} OK, {v['problems']} problem(s)")
+    else:
+        lines.append("verify: never run (pixarc verify DEST --full)")
+    return lines
+
+
+def report_data(dest: str, rows: list[dict]) -> dict:
+    """Everything a report shows, as plain data (``report --json`` prints it)."""
+    groups, statuses = summarise(rows)
+    return {"dest": dest, "objects": len(rows), "statuses": statuses,
+            "groups": [group_dict(g) for g in groups], "low_confidence": low_confidence(rows),
+            "not_archived": not_archived(rows), **runs_summary(dest)}
+
+
+def group_dict(g: Group) -> dict:
+    p, m = fmt_quality(g)
+    return {"domain": g.domain, "route": g.route, "codec": g.codec, "images": g.images,
+            "source_bytes": g.source_bytes, "archive_bytes": g.archive_bytes,
+            "ratio": round(g.ratio, 4) if math.isfinite(g.ratio) else None, "bpp": round(g.bpp, 4) if
+            math.isfinite(g.bpp) else None, "psnr": p, "ms_ssim": m}
+
+
 def markdown_table(groups: list[Group], statuses: dict[str, int]) -> str:
     lines = [
-        "| domain | codec | images | source MB | archive MB | ratio | bpp | PSNR dB | MS-SSIM |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for g in groups:
         p, m = fmt_quality(g)
         lines.append(
-            f"| {g.domain} | {g.codec} | {g.images} | {g.source_bytes / 1e6:.2f} | {g.archive_bytes / 1e6:.2f} "
+            f"| {g.domain} | {g.route} | {g.codec} | {g.images} | {g.source_bytes / 1e6:.2f} | {g.archive_bytes / 1e6:.2f} "
             f"| {g.ratio:.2f} | {g.bpp:.3f} | {p} | {m} |"
         )
     if statuses:
@@ -105,8 +188,16 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def saved_bars(rows: list[dict]) -> list[tuple[str, float]]:
+    """(label, % bytes saved) per table row, in the table's order and with its labels
+    (``domain / route / codec``), the "all" row last."""
+    groups, _ = summarise(rows)
+    return [(group_label(g), 100 * (1 - g.archive_bytes / g.source_bytes) if g.source_bytes else 0.0)
+            for g in groups]
+
+
 def plots(rows: list[dict]) -> list[tuple[str, str]]:
-    """(title, base64 PNG) pairs: bytes saved per domain and codec; rate-distortion of lossy rows."""
+    """(title, base64 PNG) pairs: bytes saved per table row; rate-distortion of lossy rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,19 +205,17 @@ def plots(rows: list[dict]) -> list[tuple[str, str]]:
 
     done = [r for r in rows if r["status"] == "done"]
     out = []
-    groups = defaultdict(lambda: [0, 0])
-    for r in done:
-        g = groups[(r["domain"], r["codec_id"])]
-        g[0] += r["source_bytes"]
-        g[1] += r["bitstream_bytes"]
-    if groups:
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(groups) + 1.2))
-        labels = [f"{d} / {c}" for d, c in groups]
-        saved = [100 * (1 - b / a) if a else 0 for a, b in groups.values()]
-        ax.barh(labels, saved, color=["#4c72b0" if s >= 0 else "#c44e52" for s in saved])
+    bars = saved_bars(rows)
+    if bars:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(bars) + 1.2))
+        labels = [label for label, _ in bars]
+        saved = [v for _, v in bars]
+        ax.barh(range(len(bars)), saved, color=["#4c72b0" if s >= 0 else "#c44e52" for s in saved])
+        ax.set_yticks(range(len(bars)), labels)
+        ax.invert_yaxis()  # first table row on top, like the table
         ax.set_xlabel("bytes saved versus the originals (%)")
         ax.axvline(0, color="black", lw=0.8)
-        out.append(("Bytes saved per domain and codec", _png(fig)))
+        out.append(("Bytes saved per row of the table (domain / route / codec)", _png(fig)))
         plt.close(fig)
     lossy = [r for r in done if not r["lossless"] and math.isfinite(r["psnr"])]
     if lossy:
@@ -146,32 +235,45 @@ def plots(rows: list[dict]) -> list[tuple[str, str]]:
 def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str]]) -> str:
     import html
 
+    from datetime import datetime, timezone
+
     groups, statuses = summarise(rows)
-    body = [f"<h1>pixarc archive report</h1><p><code>{html.escape(dest)}</code>: {len(rows)} object(s)</p>"]
-    body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in (
-        "domain", "codec", "images", "source MB", "archive MB", "ratio", "bpp", "PSNR dB", "MS-SSIM")) + "</tr>")
+    body = [f"<h1>pixarc archive report</h1><p><code>{html.escape(dest)}</code>: {len(rows)} object(s); "
+            f"report made {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>"]
+    body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in run_lines(runs_summary(dest)))
+                + "</ul>")
+    body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in COLUMNS) + "</tr>")
     for g in groups:
         p, m = fmt_quality(g)
-        cells = (g.domain, g.codec, g.images, f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
+        cells = (g.domain, g.route, g.codec, g.images, f"{g.source_bytes / 1e6:.2f}", f"{g.archive_bytes / 1e6:.2f}",
                  f"{g.ratio:.2f}", f"{g.bpp:.3f}", p, m)
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     body.append("</table>")
     body.append("<p>" + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))) + "</p>")
     if selection := rd_summary(rows):
         body.append("<h2>Per-image selection</h2>" + "".join(f"<p>{html.escape(s.text())}</p>" for s in selection))
-    problems = [r for r in rows if r["status"] != "done"]
+    problems = not_archived(rows)
     if problems:
         body.append("<h2>Not archived</h2><table><tr><th>key</th><th>status</th><th>reason</th><th>message</th></tr>")
         for r in problems:
-            body.append("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("key", "status", "error", "message"))
+            body.append("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("key", "status", "reason", "message"))
                         + "</tr>")
+        body.append("</table>")
+    low = low_confidence(rows)
+    if low:
+        body.append("<h2>Low confidence (routed as unknown)</h2><table><tr><th>key</th><th>guess</th>"
+                    "<th>confidence</th><th>codec</th></tr>")
+        for r in low:
+            conf = "" if r["confidence"] is None or r["confidence"] != r["confidence"] else f"{r['confidence']:.2f}"
+            body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (r["key"], r["guess"], conf,
+                                                                                      r["codec"])) + "</tr>")
         body.append("</table>")
     for title, png in plots(rows):
         body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     for title, text in extra_sections:
         body.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,td:nth-child(2){text-align:left}")
+             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>pixarc report</title><style>{style}</style></head>" \
            f"<body>{''.join(body)}</body></html>"
 

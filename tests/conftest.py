@@ -12,7 +12,8 @@ from pathlib import Path
 _PREFECT_HOME = tempfile.mkdtemp(prefix="pixarc-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # run loggers reach the API (tests read them)
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # a quiet console
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PIXARC_PLUGINS"] = "png,webp,jpeg,jxl,avif,store,stats_classifier,default_router"  # + adaptive where a test sets weights

@@ -26,7 +26,9 @@ def invoke(runner, *args, code=0):
 @pytest.mark.prefect
 def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_path):
     dest, out = tmp_path / "dest", tmp_path / "out"
-    text = invoke(runner, "archive", str(small_collection), str(dest), "--shard-size", "2", "--no-progress")
+    text = invoke(runner, "archive", str(small_collection), str(dest), "--shard-size", "2", "--no-progress",
+                  "--engine", "prefect")
+    assert "starting Prefect" in text  # no server configured: the operator is told why it takes seconds
     assert "5 found" in text and "5 done" in text and "jxl-lossless" in text or "webp-lossless" in text
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert len(rows) == 5 and all(r["status"] == "done" for r in rows)
@@ -40,30 +42,57 @@ def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_pa
         archive_runs = [fr for fr in flow_runs if fr.parameters.get("run_id") == run_id]
         assert len(archive_runs) == 1 and archive_runs[0].state.is_completed()
         task_runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
-        shard_tasks = [t for t in task_runs if t.flow_run_id == archive_runs[0].id and t.name.startswith("archive-shard")]
-        assert len(shard_tasks) == 3  # 5 images, shards of 2: one task per shard
+        shard_tasks = [t for t in task_runs if t.flow_run_id == archive_runs[0].id]
+        # 5 images, shards of 2: one task per shard, named by job and shard
+        assert sorted(t.name for t in shard_tasks) == ["archive-shard-0", "archive-shard-1", "archive-shard-2"]
         params = archive_runs[0].parameters
         assert set(params) == {"src", "dest", "policy", "shard_size", "run_id", "device", "batch_size",
-                                "follow_symlinks"}
+                                "follow_symlinks", "include", "exclude", "limit"}
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        import time
+
+        for _ in range(40):  # run logs reach the API in batches, shortly after the run
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[archive_runs[0].id])))
+            shard_lines = sorted(lg.message for lg in logs if lg.message.startswith("archive shard "))
+            if len(shard_lines) >= 3:
+                break
+            time.sleep(0.5)
+        assert [m.split(":")[0] for m in shard_lines] == ["archive shard 0", "archive shard 1", "archive shard 2"]
+        assert all(lg.level == 20 for lg in logs if lg.message.startswith("archive shard "))  # INFO: the UI's default
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[archive_runs[0].id])), limit=10)
-        assert len(arts) == 1 and arts[0].key == "pixarc-archive-summary"
+        from pixarc.flows.jobs import dest_key
+
+        assert len(arts) == 1 and arts[0].key == f"pixarc-archive-{dest_key(str(dest))}"
         assert run_id in arts[0].data and "| all | all | 5 |" in arts[0].data
 
-    text = invoke(runner, "archive", str(small_collection), str(dest), "--no-progress")
+    text = invoke(runner, "archive", str(small_collection), str(dest), "--no-progress", "--engine", "prefect")
     assert "5 already archived" in text
-    text = invoke(runner, "verify", str(dest), "--full", "--no-progress")
+    text = invoke(runner, "verify", str(dest), "--full", "--no-progress", "--engine", "prefect")
     assert "5 of 5 bitstream(s) OK" in text
-    text = invoke(runner, "restore", str(dest), str(out), "--no-progress")
+    text = invoke(runner, "restore", str(dest), str(out), "--no-progress", "--engine", "prefect")
     assert "restored 5 of 5" in text
 
     victim = next(dest.rglob("*.pxa"))
     victim.write_bytes(victim.read_bytes()[:-5])
-    text = invoke(runner, "verify", str(dest), "--no-progress", "--json-out", str(tmp_path / "v.json"), code=1)
+    text = invoke(runner, "verify", str(dest), "--no-progress", "--json-out", str(tmp_path / "v.json"),
+                  "--engine", "prefect", code=1)
     assert "size_mismatch" in text
-    assert json.loads((tmp_path / "v.json").read_text())["problems"][0]["problem"] == "size_mismatch"
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["problems"][0]["problem"] == "size_mismatch"
+    with get_client(sync_client=True) as client:  # what the operator sees: a red run and a problems artifact
+        runs = [fr for fr in client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_DESC)
+                if fr.parameters.get("run_id") == report["run_id"]]
+        assert len(runs) == 1 and runs[0].state.is_failed(), runs[0].state
+        assert "1 problem(s)" in runs[0].state.message
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])), limit=10)
+        keyed = [a for a in arts if a.key]  # (Prefect adds an unkeyed one describing the exception)
+        assert [a.key for a in keyed] == [f"pixarc-verify-problems-{dest_key(str(dest))}"]
+        assert "size_mismatch" in keyed[0].data and victim.stem.split(".")[0] in keyed[0].data
 
 
 def test_tasks_take_only_small_records():
@@ -100,8 +129,9 @@ def test_plugins_and_classify_commands(runner, small_collection):
     text = invoke(runner, "plugins")
     for name in ("png", "webp-lossless", "jxl-lossless", "avif", "store", "default_router"):
         assert name in text
-    text = invoke(runner, "classify", str(small_collection), "--json")
-    recs = [json.loads(line) for line in text.splitlines()]
+    res = runner.invoke(main, ["classify", str(small_collection), "--jsonl"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in res.stdout.splitlines()]  # stderr may carry a fallback note
     assert len(recs) == 5
     assert all(r["domain"] in ("natural", "comic", "line", "vector", "screenshot") for r in recs)
     assert all(0.0 <= r["confidence"] <= 1.0 for r in recs)

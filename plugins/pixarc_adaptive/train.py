@@ -171,7 +171,7 @@ def train(data: str, quality: int, out: str, steps: int = 10**9, minutes: float 
         aux_opt.zero_grad()
         aux.backward()
         aux_opt.step()
-        if step % log_every == 0:
+        if step % log_every == 0 or step >= steps:  # the last step is always in the history
             psnr = float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10)))
             loss_v, bpp_v = float(loss.detach()), float(bpp.detach())
             history.append({"step": step, "loss": loss_v, "bpp": bpp_v, "psnr": psnr})
