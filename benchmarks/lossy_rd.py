@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/lossy_rd.py [DEV_DIR] [--limit 8] [--latent-iters 2000] [--adapter-iters 500]
                                            [--device auto] [--skip-learned]
+    .venv/bin/python benchmarks/lossy_rd.py --stages [--limit 2] [--qualities 1,3,5] (see main_stages)
 
 Curves, all measured in this run on the same images:
 * conventional: WebP (q 50..95), AVIF (q 30..90), JPEG XL (q 50..95);
@@ -90,6 +91,177 @@ def measure(codec, params, sources, device="cpu"):
     return bits / pixels, float(np.mean(psnrs)), enc_s / n, dec_s / n
 
 
+# ---------------------------------------------------------------------------- --stages
+# The adaptive codec's stages against the conventional codecs, PSNR and MS-SSIM, with a
+# quality range wide enough to reach down to where CPU-trained learned models land.
+
+WIDE = {
+    "avif": [{"quality": q} for q in (5, 15, 30, 50, 70, 90)],
+    "webp": [{"quality": q} for q in (5, 15, 30, 50, 75, 90)],
+    "jxl": [{"quality": q} for q in (5, 15, 30, 50, 75, 90)],
+    "jpeg": [{"quality": q} for q in (5, 10, 20, 40, 70, 90)],
+}
+STAGES = ("base", "refine", "adapters", "resize")
+
+
+def bd_quality(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
+    """Bjøntegaard delta quality (dB) of ``test`` against ``ref`` over their overlapping
+    log-rate range: the companion of :func:`bd_rate`, which needs overlapping quality
+    ranges (curves far apart in quality still overlap in rate)."""
+    from scipy.interpolate import PchipInterpolator
+
+    def curve(points):
+        xs, ys = [], []
+        for lr, q in sorted((math.log(r), q) for r, q in points if r > 0 and math.isfinite(q)):
+            if not xs or lr > xs[-1] + 1e-9:
+                xs.append(lr)
+                ys.append(q)
+        return xs, ys
+
+    rx, ry = curve(ref)
+    tx, ty = curve(test)
+    if len(rx) < 2 or len(tx) < 2:
+        return math.nan
+    lo, hi = max(rx[0], tx[0]), min(rx[-1], tx[-1])
+    if hi <= lo:
+        return math.nan
+    grid = np.linspace(lo, hi, 100)
+    return float(np.trapezoid(PchipInterpolator(tx, ty)(grid) - PchipInterpolator(rx, ry)(grid), grid) / (hi - lo))
+
+
+def quality_at(ref: list[tuple[float, float]], rate: float) -> float:
+    """Quality of the ``ref`` curve at ``rate`` (PCHIP on log-rate; NaN outside its range)."""
+    from scipy.interpolate import PchipInterpolator
+
+    pts = sorted((math.log(r), q) for r, q in ref if r > 0 and math.isfinite(q))
+    xs = [p[0] for p in pts]
+    if len(pts) < 2 or not xs[0] <= math.log(rate) <= xs[-1] or len(set(xs)) < len(xs):
+        return math.nan
+    return float(PchipInterpolator(xs, [p[1] for p in pts])(math.log(rate)))
+
+
+def bd_cell(ref, test) -> str:
+    """BD-rate; where the quality ranges do not overlap, BD-quality in dB (in brackets); for
+    a one-point curve, the quality difference at its rate (in square brackets)."""
+    if len(test) == 1:
+        dq = test[0][1] - quality_at(ref, test[0][0])
+        return "n/a" if math.isnan(dq) else f"[{dq:+.1f} dB]"
+    bd = bd_rate(ref, test)
+    if not math.isnan(bd):
+        return f"{bd:+.1f} %"
+    dq = bd_quality(ref, test)
+    return "n/a" if math.isnan(dq) else f"({dq:+.1f} dB)"
+
+
+def msssim_db(v: float) -> float:
+    """MS-SSIM on a dB scale (−10·log10(1 − MS-SSIM)), the usual axis for its BD-rate."""
+    return -10 * math.log10(max(1e-10, 1 - v))
+
+
+def measure_full(codec, params, sources):
+    """(bpp, mean PSNR, mean MS-SSIM dB, encode CPU s/img, decode CPU s/img) of a conventional codec."""
+    from pixarc.metrics import ms_ssim
+
+    p = codec.validate_params(params)
+    bits = pixels = 0
+    ps, ms, enc_s, dec_s = [], [], 0.0, 0.0
+    for src in sources:
+        t0 = time.process_time()
+        payload = codec.encode(src, p)
+        t1 = time.process_time()
+        image = codec.decode(payload).image
+        dec_s += time.process_time() - t1
+        enc_s += t1 - t0
+        bits += 8 * len(payload)
+        pixels += src.info.pixels
+        ps.append(psnr(src.image, image))
+        ms.append(msssim_db(ms_ssim(src.image, image)))
+    n = len(sources)
+    return bits / pixels, float(np.mean(ps)), float(np.mean(ms)), enc_s / n, dec_s / n
+
+
+def measure_stages(codec, params, sources, device):
+    """Per stage, the same tuple as :func:`measure_full`, from one adaptation per image."""
+    from pixarc.metrics import ms_ssim
+
+    p = codec.validate_params(params)
+    acc = {st: [0, 0, [], [], 0.0, 0.0] for st in STAGES}  # bits, pixels, psnr, msssim, enc, dec
+    for src in sources:
+        for st, (payload, enc) in codec.encode_stages(src, p, device).items():
+            a = acc[st]
+            t0 = time.process_time()
+            image = codec.decode(payload, device).image
+            a[5] += time.process_time() - t0
+            a[4] += enc
+            a[0] += 8 * len(payload)
+            a[1] += src.info.pixels
+            a[2].append(psnr(src.image, image))
+            a[3].append(msssim_db(ms_ssim(src.image, image)))
+    n = len(sources)
+    return {st: (a[0] / a[1], float(np.mean(a[2])), float(np.mean(a[3])), a[4] / n, a[5] / n)
+            for st, a in acc.items()}
+
+
+def main_stages(args, reg) -> None:
+    """Markdown tables: per domain, the RD points of every curve and the BD-rate (PSNR and
+    MS-SSIM) of each learned stage against each conventional codec, all measured here."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    learned = reg.codec("adaptive-mbt2018-mean")
+    qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else sorted(learned._checkpoints)
+    params: dict = {"scales": [1.0, 0.75, 0.5]}
+    if args.stage_iters:
+        params["latent_iters"], params["adapter_iters"] = (int(v) for v in args.stage_iters.split(","))
+    shown = learned.validate_params({"quality": qualities[0], **params})
+    print(f"dev set {args.dev}, {args.limit} image(s) per domain; learned rate points {qualities}; "
+          f"latent_iters {shown['latent_iters']}, adapter_iters {shown['adapter_iters']}, lr {shown['lr']}, "
+          f"resize search {shown['scales']}; torch threads {args.threads}; seconds are process CPU seconds")
+    for q in qualities:
+        ck = learned._checkpoint(q)
+        print(f"  q{q}: {Path(ck.path).name} sha256 {ck.sha256[:12]}, λ={ck.lam}")
+    conv = [c for c in WIDE if c in reg.codecs]
+    for domain in DOMAINS:
+        files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
+        sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
+        curves: dict[str, list[tuple]] = defaultdict(list)
+        for cid in conv:
+            for st in WIDE[cid]:
+                curves[cid].append(measure_full(reg.codec(cid), st, sources))
+        for q in qualities:
+            for st, point in measure_stages(learned, {"quality": q, **params}, sources, args.device).items():
+                curves[f"learned {st}"].append(point)
+        names = ", ".join(f.name for f in files)
+        print(f"\n### {domain} ({len(sources)} image(s): {names})\n")
+        print("| curve | " + " | ".join(f"vs {c} PSNR | vs {c} MS-SSIM" for c in conv) + " | enc s/img | dec s/img |")
+        print("|---|" + "---:|" * (2 * len(conv) + 2))
+        for st in STAGES:
+            pts = curves[f"learned {st}"]
+            cells = []
+            for c in conv:
+                for k in (1, 2):
+                    cells.append(bd_cell([(p[0], p[k]) for p in curves[c]], [(p[0], p[k]) for p in pts]))
+            enc, dec = np.mean([p[3] for p in pts]), np.mean([p[4] for p in pts])
+            print(f"| {st} | " + " | ".join(cells) + f" | {enc:.1f} | {dec:.2f} |")
+        base = curves["learned base"]
+        gains = []
+        for st in STAGES[1:]:
+            pts = curves[f"learned {st}"]
+            if len(pts) == 1:  # one rate point: the change of rate and of quality
+                (b0, p0, m0), (b1, p1, m1) = base[0][:3], pts[0][:3]
+                gains.append(f"{st} {100 * (b1 / b0 - 1):+.1f} % bpp, {p1 - p0:+.2f} dB PSNR, "
+                             f"{m1 - m0:+.2f} dB MS-SSIM")
+                continue
+            gains.append(f"{st} {bd_cell([(p[0], p[1]) for p in base], [(p[0], p[1]) for p in pts])} / "
+                         f"{bd_cell([(p[0], p[2]) for p in base], [(p[0], p[2]) for p in pts])}")
+        print("\nBD-rate vs learned base (PSNR / MS-SSIM): " + "; ".join(gains))
+        print("\n(% : BD-rate, negative = fewer bits; (dB): BD-quality where the quality ranges do not "
+              "overlap; [dB]: quality difference at the same rate, for a one-rate-point learned curve)")
+        print("\nRD points, bpp / PSNR dB / MS-SSIM dB (enc CPU s/img):\n")
+        for name, pts in curves.items():
+            print(f"- {name}: " + ", ".join(f"{p[0]:.3f}/{p[1]:.2f}/{p[2]:.2f} ({p[3]:.2f})" for p in sorted(pts)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
@@ -99,8 +271,20 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-learned", action="store_true")
     ap.add_argument("--no-reference", action="store_true", help="skip the setting and reference-encoder curves")
+    ap.add_argument("--stages", action="store_true", help="the adaptive codec's stages (one adaptation per "
+                    "image and rate point, at the codec's defaults unless --stage-iters) vs "
+                    "AVIF, WebP, JPEG XL and JPEG, BD-rate on PSNR and MS-SSIM, markdown")
+    ap.add_argument("--qualities", default="", help="--stages: learned rate points (default: all installed)")
+    ap.add_argument("--threads", type=int, default=1, help="--stages: torch threads")
+    ap.add_argument("--stage-iters", default="", help="--stages: LATENT,ADAPTER iterations (default: the codec's)")
     args = ap.parse_args()
     reg = build_plugin_manager()
+    if args.stages:
+        if args.device == "auto":
+            from pixarc.engine import gpu_count
+
+            args.device = "cuda" if gpu_count() else "cpu"
+        return main_stages(args, reg)
     learned = None if args.skip_learned or "adaptive-mbt2018-mean" not in reg.codecs else reg.codec(
         "adaptive-mbt2018-mean")
     qualities = sorted(learned._checkpoints) if learned else []

@@ -635,6 +635,10 @@ def _print_report(dest: str, details: bool = False) -> None:
         for codec, n, alone, kept in best:
             t.add_row(codec, str(n), str(alone), str(kept), f"{100 * (1 - kept / alone):.1f} %")
         console.print(t)
+    from .report import rd_summary
+
+    for s in rd_summary(rows):
+        console.print("per-image selection: " + s.text())
     if not details:
         return
     if data["low_confidence"]:

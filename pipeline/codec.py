@@ -75,6 +75,13 @@ class Codec(ABC):
     description: ClassVar[str] = ""
     rate_param: ClassVar[str | None] = None  # integer parameter that raises the rate (for targets)
 
+    def rate_values(self) -> list[int]:
+        """The values of ``rate_param`` a ``target_psnr``/``target_bpp`` search may probe, in
+        increasing rate: its whole range by default; a learned codec lists the rate points
+        it has weights for."""
+        spec = self.params_schema[self.rate_param]
+        return list(range(int(spec.min), int(spec.max) + 1))
+
     def weights_for(self, params: Mapping[str, Any]) -> str:
         """sha256 of the weights an encode with ``params`` uses ('' for codecs without weights).
 

@@ -509,7 +509,8 @@ def encode_route(
     src: SourceImage, route: Route, registry: Registry, device: str, exclude: frozenset[str] = frozenset(),
     payloads: dict[tuple[str, str], bytes] | None = None,
 ) -> tuple[_Encoded | None, list[dict[str, Any]]]:
-    """Try the route's candidates in order (all of them for ``selection = "smallest"``).
+    """Try the route's candidates in order (all of them for ``selection = "smallest"`` or
+    ``"rd"``; for ``"rd"`` the winner is the lowest :func:`rd_key` at the route's target).
 
     Returns the chosen verified encoding (or None) and a record of every attempt.
     ``payloads`` holds encodings already made in a batch, keyed by (codec id, params hash);
@@ -517,6 +518,7 @@ def encode_route(
     """
     chosen: _Encoded | None = None
     attempts: list[dict[str, Any]] = []
+    target = next((c.target for c in route.candidates if c.target), None)
     for cand in route.candidates:
         if cand.codec_id in exclude:
             attempts.append({"codec": cand.codec_id, "result": "skipped", "reason": "excluded"})
@@ -544,12 +546,39 @@ def encode_route(
         except Exception as exc:  # a codec bug costs this candidate, not the run
             attempts.append({"codec": cand.codec_id, "result": "failed", "reason": f"{type(exc).__name__}: {exc}"})
             continue
-        attempts.append({"codec": cand.codec_id, "result": "verified", "bytes": len(enc.blob)})
-        if chosen is None or len(enc.blob) < len(chosen.blob):
+        attempt = {"codec": cand.codec_id, "result": "verified", "bytes": len(enc.blob)}
+        if not codec.lossless:
+            attempt["psnr"] = enc.psnr
+        if target:
+            attempt["met"] = _meets(enc, target, src.info.pixels)
+        attempts.append(attempt)
+        if route.selection == "rd":
+            if chosen is None or rd_key(enc, target, src.info.pixels) < rd_key(chosen, target, src.info.pixels):
+                chosen = enc
+        elif chosen is None or len(enc.blob) < len(chosen.blob):
             chosen = enc
         if route.selection == "first":
             break
     return chosen, attempts
+
+
+def _meets(enc: _Encoded, target: tuple[str, float], pixels: int) -> bool:
+    kind, goal = target
+    return enc.psnr >= goal if kind == "psnr" else 8 * len(enc.blob) / max(1, pixels) <= goal
+
+
+def rd_key(enc: _Encoded, target: tuple[str, float] | None, pixels: int) -> tuple:
+    """Order of candidates for ``selection = "rd"`` (lowest wins): those meeting the route's
+    target first; among them the fewest bytes for ``target_psnr`` and the highest PSNR for
+    ``target_bpp``; among those missing it, the closest (highest PSNR, resp. fewest bytes).
+    Without a target: the fewest bytes, as ``"smallest"``."""
+    size = len(enc.blob)
+    if target is None:
+        return (0, size)
+    met = _meets(enc, target, pixels)
+    if target[0] == "psnr":
+        return (0, size) if met else (1, -enc.psnr, size)
+    return (0, -enc.psnr, size) if met else (1, size)
 
 
 def _encode_to_target(
@@ -558,8 +587,10 @@ def _encode_to_target(
     """Bisect the codec's rate parameter: the fewest bits with PSNR >= target, or the most
     bits with bpp <= target. Every probe is a full, decode-checked encode."""
     kind, goal = target
-    spec = codec.params_schema[codec.rate_param]
-    lo, hi = int(spec.min), int(spec.max)
+    values = codec.rate_values()  # increasing rate; a learned codec: the rate points it has weights for
+    if not values:
+        raise CodecError(f"{codec.codec_id}: no {codec.rate_param} value to search")
+    lo, hi = 0, len(values) - 1
     pixels = max(1, src.info.pixels)
 
     def ok(enc: _Encoded) -> bool:
@@ -575,7 +606,7 @@ def _encode_to_target(
     best: _Encoded | None = None
     while lo <= hi:
         mid = (lo + hi) // 2
-        enc = probe(mid)
+        enc = probe(values[mid])
         if ok(enc):
             best = enc
             if kind == "psnr":
@@ -587,7 +618,7 @@ def _encode_to_target(
         else:
             hi = mid - 1
     if best is None:  # unreachable target: the closest end of the range (already probed last)
-        best = probe(int(spec.max) if kind == "psnr" else int(spec.min))
+        best = probe(values[-1] if kind == "psnr" else values[0])
         return best, f"{kind} target {goal} not reachable; used {codec.rate_param}={best.params[codec.rate_param]}"
     return best, f"{kind} target {goal}: {codec.rate_param}={best.params[codec.rate_param]} after {len(probed)} probes"
 
@@ -820,7 +851,10 @@ def batch_encode(prepared: list[_Prepared], cfg: ArchiveConfig, registry: Regist
             codec = registry.codec(cand.codec_id)
             if codec.unsupported_reason(p.src.info) or _device_reason(codec, cfg.device):
                 continue
-            if codec_device(codec, cfg.device).startswith("cuda"):
+            # a candidate with a target is rate-searched per image: a batch at the plain
+            # params would be thrown away
+            searched = cand.target and codec.rate_param and not codec.lossless
+            if codec_device(codec, cfg.device).startswith("cuda") and not searched:
                 try:
                     params = codec.validate_params(cand.params)
                 except PixarcError:

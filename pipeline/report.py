@@ -250,6 +250,8 @@ def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     body.append("</table>")
     body.append("<p>" + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))) + "</p>")
+    if selection := rd_summary(rows):
+        body.append("<h2>Per-image selection</h2>" + "".join(f"<p>{html.escape(s.text())}</p>" for s in selection))
     problems = not_archived(rows)
     if problems:
         body.append("<h2>Not archived</h2><table><tr><th>key</th><th>status</th><th>reason</th><th>message</th></tr>")
@@ -295,3 +297,77 @@ def best_of_savings(rows: list[dict]) -> list[tuple[str, int, int, int]]:
             acc[1] += size
             acc[2] += kept
     return sorted((c, n, alone, kept) for c, (n, alone, kept) in per_codec.items())
+
+
+@dataclass
+class RdSummary:
+    """What per-image selection (``selection = "rd"`` or ``"smallest"``) bought on one route,
+    over its rows where at least two candidates verified: which codec won how often, and
+    the bytes kept against the best single codec of the same candidates, had it coded all
+    of them."""
+
+    route: str
+    images: int
+    wins: dict[str, int]
+    kept_bytes: int
+    kept_psnr: float  # mean over the lossy rows kept (NaN: all lossless)
+    best_codec: str  # fewest bytes alone among the codecs that verified (and met the target) everywhere
+    best_bytes: int
+    best_psnr: float
+
+    @property
+    def saved(self) -> float:
+        """Fraction of bytes saved against the best single codec."""
+        return 1 - self.kept_bytes / self.best_bytes if self.best_bytes else math.nan
+
+    def text(self) -> str:
+        def db(v: float) -> str:
+            return "lossless" if math.isnan(v) else f"{v:.2f} dB mean PSNR"
+
+        won = ", ".join(f"{c} won on {n} image{'s' * (n != 1)}" for c, n in sorted(self.wins.items(),
+                                                                                  key=lambda kv: -kv[1]))
+        return (f"route {self.route}, {self.images} images: {won}; {self.kept_bytes} bytes kept ({db(self.kept_psnr)}) "
+                f"vs {self.best_bytes} with {self.best_codec} alone ({db(self.best_psnr)}): "
+                f"{100 * self.saved:.1f} % saved")
+
+
+def rd_summary(rows: list[dict]) -> list[RdSummary]:
+    """One :class:`RdSummary` per route (routes have different candidates)."""
+    by_route: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "done":
+            by_route[r["route"]].append(r)
+    return [s for route in sorted(by_route) if (s := _route_summary(route, by_route[route])) is not None]
+
+
+def _route_summary(route: str, rows: list[dict]) -> RdSummary | None:
+    import json
+
+    compared: list[dict] = []
+    alone: dict[str, list] = defaultdict(lambda: [0, 0, 0.0, 0])  # codec: rows, bytes, psnr sum, psnr n
+    missed: set[str] = set()
+    for r in rows:
+        verified = [a for a in json.loads(r["attempts"] or "[]") if a.get("result") == "verified"]
+        if len(verified) < 2:
+            continue
+        compared.append(r)
+        for a in verified:
+            acc = alone[a["codec"]]
+            acc[0] += 1
+            acc[1] += a["bytes"]
+            if math.isfinite(a.get("psnr", math.inf)):
+                acc[2] += a["psnr"]
+                acc[3] += 1
+            if a.get("met") is False:  # missed the route's target: no alternative for that image
+                missed.add(a["codec"])
+    everywhere = {c: acc for c, acc in alone.items() if acc[0] == len(compared) and c not in missed}
+    if not compared or not everywhere:
+        return None
+    best = min(everywhere, key=lambda c: everywhere[c][1])
+    lossy = [r["psnr"] for r in compared if not r["lossless"] and math.isfinite(r["psnr"])]
+    wins: dict[str, int] = defaultdict(int)
+    for r in compared:
+        wins[r["codec_id"]] += 1
+    b = everywhere[best]
+    return RdSummary(route, len(compared), dict(wins), sum(r["bitstream_bytes"] for r in compared),
+                     sum(lossy) / len(lossy) if lossy else math.nan, best, b[1], b[2] / b[3] if b[3] else math.nan)

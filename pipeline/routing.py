@@ -21,7 +21,7 @@ from .hookspecs import hookimpl
 from .images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, ImageInfo
 
 STORE = "store"
-SELECTIONS = ("first", "smallest")
+SELECTIONS = ("first", "smallest", "rd")  # rd: see engine.rd_key
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,14 @@ Weights, first match wins (all loaded by sha256 first, then ``weights_only=True`
    against the sha256 prefix in their name, as torch.hub does.
 
 Parameters: ``quality`` (rate point 1–8), ``latent_iters`` (SGA refinement steps; the
-paper uses 2000), ``adapter_iters`` (paper: 500), ``lr``, ``scales`` (comma-separated
-resize factors searched by RD cost, e.g. ``"1.0,0.75,0.5"``; the chosen one is coded
-exactly, in permille), ``seed``. The algorithm is in ``adapt.py``.
+paper uses 2000), ``adapter_iters`` (paper: 500), ``lr`` and ``adapter_lr`` (paper: 1e-3
+both; a short run needs larger steps), ``scales`` (resize factors in
+(0, 1] searched by RD cost, a list such as ``[1.0, 0.75, 0.5]``; the chosen one is coded
+exactly, in permille), ``seed``. The algorithm is in ``adapt.py``; the default iteration
+counts come from a measured gain-versus-iterations curve (``docs/adaptive.md``).
+
+Adapters travel only when they pay for themselves: the payload with them must cost less
+than the payload without, in decoded bytes + λ·MSE against the original.
 """
 
 from __future__ import annotations
@@ -33,6 +38,26 @@ LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 
 ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
 ARCH = "mbt2018-mean"
 _HEAD = struct.Struct(">BHIIHH")  # quality, scale permille, width, height, z rows, z cols
+
+
+class Scales(tuple):
+    """Resize factors in (0, 1], largest first, at the permille precision the bitstream
+    codes. Built from a list (``scales = [1.0, 0.5]`` in a policy), one number, or the
+    older comma-separated string; a factor that would code as 0 ‰ or exceed 1 is refused."""
+
+    def __new__(cls, value=(1.0,)):
+        items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
+        permille = sorted({round(1000 * float(v)) for v in items}, reverse=True)
+        if not permille or not all(1 <= p <= 1000 for p in permille):
+            raise ValueError(f"resize factors must lie in (0, 1], got {value!r}")
+        return super().__new__(cls, (p / 1000 for p in permille))
+
+    @property
+    def permille(self) -> list[int]:
+        return [round(1000 * s) for s in self]
+
+    def __str__(self) -> str:
+        return ",".join(f"{s:g}" for s in self)
 
 
 @dataclass(frozen=True)
@@ -90,10 +115,11 @@ class AdaptiveCodec(Codec):
     modes = frozenset({"RGB"})
     params_schema = {
         "quality": Param(int, 3, 1, 8, "rate point (CompressAI quality)"),
-        "latent_iters": Param(int, 0, 0, 100_000, "SGA latent refinement steps (paper: 2000)"),
-        "adapter_iters": Param(int, 0, 0, 100_000, "adapter training steps (paper: 500)"),
-        "lr": Param(float, 1e-3, 1e-6, 1.0, "Adam learning rate (1/10 for the last 20 %)"),
-        "scales": Param(str, "1.0", help="resize factors searched by RD cost, e.g. 1.0,0.75,0.5"),
+        "latent_iters": Param(int, 30, 0, 100_000, "SGA latent refinement steps (paper: 2000)"),
+        "adapter_iters": Param(int, 25, 0, 100_000, "adapter training steps (paper: 500)"),
+        "lr": Param(float, 5e-2, 1e-6, 1.0, "latent refinement Adam learning rate (1/10 for the last 20 %)"),
+        "adapter_lr": Param(float, 1e-2, 1e-6, 1.0, "adapter Adam learning rate (1/10 for the last 20 %)"),
+        "scales": Param(Scales, Scales((1.0,)), help="resize factors searched by RD cost, e.g. [1.0, 0.75, 0.5]"),
         "seed": Param(int, 0, 0, 2**31 - 1, "adapter initialisation seed"),
     }
     description = "CompressAI mbt2018-mean + SGA latent refinement + rank-2 adapters"
@@ -116,6 +142,9 @@ class AdaptiveCodec(Codec):
             raise CodecError(f"{self.codec_id}: no weights for quality {quality} "
                              f"(have {sorted(self._checkpoints) or 'none'})")
         return self._checkpoints[quality]
+
+    def rate_values(self) -> list[int]:
+        return sorted(self._checkpoints)  # a target search probes only installed rate points
 
     def weights_for(self, params) -> str:
         return self._checkpoint(int(params["quality"])).sha256
@@ -162,24 +191,50 @@ class AdaptiveCodec(Codec):
 
         ck = self._checkpoint(params["quality"])
         cpu, dev = self._model(ck), self._model(ck, device)
-        try:
-            scales = sorted({min(1000, max(1, round(1000 * float(s)))) for s in str(params["scales"]).split(",")},
-                            reverse=True)
-        except ValueError:
-            raise CodecError(f"{self.codec_id}: scales must be comma-separated numbers") from None
-        image = src.image
-        if len(scales) > 1:  # the resize search: base encodes, judged by RD cost at full size
-            def cost(permille: int) -> float:
-                data = self._encode_at(cpu, dev, image, permille, ck, params, device, search=True)
-                decoded = self.decode(data, device).image
-                import numpy as np
-
-                mse = float(np.mean((np.asarray(decoded, np.float64) - np.asarray(image, np.float64)) ** 2))
-                return 8 * len(data) / (image.width * image.height) + ck.lam * mse
-
-            scales = [min(scales, key=cost)]
+        permille = self._pick_scale(src.image, ck, params, device)
         with torch.enable_grad():
-            return self._encode_at(cpu, dev, image, scales[0], ck, params, device)
+            return self._encode_at(cpu, dev, src.image, permille, ck, params, device)
+
+    def _pick_scale(self, image, ck, params, device) -> int:
+        """The resize search: a base encode per factor, judged by RD cost at full size."""
+        scales = _scales(params, self.codec_id).permille
+        if len(scales) == 1:
+            return scales[0]
+        cpu, dev = self._model(ck), self._model(ck, device)
+        return min(scales, key=lambda permille: self._rd_cost(
+            self._encode_at(cpu, dev, image, permille, ck, params, device, search=True), image, ck.lam, device))
+
+    def encode_stages(self, src, params, device="cpu") -> dict[str, tuple[bytes, float]]:
+        """For benchmarks: the payload after each stage of one adaptation, sharing the work,
+        with the process CPU seconds that stage's full encode takes: ``base`` (no
+        adaptation, scale 1), ``refine`` (latent refinement), ``adapters`` (the encoder's
+        choice with or without them; refine and adapters are one pass, timed together),
+        ``resize`` (the resize search over ``params["scales"]`` then the adapted encode at
+        the factor it picks: the ``adapters`` payload when that is 1)."""
+        import time
+
+        import torch
+
+        ck = self._checkpoint(params["quality"])
+        cpu, dev = self._model(ck), self._model(ck, device)
+        t0 = time.process_time()
+        out = {"base": (self._encode_at(cpu, dev, src.image, 1000, ck, params, device, search=True),
+                        time.process_time() - t0)}
+        with torch.enable_grad():
+            t0 = time.process_time()
+            plain, chosen = self._encode_tensors(cpu, dev, [src.image], 1000, ck, params, device, both=True)[0]
+            adapt_s = time.process_time() - t0
+            out.update(refine=(plain, adapt_s), adapters=(chosen, adapt_s))
+            t0 = time.process_time()
+            permille = self._pick_scale(src.image, ck, params, device)
+            search_s = time.process_time() - t0
+            if permille == 1000:
+                out["resize"] = (chosen, search_s + adapt_s)
+            else:
+                t0 = time.process_time()
+                payload = self._encode_at(cpu, dev, src.image, permille, ck, params, device)
+                out["resize"] = (payload, search_s + time.process_time() - t0)
+        return out
 
     def encode_batch(self, srcs, params, device="cpu"):
         """Adapt several images at once: images of the same size share one batched latent
@@ -187,7 +242,8 @@ class AdaptiveCodec(Codec):
         its own), then each is entropy-coded alone. The resize search stays per image."""
         import torch
 
-        if len(srcs) < 2 or "," in str(params["scales"]):
+        scales = _scales(params, self.codec_id).permille
+        if len(srcs) < 2 or len(scales) > 1:  # a resize search is per image
             return super().encode_batch(srcs, params, device)
         out: list = [None] * len(srcs)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -196,22 +252,24 @@ class AdaptiveCodec(Codec):
         for members in groups.values():
             try:
                 with torch.enable_grad():
-                    payloads = self._encode_group([srcs[i].image for i in members], params, device)
+                    payloads = self._encode_group([srcs[i].image for i in members], scales[0], params, device)
             except Exception as exc:  # the engine then encodes these images one by one
                 payloads = [exc] * len(members)
             for i, p in zip(members, payloads, strict=True):
                 out[i] = p
         return out
 
-    def _encode_group(self, images, params, device) -> list[bytes]:
+    def _encode_group(self, images, permille, params, device) -> list[bytes]:
         ck = self._checkpoint(params["quality"])
         cpu, dev = self._model(ck), self._model(ck, device)
-        return self._encode_tensors(cpu, dev, images, 1000, ck, params, device)
+        return self._encode_tensors(cpu, dev, images, permille, ck, params, device)
 
     def _encode_at(self, cpu, dev, image, permille, ck, params, device, search=False) -> bytes:
         return self._encode_tensors(cpu, dev, [image], permille, ck, params, device, search)[0]
 
-    def _encode_tensors(self, cpu, dev, images, permille, ck, params, device, search=False) -> list[bytes]:
+    def _encode_tensors(self, cpu, dev, images, permille, ck, params, device, search=False, both=False) -> list:
+        """Payloads of ``images`` (one size) coded at ``permille``; ``both``: per image the
+        pair (payload without adapters, payload chosen)."""
         import torch
         import torch.nn.functional as F
         from PIL import Image
@@ -223,9 +281,12 @@ class AdaptiveCodec(Codec):
         work = [im if (ws, hs) == (w, h) else im.resize((ws, hs), Image.LANCZOS) for im in images]
         x = torch.cat([_to_tensor(im) for im in work]).to(device)
         x = F.pad(x, (0, (-ws) % 64, 0, (-hs) % 64), mode="replicate")
+        # what is optimised is what the decoder delivers (cropped, upscaled) vs the original
+        target = x[..., :hs, :ws] if (ws, hs) == (w, h) else torch.cat([_to_tensor(im) for im in images]).to(device)
+        view = adapt.View((ws, hs), (w, h), device)
         synth = adapt.Synthesis(dev.g_s)
         latent_iters = 0 if search else params["latent_iters"]
-        lat = adapt.refine_latents(dev, synth, x, (ws, hs), ck.lam, latent_iters, params["lr"])
+        lat = adapt.refine_latents(dev, synth, x, target, view, ck.lam, latent_iters, params["lr"])
         coded = []
         with torch.no_grad():
             for i in range(len(images)):  # entropy coding per image, on the CPU model
@@ -240,15 +301,25 @@ class AdaptiveCodec(Codec):
         symbols: list[list[int]] = [[] for _ in images]
         if params["adapter_iters"] and not search:
             y_hats = torch.cat([c[2] for c in coded]).to(device)
-            symbols, _, _ = adapt.train_adapters(synth, y_hats, x, (ws, hs), ck.lam, params["adapter_iters"],
-                                                 params["lr"], params["seed"])
+            symbols, _, _ = adapt.train_adapters(synth, y_hats, target, view, ck.lam, params["adapter_iters"],
+                                                 params["adapter_lr"], params["seed"])
         out = []
-        for (z_str, y_str, _, z_shape), sym in zip(coded, symbols, strict=True):
-            sym = sym if any(sym) else []
-            a_bytes = adapt.encode_adapter(sym) if sym else b""
-            out.append(_HEAD.pack(ck.quality, permille, w, h, *z_shape) + pack_sections(z_str, y_str, a_bytes)
-                       + struct.pack(">I", len(sym)))
+        for image, (z_str, y_str, _, z_shape), sym in zip(images, coded, symbols, strict=True):
+            head = _HEAD.pack(ck.quality, permille, w, h, *z_shape)
+            plain = chosen = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
+            if any(sym):  # sent only if it pays: decoded bytes + λ·MSE, both payloads decoded
+                adapted = head + pack_sections(z_str, y_str, adapt.encode_adapter(sym)) + struct.pack(">I", len(sym))
+                chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, ck.lam, device))  # tie: plain
+            out.append((plain, chosen) if both else chosen)
         return out
+
+    def _rd_cost(self, payload: bytes, image, lam: float, device: str) -> float:
+        """bpp + λ·MSE (8-bit scale, CompressAI's λ·255²·MSE on [0, 1]) of the decoded payload."""
+        import numpy as np
+
+        decoded = np.asarray(self.decode(payload, device).image, np.float64)
+        mse = float(np.mean((decoded - np.asarray(image, np.float64)) ** 2))
+        return 8 * len(payload) / (image.width * image.height) + lam * mse
 
     # ------------------------------------------------------------------ decode
 
@@ -298,6 +369,13 @@ class AdaptiveCodec(Codec):
         if (ws, hs) != (w, h):
             image = image.resize((w, h), Image.BICUBIC)
         return Decoded(image=image, fingerprint=fp)
+
+
+def _scales(params, codec_id: str) -> Scales:
+    try:
+        return Scales(params["scales"])
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"{codec_id}: scales: {exc}") from None
 
 
 def _to_tensor(image):

@@ -1,0 +1,160 @@
+"""``selection = "rd"``: per image, the candidate reaching the route's target at the lowest
+cost wins; the report says which codec won how often and what that saved."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixarc import engine
+from pixarc.manifest import latest, read_manifest
+from pixarc.report import rd_summary
+
+CODECS = ["webp", "jpeg", "jxl"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    r = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:72, 0:96]
+    smooth = np.stack([128 + 90 * np.sin(xx / 11 + c) * np.cos(yy / 8) for c in range(3)], -1)
+    edges = np.where((xx // 12 + yy // 12) % 2, 230, 25)[..., None].repeat(3, -1)
+    for name, a in {"smooth": smooth + r.normal(0, 3, smooth.shape), "edges": edges,
+                    "noisy": 128 + r.normal(0, 40, smooth.shape)}.items():
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(src / f"{name}.png")
+    return src
+
+
+def archive(images, tmp_path, selection, target):
+    p = tmp_path / f"{selection}.toml"
+    p.write_text(f'selection = "{selection}"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
+                 f'codecs = {json.dumps(CODECS)}\n{target}\n')
+    dest = tmp_path / f"d-{selection}-{abs(hash(target))}"
+    engine.archive_local(str(images), str(dest), policy=str(p))
+    return latest(read_manifest(str(dest))).to_pylist()
+
+
+def verified(row):
+    return [a for a in json.loads(row["attempts"]) if a["result"] == "verified"]
+
+
+def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tmp_path):
+    rows = archive(images, tmp_path, "rd", "target_psnr = 33.0")
+    assert len(rows) == 3
+    for r in rows:
+        tried = verified(r)
+        assert {a["codec"] for a in tried} == set(CODECS) | {"store"}
+        reaching = [a for a in tried if a["met"]]
+        assert reaching and all(a["met"] == (a.get("psnr", math.inf) >= 33.0) for a in tried)
+        assert r["bitstream_bytes"] == min(a["bytes"] for a in reaching)
+        assert r["psnr"] >= 33.0
+    (s,) = rd_summary(rows)  # one route
+    assert s.route == "unknown" and s.images == 3 and sum(s.wins.values()) == 3
+    assert s.kept_bytes == sum(r["bitstream_bytes"] for r in rows)
+    assert s.best_bytes == min(sum(a["bytes"] for r in rows for a in verified(r) if a["codec"] == c)
+                               for c in CODECS + ["store"]
+                               if all(a["met"] for r in rows for a in verified(r) if a["codec"] == c))
+    assert s.kept_bytes <= s.best_bytes  # per image never more than any codec meeting the target
+    assert "won on" in s.text() and f"{s.best_codec} alone" in s.text()
+
+
+def test_rd_selection_keeps_the_best_psnr_within_the_bpp_budget(images, tmp_path):
+    rows = archive(images, tmp_path, "rd", "target_bpp = 1.5")
+    for r in rows:
+        tried = verified(r)
+        within = [a for a in tried if a["met"]]
+        assert all(a["met"] == (8 * a["bytes"] / (96 * 72) <= 1.5) for a in tried)
+        if within:  # (a container header is counted too: a tiny budget may fit nothing)
+            best = max(within, key=lambda a: a.get("psnr", math.inf))
+            assert r["codec_id"] == best["codec"] and r["bitstream_bytes"] == best["bytes"]
+
+
+def test_rd_never_keeps_a_candidate_below_a_reachable_target(images, tmp_path):
+    """("smallest" would keep the fewest bytes whatever their PSNR.)"""
+    rows = archive(images, tmp_path, "rd", "target_psnr = 60.0")  # only store (lossless) reaches it
+    for r in rows:
+        assert r["codec_id"] == "store"
+
+
+def test_unknown_selection_is_refused(tmp_path):
+    from pixarc.errors import PolicyError
+    from pixarc.routing import load_policy
+
+    p = tmp_path / "p.toml"
+    p.write_text('selection = "rd-ish"\n[routes.unknown]\ncodecs = ["png"]\n')
+    with pytest.raises(PolicyError, match="selection"):
+        load_policy(str(p))
+
+
+def test_rd_summary_is_per_route_and_skips_codecs_that_missed_the_target():
+    def row(route, codec, size, attempts, lossless=False):
+        return {"status": "done", "route": route, "codec_id": codec, "bitstream_bytes": size, "lossless": lossless,
+                "psnr": math.inf if lossless else 36.5, "attempts": json.dumps(attempts)}
+
+    def a(codec, size, met=True, psnr=36.5):
+        return {"codec": codec, "result": "verified", "bytes": size, "met": met, "psnr": psnr}
+
+    rows = [
+        row("natural", "avif", 100, [a("adaptive", 40, met=False, psnr=20.0), a("avif", 100), a("webp", 150)]),
+        row("natural", "webp", 120, [a("adaptive", 50, met=False, psnr=21.0), a("avif", 130), a("webp", 120)]),
+        row("line", "webp-lossless", 10, [{"codec": "webp-lossless", "result": "verified", "bytes": 10},
+                                          {"codec": "png", "result": "verified", "bytes": 12}], lossless=True),
+    ]
+    line, natural = rd_summary(rows)
+    assert (natural.route, natural.wins, natural.kept_bytes) == ("natural", {"avif": 1, "webp": 1}, 220)
+    assert (natural.best_codec, natural.best_bytes) == ("avif", 230)  # adaptive is smaller but missed 36 dB
+    assert abs(natural.saved - (1 - 220 / 230)) < 1e-12
+    assert (line.route, line.best_codec, line.kept_bytes, line.best_bytes) == ("line", "webp-lossless", 10, 10)
+    assert "lossless" in line.text() and "avif alone" in natural.text()
+
+
+def test_gpu_batches_skip_candidates_that_are_rate_searched(images, tmp_path, monkeypatch):
+    """A candidate with a target is rate-searched image by image; encoding a batch at its
+    plain parameters first (as today) would be thrown away: on a GPU, a full adaptation."""
+    import os
+    import types
+
+    from pixarc.codec import Codec, Decoded, Param
+    from pixarc.hookspecs import hookimpl
+    from pixarc.plugins import build_plugin_manager
+
+    batches = []
+
+    class FakeLossyGPU(Codec):
+        codec_id = "test-lossygpu"
+        lossless = False
+        prefers_gpu = True
+        rate_param = "quality"
+        params_schema = {"quality": Param(int, 2, 1, 4)}
+
+        def encode(self, src, params, device="cpu"):
+            im = src.image.convert("RGB").quantize(2 ** (2 * params["quality"])).convert("RGB")
+            return f"{im.width}|{im.height}|".encode() + im.tobytes()
+
+        def encode_batch(self, srcs, params, device="cpu"):
+            batches.append(len(srcs))
+            return super().encode_batch(srcs, params, device)
+
+        def decode(self, payload, device="cpu"):
+            w, h, body = payload.split(b"|", 2)
+            return Decoded(image=Image.frombytes("RGB", (int(w), int(h)), body))
+
+    mod = types.ModuleType("lossygpu")
+    mod.register_codecs = hookimpl(lambda register: register(FakeLossyGPU))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",lossygpu")
+    reg = build_plugin_manager({"lossygpu": mod})
+    monkeypatch.setattr(engine, "default_registry", lambda: reg)
+    monkeypatch.setattr(engine, "gpu_count", lambda: 1)
+    p = tmp_path / "p.toml"
+    p.write_text('selection = "rd"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
+                 'codecs = ["test-lossygpu", "webp"]\ntarget_psnr = 30.0\n')
+    engine.archive_local(str(images), str(tmp_path / "d"), policy=str(p))
+    rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert all(any(a["codec"] == "test-lossygpu" and a["result"] == "target" for a in json.loads(r["attempts"]))
+               for r in rows)
+    assert batches == []
