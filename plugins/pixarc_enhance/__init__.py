@@ -44,6 +44,7 @@ ARCH = "enhance-cnn"
 DEFAULT_BASES = ("avif", "webp", "jxl", "jpeg", "adaptive-mbt2018-mean", "svr")
 _HEAD = struct.Struct(">BBHBH")
 SHA_PREFIX = 8
+CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
 SHIPPED = Path(__file__).parent / "weights"
 
 OWN_PARAMS = {
@@ -190,7 +191,7 @@ class EnhancedCodec(Codec):
         import torch
 
         from . import adapt
-        from .model import apply, to_uint8
+        from .model import feature_tiles, finish, to_uint8
 
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
@@ -220,26 +221,29 @@ class EnhancedCodec(Codec):
             offsets = [float(s) for s in str(params["strengths"]).split(",") if s.strip()] or [0.0]
         except ValueError:
             raise CodecError(f"{self.codec_id}: strengths must be comma-separated numbers") from None
-        tried: dict[int, float] = {}
+        tried: dict[int, tuple[float, list | None]] = {}  # permille -> (SSE, cached features)
+        keep = src.info.pixels <= CACHE_PIXELS
         for off_s in offsets:
             pm = min(1000, max(0, round((rate + off_s) * 1000)))
             if pm not in tried:
-                cond = torch.tensor([[pm / 1000, float(chroma)]])
-                tried[pm] = sse(to_uint8(apply(net, xb, cond)))
-        pm = min(tried, key=tried.get)
+                parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
+                tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None)
+        pm = min(tried, key=lambda k: tried[k][0])
         cond = torch.tensor([[pm / 1000, float(chroma)]])
+        parts = tried[pm][1] or feature_tiles(net, xb, cond)
+        tried = {}  # free the other strengths' features
         plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
-        cands = [(8 * len(plain) + lam * tried[pm], plain)]
+        cands = [(8 * len(plain) + lam * sse(to_uint8(finish(net, parts, xb.shape))), plain)]
         modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
         if modes and lam > 0 and adapt.coder_available():
-            stats = adapt.statistics(net, xb, x, cond)
+            stats = adapt.statistics(net, parts, x)
             for mode in modes:
                 symbols, _, _ = adapt.fit(stats, mode, lam)
                 if not any(symbols):
                     continue
                 w, b = adapt.merged_tail(net, mode, symbols)
                 payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload)
-                cands.append((8 * len(payload) + lam * sse(to_uint8(apply(net, xb, cond, w, b))), payload))
+                cands.append((8 * len(payload) + lam * sse(to_uint8(finish(net, parts, xb.shape, w, b))), payload))
         cost, payload = min(cands, key=lambda c: c[0])
         if params["filter"] == "on" or cost < best_cost:
             best_cost, best = cost, payload

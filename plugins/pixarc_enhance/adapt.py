@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import EnhanceNet, crop_out, tiles
+from .model import EnhanceNet, crop_out
 
 SCALE_STEP = 0.03  # δ per symbol: 3 % of a feature channel's contribution
 BIAS_STEP = 0.5 / 255  # β per symbol: half a grey level
@@ -151,23 +151,29 @@ class Stats:
 
 
 @torch.no_grad()
-def statistics(net: EnhanceNet, x_base: torch.Tensor, x: torch.Tensor, cond: torch.Tensor) -> Stats:
+def statistics(net: EnhanceNet, parts, x: torch.Tensor) -> Stats:
+    """Gram matrices of the per-channel contribution maps (and a constant, for the bias)
+    against the residual, from :func:`model.feature_tiles` output."""
     C = net.channels
     gram = np.zeros((3, C + 1, C + 1))
     corr = np.zeros((3, C + 1))
     sse0 = 0.0
     W = net.tail.weight
-    for ob, ib in tiles(x_base.shape[2], x_base.shape[3], net.halo):
-        xi = x_base[..., ib[0] : ib[1], ib[2] : ib[3]]
-        h = net.features(xi, cond)
+    for ob, ib, xi, h in parts:
         y0 = crop_out(xi + F.conv2d(h, W, net.tail.bias, padding=1), ob, ib)
-        t = (x[..., ob[0] : ob[1], ob[2] : ob[3]] - y0) * 255
-        sse0 += float((t.double() ** 2).sum())
+        t = ((x[..., ob[0] : ob[1], ob[2] : ob[3]] - y0) * 255).double()
+        sse0 += float((t**2).sum())
+        n = t.shape[2] * t.shape[3]
         for o in range(3):
-            B = crop_out(F.conv2d(h, W[o][:, None], groups=C, padding=1), ob, ib)[0] * 255  # (C, h, w)
-            B = torch.cat([B, torch.full_like(B[:1], 255.0)]).reshape(C + 1, -1).double()
-            gram[o] += (B @ B.T).numpy()
-            corr[o] += (B @ t[0, o].reshape(-1).double()).numpy()
+            B = (crop_out(F.conv2d(h, W[o][:, None], groups=C, padding=1), ob, ib)[0] * 255).reshape(C, -1).double()
+            s = B.sum(1) * 255
+            to = t[0, o].reshape(-1)
+            gram[o, :C, :C] += (B @ B.T).numpy()
+            gram[o, :C, C] += s.numpy()
+            gram[o, C, :C] += s.numpy()
+            gram[o, C, C] += 255.0**2 * n
+            corr[o, :C] += (B @ to).numpy()
+            corr[o, C] += 255.0 * float(to.sum())
     return Stats(gram, corr, sse0)
 
 

@@ -69,16 +69,38 @@ def crop_out(t: torch.Tensor, out_box, in_box) -> torch.Tensor:
 
 
 @torch.no_grad()
+def feature_tiles(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor) -> list:
+    """[(out box, in box, input tile, features)] over the image: everything but the last layer,
+    kept so the encoder can try several last layers (adapters) without recomputing it."""
+    out = []
+    for ob, ib in tiles(x.shape[2], x.shape[3], net.halo):
+        xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]
+        out.append((ob, ib, xi, net.features(xi, cond)))
+    return out
+
+
+@torch.no_grad()
+def finish(net: EnhanceNet, parts, shape, tail_weight=None, tail_bias=None) -> torch.Tensor:
+    """The filter output from :func:`feature_tiles`; ``tail_weight``/``tail_bias`` replace the
+    last layer's (adapters merged in). Unclamped float, ``shape`` = the input's."""
+    w = net.tail.weight if tail_weight is None else tail_weight
+    b = net.tail.bias if tail_bias is None else tail_bias
+    out = torch.empty(shape)
+    for ob, ib, xi, h in parts:
+        out[..., ob[0] : ob[1], ob[2] : ob[3]] = crop_out(xi + F.conv2d(h, w, b, padding=1), ob, ib)
+    return out
+
+
+@torch.no_grad()
 def apply(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor, tail_weight=None, tail_bias=None) -> torch.Tensor:
-    """Filter a (1, 3, H, W) image tile by tile; ``tail_weight``/``tail_bias`` replace the
-    last layer's (adapters merged in). Returns the unclamped float output."""
+    """Filter a (1, 3, H, W) image tile by tile (the decoder's path; the same float
+    operations as :func:`feature_tiles` + :func:`finish`, one tile at a time)."""
     w = net.tail.weight if tail_weight is None else tail_weight
     b = net.tail.bias if tail_bias is None else tail_bias
     out = torch.empty_like(x)
     for ob, ib in tiles(x.shape[2], x.shape[3], net.halo):
         xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]
-        yi = xi + F.conv2d(net.features(xi, cond), w, b, padding=1)
-        out[..., ob[0] : ob[1], ob[2] : ob[3]] = crop_out(yi, ob, ib)
+        out[..., ob[0] : ob[1], ob[2] : ob[3]] = crop_out(xi + F.conv2d(net.features(xi, cond), w, b, padding=1), ob, ib)
     return out
 
 
