@@ -11,10 +11,11 @@ search the base quality with the filter on.
 
 Payload (format 1), kept small because it is paid per image::
 
-    u8 flags (bit 0: filter on) | u8 adapter mode (0 none, 1 shared, 2 per colour)
-    u16 conditioning rate, permille | u8 chroma flag | u16 adapter symbols
-    [filter on: 8-byte sha256 prefix of the filter weights]
-    u32 length + base payload | rANS-coded adapter symbols (the rest)
+    filter off: u8 0 | base payload
+    filter on:  u8 flags (bit 0: on, bit 1: 4:4:4 chroma) | u8 adapter mode (0 none,
+                1 shared, 2 per colour) | u16 conditioning rate, permille |
+                4-byte sha256 prefix of the filter weights | u32 length + base payload |
+                rANS-coded adapter symbols (the rest; their count follows from the mode)
 
 The container records the rest: codec id ``<base>-enhanced``, ``codec_version`` (the base
 id and its library versions, torch's) and ``weights_sha256`` (the filter's full sha256).
@@ -42,8 +43,8 @@ from pixarc.hookspecs import hookimpl
 
 ARCH = "enhance-cnn"
 DEFAULT_BASES = ("avif", "webp", "jxl", "jpeg", "adaptive-mbt2018-mean", "svr")
-_HEAD = struct.Struct(">BBHBH")
-SHA_PREFIX = 8
+_HEAD = struct.Struct(">BBH")
+SHA_PREFIX = 4
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
 SHIPPED = Path(__file__).parent / "weights"
 
@@ -177,12 +178,14 @@ class EnhancedCodec(Codec):
         return im, d.fingerprint
 
     @staticmethod
-    def _pack(flags, mode, cond_pm, chroma, symbols, sha, base_payload) -> bytes:
+    def _pack(on, mode, cond_pm, chroma, symbols, sha, base_payload) -> bytes:
         from . import adapt
 
+        if not on:
+            return b"\0" + base_payload
         coded = adapt.encode_symbols(symbols) if symbols else b""
-        tag = bytes.fromhex(sha)[:SHA_PREFIX] if flags else b""
-        return _HEAD.pack(flags, mode, cond_pm, chroma, len(symbols)) + tag + pack_sections(base_payload) + coded
+        head = _HEAD.pack(1 | 2 * chroma, mode, cond_pm) + bytes.fromhex(sha)[:SHA_PREFIX]
+        return head + pack_sections(base_payload) + coded
 
     # ------------------------------------------------------------------ encode
 
@@ -200,7 +203,7 @@ class EnhancedCodec(Codec):
         base_im, _ = self._base_decode(base_payload, device)
         f = self._filter_for_base()
         rate, chroma = self._cond(params)
-        off = self._pack(0, 0, min(1000, max(0, round(rate * 1000))), chroma, [], "", base_payload)
+        off = self._pack(0, 0, 0, 0, [], "", base_payload)
         if params["filter"] == "off" or f is None:
             return off
         if params["filter"] not in ("auto", "on") or params["adapters"] not in ("auto", "none", "shared", "per_colour"):
@@ -271,31 +274,35 @@ class EnhancedCodec(Codec):
     # ------------------------------------------------------------------ decode
 
     def decode(self, payload, device="cpu"):
+        if self.base is None:
+            raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
+        if not payload or payload[0] > 3:
+            raise CodecError(f"{self.codec_id}: empty payload or unknown flags")
+        if payload[0] == 0:
+            base_im, base_fp = self._base_decode(payload[1:], device)
+            h = hashlib.sha256(b"\0" + (base_fp.encode() if base_fp else base_im.tobytes()))
+            return Decoded(image=base_im, fingerprint=h.hexdigest())
         try:
-            flags, mode, cond_pm, chroma, n_sym = _HEAD.unpack_from(payload, 0)
-            pos = _HEAD.size + (SHA_PREFIX if flags & 1 else 0)
+            flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
+            pos = _HEAD.size + SHA_PREFIX
             tag = payload[_HEAD.size : pos]
             (base_payload,), pos = unpack_sections(payload, pos, 1)
             coded = payload[pos:]
         except (struct.error, ValueError) as exc:
             raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
-        if self.base is None:
-            raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
-        if flags > 1 or mode not in (0, 1, 2) or cond_pm > 1000 or chroma > 1 or (not flags and (mode or n_sym or coded)):
+        if flags & 1 == 0 or mode not in (0, 1, 2) or cond_pm > 1000 or (mode == 0 and coded):
             raise CodecError(f"{self.codec_id}: implausible header values")
         base_im, base_fp = self._base_decode(base_payload, device)
-        h = hashlib.sha256(payload[:_HEAD.size] + tag + coded)
+        h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
         h.update(base_fp.encode() if base_fp else base_im.tobytes())
-        if not flags:
-            return Decoded(image=base_im, fingerprint=h.hexdigest())
         try:
-            return self._filtered(base_im, tag, mode, cond_pm, chroma, n_sym, coded, h)
+            return self._filtered(base_im, tag, mode, cond_pm, flags >> 1, coded, h)
         except CodecError:
             raise
         except Exception as exc:  # rANS on corrupt bytes, shape mismatches...
             raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
 
-    def _filtered(self, base_im, tag, mode, cond_pm, chroma, n_sym, coded, h) -> Decoded:
+    def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h) -> Decoded:
         import numpy as np
         import torch
         from PIL import Image
@@ -309,12 +316,8 @@ class EnhancedCodec(Codec):
         net = load_net(f)
         w = b = None
         if mode:
-            if n_sym != adapt.n_params(mode, net.channels):
-                raise CodecError(f"{self.codec_id}: {n_sym} adapter values do not fit mode {mode}")
-            symbols = adapt.decode_symbols(coded, n_sym)
+            symbols = adapt.decode_symbols(coded, adapt.n_params(mode, net.channels))
             w, b = adapt.merged_tail(net, mode, symbols)
-        elif n_sym or coded:
-            raise CodecError(f"{self.codec_id}: adapter bytes without an adapter mode")
         xb = torch.from_numpy(np.asarray(base_im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
         out = to_uint8(apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b))
         return Decoded(image=Image.fromarray(out), fingerprint=h.hexdigest())

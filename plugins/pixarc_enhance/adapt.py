@@ -94,8 +94,10 @@ def decode_symbols(data: bytes, n: int) -> list[int]:
 
     cdf, length = _cdf()
     out = RansDecoder().decode_with_indexes(data, [0] * n, [cdf], [length], [-K])
-    if any(abs(s) > K for s in out):
-        raise ValueError("adapter symbol out of range")
+    # rANS cannot tell a truncated or padded string: the coded bytes must be exactly the
+    # encoding of what they decode to
+    if any(abs(s) > K for s in out) or encode_symbols(out) != data:
+        raise ValueError("adapter bytes are not a valid encoding")
     return out
 
 
