@@ -13,7 +13,8 @@ Measured in this run, on the same images and quality points:
 BD-rate (%) against the reference, on PSNR and on MS-SSIM (as −10·log10(1 − MS-SSIM) dB),
 piecewise-cubic over the overlapping range (``lossy_rd.bd_rate``); negative = fewer bits.
 Encode/decode seconds per image, how often the filter and adapters were used, and adapter
-bytes per image (coded adapter bytes; the 1-byte (filter off) or 12-byte (on) header is
+bytes per image (``on``: images × qualities with the filter on; ``adapt``: with
+adapters, ``p.col`` of them per colour; adapter bytes: coded adapter bytes; the 1-byte (filter off) or 12-byte (on) header is
 counted in the rates but not here). Rates are payload bytes of each codec.
 """
 
@@ -69,6 +70,7 @@ def measure(codec, params, sources, stats=None):
                 (n,) = struct.unpack_from(">I", payload, pos)
                 stats["on"] += 1
                 stats["adapted"] += int(mode > 0)
+                stats["per_colour"] += int(mode == 2)
                 stats["adapter_bytes"] += len(payload) - pos - 4 - n
     n = len(sources)
     return (bits / pixels, float(np.mean(ps)), float(np.mean(ms))), enc_s / n, dec_s / n
@@ -110,7 +112,7 @@ def main() -> None:
         for name, adapters in (("+filter", "none"), ("+adapted", "auto")):
             label = f"avif {sub} {name}"
             curves[label], t = [], []
-            stats = {"images": 0, "on": 0, "adapted": 0, "adapter_bytes": 0}
+            stats = {"images": 0, "on": 0, "adapted": 0, "per_colour": 0, "adapter_bytes": 0}
             for q in qualities:
                 pt, e, d = measure(enh, {"quality": q, "speed": args.speed, "subsampling": sub,
                                          "adapters": adapters}, sources, stats)
@@ -121,14 +123,14 @@ def main() -> None:
         print(f"\n== {domain} ({len(sources)} images, {sources[0].image.size[0]}x{sources[0].image.size[1]} first); "
               f"reference: {ref}")
         print(f"{'curve':26s} {'BD PSNR %':>9s} {'BD MS-SSIM %':>12s} {'enc s':>7s} {'dec s':>7s} "
-              f"{'on':>5s} {'adapt':>6s} {'adapter B':>9s}  points (bpp/PSNR)")
+              f"{'on':>7s} {'adapt':>6s} {'p.col':>5s} {'adapter B':>9s}  points (bpp/PSNR)")
         for name, pts in curves.items():
             bd_p = bd_rate([(b, p) for b, p, _ in curves[ref]], [(b, p) for b, p, _ in pts])
             bd_m = bd_rate([(b, m) for b, _, m in curves[ref]], [(b, m) for b, _, m in pts])
             e, d = timing[name]
             st = extra.get(name)
-            use = (f"{st['on']}/{st['images']:<3d} {st['adapted']:>6d} {st['adapter_bytes'] / st['images']:9.1f}"
-                   if st else f"{'':5s} {'':>6s} {'':>9s}")
+            use = (f"{st['on']:>3d}/{st['images']:<3d} {st['adapted']:>6d} {st['per_colour']:>5d} "
+                   f"{st['adapter_bytes'] / st['images']:9.1f}" if st else f"{'':7s} {'':>6s} {'':>5s} {'':>9s}")
             shown = " ".join(f"{b:.3f}/{p:.2f}" for b, p, _ in pts)
             print(f"{name:26s} {bd_p:9.2f} {bd_m:12.2f} {e:7.2f} {d:7.2f} {use}  {shown}")
             totals[(domain, name.replace(sub, "best"))] = (bd_p, bd_m)
