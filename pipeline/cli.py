@@ -847,8 +847,9 @@ def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
 @click.option("--checkpoint-minutes", default=3.0, show_default=True)
+@click.option("--refit", default=600, show_default=True, help="Training patches for the final least-squares refit of the last layer (0: none).")
 def train_enhance(data, out, base, minutes, steps, rates, variants, batch, patch, channels, layers, lr, device, seed,
-                  resume, checkpoint_minutes):
+                  resume, checkpoint_minutes, refit):
     """Train the enhancement post-filter of `<base>-enhanced` (time budget, resumable)."""
     from pixarc_enhance.train import train as run
 
