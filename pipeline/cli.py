@@ -856,7 +856,7 @@ def train_enhance(data, out, base, minutes, steps, rates, variants, batch, patch
     lo, hi = (int(v) for v in rates.split(","))
     entry = run(data, out, base=base, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, device=device,
                 seed=seed, channels=channels, layers=layers, rates=(lo, hi), variants=variants, resume=resume,
-                checkpoint_minutes=checkpoint_minutes)
+                checkpoint_minutes=checkpoint_minutes, refit=refit)
     console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
                   f"final {entry['final']})")
 

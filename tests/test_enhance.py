@@ -237,7 +237,7 @@ def test_training_cli_writes_weights_and_resumes(tmp_path):
         textured(64, 64, seed=i).save(data / f"{i}.png")
     out = tmp_path / "out"
     args = ["train", "enhance", "--data", str(tmp_path / "data"), "--out", str(out), "--batch", "2",
-            "--patch", "32", "--channels", "4", "--layers", "3", "--variants", "1"]
+            "--patch", "32", "--channels", "4", "--layers", "3", "--variants", "1", "--refit", "4"]
     res = CliRunner().invoke(main, args + ["--steps", "3"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, args + ["--steps", "5", "--resume"])
@@ -245,6 +245,9 @@ def test_training_cli_writes_weights_and_resumes(tmp_path):
     entry = json.loads((out / "weights.json").read_text())["files"]["enhance-avif-c4-l3.pt"]
     assert entry["steps"] == 5 and entry["devices"] == ["cpu"] and len(entry["data_sha256"]) == 64
     assert entry["arch"] == "enhance-cnn" and entry["base"] == "avif" and entry["rates"] == [20, 95]
+    refit = entry["refit"]  # least squares cannot do worse than the tail it replaces
+    assert refit["samples"] == 4 and refit["kept"] and refit["sse_after"] < refit["sse_before"]
+    assert (out / "enhance-avif-c4-l3.pool.ckpt").exists()  # the resumed run decoded cached payloads
     from pixarc.weights import load_from_manifest
 
     state, _ = load_from_manifest(out, "enhance-avif-c4-l3.pt")
