@@ -58,12 +58,16 @@ def _pmf() -> tuple[float, ...]:
 
 
 def symbol_bits() -> np.ndarray:
-    """-log2 p(k) for k = -K..K (the model the encoder optimises against)."""
-    return -np.log2(np.array(_pmf()))
+    """-log2 p(k) for k = -K..K under the coder's own 16-bit table (what the bits cost)."""
+    cdf, _ = _cdf()
+    return -np.log2(np.diff(np.array(cdf[: 2 * K + 2], dtype=np.float64)) / 65536)
 
 
 @lru_cache(maxsize=1)
 def _cdf() -> tuple[list[int], int]:
+    from pixarc import compressai_compat
+
+    compressai_compat.load()
     from compressai._CXX import pmf_to_quantized_cdf
 
     cdf = pmf_to_quantized_cdf(list(_pmf()) + [0.0], 16)
