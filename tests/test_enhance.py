@@ -244,6 +244,7 @@ def test_training_cli_writes_weights_and_resumes(tmp_path):
     assert res.exit_code == 0, res.output
     entry = json.loads((out / "weights.json").read_text())["files"]["enhance-avif-c4-l3.pt"]
     assert entry["steps"] == 5 and entry["devices"] == ["cpu"] and len(entry["data_sha256"]) == 64
+    assert [st["steps"] for st in entry["stages"]] == ["0-3", "3-5"]
     assert entry["arch"] == "enhance-cnn" and entry["base"] == "avif" and entry["rates"] == [20, 95]
     refit = entry["refit"]  # least squares cannot do worse than the tail it replaces
     assert refit["samples"] == 4 and refit["kept"] and refit["sse_after"] < refit["sse_before"]

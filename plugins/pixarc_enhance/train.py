@@ -167,12 +167,13 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
 
     net = EnhanceNet(channels, layers).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    step, minutes_done, devices = 0, 0.0, []
+    step, minutes_done, devices, stages = 0, 0.0, [], []
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, minutes_done, devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
+        stages = list(ck.get("stages", []))
         print(f"resumed {ckpt_path} at step {step} ({minutes_done:.1f} min)", flush=True)
     elif resume:
         raise SystemExit(f"--resume: no checkpoint {ckpt_path}")
@@ -210,7 +211,8 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
 
     def save_checkpoint() -> None:
         _atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
-                      "minutes": minutes_done + (time.time() - t0) / 60, "devices": devices}, ckpt_path)
+                      "minutes": minutes_done + (time.time() - t0) / 60, "devices": devices, "stages": stages},
+                     ckpt_path)
 
     net.train()
     start_step, history, gains = step, [], []
@@ -236,6 +238,9 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
         if time.time() - last_ckpt > checkpoint_minutes * 60:
             save_checkpoint()
             last_ckpt = time.time()
+    # every invocation's settings and last log line, so a resumed run's provenance stays whole
+    stages.append({"steps": f"{start_step}-{step}", "batch": batch, "patch": patch, "lr": lr, "device": device,
+                   "final": history[-1] if history else None})
     net.eval()
     refit_info = refit_tail(net, pool, refit, patch, rng, device, log=lambda m: print(m, flush=True)) if refit else None
     save_checkpoint()
@@ -246,7 +251,8 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
         "batch": batch, "patch": patch, "lr": lr, "seed": seed, "rates": list(rates), "variants": variants,
         "images": len(files), "data": root.name, "data_sha256": data_hash, "minutes": round(total_minutes, 1),
         "devices": devices, "params": sum(p.numel() for p in net.parameters()),
-        "final": history[-1] if history else None, "refit": refit_info,
+        "final": next((st["final"] for st in reversed(stages) if st["final"]), None), "stages": stages,
+        "refit": refit_info,
         "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} (resumable; {step} steps)",
     }
     return save_weights(out, name, net.state_dict(), entry)
