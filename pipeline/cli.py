@@ -834,6 +834,37 @@ def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, 
     console.print(f"wrote {out} ({entry['sha256'][:16]}...)")
 
 
+@train.command("enhance")
+@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
+@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
+@click.option("--base", default="avif", show_default=True, help="Lossy base codec whose artefacts the filter removes.")
+@click.option("--minutes", default=15.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
+@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
+@click.option("--rates", default="20,95", show_default=True, help="Range of the base rate parameter to train on.")
+@click.option("--variants", default=2, show_default=True, help="Base encodes per training image.")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--patch", default=96, show_default=True)
+@click.option("--channels", default=32, show_default=True)
+@click.option("--layers", default=6, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
+@click.option("--checkpoint-minutes", default=3.0, show_default=True)
+@click.option("--refit", default=600, show_default=True, help="Training patches for the final least-squares refit of the last layer (0: none).")
+def train_enhance(data, out, base, minutes, steps, rates, variants, batch, patch, channels, layers, lr, device, seed,
+                  resume, checkpoint_minutes, refit):
+    """Train the enhancement post-filter of `<base>-enhanced` (time budget, resumable)."""
+    from pixarc_enhance.train import train as run
+
+    lo, hi = (int(v) for v in rates.split(","))
+    entry = run(data, out, base=base, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, device=device,
+                seed=seed, channels=channels, layers=layers, rates=(lo, hi), variants=variants, resume=resume,
+                checkpoint_minutes=checkpoint_minutes, refit=refit)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
+                  f"final {entry['final']})")
+
+
 # --------------------------------------------------------------------------- interop
 
 

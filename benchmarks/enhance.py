@@ -1,0 +1,148 @@
+"""AVIF + the learned enhancement filter vs the best AVIF, per domain of ../shared/data/dev.
+
+    .venv/bin/python benchmarks/enhance.py [DEV_DIR] [--limit 8] [--qualities 30,45,60,75,90]
+                                           [--domains natural,comic] [--speed 6]
+
+Measured in this run, on the same images and quality points:
+* ``avif 4:2:0`` and ``avif 4:4:4`` (Pillow's libavif; the 4:4:4 curve through the AVIF
+  plugin's ``subsampling`` parameter); the better of the two by BD-rate (PSNR) is the
+  domain's reference, and the enhanced curves run over that setting;
+* ``+filter``: ``avif-enhanced`` with ``adapters = none`` (the generic filter, its strength
+  and on/off decided per image);
+* ``+adapted``: ``avif-enhanced`` with ``adapters = auto`` (per-image adapters by RD cost).
+BD-rate (%) against the reference, on PSNR and on MS-SSIM (as −10·log10(1 − MS-SSIM) dB),
+piecewise-cubic over the overlapping range (``lossy_rd.bd_rate``); negative = fewer bits.
+Encode/decode seconds per image, how often the filter and adapters were used, and adapter
+bytes per image (``on``: images × qualities with the filter on; ``adapt``: with
+adapters, ``p.col`` of them per colour; adapter bytes: coded adapter bytes; the 1-byte (filter off) or 12-byte (on) header is
+counted in the rates but not here). Rates are payload bytes of each codec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lossy_rd import bd_rate  # noqa: E402
+
+from pixarc.images import probe_and_load  # noqa: E402
+from pixarc.metrics import ms_ssim, psnr  # noqa: E402
+from pixarc.plugins import build_plugin_manager  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ("natural", "comic", "line", "vector", "screenshot")
+
+
+def msssim_db(v: float) -> float:
+    return -10 * math.log10(max(1e-10, 1 - v))
+
+
+def measure(codec, params, sources, stats=None):
+    """Mean (bpp, PSNR, MS-SSIM dB) over ``sources`` and seconds per image (encode, decode)."""
+    from pixarc_enhance import _HEAD, SHA_PREFIX
+
+    p = codec.validate_params(params)
+    bits = pixels = 0
+    ps, ms, enc_s, dec_s = [], [], 0.0, 0.0
+    for src in sources:
+        t0 = time.perf_counter()
+        payload = codec.encode(src, p)
+        t1 = time.perf_counter()
+        image = codec.decode(payload).image
+        dec_s += time.perf_counter() - t1
+        enc_s += t1 - t0
+        bits += 8 * len(payload)
+        pixels += src.info.pixels
+        ps.append(psnr(src.image, image))
+        ms.append(msssim_db(ms_ssim(src.image, image)))
+        if stats is not None:  # enhanced payloads: filter on? adapter mode? adapter bytes?
+            stats["images"] += 1
+            if payload[0]:
+                _, mode, _ = _HEAD.unpack_from(payload, 0)
+                pos = _HEAD.size + SHA_PREFIX
+                (n,) = struct.unpack_from(">I", payload, pos)
+                stats["on"] += 1
+                stats["adapted"] += int(mode > 0)
+                stats["per_colour"] += int(mode == 2)
+                stats["adapter_bytes"] += len(payload) - pos - 4 - n
+    n = len(sources)
+    return (bits / pixels, float(np.mean(ps)), float(np.mean(ms))), enc_s / n, dec_s / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
+    ap.add_argument("--limit", type=int, default=8, help="images per domain")
+    ap.add_argument("--qualities", default="30,45,60,75,90")
+    ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--speed", type=int, default=6)
+    args = ap.parse_args()
+    reg = build_plugin_manager()
+    avif, enh = reg.codec("avif"), reg.codec("avif-enhanced")
+    qualities = [int(q) for q in args.qualities.split(",")]
+    f = enh._filter_for_base()
+    print(f"dev set {args.dev}; qualities {qualities}; speed {args.speed}; filter {f.path if f else None} "
+          f"({f.sha256[:12] if f else '-'}); limit {args.limit} images per domain")
+    totals = {}
+    for domain in args.domains.split(","):
+        files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
+        sources = [s for s in (probe_and_load(p.read_bytes()) for p in files) if s.image is not None]
+        sources = [s for s in sources if s.image.mode == "RGB"]
+        if not sources:
+            continue
+        curves, timing, extra = {}, {}, {}
+        for sub in ("4:2:0", "4:4:4"):
+            name = f"avif {sub}"
+            curves[name], t = [], []
+            for q in qualities:
+                pt, e, d = measure(avif, {"quality": q, "speed": args.speed, "subsampling": sub}, sources)
+                curves[name].append(pt)
+                t.append((e, d))
+            timing[name] = tuple(np.mean(t, axis=0))
+        ref = min(("avif 4:2:0", "avif 4:4:4"), key=lambda c: bd_rate(
+            [(b, p) for b, p, _ in curves["avif 4:2:0"]], [(b, p) for b, p, _ in curves[c]]))
+        sub = ref.split()[1]
+        for name, adapters in (("+filter", "none"), ("+adapted", "auto")):
+            label = f"avif {sub} {name}"
+            curves[label], t = [], []
+            stats = {"images": 0, "on": 0, "adapted": 0, "per_colour": 0, "adapter_bytes": 0}
+            for q in qualities:
+                pt, e, d = measure(enh, {"quality": q, "speed": args.speed, "subsampling": sub,
+                                         "adapters": adapters}, sources, stats)
+                curves[label].append(pt)
+                t.append((e, d))
+            timing[label] = tuple(np.mean(t, axis=0))
+            extra[label] = stats
+        print(f"\n== {domain} ({len(sources)} images, {sources[0].image.size[0]}x{sources[0].image.size[1]} first); "
+              f"reference: {ref}")
+        print(f"{'curve':26s} {'BD PSNR %':>9s} {'BD MS-SSIM %':>12s} {'enc s':>7s} {'dec s':>7s} "
+              f"{'on':>7s} {'adapt':>6s} {'p.col':>5s} {'adapter B':>9s}  points (bpp/PSNR)")
+        for name, pts in curves.items():
+            bd_p = bd_rate([(b, p) for b, p, _ in curves[ref]], [(b, p) for b, p, _ in pts])
+            bd_m = bd_rate([(b, m) for b, _, m in curves[ref]], [(b, m) for b, _, m in pts])
+            e, d = timing[name]
+            st = extra.get(name)
+            use = (f"{st['on']:>3d}/{st['images']:<3d} {st['adapted']:>6d} {st['per_colour']:>5d} "
+                   f"{st['adapter_bytes'] / st['images']:9.1f}" if st else f"{'':7s} {'':>6s} {'':>5s} {'':>9s}")
+            shown = " ".join(f"{b:.3f}/{p:.2f}" for b, p, _ in pts)
+            print(f"{name:26s} {bd_p:9.2f} {bd_m:12.2f} {e:7.2f} {d:7.2f} {use}  {shown}")
+            totals[(domain, name.replace(sub, "best"))] = (bd_p, bd_m)
+        base_e, base_d = timing[ref]
+        for name in (f"avif {sub} +filter", f"avif {sub} +adapted"):
+            e, d = timing[name]
+            print(f"  {name}: extra encode {e - base_e:+.2f} s/image, extra decode {d - base_d:+.2f} s/image")
+    print("\n== summary: BD-rate vs the best AVIF setting per domain (PSNR / MS-SSIM), %")
+    for (domain, name), (bp, bm) in totals.items():
+        if "+" in name:
+            print(f"{domain:11s} {name:22s} {bp:8.2f} {bm:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""``<base>-enhanced``: any lossy codec + a learned post-filter, adapted per image.
+
+The payload carries the base codec's own payload untouched, plus what the decoder needs to
+clean it up: whether the filter is on, the conditioning it was run with, and the adapters.
+Decode = base decode, then the filter (and adapters) on the CPU. The encoder chooses all of
+it by rate–distortion cost ``8·bytes + λ·SSE``, λ being the base codec's local slope
+(measured with one more base encode one rate step up), so the filter is never applied where
+it loses and adapters are sent only where they pay for their bytes. The base rate parameter
+is this codec's rate parameter: ``target_psnr``/``target_bpp`` searches and RD selection
+search the base quality with the filter on.
+
+Payload (format 1), kept small because it is paid per image::
+
+    filter off: u8 0 | base payload
+    filter on:  u8 flags (bit 0: on, bit 1: 4:4:4 chroma) | u8 adapter mode (0 none,
+                1 shared, 2 per colour) | u16 conditioning rate, permille |
+                4-byte sha256 prefix of the filter weights | u32 length + base payload |
+                rANS-coded adapter symbols (the rest; their count follows from the mode)
+
+The container records the rest: codec id ``<base>-enhanced``, ``codec_version`` (the base
+id and its library versions, torch's) and ``weights_sha256`` (the filter's full sha256).
+
+Weights (sha256 first, ``weights_only=True``): ``PIXARC_ENHANCE_WEIGHTS`` directories
+(``os.pathsep``-separated, each with a ``weights.json``), then ``weights/`` beside this file;
+an entry's ``base`` names the codec it was trained on; a base without its own filter uses
+the AVIF one (the per-image on/off decision keeps it from losing). Bases: avif, webp, jxl,
+jpeg and the learned codecs by default, more with ``PIXARC_ENHANCE_BASES=id,id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.errors import CodecError
+from pixarc.hookspecs import hookimpl
+
+ARCH = "enhance-cnn"
+DEFAULT_BASES = ("avif", "webp", "jxl", "jpeg", "adaptive-mbt2018-mean", "svr")
+_HEAD = struct.Struct(">BBH")
+SHA_PREFIX = 4
+CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
+SHIPPED = Path(__file__).parent / "weights"
+
+OWN_PARAMS = {
+    "filter": Param(str, "auto", help="auto (on/off coded per image by RD cost), on, off"),
+    "adapters": Param(str, "auto", help="auto (by RD cost), none, shared, per_colour"),
+    "strengths": Param(str, "0,0.1,0.25,-0.1",
+                       help="conditioning offsets (normalised rate) searched for the filter, comma-separated"),
+    "rd_lambda": Param(float, 0.0, 0.0, 1e6, "bits per unit SSE (0..255 scale); 0 = the base's local RD slope"),
+}
+
+
+@dataclass(frozen=True)
+class Filter:
+    path: str
+    sha256: str
+    base: str
+    channels: int
+    layers: int
+    cond: int
+
+
+def discover() -> list[Filter]:
+    from pixarc.weights import manifest_entries
+
+    return [Filter(str(p), e["sha256"], e.get("base", "avif"), int(e["channels"]), int(e["layers"]),
+                   int(e.get("cond", 2)))
+            for p, e in manifest_entries("PIXARC_ENHANCE_WEIGHTS", SHIPPED, ARCH)]
+
+
+_NETS: dict[str, Any] = {}
+_NETS_LOCK = threading.Lock()
+
+
+def load_net(f: Filter):
+    """The filter network for ``f`` (fp32 on the CPU, cached per sha256)."""
+    with _NETS_LOCK:
+        if f.sha256 not in _NETS:
+            from pixarc.weights import WeightsError, load_weights
+
+            from .model import EnhanceNet
+
+            try:
+                state = load_weights(f.path, f.sha256)
+            except WeightsError as exc:
+                raise CodecError(str(exc)) from None
+            net = EnhanceNet(f.channels, f.layers, f.cond)
+            net.load_state_dict({k: v.float() for k, v in state.items()})
+            _NETS[f.sha256] = net.eval().requires_grad_(False)
+        return _NETS[f.sha256]
+
+
+def _base_registry():
+    from pixarc.plugins import default_registry
+
+    return default_registry()
+
+
+class EnhancedCodec(Codec):
+    """Base class; :func:`enhanced` makes one subclass per base codec id."""
+
+    base_id: ClassVar[str] = ""
+    format_version = 1
+    lossless = False
+    modes = frozenset({"RGB"})
+    params_schema = dict(OWN_PARAMS)  # the instance adds the base's parameters
+
+    def __init__(self, base: Codec | None = None):
+        if base is None:
+            try:
+                base = _base_registry().codec(self.base_id)
+            except Exception:  # base not installed (or disabled): unsupported_reason says so
+                base = None
+        self.base = base
+        if base is not None:
+            clash = set(base.params_schema) & set(OWN_PARAMS)
+            if clash:
+                raise CodecError(f"{self.codec_id}: base parameters {sorted(clash)} clash with the filter's")
+            self.params_schema = {**base.params_schema, **OWN_PARAMS}
+            self.rate_param = base.rate_param
+            self.max_side = base.max_side
+        self._filters = discover()
+
+    # ------------------------------------------------------------------ identity
+
+    def _filter_for_base(self) -> Filter | None:
+        own = [f for f in self._filters if f.base == self.base_id]
+        generic = [f for f in self._filters if f.base == "avif"]
+        return (own or generic or [None])[0]
+
+    def weights_for(self, params: Mapping[str, Any]) -> str:
+        f = self._filter_for_base()
+        return f.sha256 if f else ""
+
+    def has_weights(self, sha256: str) -> bool:
+        return any(f.sha256 == sha256 for f in self._filters)
+
+    def version(self) -> str:
+        import torch
+
+        base = self.base.version() if self.base is not None else "not installed"
+        return f"{self.base_id} ({base}); torch {torch.__version__}"
+
+    def unsupported_reason(self, info):
+        if self.base is None:
+            return f"{self.codec_id}: base codec {self.base_id!r} is not installed"
+        if self.base.lossless:
+            return f"{self.codec_id}: base codec {self.base_id!r} is lossless, nothing to enhance"
+        if self._filter_for_base() is None:
+            return f"{self.codec_id}: no filter weights installed (see the plugin docstring)"
+        return super().unsupported_reason(info) or self.base.unsupported_reason(info)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _cond(self, params: Mapping[str, Any]) -> tuple[float, int]:
+        """(normalised base rate, chroma flag) the filter is conditioned on."""
+        rp = self.rate_param
+        if rp is None:
+            return 0.5, 0
+        spec = self.params_schema[rp]
+        lo, hi = float(spec.min), float(spec.max)
+        rate = (float(params[rp]) - lo) / (hi - lo) if hi > lo else 0.5
+        sub = str(params.get("subsampling", ""))
+        return rate, int(sub in ("4:4:4", "0"))
+
+    def _base_decode(self, payload: bytes, device: str = "cpu"):
+        d = self.base.decode(payload, device)
+        if d.image is None:
+            raise CodecError(f"{self.codec_id}: base codec returned no pixels")
+        im = d.image if d.image.mode == "RGB" else d.image.convert("RGB")
+        return im, d.fingerprint
+
+    @staticmethod
+    def _pack(on, mode, cond_pm, chroma, symbols, sha, base_payload) -> bytes:
+        from . import adapt
+
+        if not on:
+            return b"\0" + base_payload
+        coded = adapt.encode_symbols(symbols) if symbols else b""
+        head = _HEAD.pack(1 | 2 * chroma, mode, cond_pm) + bytes.fromhex(sha)[:SHA_PREFIX]
+        return head + pack_sections(base_payload) + coded
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(self, src, params, device="cpu"):
+        import numpy as np
+        import torch
+
+        from . import adapt
+        from .model import feature_tiles, finish, to_uint8
+
+        if self.base is None:
+            raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
+        bp = {k: params[k] for k in self.base.params_schema}
+        base_payload = self.base.encode(src, bp, device)
+        base_im, _ = self._base_decode(base_payload, device)
+        f = self._filter_for_base()
+        rate, chroma = self._cond(params)
+        off = self._pack(0, 0, 0, 0, [], "", base_payload)
+        if params["filter"] == "off" or f is None:
+            return off
+        if params["filter"] not in ("auto", "on") or params["adapters"] not in ("auto", "none", "shared", "per_colour"):
+            raise CodecError(f"{self.codec_id}: filter must be auto/on/off, adapters auto/none/shared/per_colour")
+        net = load_net(f)
+        orig = np.asarray(src.image.convert("RGB"), dtype=np.float64)
+        base_arr = np.asarray(base_im)
+
+        def sse(a: np.ndarray) -> float:
+            return float(((a.astype(np.float64) - orig) ** 2).sum())
+
+        x = torch.from_numpy(orig.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        xb = torch.from_numpy(base_arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        # candidates: (cost, payload); the base alone is always one
+        lam = params["rd_lambda"] or self._slope(src, bp, len(base_payload), sse(base_arr), sse, device)
+        best_cost, best = 8 * len(off) + lam * sse(base_arr), off
+        try:
+            offsets = [float(s) for s in str(params["strengths"]).split(",") if s.strip()] or [0.0]
+        except ValueError:
+            raise CodecError(f"{self.codec_id}: strengths must be comma-separated numbers") from None
+        tried: dict[int, tuple[float, list | None]] = {}  # permille -> (SSE, cached features)
+        keep = src.info.pixels <= CACHE_PIXELS
+        for off_s in offsets:
+            pm = min(1000, max(0, round((rate + off_s) * 1000)))
+            if pm not in tried:
+                parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
+                tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None)
+        pm = min(tried, key=lambda k: tried[k][0])
+        cond = torch.tensor([[pm / 1000, float(chroma)]])
+        parts = tried[pm][1] or feature_tiles(net, xb, cond)
+        tried = {}  # free the other strengths' features
+        plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
+        cands = [(8 * len(plain) + lam * sse(to_uint8(finish(net, parts, xb.shape))), plain)]
+        modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
+        if modes and lam > 0 and adapt.coder_available():
+            stats = adapt.statistics(net, parts, x)
+            for mode in modes:
+                symbols, _, _ = adapt.fit(stats, mode, lam)
+                if not any(symbols):
+                    continue
+                w, b = adapt.merged_tail(net, mode, symbols)
+                payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload)
+                cands.append((8 * len(payload) + lam * sse(to_uint8(finish(net, parts, xb.shape, w, b))), payload))
+        cost, payload = min(cands, key=lambda c: c[0])
+        if params["filter"] == "on" or cost < best_cost:
+            best_cost, best = cost, payload
+        return best
+
+    def _slope(self, src, bp, base_bytes: int, base_sse: float, sse, device) -> float:
+        """Bits per unit SSE at the base's operating point: one more base encode, one rate
+        step up (down at the top of the range). 0 when the step shows no trade-off."""
+        import numpy as np
+
+        rp = self.rate_param
+        if rp is None:
+            return 0.0
+        spec = self.params_schema[rp]
+        step = max(1, round((spec.max - spec.min) / 20))
+        other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
+        if other < spec.min or other == bp[rp]:
+            return 0.0
+        payload = self.base.encode(src, {**bp, rp: other}, device)
+        im, _ = self._base_decode(payload, device)
+        d_bits = 8 * (len(payload) - base_bytes)
+        d_sse = base_sse - sse(np.asarray(im))
+        return d_bits / d_sse if d_bits * d_sse > 0 else 0.0
+
+    # ------------------------------------------------------------------ decode
+
+    def decode(self, payload, device="cpu"):
+        if self.base is None:
+            raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
+        if not payload or payload[0] > 3:
+            raise CodecError(f"{self.codec_id}: empty payload or unknown flags")
+        if payload[0] == 0:
+            base_im, base_fp = self._base_decode(payload[1:], device)
+            h = hashlib.sha256(b"\0" + (base_fp.encode() if base_fp else base_im.tobytes()))
+            return Decoded(image=base_im, fingerprint=h.hexdigest())
+        try:
+            flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
+            pos = _HEAD.size + SHA_PREFIX
+            tag = payload[_HEAD.size : pos]
+            (base_payload,), pos = unpack_sections(payload, pos, 1)
+            coded = payload[pos:]
+        except (struct.error, ValueError) as exc:
+            raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
+        if flags & 1 == 0 or mode not in (0, 1, 2) or cond_pm > 1000 or (mode == 0 and coded):
+            raise CodecError(f"{self.codec_id}: implausible header values")
+        base_im, base_fp = self._base_decode(base_payload, device)
+        h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
+        h.update(base_fp.encode() if base_fp else base_im.tobytes())
+        try:
+            return self._filtered(base_im, tag, mode, cond_pm, flags >> 1, coded, h)
+        except CodecError:
+            raise
+        except Exception as exc:  # rANS on corrupt bytes, shape mismatches...
+            raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
+
+    def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h) -> Decoded:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from . import adapt
+        from .model import apply, to_uint8
+
+        f = next((f for f in self._filters if bytes.fromhex(f.sha256)[:SHA_PREFIX] == tag), None)
+        if f is None:
+            raise CodecError(f"{self.codec_id}: filter weights {tag.hex()}... not installed")
+        net = load_net(f)
+        w = b = None
+        if mode:
+            symbols = adapt.decode_symbols(coded, adapt.n_params(mode, net.channels))
+            w, b = adapt.merged_tail(net, mode, symbols)
+        xb = torch.from_numpy(np.asarray(base_im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        out = to_uint8(apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b))
+        return Decoded(image=Image.fromarray(out), fingerprint=h.hexdigest())
+
+
+_CLASSES: dict[str, type[EnhancedCodec]] = {}
+
+
+def enhanced(base_id: str) -> type[EnhancedCodec]:
+    """The ``<base_id>-enhanced`` codec class (one class per base, reused across registries)."""
+    if base_id not in _CLASSES:
+        name = "".join(p.capitalize() for p in base_id.replace("-", "_").split("_")) + "EnhancedCodec"
+        _CLASSES[base_id] = type(name, (EnhancedCodec,), {
+            "codec_id": f"{base_id}-enhanced",
+            "base_id": base_id,
+            "description": f"{base_id} + learned enhancement filter with per-image adapters",
+            "__module__": __name__,
+        })
+    return _CLASSES[base_id]
+
+
+def bases() -> list[str]:
+    extra = [b.strip() for b in os.environ.get("PIXARC_ENHANCE_BASES", "").split(",") if b.strip()]
+    return list(dict.fromkeys([*DEFAULT_BASES, *extra]))
+
+
+@hookimpl
+def register_codecs(register):
+    for base_id in bases():
+        register(enhanced(base_id))

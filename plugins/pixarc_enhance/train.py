@@ -1,0 +1,258 @@
+"""Training the generic enhancement filter over a base codec's decodes.
+
+    pixarc train enhance --data ../shared/data/train/crops --base avif --minutes 15 \\
+        --out plugins/pixarc_enhance/weights [--resume] [--device cuda]
+
+One model for every rate of the base: each training image is encoded by the base codec
+(through the plugin registry, so any lossy base works) at ``--variants`` random rates drawn
+from ``--rates`` (and, for bases with a ``subsampling`` parameter, both 4:2:0 and 4:4:4), and
+the filter learns ``base decode -> original`` conditioned on the normalised rate and the
+chroma flag (exactly what the codec feeds it). Loss: MSE; Adam; random patches and flips;
+the learning rate drops ×10 for the last 15 % of the budget.
+
+Like ``pixarc train lossy``: ``--minutes`` time budget (``--steps`` a step budget), an
+atomic full checkpoint ``<out>/<name>.ckpt`` every ``--checkpoint-minutes`` and at the end,
+``--resume`` from it (on any device; the base-codec pool is rebuilt from the same seed, so
+it is the same pool; its base payloads are cached beside the checkpoint). A final stage
+refits the last layer exactly by least squares on ``--refit`` training patches. Weights are saved fp16 with their sha256 and provenance (steps,
+minutes, devices, data sha256, rates) in ``<out>/weights.json``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from pixarc_adaptive.train import _atomic_save, _images, data_sha256
+
+
+def torch_no_grad(fn):
+    """``torch.no_grad`` without importing torch at module import time."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        import torch
+
+        with torch.no_grad():
+            return fn(*a, **k)
+
+    return wrapper
+
+
+def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: int, seed: int,
+               cache: Path | None = None, key: str = "", log=print) -> list[tuple]:
+    """(original uint8, base decode uint8, cond) for every image × variant, reproducibly.
+
+    The base payloads are kept in ``cache`` (a few MB), so a resumed run decodes them
+    instead of re-encoding (AVIF encodes cost minutes on a small CPU, decodes seconds)."""
+    import numpy as np
+    import torch
+
+    from pixarc.images import probe_and_load
+
+    from . import enhanced
+
+    codec = enhanced(base)()
+    if codec.base is None or codec.rate_param is None:
+        raise SystemExit(f"base codec {base!r} is not installed or has no rate parameter")
+    schema = codec.base.params_schema
+    subs = {"subsampling": ["4:2:0", "4:4:4"] if schema["subsampling"].type is str else [2, 0]} \
+        if "subsampling" in schema else {}
+    cached = None
+    if cache is not None and cache.exists():
+        doc = torch.load(cache, weights_only=True)
+        if doc.get("key") == key:
+            cached = doc["payloads"]
+            log(f"pool: decoding {len(cached)} cached base payloads from {cache.name}")
+    rng = random.Random(seed)
+    pool, payloads, t0 = [], [], time.time()
+    for i, path in enumerate(files):
+        src = probe_and_load(path.read_bytes())
+        if src.image is None:
+            continue
+        if src.image.mode != "RGB":
+            src = probe_and_load(_png(src.image.convert("RGB")))
+        for v in range(variants):
+            params = {codec.rate_param: rng.randint(*rates)}
+            if subs:
+                params["subsampling"] = rng.choice(subs["subsampling"])
+            params = codec.validate_params(params)
+            bp = {k: params[k] for k in schema}
+            payload = cached[len(payloads)].numpy().tobytes() if cached else codec.base.encode(src, bp, "cpu")
+            payloads.append(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+            im, _ = codec._base_decode(payload)
+            pool.append((np.asarray(src.image), np.asarray(im), codec._cond(params)))
+        if (i + 1) % 50 == 0:
+            log(f"pool: {i + 1}/{len(files)} images ({time.time() - t0:.0f} s)")
+    if cache is not None and not cached:
+        _atomic_save({"key": key, "payloads": payloads}, cache)
+    return pool
+
+
+@torch_no_grad
+def refit_tail(net, pool, samples: int, patch: int, rng: random.Random, device: str, log=print) -> dict:
+    """Least-squares refit of the last layer on the pool: with the body fixed, the filter
+    output is linear in the last layer, so its best weights over a sample of training patches
+    are a 289-unknown least-squares problem per colour, solved exactly (a cheap final stage
+    that a few hundred SGD steps on a busy CPU do not reach)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    C = net.channels
+    n_in = 9 * C + 1
+    gram = torch.zeros(n_in, n_in, dtype=torch.float64)
+    corr = torch.zeros(n_in, 3, dtype=torch.float64)
+    before = energy = 0.0
+    t0 = time.time()
+    for i in range(samples):
+        orig, dec, cond = pool[rng.randrange(len(pool))]
+        h, w = orig.shape[:2]
+        ph, pw = min(patch, h), min(patch, w)
+        y, x = rng.randint(0, h - ph), rng.randint(0, w - pw)
+        o = torch.from_numpy(orig[y : y + ph, x : x + pw].astype(np.float32) / 255).permute(2, 0, 1)[None]
+        b = torch.from_numpy(dec[y : y + ph, x : x + pw].astype(np.float32) / 255).permute(2, 0, 1)[None]
+        feats = net.features(b.to(device), torch.tensor([cond], dtype=torch.float32, device=device))
+        cols = F.unfold(feats, 3, padding=1)[0].T.cpu()  # (pixels, 9C), the tail conv's inputs
+        cols = torch.cat([cols, torch.ones(cols.shape[0], 1)], 1)
+        target = (o - b)[0].reshape(3, -1).T  # (pixels, 3): the residual the tail must predict
+        gram += (cols.T @ cols).double()
+        corr += (cols.T @ target).double()
+        pred = F.conv2d(feats.cpu(), net.tail.weight.cpu(), net.tail.bias.cpu(), padding=1)
+        before += float(((pred - (o - b)) ** 2).sum())
+        energy += float((target.double() ** 2).sum())
+    ridge = 1e-6 * float(torch.diagonal(gram).mean())
+    sol = torch.linalg.solve(gram + ridge * torch.eye(n_in, dtype=torch.float64), corr)  # (n_in, 3)
+    # the solution's residual: |t|² − 2·solᵀc + solᵀGsol
+    after = energy - float(2 * (sol * corr).sum() - (sol * (gram @ sol)).sum())
+    if after < before:
+        weight = sol[:-1].T.reshape(3, C, 3, 3)  # unfold orders columns channel-major, then ky, kx
+        net.tail.weight.copy_(weight.float().to(net.tail.weight.device))
+        net.tail.bias.copy_(sol[-1].float().to(net.tail.bias.device))
+    log(f"least-squares tail refit on {samples} patches: SSE {before:.2f} -> {after:.2f} "
+        f"({'kept' if after < before else 'discarded'}; {time.time() - t0:.0f} s)")
+    return {"samples": samples, "patch": patch, "sse_before": round(before, 4), "sse_after": round(after, 4),
+            "kept": after < before}
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps: int = 10**9, batch: int = 16,
+          patch: int = 96, lr: float = 1e-3, device: str = "cpu", seed: int = 0, channels: int = 32,
+          layers: int = 6, rates: tuple[int, int] = (20, 95), variants: int = 2, resume: bool = False,
+          checkpoint_minutes: float = 3.0, log_every: int = 50, refit: int = 600) -> dict:
+    import numpy as np
+    import torch
+
+    from pixarc.weights import save_weights
+
+    from . import ARCH
+    from .model import EnhanceNet
+
+    root = Path(data)
+    files = _images(root)
+    data_hash = data_sha256(root, files)
+    name = f"enhance-{base}-c{channels}-l{layers}.pt"
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / (Path(name).stem + ".ckpt")
+
+    net = EnhanceNet(channels, layers).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    step, minutes_done, devices, stages = 0, 0.0, [], []
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, minutes_done, devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
+        stages = list(ck.get("stages", []))
+        print(f"resumed {ckpt_path} at step {step} ({minutes_done:.1f} min)", flush=True)
+    elif resume:
+        raise SystemExit(f"--resume: no checkpoint {ckpt_path}")
+    if device not in devices:
+        devices.append(device)
+
+    t0 = last_ckpt = time.time()
+    budget_s = minutes * 60
+    key = f"{data_hash}:{base}:{rates}:{variants}:{seed}"
+    pool = build_pool(files, base, rates, variants, seed, out_dir / (Path(name).stem + ".pool.ckpt"), key,
+                      log=lambda m: print(m, flush=True))
+    torch.manual_seed(seed + step)
+    rng = random.Random(seed * 1_000_003 + step)  # a resumed run draws new batches, reproducibly
+
+    def batch_tensors():
+        xs, bs, cs = [], [], []
+        for _ in range(batch):
+            orig, dec, cond = pool[rng.randrange(len(pool))]
+            h, w = orig.shape[:2]
+            ph, pw = min(patch, h), min(patch, w)
+            y, x = rng.randint(0, h - ph), rng.randint(0, w - pw)
+            o, d = orig[y : y + ph, x : x + pw], dec[y : y + ph, x : x + pw]
+            if rng.random() < 0.5:
+                o, d = o[:, ::-1], d[:, ::-1]
+            xs.append(o[:patch, :patch])
+            bs.append(d[:patch, :patch])
+            cs.append(cond)
+        side_h, side_w = min(a.shape[0] for a in xs), min(a.shape[1] for a in xs)
+
+        def t(arrs):
+            a = np.stack([a[:side_h, :side_w] for a in arrs]).astype(np.float32) / 255
+            return torch.from_numpy(a).permute(0, 3, 1, 2).to(device)
+
+        return t(xs), t(bs), torch.tensor(cs, dtype=torch.float32, device=device)
+
+    def save_checkpoint() -> None:
+        _atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
+                      "minutes": minutes_done + (time.time() - t0) / 60, "devices": devices, "stages": stages},
+                     ckpt_path)
+
+    net.train()
+    start_step, history, gains = step, [], []
+    while step < steps and time.time() - t0 < budget_s:
+        step += 1
+        late = (time.time() - t0) / budget_s > 0.85 or (step - start_step) / max(1, steps - start_step) > 0.85
+        for g in opt.param_groups:
+            g["lr"] = lr / 10 if late else lr
+        x, xb, cond = batch_tensors()
+        mse = torch.nn.functional.mse_loss(net(xb, cond), x)
+        opt.zero_grad()
+        mse.backward()
+        opt.step()
+        with torch.no_grad():
+            base_mse = torch.nn.functional.mse_loss(xb, x)
+        gains.append(float(10 * torch.log10(base_mse / mse.detach().clamp_min(1e-12))))
+        if step % log_every == 0:
+            gain = float(np.mean(gains))
+            gains.clear()
+            history.append({"step": step, "mse": float(mse.detach()), "gain_db": round(gain, 3)})
+            print(f"step {step}: mse {float(mse.detach()):.6f} gain over base {gain:+.3f} dB "
+                  f"({time.time() - t0:.0f} s, lr {opt.param_groups[0]['lr']:.0e})", flush=True)
+        if time.time() - last_ckpt > checkpoint_minutes * 60:
+            save_checkpoint()
+            last_ckpt = time.time()
+    # every invocation's settings and last log line, so a resumed run's provenance stays whole
+    stages.append({"steps": f"{start_step}-{step}", "batch": batch, "patch": patch, "lr": lr, "device": device,
+                   "final": history[-1] if history else None})
+    net.eval()
+    refit_info = refit_tail(net, pool, refit, patch, rng, device, log=lambda m: print(m, flush=True)) if refit else None
+    save_checkpoint()
+    total_minutes = minutes_done + (time.time() - t0) / 60
+    net = net.to("cpu").eval()
+    entry = {
+        "arch": ARCH, "base": base, "channels": channels, "layers": layers, "cond": net.cond, "steps": step,
+        "batch": batch, "patch": patch, "lr": lr, "seed": seed, "rates": list(rates), "variants": variants,
+        "images": len(files), "data": root.name, "data_sha256": data_hash, "minutes": round(total_minutes, 1),
+        "devices": devices, "params": sum(p.numel() for p in net.parameters()),
+        "final": next((st["final"] for st in reversed(stages) if st["final"]), None), "stages": stages,
+        "refit": refit_info,
+        "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} (resumable; {step} steps)",
+    }
+    return save_weights(out, name, net.state_dict(), entry)

@@ -1,0 +1,255 @@
+"""The enhancement post-filter codec (``<base>-enhanced``): tiny filters, tiny images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import encode_bytes
+from pixarc.errors import CodecError
+from pixarc.images import probe_and_load
+
+
+def textured(w=72, h=56, seed=0) -> Image.Image:
+    r = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.stack([128 + 90 * np.sin(xx / 5 + c) * np.cos(yy / 4) for c in range(3)], -1)
+    a[h // 3 : h // 2, w // 4 : w // 2] = (250, 20, 30)  # a flat red block with sharp edges
+    return Image.fromarray(np.clip(a + r.normal(0, 3, a.shape), 0, 255).astype(np.uint8))
+
+
+def _save(folder, net, name="tiny.pt", base="avif"):
+    from pixarc.weights import save_weights
+    from pixarc_enhance import ARCH
+
+    return save_weights(folder, name, net.state_dict(), {"arch": ARCH, "base": base, "channels": net.channels,
+                                                         "layers": net.layers, "cond": net.cond, "source": "test"})
+
+
+@pytest.fixture
+def tiny_filter(tmp_path, monkeypatch):
+    """A 3-layer, 6-channel filter with a small random (non-identity) last layer."""
+    from pixarc_enhance.model import EnhanceNet
+
+    torch.manual_seed(0)
+    net = EnhanceNet(channels=6, layers=3)
+    with torch.no_grad():
+        net.tail.weight.normal_(0, 0.01)
+    folder = tmp_path / "w"
+    entry = _save(folder, net)
+    monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(folder))
+    return folder, entry
+
+
+def codec(base="avif"):
+    from pixarc_enhance import enhanced
+
+    return enhanced(base)()
+
+
+def sse(a: Image.Image, b: Image.Image) -> float:
+    return float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).sum())
+
+
+@pytest.fixture
+def with_enhance(monkeypatch):
+    """The conftest allowlist plus this plugin (installed through its entry point)."""
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
+
+
+def test_registered_for_several_bases_with_the_base_rate_parameter(tiny_filter, with_enhance):
+    from pixarc.plugins import build_plugin_manager
+
+    reg = build_plugin_manager()
+    for base in ("avif", "webp", "jxl"):
+        c = reg.codec(f"{base}-enhanced")
+        assert c.rate_param == "quality" and c.base.codec_id == base
+        assert {"quality", "filter", "adapters"} <= set(c.params_schema)
+    c = reg.codec("avif-enhanced")
+    p = c.validate_params({"quality": 40, "subsampling": "4:4:4"})
+    assert p["speed"] == 6 and p["filter"] == "auto"
+    with pytest.raises(CodecError):
+        c.validate_params({"nonsense": 1})
+    assert c.weights_for(p) == tiny_filter[1]["sha256"] and c.has_weights(tiny_filter[1]["sha256"])
+    assert "avif (Pillow" in c.version()
+
+
+def test_filter_on_round_trips_deterministically(tiny_filter):
+    from pixarc_enhance import _HEAD
+
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(), "PNG"))
+    payload = c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "none"}))
+    flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
+    assert (flags, mode) == (1, 0) and cond_pm <= 1000
+    a, b = c.decode(payload), c.decode(payload)
+    assert a.image.size == (72, 56) and a.image.mode == "RGB"
+    assert a.image.tobytes() == b.image.tobytes() and a.fingerprint == b.fingerprint
+    base = c.base.decode(c.base.encode(src, c.base.validate_params({"quality": 40}))).image
+    assert a.image.tobytes() != base.tobytes()  # the filter did something
+
+
+def test_filter_off_is_exactly_the_base_codec(tiny_filter):
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(), "PNG"))
+    payload = c.encode(src, c.validate_params({"quality": 50, "filter": "off"}))
+    base_payload = c.base.encode(src, c.base.validate_params({"quality": 50}))
+    assert payload == b"\0" + base_payload
+    assert c.decode(payload).image.tobytes() == c.base.decode(base_payload).image.tobytes()
+
+
+def test_a_filter_that_loses_is_switched_off(tmp_path, monkeypatch):
+    from pixarc_enhance.model import EnhanceNet
+
+    torch.manual_seed(1)
+    net = EnhanceNet(channels=6, layers=3)
+    with torch.no_grad():
+        net.tail.weight.normal_(0, 0.5)  # a filter that wrecks the image
+    _save(tmp_path, net, "bad.pt")
+    monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(tmp_path))
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(), "PNG"))
+    payload = c.encode(src, c.validate_params({"quality": 50}))
+    assert payload[0] == 0  # coded "off"
+    base = c.base.decode(c.base.encode(src, c.base.validate_params({"quality": 50}))).image
+    assert c.decode(payload).image.tobytes() == base.tobytes()
+    forced = c.decode(c.encode(src, c.validate_params({"quality": 50, "filter": "on", "adapters": "none"}))).image
+    assert sse(src.image, forced) > sse(src.image, base)
+
+
+def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filter):
+    from pixarc_enhance import adapt, load_net, discover
+    from pixarc_enhance.model import feature_tiles, finish
+
+    net = load_net(discover()[0])
+    src = textured(80, 64, seed=3)
+    base = probe_and_load(encode_bytes(src, "PNG"))
+    c = codec()
+    dec = c.base.decode(c.base.encode(base, c.base.validate_params({"quality": 30}))).image
+    x = torch.from_numpy(np.asarray(src, np.float32) / 255).permute(2, 0, 1)[None]
+    xb = torch.from_numpy(np.asarray(dec, np.float32) / 255).permute(2, 0, 1)[None]
+    parts = feature_tiles(net, xb, torch.tensor([[0.3, 0.0]]))
+    stats = adapt.statistics(net, parts, x)
+    plain = float((((finish(net, parts, xb.shape) - x) * 255).double() ** 2).sum())
+    assert stats.sse0 == pytest.approx(plain, rel=1e-6)
+    for mode in (1, 2):
+        symbols, predicted, bits = adapt.fit(stats, mode, lam=1.0)
+        assert len(symbols) == adapt.n_params(mode, net.channels) and any(symbols)
+        assert max(map(abs, symbols)) <= adapt.K and bits > 0
+        w, b = adapt.merged_tail(net, mode, symbols)
+        real = float((((finish(net, parts, xb.shape, w, b) - x) * 255).double() ** 2).sum())
+        assert real == pytest.approx(predicted, rel=1e-4)
+        assert real < plain
+    # a tiny λ (bits are dear): nothing is worth sending
+    assert not any(adapt.fit(stats, 1, lam=1e-9)[0])
+
+
+def test_adapters_travel_in_the_payload(tiny_filter):
+    from pixarc_enhance import _HEAD, adapt
+
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(80, 64, seed=3), "PNG"))
+    p = {"quality": 30, "filter": "on", "rd_lambda": 1.0}
+    none = c.encode(src, c.validate_params({**p, "adapters": "none"}))
+    shared = c.encode(src, c.validate_params({**p, "adapters": "shared"}))
+    assert _HEAD.unpack_from(shared, 0)[1] == 1 and _HEAD.unpack_from(none, 0)[1] == 0
+    assert len(shared) > len(none)
+    assert sse(src.image, c.decode(shared).image) < sse(src.image, c.decode(none).image)
+    symbols = list(range(-adapt.K, adapt.K + 1)) + [0] * 9
+    assert adapt.decode_symbols(adapt.encode_symbols(symbols), len(symbols)) == symbols
+
+
+def test_malformed_payloads_raise_codec_error(tiny_filter):
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(), "PNG"))
+    good = c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "shared", "rd_lambda": 1.0}))
+    assert good[1] == 1  # adapters sent
+    bad = [b"", good[:5], good[:20], bytes([7]) + good[1:], good[:4] + b"\0" * 4 + good[8:],
+           good[:1] + bytes([3]) + good[2:], good[:-3], b"\0" + good[1:]]
+    for payload in bad:
+        with pytest.raises(CodecError):
+            c.decode(payload)
+
+
+def test_archive_records_the_filter_and_verifies(tiny_filter, with_enhance, tmp_path):
+    from pixarc import engine
+    from pixarc.container import unpack
+    from pixarc.manifest import latest, read_manifest
+    from pixarc.plugins import build_plugin_manager
+
+    src_dir, dest = tmp_path / "src", tmp_path / "dest"
+    src_dir.mkdir()
+    textured(72, 56).save(src_dir / "a.png")
+    policy = tmp_path / "p.toml"
+    policy.write_text('min_confidence = 1.1\n[params.avif-enhanced]\nquality = 40\nfilter = "on"\n'
+                      '[routes.unknown]\nlossless = false\ncodecs = ["avif-enhanced", "png"]\n')
+    reg = build_plugin_manager()
+    import pixarc.engine as eng
+
+    orig = eng.default_registry
+    eng.default_registry = lambda: reg
+    try:
+        engine.archive_local(str(src_dir), str(dest), policy=str(policy))
+        row = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}["a.png"]
+        assert row["codec_id"] == "avif-enhanced" and row["weights_sha256"] == tiny_filter[1]["sha256"]
+        assert "avif (Pillow" in row["codec_version"] and np.isfinite(row["psnr"])
+        assert not engine.verify_local(str(dest), full=True).problems
+    finally:
+        eng.default_registry = orig
+    meta = unpack((dest / "a.png.pxa").read_bytes()).meta
+    code = (
+        "import sys; from pixarc.engine import decode_container; from pixarc.plugins import build_plugin_manager;"
+        "c, d = decode_container(open(sys.argv[1], 'rb').read(), build_plugin_manager());"
+        "print('FP', d.fingerprint)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(dest / "a.png.pxa")], capture_output=True, text=True,
+                         timeout=300, env=os.environ.copy())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("FP ")[1].strip() == meta["decoded_fingerprint"]
+
+
+def test_missing_base_or_weights_step_aside(monkeypatch, tmp_path):
+    from pixarc.images import ImageInfo
+    from pixarc_enhance import enhanced
+
+    monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(tmp_path))
+    info = ImageInfo(8, 8, "RGB", 8, "PNG", "RGB")
+    assert "not installed" in enhanced("no-such-codec")().unsupported_reason(info)
+    monkeypatch.setattr("pixarc_enhance.SHIPPED", tmp_path / "none")
+    assert "no filter weights" in codec().unsupported_reason(info)
+
+
+def test_training_cli_writes_weights_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    data = tmp_path / "data" / "d"
+    data.mkdir(parents=True)
+    for i in range(2):
+        textured(64, 64, seed=i).save(data / f"{i}.png")
+    out = tmp_path / "out"
+    args = ["train", "enhance", "--data", str(tmp_path / "data"), "--out", str(out), "--batch", "2",
+            "--patch", "32", "--channels", "4", "--layers", "3", "--variants", "1", "--refit", "4"]
+    res = CliRunner().invoke(main, args + ["--steps", "3"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, args + ["--steps", "5", "--resume"])
+    assert res.exit_code == 0, res.output
+    entry = json.loads((out / "weights.json").read_text())["files"]["enhance-avif-c4-l3.pt"]
+    assert entry["steps"] == 5 and entry["devices"] == ["cpu"] and len(entry["data_sha256"]) == 64
+    assert [st["steps"] for st in entry["stages"]] == ["0-3", "3-5"]
+    assert entry["arch"] == "enhance-cnn" and entry["base"] == "avif" and entry["rates"] == [20, 95]
+    refit = entry["refit"]  # least squares cannot do worse than the tail it replaces
+    assert refit["samples"] == 4 and refit["kept"] and refit["sse_after"] < refit["sse_before"]
+    assert (out / "enhance-avif-c4-l3.pool.ckpt").exists()  # the resumed run decoded cached payloads
+    from pixarc.weights import load_from_manifest
+
+    state, _ = load_from_manifest(out, "enhance-avif-c4-l3.pt")
+    assert all(v.dtype == torch.float16 for v in state.values())
