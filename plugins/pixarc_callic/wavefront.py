@@ -1,0 +1,137 @@
+"""Cache-then-crop wavefront inference: the one procedure the encoder and decoder share.
+
+The image is cut into patches (at most P×P; smaller images are one smaller patch), all
+coded in parallel. Pixel (i, j) of every patch is coded at step ``t = SLOPE·i + j``
+(``model.SLOPE``), so a P×P patch takes ``(SLOPE+1)(P−1)+1`` steps whatever the image size.
+
+Each spatial layer keeps a cache of its *input* over the whole patch grid (the pixels for
+the masked embedding; W_A·LN(x) for each masked depth-wise conv). At step t only the
+positions of that step are computed, layer after layer: gather their masked taps from the
+cache (all of which hold earlier steps, by construction of the masks), apply the
+per-position operations, write the new activations back. Decode cost is therefore one
+full forward's arithmetic spread over the steps, plus per-step overhead: it grows with
+the number of steps, not with pixels × layers × steps.
+
+Caches are laid out (rows + r, cols + 2r, patches, channels), zero-padded by r = k//2 on
+top, left and right, so a gather moves contiguous (patches × channels) blocks and the
+padding reproduces the zero padding of the training forward. Positions of a patch outside
+the image (the right/bottom margins of the last patches) keep the padding value 0.
+
+``run`` gets a ``code_step`` callback: the encoder's sends the known pixels of the step,
+the decoder's receives them. Everything else, including every float operation and its
+batch shape, is the same in both, which is what makes the quantised parameters equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .model import SLOPE, MGCF, taps
+
+PATCH = 64
+
+
+@dataclass(frozen=True)
+class Geometry:
+    height: int
+    width: int
+    ph: int  # patch height
+    pw: int  # patch width
+
+    @classmethod
+    def of(cls, height: int, width: int, patch: int = PATCH) -> "Geometry":
+        return cls(height, width, min(patch, height), min(patch, width))
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.ph)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.pw)
+
+    @property
+    def patches(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def steps(self) -> int:
+        return SLOPE * (self.ph - 1) + self.pw
+
+    def step_positions(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.arange(self.ph)
+        j = t - SLOPE * i
+        keep = (j >= 0) & (j < self.pw)
+        return i[keep], j[keep]
+
+    def to_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(H, W, 3) uint8 → (ph, pw, patches, 3), margins zero."""
+        padded = torch.zeros(self.rows * self.ph, self.cols * self.pw, 3, dtype=pixels.dtype)
+        padded[: self.height, : self.width] = pixels
+        p = padded.view(self.rows, self.ph, self.cols, self.pw, 3).permute(1, 3, 0, 2, 4)
+        return p.reshape(self.ph, self.pw, self.patches, 3)
+
+    def from_patches(self, p: torch.Tensor) -> torch.Tensor:
+        x = p.view(self.ph, self.pw, self.rows, self.cols, 3).permute(2, 0, 3, 1, 4)
+        return x.reshape(self.rows * self.ph, self.cols * self.pw, 3)[: self.height, : self.width]
+
+    def inside(self) -> torch.Tensor:
+        """(ph, pw, patches) bool: whether a patch position holds an image pixel."""
+        ones = torch.ones(self.height, self.width, 3, dtype=torch.uint8)
+        return self.to_patches(ones)[..., 0].bool()
+
+
+class _Gather:
+    """Index arrays of a mask's taps around a step's positions, in cache coordinates."""
+
+    def __init__(self, kernel: int, centre: bool):
+        t = taps(kernel, centre)
+        r = kernel // 2
+        self.dy = torch.tensor([d[0] for d in t]) + r
+        self.dx = torch.tensor([d[1] for d in t]) + r
+        self.kernel_index = (self.dy * kernel + self.dx)  # flat index into a k×k kernel
+
+    def __call__(self, cache: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return cache[i[:, None] + self.dy, j[:, None] + self.dx]  # (n, T, patches, C)
+
+
+def run(model: MGCF, geom: Geometry, code_step) -> torch.Tensor:
+    """Scan all steps; ``code_step(t, i, j, raw)`` gets the head output (n, patches, 10K) of
+    the step's positions and returns their pixel values (n, patches, 3) uint8.
+    Returns the pixels (ph, pw, patches, 3)."""
+    k, r, dim, n_p = model.kernel, model.kernel // 2, model.dim, geom.patches
+    ga, gb = _Gather(k, False), _Gather(k, True)
+    w_emb = model.embed.weight.flatten(2)[:, :, ga.kernel_index]         # (dim, 3, T_A)
+    w_emb = w_emb.permute(2, 1, 0).reshape(-1, dim)                       # (T_A·3, dim)
+    w_dw = [blk.dw.weight.flatten(1)[:, gb.kernel_index].t().contiguous()[:, None, :] for blk in model.blocks]
+    pixels = torch.zeros(geom.ph, geom.pw, n_p, 3, dtype=torch.uint8)
+    x_cache = torch.zeros(geom.ph + r, geom.pw + 2 * r, n_p, 3)
+    a_cache = [torch.zeros(geom.ph + r, geom.pw + 2 * r, n_p, dim) for _ in model.blocks]
+    with torch.inference_mode():
+        for t in range(geom.steps):
+            i, j = geom.step_positions(t)
+            n = len(i)
+            ctx = ga(x_cache, i, j)                                         # (n, T_A, P, 3)
+            h = ctx.permute(0, 2, 1, 3).reshape(n * n_p, -1) @ w_emb + model.embed.bias
+            for blk, cache, wd in zip(model.blocks, a_cache, w_dw):
+                u = blk.norm1(h)
+                cache[i + r, j + r] = blk.w_a(u).view(n, n_p, dim)
+                conv = (gb(cache, i, j) * wd).sum(1).reshape(n * n_p, dim) + blk.dw.bias
+                h = h + F.silu(conv) * blk.w_v(u)
+                h = h + blk.mlp2(F.gelu(blk.mlp1(blk.norm2(h))))
+            raw = model.head(h).view(n, n_p, -1)
+            values = code_step(t, i, j, raw)
+            pixels[i, j] = values
+            x_cache[i + r, j + r] = MGCF.normalise(values)
+    return pixels
+
+
+def full_forward(model: MGCF, geom: Geometry, pixels: torch.Tensor) -> torch.Tensor:
+    """The training forward over the same patches: head output (ph, pw, patches, 10K)."""
+    p = geom.to_patches(pixels).permute(2, 3, 0, 1)  # (patches, 3, ph, pw)
+    with torch.inference_mode():
+        raw = model(MGCF.normalise(p))                # (patches, ph, pw, 10K)
+    return raw.permute(1, 2, 0, 3)
