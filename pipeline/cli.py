@@ -478,8 +478,9 @@ def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
 @click.option("--checkpoint-minutes", default=3.0, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="torch CPU threads (1 is fastest on a busy CPU).")
 def train_callic(data, out, minutes, steps, batch, patch, lr, dim, depth, kernel, mixtures, device, seed, resume,
-                 checkpoint_minutes):
+                 checkpoint_minutes, threads):
     """Pre-train the CALLIC (MGCF) lossless model (time budget, resumable)."""
     from pixarc_callic.train import train as run
 

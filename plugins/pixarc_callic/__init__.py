@@ -24,6 +24,7 @@ returning wrong pixels. GPU decode is not offered (``decode(device=...)`` runs o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import threading
@@ -46,6 +47,20 @@ def find_weights() -> tuple[Path, dict] | None:
 
 def _digest(pixels) -> bytes:
     return hashlib.sha256(pixels.contiguous().numpy().tobytes()).digest()[:8]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The coding pass runs on one torch thread: then the float reductions cannot depend on
+    how a caller configured torch's thread pool (and on a busy CPU one thread is faster)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def code_image(model, geom, channels: int, coder, pixels=None):
@@ -74,7 +89,8 @@ def code_image(model, geom, channels: int, coder, pixels=None):
         out[valid] = values
         return out.view(n, n_p, 3)
 
-    return geom.from_patches(run(model, geom, code_step))
+    with one_thread():
+        return geom.from_patches(run(model, geom, code_step))
 
 
 class CallicCodec(Codec):

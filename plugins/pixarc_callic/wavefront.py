@@ -12,9 +12,10 @@ per-position operations, write the new activations back. Decode cost is therefor
 full forward's arithmetic spread over the steps, plus per-step overhead: it grows with
 the number of steps, not with pixels × layers × steps.
 
-Caches are laid out (rows + r, cols + 2r, patches, channels), zero-padded by r = k//2 on
-top, left and right, so a gather moves contiguous (patches × channels) blocks and the
-padding reproduces the zero padding of the training forward. Positions of a patch outside
+Caches are laid out (rows + 2r, cols + 2r, patches, channels), zero-padded by r = k//2 on
+every side (the scan-order masks reach below-left too), so the positions of one step and
+of each tap around them are strided views (``_diagonal``), and the padding reproduces the
+zero padding of the training forward. Positions of a patch outside
 the image (the right/bottom margins of the last patches) keep the padding value 0.
 
 ``run`` gets a ``code_step`` callback: the encoder's sends the known pixels of the step,
@@ -84,18 +85,15 @@ class Geometry:
         return self.to_patches(ones)[..., 0].bool()
 
 
-class _Gather:
-    """Index arrays of a mask's taps around a step's positions, in cache coordinates."""
+def _diagonal(cache: torch.Tensor, row: int, col: int, n: int) -> torch.Tensor:
+    """View (n, patches, C) of cache positions (row + s, col − SLOPE·s), s = 0..n−1.
 
-    def __init__(self, kernel: int, centre: bool):
-        t = taps(kernel, centre)
-        r = kernel // 2
-        self.dy = torch.tensor([d[0] for d in t]) + r
-        self.dx = torch.tensor([d[1] for d in t]) + r
-        self.kernel_index = (self.dy * kernel + self.dx)  # flat index into a k×k kernel
-
-    def __call__(self, cache: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        return cache[i[:, None] + self.dy, j[:, None] + self.dx]  # (n, T, patches, C)
+    A step's positions lie on such a diagonal, and so do their positions shifted by any
+    tap: in a contiguous (rows, cols, patches, C) cache that is a constant stride, so taps
+    are read and written as views, without gathering copies."""
+    s_row, s_col = cache.stride(0), cache.stride(1)
+    return cache.as_strided((n, cache.shape[2], cache.shape[3]), (s_row - SLOPE * s_col, cache.stride(2), 1),
+                            cache.storage_offset() + row * s_row + col * s_col)
 
 
 def run(model: MGCF, geom: Geometry, code_step) -> torch.Tensor:
@@ -103,29 +101,31 @@ def run(model: MGCF, geom: Geometry, code_step) -> torch.Tensor:
     the step's positions and returns their pixel values (n, patches, 3) uint8.
     Returns the pixels (ph, pw, patches, 3)."""
     k, r, dim, n_p = model.kernel, model.kernel // 2, model.dim, geom.patches
-    ga, gb = _Gather(k, False), _Gather(k, True)
-    w_emb = model.embed.weight.flatten(2)[:, :, ga.kernel_index]         # (dim, 3, T_A)
-    w_emb = w_emb.permute(2, 1, 0).reshape(-1, dim)                       # (T_A·3, dim)
-    w_dw = [blk.dw.weight.flatten(1)[:, gb.kernel_index].t().contiguous()[:, None, :] for blk in model.blocks]
+    taps_a, taps_b = taps(k, False), taps(k, True)
+    w_emb = torch.stack([model.embed.weight[:, :, dy + r, dx + r] for dy, dx in taps_a])  # (T_A, dim, 3)
+    w_emb = w_emb.permute(0, 2, 1).reshape(-1, dim)                                      # (T_A·3, dim)
+    w_dw = [[blk.dw.weight[:, 0, dy + r, dx + r].clone() for dy, dx in taps_b] for blk in model.blocks]
     pixels = torch.zeros(geom.ph, geom.pw, n_p, 3, dtype=torch.uint8)
-    x_cache = torch.zeros(geom.ph + r, geom.pw + 2 * r, n_p, 3)
-    a_cache = [torch.zeros(geom.ph + r, geom.pw + 2 * r, n_p, dim) for _ in model.blocks]
+    x_cache = torch.zeros(geom.ph + 2 * r, geom.pw + 2 * r, n_p, 3)
+    a_cache = [torch.zeros(geom.ph + 2 * r, geom.pw + 2 * r, n_p, dim) for _ in model.blocks]
     with torch.inference_mode():
         for t in range(geom.steps):
             i, j = geom.step_positions(t)
-            n = len(i)
-            ctx = ga(x_cache, i, j)                                         # (n, T_A, P, 3)
-            h = ctx.permute(0, 2, 1, 3).reshape(n * n_p, -1) @ w_emb + model.embed.bias
+            n, i0, j0 = len(i), int(i[0]), int(j[0])
+            ctx = torch.cat([_diagonal(x_cache, i0 + dy + r, j0 + dx + r, n) for dy, dx in taps_a], dim=2)
+            h = ctx.reshape(n * n_p, -1) @ w_emb + model.embed.bias
             for blk, cache, wd in zip(model.blocks, a_cache, w_dw):
                 u = blk.norm1(h)
-                cache[i + r, j + r] = blk.w_a(u).view(n, n_p, dim)
-                conv = (gb(cache, i, j) * wd).sum(1).reshape(n * n_p, dim) + blk.dw.bias
-                h = h + F.silu(conv) * blk.w_v(u)
+                _diagonal(cache, i0 + r, j0 + r, n).copy_(blk.w_a(u).view(n, n_p, dim))
+                conv = blk.dw.bias.expand(n, n_p, dim).clone()
+                for (dy, dx), w in zip(taps_b, wd):
+                    conv.addcmul_(_diagonal(cache, i0 + dy + r, j0 + dx + r, n), w)
+                h = h + F.silu(conv.view(n * n_p, dim)) * blk.w_v(u)
                 h = h + blk.mlp2(F.gelu(blk.mlp1(blk.norm2(h))))
             raw = model.head(h).view(n, n_p, -1)
             values = code_step(t, i, j, raw)
             pixels[i, j] = values
-            x_cache[i + r, j + r] = MGCF.normalise(values)
+            _diagonal(x_cache, i0 + r, j0 + r, n).copy_(MGCF.normalise(values))
     return pixels
 
 
