@@ -170,7 +170,8 @@ class CallicCodec(Codec):
         if params["iterations"] > 0:
             from .adapt import adapt
 
-            model, increments = adapt(self.base_model(), pixels, geom, _MODES[mode], params["iterations"], device)
+            with one_thread() if device == "cpu" else contextlib.nullcontext():
+                model, increments = adapt(self.base_model(), pixels, geom, _MODES[mode], params["iterations"], device)
         enc = Encoder()
         code_image(model, geom, _MODES[mode], enc, pixels)
         return _HEAD.pack(_MODES[mode], params["patch"], w, h) + pack_sections(increments, enc.finish(),
