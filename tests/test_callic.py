@@ -128,10 +128,10 @@ def test_corruption_and_truncation_are_codec_errors(callic):
             callic.decode(bytes(payload[:cut]))
 
 
-def test_fresh_process_with_other_thread_count_decodes(callic, callic_weights, tmp_path):
+def test_fresh_process_with_other_thread_count_decodes_adapted(callic, callic_weights, tmp_path):
     src = source(30, 19, seed=6)
     torch.set_num_threads(2)
-    payload = callic.encode(src, callic.validate_params({"patch": 16}))
+    payload = callic.encode(src, callic.validate_params({"patch": 16, "iterations": 2}))
     (tmp_path / "p.bin").write_bytes(payload)
     code = ("import sys, torch, hashlib; torch.set_num_threads(1); from pixarc_callic import CallicCodec; "
             "im = CallicCodec().decode(open(sys.argv[1], 'rb').read()).image; "
@@ -159,3 +159,22 @@ def test_registered_as_a_lossless_codec(monkeypatch):
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",callic")
     codec = build_plugin_manager().codec("callic")
     assert codec.lossless and set(codec.modes) == {"L", "RGB"}
+
+
+def test_trainer_budget_resume_and_manifest(tmp_path):
+    from pixarc_callic.train import train
+
+    data = tmp_path / "data" / "natural"
+    data.mkdir(parents=True)
+    r = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(r.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    kw = dict(batch=2, patch=32, dim=8, depth=1, kernel=5, mixtures=2, log_every=1)
+    first = train(str(tmp_path / "data"), str(tmp_path / "w"), minutes=5, steps=2, **kw)
+    second = train(str(tmp_path / "data"), str(tmp_path / "w"), minutes=5, steps=3, resume=True, **kw)
+    assert first["steps"] == 2 and second["steps"] == 3 and second["arch"] == "mgcf"
+    assert len(second["sha256"]) == 64 and len(second["data_sha256"]) == 64 and second["devices"] == ["cpu"]
+    from pixarc.weights import load_from_manifest
+
+    state, sha = load_from_manifest(tmp_path / "w", "callic-d8-l1-k5-m2.pt")
+    assert sha == second["sha256"] and all(v.dtype == torch.float16 for v in state.values())
