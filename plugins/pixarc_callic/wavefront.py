@@ -122,7 +122,8 @@ def run(model: MGCF, geom: Geometry, code_step) -> torch.Tensor:
                     conv.addcmul_(_diagonal(cache, i0 + dy + r, j0 + dx + r, n), w)
                 h = h + F.silu(conv.view(n * n_p, dim)) * blk.w_v(u)
                 h = h + blk.mlp2(F.gelu(blk.mlp1(blk.norm2(h))))
-            raw = model.head(h).view(n, n_p, -1)
+            raw = model.with_prior(model.head(h).view(n, n_p, -1), _diagonal(x_cache, i0 + r, j0 + r - 1, n),
+                                   _diagonal(x_cache, i0 + r - 1, j0 + r, n), _diagonal(x_cache, i0 + r - 1, j0 + r - 1, n))
             values = code_step(t, i, j, raw)
             pixels[i, j] = values
             _diagonal(x_cache, i0 + r, j0 + r, n).copy_(MGCF.normalise(values))
