@@ -54,6 +54,15 @@ def test_exact_round_trip(callic, w, h, mode, patch):
     assert pixels_sha256(out) == src.pixels_sha256
 
 
+def test_patch_chunks_round_trip(callic, monkeypatch):
+    import pixarc_callic.wavefront as wavefront
+
+    monkeypatch.setattr(wavefront, "CHUNK", 4)  # 6 patches: two wavefront runs, 4 + 2
+    src = source(37, 29, seed=7)
+    payload = callic.encode(src, callic.validate_params({"patch": 16}))
+    assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
+
+
 def test_adapted_round_trip_sends_increments(callic):
     from pixarc_callic import _HEAD
     from pixarc_callic.adapt import merge

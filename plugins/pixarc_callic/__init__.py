@@ -69,11 +69,12 @@ def code_image(model, geom, channels: int, coder, pixels=None):
     import torch
 
     from .coder import Quantised, code_channel
-    from .wavefront import run
+    from .wavefront import CHUNK, run
 
-    inside = geom.inside()
-    known = None if pixels is None else geom.to_patches(pixels)
-    n_p, k = geom.patches, model.mixtures
+    inside_all = geom.inside()
+    known_all = None if pixels is None else geom.to_patches(pixels)
+    k = model.mixtures
+    inside = known = n_p = None
 
     def code_step(t, i, j, raw):
         n = len(i)
@@ -89,8 +90,15 @@ def code_image(model, geom, channels: int, coder, pixels=None):
         out[valid] = values
         return out.view(n, n_p, 3)
 
+    parts = []
     with one_thread():
-        return geom.from_patches(run(model, geom, code_step))
+        for first in range(0, geom.patches, CHUNK):  # fixed partition: the stream is chunk after chunk
+            chunk = slice(first, min(first + CHUNK, geom.patches))
+            inside = inside_all[:, :, chunk]
+            known = None if known_all is None else known_all[:, :, chunk]
+            n_p = inside.shape[2]
+            parts.append(run(model, geom, code_step, n_p))
+    return geom.from_patches(torch.cat(parts, dim=2))
 
 
 class CallicCodec(Codec):

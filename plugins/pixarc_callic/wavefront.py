@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .model import SLOPE, MGCF, taps
 
 PATCH = 64
+CHUNK = 128  # patches per wavefront run: bounds the caches (≈ 80 MB per block at dim 32, P = 64)
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,12 @@ def _diagonal(cache: torch.Tensor, row: int, col: int, n: int) -> torch.Tensor:
                             cache.storage_offset() + row * s_row + col * s_col)
 
 
-def run(model: MGCF, geom: Geometry, code_step) -> torch.Tensor:
-    """Scan all steps; ``code_step(t, i, j, raw)`` gets the head output (n, patches, 10K) of
-    the step's positions and returns their pixel values (n, patches, 3) uint8.
-    Returns the pixels (ph, pw, patches, 3)."""
-    k, r, dim, n_p = model.kernel, model.kernel // 2, model.dim, geom.patches
+def run(model: MGCF, geom: Geometry, code_step, n_p: int | None = None) -> torch.Tensor:
+    """Scan all steps over ``n_p`` patches (default: all of them) of ``geom``'s shape;
+    ``code_step(t, i, j, raw)`` gets the head output (n, n_p, 10K) of the step's positions
+    and returns their pixel values (n, n_p, 3) uint8. Returns the pixels (ph, pw, n_p, 3)."""
+    k, r, dim = model.kernel, model.kernel // 2, model.dim
+    n_p = geom.patches if n_p is None else n_p
     taps_a, taps_b = taps(k, False), taps(k, True)
     w_emb = torch.stack([model.embed.weight[:, :, dy + r, dx + r] for dy, dx in taps_a])  # (T_A, dim, 3)
     w_emb = w_emb.permute(0, 2, 1).reshape(-1, dim)                                      # (T_A·3, dim)
