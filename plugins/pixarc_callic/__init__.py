@@ -193,8 +193,12 @@ class CallicCodec(Codec):
                 raise ValueError("trailing bytes")
         except (struct.error, ValueError) as exc:
             raise CodecError(f"callic: malformed payload ({exc})") from None
+        from pixarc.images import DEFAULT_MAX_PIXELS
+
         if channels not in (1, 3) or not 16 <= patch <= 128 or not (0 < w <= self.max_side and 0 < h <= self.max_side):
             raise CodecError("callic: inconsistent header")
+        if w * h > DEFAULT_MAX_PIXELS:  # a forged header must not buy hours of decoding
+            raise CodecError(f"callic: payload claims {w}x{h} pixels, refused")
         try:
             pixels = self._decode(channels, patch, w, h, increments, stream)
         except CodecError:
