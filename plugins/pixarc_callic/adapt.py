@@ -7,8 +7,9 @@
   ΔK[c, y, x] = Σ_r U1[c, r]·U2[y, r]·U3[x, r]; U1 starts at zero, U2/U3 at the pattern.
 * Every sent number is an integer q on the grid ``STEP`` (the value is pattern + q·STEP).
   Training uses q rounded with a straight-through estimator in the forward pass and q
-  plus uniform noise for the rate, under a zero-mean discretised logistic prior of scale
-  e^(``PRIOR_LS``/8) steps; loss = increment bits + image bits (MDL), per sub-pixel.
+  plus uniform noise for the rate, under a zero-mean discretised logistic prior (a mixture
+  of a narrow and a wide component, ``PRIOR``); loss = increment bits + image bits (MDL),
+  per sub-pixel.
 * RPFT: the image's patches are sorted by their frozen-model rate (descending); step s
   trains on the top fraction ``b + (1 − b)·min(1, s / ((1 − d)·N))^e`` of them (b = 0.2,
   e = 1, d = 0.1: all patches in the final 10 % of the steps), a random mini-batch of them
@@ -29,12 +30,15 @@ import struct
 import torch
 
 RANK = 2           # LoRA rank and Tucker rank
-STEP = 1.0 / 256   # quantisation step of every increment number
-PRIOR_LS = 11      # logistic prior scale e^(11/8) ≈ 3.96 steps, on the coder's log-scale grid
+STEP = 1.0 / 32    # quantisation step of every increment number
+# zero-mean prior: a mixture of a narrow logistic (most increments stay 0: ≈ 0.14 bit each)
+# and a wide one (the few that move cost ≈ 8 bits, not 25): (integer weight, log-scale on
+# the coder's 1/8 grid): scales e^-2 ≈ 0.14 and e^1.4 ≈ 4 steps
+PRIOR = ((973, -16), (51, 11))
 Q_MAX = 127        # sent integers are clamped to [-127, 127]
 BATCH = 8          # patches per adaptation step
 RPFT = (0.2, 1.0, 0.1)  # (b, e, d)
-LR = 2e-3
+LR = 1e-2
 _HEAD = struct.Struct(">BI")  # rank, count of integers
 
 
@@ -104,23 +108,25 @@ def merge(base, blob: bytes):
 
 
 def _code_ints(coder, count: int, ints: torch.Tensor | None) -> torch.Tensor:
-    """Send/receive integers in [-127, 127] under the logistic prior, through the pixel coder
-    (symbol = q + 128, one component, mean at symbol 128)."""
+    """Send/receive integers in [-127, 127] under the prior, through the pixel coder
+    (symbol = q + 128, mixture means at symbol 128)."""
     from .coder import LS_MIN, MEAN_Q, Quantised, code_channel, tables
 
     q = object.__new__(Quantised)
-    q.w = torch.full((count, 1), 1 << 10, dtype=torch.int64)
+    q.w = torch.tensor([w for w, _ in PRIOR], dtype=torch.int64).expand(count, len(PRIOR))
     q.total = q.w.sum(-1)
-    q.inv = tables()["inv"][PRIOR_LS - LS_MIN].expand(count, 3, 1)
-    mean = torch.full((count, 1), 128 * MEAN_Q, dtype=torch.int64)
+    inv = tables()["inv"][torch.tensor([ls for _, ls in PRIOR]) - LS_MIN]
+    q.inv = inv.expand(count, 3, len(PRIOR))
+    mean = torch.full((count, len(PRIOR)), 128 * MEAN_Q, dtype=torch.int64)
     known = None if ints is None else ints.to(torch.int64) + 128
     return code_channel(q, 0, mean, known, coder) - 128
 
 
 def prior_bits(q: torch.Tensor) -> torch.Tensor:
-    """Rate of (noisy) integers under the logistic prior, in bits (training)."""
-    s = math.exp(PRIOR_LS / 8)
-    p = torch.sigmoid((q + 0.5) / s) - torch.sigmoid((q - 0.5) / s)
+    """Rate of (noisy) integers under the prior mixture, in bits (training)."""
+    total = sum(w for w, _ in PRIOR)
+    p = sum((w / total) * (torch.sigmoid((q + 0.5) / math.exp(ls / 8)) - torch.sigmoid((q - 0.5) / math.exp(ls / 8)))
+            for w, ls in PRIOR)
     return -torch.log2(p.clamp_min(1e-12)).sum()
 
 

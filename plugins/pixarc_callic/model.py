@@ -47,7 +47,7 @@ def mask(kernel: int, centre: bool) -> torch.Tensor:
 
 
 class MGCF(nn.Module):
-    def __init__(self, dim: int = 64, depth: int = 3, kernel: int = 7, mixtures: int = 5, hidden: int = 2):
+    def __init__(self, dim: int = 32, depth: int = 3, kernel: int = 7, mixtures: int = 5, hidden: int = 2):
         super().__init__()
         self.dim, self.depth, self.kernel, self.mixtures = dim, depth, kernel, mixtures
         self.channels = 3

@@ -58,7 +58,7 @@ def weights_name(dim: int, depth: int, kernel: int, mixtures: int) -> str:
 
 
 def train(data: str, out: str, minutes: float = 10.0, steps: int = 10**9, batch: int = 8, patch: int = 64,
-          lr: float = 1e-3, dim: int = 64, depth: int = 3, kernel: int = 7, mixtures: int = 5,
+          lr: float = 2e-3, dim: int = 32, depth: int = 3, kernel: int = 7, mixtures: int = 5,
           device: str = "cpu", seed: int = 0, resume: bool = False, checkpoint_minutes: float = 3.0,
           log_every: int = 25, threads: int = 1) -> dict:
     import numpy as np
