@@ -8,9 +8,9 @@ everything is integer arithmetic plus table look-ups, so it is identical on ever
 * mean μ in 1/16 pixel, log-scale on a 1/8 grid, mixture logits on a 1/8 grid, channel
   coefficients (G|R, B|R, B|G) on a 1/64 grid;
 * the logistic CDF σ is a table (2^20 fixed point, 1/1024 steps over [−16, 16]); the
-  inverse scales and mixture weights are tables too. The tables are computed with
-  Python's ``decimal`` (software arithmetic, correctly rounded): the same integers on
-  every machine, unlike a float ``exp`` that may differ by an ulp between CPUs;
+  inverse scales and mixture weights are tables too. The tables are exact roundings
+  (Python's ``decimal``, software arithmetic, wherever a float ``exp`` that may differ by
+  an ulp between CPUs could change the integer): the same integers on every machine;
 * the CDF of symbol v (0..256) is ``C(v) = v + ⌊F(v − ½)·(M − 256) / (2^20·W)⌋`` with F
   the integer mixture CDF and W the sum of the integer mixture weights: strictly
   increasing, C(0) = 0, C(256) = M = 2^20, so every symbol has a non-zero frequency.
@@ -56,7 +56,13 @@ def _round(d: Decimal) -> int:
 def tables() -> dict[str, torch.Tensor]:
     """The integer tables, derived with decimal arithmetic (platform independent)."""
     getcontext().prec = 40
-    half = [_round(Decimal(1 << T_BITS) / (1 + (Decimal(i) / Z).exp())) for i in range(Z_MAX * Z + 1)]
+    # float64 first (fast); any value within 1e-6 of a rounding boundary, where a libm's last
+    # bit could matter, is recomputed in decimal: the table is the exact rounding everywhere
+    i = np.arange(Z_MAX * Z + 1, dtype=np.float64)
+    approx = (1 << T_BITS) / (1.0 + np.exp(i / Z))
+    half = np.floor(approx + 0.5).astype(np.int64).tolist()
+    for n in np.flatnonzero(np.abs(approx - np.floor(approx) - 0.5) < 1e-6).tolist():
+        half[n] = _round(Decimal(1 << T_BITS) / (1 + (Decimal(n) / Z).exp()))
     # sigmoid(-i/Z) for i >= 0 is half[i]; sigmoid(i/Z) = 2^20 - sigmoid(-i/Z) (exact symmetry)
     sig = half[::-1] + [(1 << T_BITS) - v for v in half[1:]]
     inv = [_round(Decimal(1 << INV_BITS) * Z / (MEAN_Q * (Decimal(l) / LS_Q).exp())) for l in range(LS_MIN, LS_MAX + 1)]
