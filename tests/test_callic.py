@@ -187,3 +187,17 @@ def test_trainer_budget_resume_and_manifest(tmp_path):
 
     state, sha = load_from_manifest(tmp_path / "w", "callic-d8-l1-k5-m2.pt")
     assert sha == second["sha256"] and all(v.dtype == torch.float16 for v in state.values())
+
+
+def test_integer_tables_are_pinned():
+    """The CDF tables are part of the format: the same integers on every machine and version
+    (a change here breaks every archived callic bitstream)."""
+    import hashlib
+
+    from pixarc_callic.coder import tables
+
+    t, h = tables(), hashlib.sha256()
+    for k in sorted(t):
+        h.update(k.encode())
+        h.update(t[k].numpy().astype("<i8").tobytes())
+    assert h.hexdigest() == "bcd3cbc62ace0f34cd4fa4dc08e9a2786bc6aa74d5b448332465eca799a19375"
