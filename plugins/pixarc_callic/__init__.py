@@ -1,0 +1,230 @@
+"""``callic``: learned lossless coding (CALLIC / MGCF, PAPERS.md §2), exact by construction.
+
+Model in ``model.py``, wavefront inference in ``wavefront.py``, integer CDFs and the range
+coder in ``coder.py``, per-image adaptation in ``adapt.py``, training in ``train.py``
+(``pixarc train callic``). Weights: ``PIXARC_CALLIC_WEIGHTS`` (directories with a
+``weights.json``, searched first) or this plugin's ``weights/``; sha256 first,
+``weights_only=True``; the architecture comes from the manifest entry.
+
+Payload: ``u8 mode (1 = L, 3 = RGB), u8 patch, u32 width, u32 height`` then three
+sections (``pack_sections``): the quantised weight increments (empty for the frozen
+model, ``iterations = 0``), the range-coder stream, and the first 8 bytes of the sha256 of
+the pixels, which the decoder checks (a corrupt stream cannot pass for a good one).
+
+Exactness guarantee. The encoder derives every CDF with the decoder's own procedure
+(same wavefront steps, same batch shapes, same merged weights), quantises the network
+outputs to an integer grid and builds CDFs in integers only, and always runs that pass on
+the CPU, even when adaptation ran on a GPU. Tested: round trips (random, odd sizes, grey,
+smaller than a patch, adapted), decode with a different torch thread count than the
+encode. Not guaranteed: decoding on a different CPU model or torch build (float
+network outputs may differ in the last bit and flip a rounding); the archive's
+decode-check at encode time and the pixel digest catch such a mismatch instead of
+returning wrong pixels. GPU decode is not offered (``decode(device=...)`` runs on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import struct
+import threading
+from pathlib import Path
+
+from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.errors import CodecError
+from pixarc.hookspecs import hookimpl
+from pixarc.weights import manifest_entries
+
+ARCH = "mgcf"
+_HEAD = struct.Struct(">BBII")
+_MODES = {"L": 1, "RGB": 3}
+
+
+def find_weights() -> tuple[Path, dict] | None:
+    found = manifest_entries("PIXARC_CALLIC_WEIGHTS", Path(__file__).parent / "weights", ARCH)
+    return found[0] if found else None
+
+
+def _digest(pixels) -> bytes:
+    return hashlib.sha256(pixels.contiguous().numpy().tobytes()).digest()[:8]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The coding pass runs on one torch thread: then the float reductions cannot depend on
+    how a caller configured torch's thread pool (and on a busy CPU one thread is faster)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def code_image(model, geom, channels: int, coder, pixels=None):
+    """Run the wavefront, sending ``pixels`` (H, W, 3) uint8 through ``coder`` (encoder) or
+    receiving them (decoder, ``pixels`` None). Returns the (H, W, 3) pixels."""
+    import torch
+
+    from .coder import Quantised, code_channel
+    from .wavefront import CHUNK, run
+
+    inside_all = geom.inside()
+    known_all = None if pixels is None else geom.to_patches(pixels)
+    k = model.mixtures
+    inside = known = n_p = None
+
+    def code_step(t, i, j, raw):
+        n = len(i)
+        valid = inside[i, j].reshape(-1)
+        q = Quantised(raw.reshape(n * n_p, -1)[valid], k)
+        truth = None if known is None else known[i, j].reshape(n * n_p, 3)[valid].long()
+        decoded: list[torch.Tensor] = []
+        for c in range(channels):
+            mean = q.channel_mean(c, decoded)
+            decoded.append(code_channel(q, c, mean, None if truth is None else truth[:, c], coder))
+        values = torch.stack(decoded * 3 if channels == 1 else decoded, dim=1).to(torch.uint8)
+        out = torch.zeros(n * n_p, 3, dtype=torch.uint8)
+        out[valid] = values
+        return out.view(n, n_p, 3)
+
+    parts = []
+    with one_thread():
+        for first in range(0, geom.patches, CHUNK):  # fixed partition: the stream is chunk after chunk
+            chunk = slice(first, min(first + CHUNK, geom.patches))
+            inside = inside_all[:, :, chunk]
+            known = None if known_all is None else known_all[:, :, chunk]
+            n_p = inside.shape[2]
+            parts.append(run(model, geom, code_step, n_p))
+    return geom.from_patches(torch.cat(parts, dim=2))
+
+
+class CallicCodec(Codec):
+    codec_id = "callic"
+    format_version = 1
+    lossless = True
+    prefers_gpu = False  # the coding pass runs on the CPU (see the exactness guarantee)
+    modes = frozenset(_MODES)  # RGBA/LA: declined, the route falls back to another lossless codec
+    max_side = 16384
+    params_schema = {
+        "iterations": Param(int, 0, 0, 2000, "adaptation steps on this image (0: frozen model)"),
+        "patch": Param(int, 64, 16, 128, "patch side; a patch takes 3·patch−2 sequential steps"),
+    }
+    description = "CALLIC learned lossless (MGCF + integer logistic-mixture CDFs, wavefront decode)"
+
+    def __init__(self):
+        self._found = find_weights()
+        self._model = None
+        self._lock = threading.RLock()
+
+    def version(self) -> str:
+        import constriction  # noqa: F401  (the coder's version is part of what produced the bits)
+        from importlib.metadata import version
+
+        tag = self._found[1]["sha256"][:12] if self._found else "untrained"
+        return f"callic-{tag} torch-{version('torch')} constriction-{version('constriction')}"
+
+    def weights_for(self, params) -> str:
+        return self._found[1]["sha256"] if self._found else ""
+
+    def has_weights(self, sha256: str) -> bool:
+        return bool(self._found) and self._found[1]["sha256"] == sha256
+
+    def unsupported_reason(self, info):
+        reason = super().unsupported_reason(info)
+        if reason is None and info.mode not in _MODES:
+            reason = f"callic codes L and RGB only, not {info.mode}"
+        if reason is None and not self._found:
+            reason = "callic: no weights installed (pixarc train callic)"
+        return reason
+
+    def base_model(self):
+        """The frozen model (CPU, fp32), loaded once."""
+        with self._lock:
+            if self._model is None:
+                if self._found is None:
+                    raise CodecError("callic: no weights installed")
+                from pixarc.weights import WeightsError, load_weights
+
+                from .model import MGCF
+
+                path, entry = self._found
+                try:
+                    state = load_weights(path, entry["sha256"])
+                except WeightsError as exc:
+                    raise CodecError(str(exc)) from None
+                model = MGCF(int(entry["dim"]), int(entry["depth"]), int(entry["kernel"]), int(entry["mixtures"]))
+                model.load_state_dict({k: v.float() for k, v in state.items()})
+                self._model = model.eval().requires_grad_(False)
+            return self._model
+
+    def encode(self, src, params, device="cpu"):
+        import numpy as np
+        import torch
+
+        from .coder import Encoder
+        from .wavefront import Geometry
+
+        mode = src.image.mode
+        if mode not in _MODES:
+            raise CodecError(f"callic: mode {mode} not supported")
+        a = np.asarray(src.image, dtype=np.uint8)
+        pixels = torch.from_numpy(np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a.copy())
+        h, w = pixels.shape[:2]
+        geom = Geometry.of(h, w, params["patch"])
+        model, increments = self.base_model(), b""
+        if params["iterations"] > 0:
+            from .adapt import adapt
+
+            with one_thread() if device == "cpu" else contextlib.nullcontext():
+                model, increments = adapt(self.base_model(), pixels, geom, _MODES[mode], params["iterations"], device)
+        enc = Encoder()
+        code_image(model, geom, _MODES[mode], enc, pixels)
+        return _HEAD.pack(_MODES[mode], params["patch"], w, h) + pack_sections(increments, enc.finish(),
+                                                                                 _digest(pixels))
+
+    def decode(self, payload, device="cpu"):
+        try:
+            channels, patch, w, h = _HEAD.unpack_from(payload, 0)
+            (increments, stream, digest), pos = unpack_sections(payload, _HEAD.size, 3)
+            if pos != len(payload):
+                raise ValueError("trailing bytes")
+        except (struct.error, ValueError) as exc:
+            raise CodecError(f"callic: malformed payload ({exc})") from None
+        from pixarc.images import DEFAULT_MAX_PIXELS
+
+        if channels not in (1, 3) or not 16 <= patch <= 128 or not (0 < w <= self.max_side and 0 < h <= self.max_side):
+            raise CodecError("callic: inconsistent header")
+        if w * h > DEFAULT_MAX_PIXELS:  # a forged header must not buy hours of decoding
+            raise CodecError(f"callic: payload claims {w}x{h} pixels, refused")
+        try:
+            pixels = self._decode(channels, patch, w, h, increments, stream)
+        except CodecError:
+            raise
+        except Exception as exc:
+            raise CodecError(f"callic: cannot decode ({type(exc).__name__}: {exc})") from None
+        if _digest(pixels) != digest:
+            raise CodecError("callic: decoded pixels do not match the stored digest (corrupt stream or "
+                             "a platform whose float network outputs differ from the encoder's)")
+        from PIL import Image
+
+        a = pixels.numpy()
+        return Decoded(image=Image.fromarray(a[..., 0] if channels == 1 else a, "L" if channels == 1 else "RGB"))
+
+    def _decode(self, channels, patch, w, h, increments, stream):
+        from .coder import Decoder
+        from .wavefront import Geometry
+
+        model = self.base_model()
+        if increments:
+            from .adapt import merge
+
+            model = merge(model, increments)
+        return code_image(model, Geometry.of(h, w, patch), channels, Decoder(stream))
+
+
+@hookimpl
+def register_codecs(register):
+    register(CallicCodec)

@@ -1,0 +1,203 @@
+"""CALLIC on a tiny random-init model: exact round trips (random, odd sizes, grey, smaller
+than a patch, adapted), the integer CDFs, wavefront = full forward, corruption detected,
+a fresh process with another thread count decodes the same pixels."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import encode_bytes
+from pixarc.errors import CodecError
+from pixarc.images import pixels_sha256, probe_and_load
+
+
+@pytest.fixture(scope="module")
+def callic_weights(tmp_path_factory):
+    from pixarc.weights import save_weights
+    from pixarc_callic.model import MGCF
+
+    torch.manual_seed(0)
+    model = MGCF(dim=8, depth=1, kernel=5, mixtures=2)
+    out = tmp_path_factory.mktemp("callic")
+    save_weights(out, "tiny.pt", model.state_dict(), {"arch": "mgcf", **model.config(), "source": "test: random init"})
+    return out
+
+
+@pytest.fixture
+def callic(callic_weights, monkeypatch):
+    monkeypatch.setenv("PIXARC_CALLIC_WEIGHTS", str(callic_weights))
+    from pixarc_callic import CallicCodec
+
+    codec = CallicCodec()
+    assert codec.base_model().dim == 8  # the test weights, not the shipped ones
+    return codec
+
+
+def source(w, h, mode="RGB", seed=1):
+    r = np.random.default_rng(seed)
+    a = r.integers(0, 256, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
+    return probe_and_load(encode_bytes(Image.fromarray(a, mode), "PNG"))
+
+
+@pytest.mark.parametrize("w,h,mode,patch", [(37, 29, "RGB", 16), (3, 2, "RGB", 64), (1, 1, "L", 64),
+                                            (21, 40, "L", 16), (50, 17, "RGB", 64)])
+def test_exact_round_trip(callic, w, h, mode, patch):
+    src = source(w, h, mode)
+    payload = callic.encode(src, callic.validate_params({"patch": patch}))
+    out = callic.decode(payload).image
+    assert out.mode == mode and out.size == (w, h)
+    assert pixels_sha256(out) == src.pixels_sha256
+
+
+def test_patch_chunks_round_trip(callic, monkeypatch):
+    import pixarc_callic.wavefront as wavefront
+
+    monkeypatch.setattr(wavefront, "CHUNK", 4)  # 6 patches: two wavefront runs, 4 + 2
+    src = source(37, 29, seed=7)
+    payload = callic.encode(src, callic.validate_params({"patch": 16}))
+    assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
+
+
+def test_adapted_round_trip_sends_increments(callic):
+    from pixarc_callic import _HEAD
+    from pixarc_callic.adapt import merge
+
+    src = source(40, 33, seed=3)
+    payload = callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16}))
+    increments = payload[_HEAD.size + 4 : _HEAD.size + 4 + int.from_bytes(payload[_HEAD.size : _HEAD.size + 4], "big")]
+    assert len(increments) > 5
+    assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
+    # the increments moved the weights (adaptation is not a no-op) and merging is reproducible
+    base = callic.base_model()
+    a, b = merge(base, increments), merge(base, increments)
+    moved = [n for (n, p), q in zip(base.named_parameters(), a.parameters()) if not torch.equal(p, q)]
+    assert moved and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_frozen_payload_has_no_increments(callic):
+    from pixarc_callic import _HEAD
+
+    payload = callic.encode(source(9, 9), callic.validate_params({}))
+    assert int.from_bytes(payload[_HEAD.size : _HEAD.size + 4], "big") == 0
+
+
+def test_integer_cdf_is_strictly_increasing_and_code_length_matches():
+    from pixarc_callic.coder import M, Encoder, Quantised, cdf, code_channel, symbol_bits
+
+    torch.manual_seed(2)
+    raw = torch.randn(64, 20) * 2
+    q = Quantised(raw, 2)
+    mean = q.channel_mean(0, [])
+    grid = torch.stack([cdf(torch.full((64,), v), mean, q.inv[:, 0], q.w, q.total) for v in range(1, 256)], 1)
+    full = torch.cat([torch.zeros(64, 1, dtype=torch.int64), grid, torch.full((64, 1), M)], 1)
+    assert bool((full[:, 1:] > full[:, :-1]).all())
+    x = torch.randint(0, 256, (64,))
+    enc = Encoder()
+    code_channel(q, 0, mean, x, enc)
+    ideal = float(symbol_bits(q, 0, mean, x).sum())
+    assert abs(len(enc.finish()) * 8 - ideal) < 0.02 * ideal + 64
+
+
+def test_wavefront_matches_full_forward(callic):
+    from pixarc_callic.wavefront import Geometry, full_forward, run
+
+    model = callic.base_model()
+    px = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (23, 30, 3), dtype=np.uint8))
+    geom = Geometry.of(23, 30, 16)
+    seen = []
+
+    def step(t, i, j, raw):
+        seen.append((i, j, raw.clone()))
+        return geom.to_patches(px)[i, j]
+
+    run(model, geom, step)
+    full = full_forward(model, geom, px)
+    assert sum(len(i) for i, _, _ in seen) == geom.ph * geom.pw
+    err = max(float((full[i, j] - raw).abs().max()) for i, j, raw in seen)
+    assert err < 1e-4, err
+
+
+def test_corruption_and_truncation_are_codec_errors(callic):
+    from pixarc_callic import _HEAD
+
+    payload = bytearray(callic.encode(source(20, 20, seed=5), callic.validate_params({})))
+    stream_at = _HEAD.size + 4 + 4  # after the (empty) increments section and the stream's length
+    for pos in (stream_at + 3, len(payload) - 1):  # a stream byte, a digest byte
+        bad = bytearray(payload)
+        bad[pos] ^= 0x55
+        with pytest.raises(CodecError):
+            callic.decode(bytes(bad))
+    for cut in (0, 5, len(payload) // 2, len(payload) - 1):
+        with pytest.raises(CodecError):
+            callic.decode(bytes(payload[:cut]))
+
+
+def test_fresh_process_with_other_thread_count_decodes_adapted(callic, callic_weights, tmp_path):
+    src = source(30, 19, seed=6)
+    torch.set_num_threads(2)
+    payload = callic.encode(src, callic.validate_params({"patch": 16, "iterations": 2}))
+    (tmp_path / "p.bin").write_bytes(payload)
+    code = ("import sys, torch, hashlib; torch.set_num_threads(1); from pixarc_callic import CallicCodec; "
+            "im = CallicCodec().decode(open(sys.argv[1], 'rb').read()).image; "
+            "print('SHA', hashlib.sha256(im.tobytes()).hexdigest())")
+    env = {**os.environ, "PIXARC_CALLIC_WEIGHTS": str(callic_weights)}
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.bin")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import hashlib
+
+    assert res.stdout.split("SHA ")[1].strip() == hashlib.sha256(src.image.tobytes()).hexdigest()
+
+
+def test_rgba_declined_with_a_reason(callic):
+    from pixarc.images import ImageInfo
+
+    reason = callic.unsupported_reason(ImageInfo(8, 8, "RGBA", 8, "PNG", "RGBA"))
+    assert reason and "RGBA" in reason
+    assert callic.unsupported_reason(ImageInfo(8, 8, "RGB", 8, "PNG", "RGB")) is None
+
+
+def test_registered_as_a_lossless_codec(monkeypatch):
+    from pixarc.plugins import build_plugin_manager
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",callic")
+    codec = build_plugin_manager().codec("callic")
+    assert codec.lossless and set(codec.modes) == {"L", "RGB"}
+
+
+def test_trainer_budget_resume_and_manifest(tmp_path):
+    from pixarc_callic.train import train
+
+    data = tmp_path / "data" / "natural"
+    data.mkdir(parents=True)
+    r = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(r.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    kw = dict(batch=2, patch=32, dim=8, depth=1, kernel=5, mixtures=2, log_every=1)
+    first = train(str(tmp_path / "data"), str(tmp_path / "w"), minutes=5, steps=2, **kw)
+    second = train(str(tmp_path / "data"), str(tmp_path / "w"), minutes=5, steps=3, resume=True, **kw)
+    assert first["steps"] == 2 and second["steps"] == 3 and second["arch"] == "mgcf"
+    assert len(second["sha256"]) == 64 and len(second["data_sha256"]) == 64 and second["devices"] == ["cpu"]
+    from pixarc.weights import load_from_manifest
+
+    state, sha = load_from_manifest(tmp_path / "w", "callic-d8-l1-k5-m2.pt")
+    assert sha == second["sha256"] and all(v.dtype == torch.float16 for v in state.values())
+
+
+def test_integer_tables_are_pinned():
+    """The CDF tables are part of the format: the same integers on every machine and version
+    (a change here breaks every archived callic bitstream)."""
+    import hashlib
+
+    from pixarc_callic.coder import tables
+
+    t, h = tables(), hashlib.sha256()
+    for k in sorted(t):
+        h.update(k.encode())
+        h.update(t[k].numpy().astype("<i8").tobytes())
+    assert h.hexdigest() == "bcd3cbc62ace0f34cd4fa4dc08e9a2786bc6aa74d5b448332465eca799a19375"
