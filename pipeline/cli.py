@@ -847,19 +847,6 @@ def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, 
 @click.option("--channels", default=32, show_default=True)
 @click.option("--layers", default=6, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
-
-@train.command("callic")
-@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
-@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
-@click.option("--minutes", default=10.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
-@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
-@click.option("--batch", default=8, show_default=True)
-@click.option("--patch", default=64, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
-@click.option("--dim", default=32, show_default=True)
-@click.option("--depth", default=3, show_default=True)
-@click.option("--kernel", default=7, show_default=True)
-@click.option("--mixtures", default=5, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
@@ -905,6 +892,22 @@ def export_bagit(dest, out, pattern, domain, workers):
     console.print(f"bag {out}: {res.images} image(s), {res.payload_bytes} bytes, restore run {res.run_id}")
 
 
+@train.command("callic")
+@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
+@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
+@click.option("--minutes", default=10.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
+@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
+@click.option("--batch", default=8, show_default=True)
+@click.option("--patch", default=64, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--dim", default=32, show_default=True)
+@click.option("--depth", default=3, show_default=True)
+@click.option("--kernel", default=7, show_default=True)
+@click.option("--mixtures", default=5, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
+@click.option("--checkpoint-minutes", default=3.0, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads (1 is fastest on a busy CPU).")
 def train_callic(data, out, minutes, steps, batch, patch, lr, dim, depth, kernel, mixtures, device, seed, resume,
                  checkpoint_minutes, threads):
@@ -913,9 +916,10 @@ def train_callic(data, out, minutes, steps, batch, patch, lr, dim, depth, kernel
 
     entry = run(data, out, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, dim=dim, depth=depth,
                 kernel=kernel, mixtures=mixtures, device=device, seed=seed, resume=resume,
-                checkpoint_minutes=checkpoint_minutes)
+                checkpoint_minutes=checkpoint_minutes, threads=threads)
     console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
                   f"final {entry['final']})")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
