@@ -132,7 +132,7 @@ class SVRModel(nn.Module):
             g = -torch.log(-torch.log(torch.rand_like(w).clamp(1e-9, 1 - 1e-9))) if hard_noise else 0.0
             soft = F.softmax((w.abs() + g) / tau, dim=1)
             hard = F.one_hot(soft.argmax(1), self.k).permute(0, 3, 1, 2).to(w.dtype)
-            select = hard + soft - soft.detach()
+            select = hard + (soft - soft.detach())  # exactly one-hot forward, soft gradient
             sign = torch.where(w < 0, -1.0, 1.0) + (torch.tanh(w) - torch.tanh(w).detach())
             return select * sign, hard
         wc = w.clamp(-W_MAX, W_MAX)

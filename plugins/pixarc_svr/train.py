@@ -244,7 +244,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
     model.index_counts.copy_(index)
     model.select_counts.copy_(select)
     model.weight_counts.copy_(weight)
-    last = {s: next((r for r in reversed(history) if r["stage"] == s), None) for s in (1, 2)}
+    last = {str(s): next((r for r in reversed(history) if r["stage"] == s), None) for s in (1, 2)}
     entry = {
         "arch": ARCH, "width": width, "k": model.k, "size": model.size, "dim": model.dim, "steps": step,
         "stage1_steps": stage1_done if stage == 2 else step, "stage2_steps": step - stage1_done if stage == 2 else 0,
