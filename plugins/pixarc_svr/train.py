@@ -168,6 +168,8 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
     opt = make_opt()
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+        for g in opt.param_groups:  # this run's --lr, not the one saved with the optimiser state
+            g["lr"] = lr
     computed = {1: {}, 2: {}}  # how often each loss term ran, per stage (this run)
     usage = torch.zeros(model.k, model.size, device=device)
 
