@@ -203,7 +203,11 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
         for n in terms:
             computed[stage][n] = computed[stage].get(n, 0) + 1
         opt.zero_grad()
+        if not torch.isfinite(loss):  # one bad batch must not poison the weights that ship
+            print(f"step {step}: non-finite loss, skipped", flush=True)
+            continue
         loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         if stage == 1:
             with torch.no_grad():
