@@ -230,6 +230,43 @@ def test_decode_is_the_same_in_a_fresh_process_with_one_thread(svr, svr_weights,
     assert diff.max() <= 1  # pixels from float convolutions: within one level
 
 
+def test_lowrate_policy_targets_low_bpp():
+    from pathlib import Path
+
+    from pixarc.routing import load_policy
+
+    pol = load_policy(str(Path(__file__).parents[1] / "pipeline" / "policies" / "lowrate.toml"))
+    lossy = {d: r for d, r in pol.routes.items() if not r.lossless}
+    assert lossy and all(r.target and r.target[0] == "bpp" and r.target[1] <= 0.3 for r in lossy.values())
+
+
+def test_archive_routes_to_svr_with_a_bpp_target(svr_weights, monkeypatch, tmp_path):
+    """A target_bpp route with SVR first, as lowrate.toml asks where SVR wins: m searched,
+    decode-checked, verified, fingerprint recorded."""
+    from pixarc import engine
+    from pixarc.container import unpack
+    from pixarc.manifest import latest, read_manifest
+    from pixarc.plugins import build_plugin_manager
+
+    monkeypatch.setenv("PIXARC_SVR_WEIGHTS", str(svr_weights[0]))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",svr")  # conftest allows built-ins only
+    src_dir, dest = tmp_path / "src", tmp_path / "dest"
+    src_dir.mkdir()
+    Image.fromarray(np.asarray(image().image)).save(src_dir / "a.png")
+    policy = tmp_path / "p.toml"
+    policy.write_text('min_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
+                      'codecs = ["svr", "avif", "webp", "jpeg"]\ntarget_bpp = 8.0\n')
+    reg = build_plugin_manager()
+    monkeypatch.setattr(engine, "default_registry", lambda: reg)
+    engine.archive_local(str(src_dir), str(dest), policy=str(policy), device="cpu")
+    row = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}["a.png"]
+    assert row["codec_id"] == "svr", row["notes"]
+    assert not row["lossless"] and np.isfinite(row["psnr"])
+    meta = unpack((dest / "a.png.pxa").read_bytes()).meta
+    assert meta["params"]["m"] == 4 and len(meta["decoded_fingerprint"]) == 64  # the most bits within 8 bpp
+    assert not engine.verify_local(str(dest), full=True).problems
+
+
 def test_without_weights_it_steps_aside(monkeypatch):
     monkeypatch.setenv("PIXARC_SVR_WEIGHTS", "/nonexistent")
     from pixarc.images import ImageInfo
