@@ -267,9 +267,22 @@ def test_archive_routes_to_svr_with_a_bpp_target(svr_weights, monkeypatch, tmp_p
     assert not engine.verify_local(str(dest), full=True).problems
 
 
+def test_shipped_weights_load_and_decode(monkeypatch):
+    monkeypatch.delenv("PIXARC_SVR_WEIGHTS", raising=False)
+    from pixarc_svr import SVRCodec, find_weights
+
+    path, entry = find_weights()
+    assert path.stat().st_size < 3_000_000 and entry["data_sha256"] and entry["steps"] > 0 and entry["minutes"] > 0
+    c = SVRCodec()
+    payload = c.encode(image(), c.validate_params({"m": 2}))
+    assert c.decode(payload).image.size == (70, 45)
+
+
 def test_without_weights_it_steps_aside(monkeypatch):
-    monkeypatch.setenv("PIXARC_SVR_WEIGHTS", "/nonexistent")
+    import pixarc_svr
     from pixarc.images import ImageInfo
     from pixarc_svr import SVRCodec
+
+    monkeypatch.setattr(pixarc_svr, "find_weights", lambda: None)  # neither PIXARC_SVR_WEIGHTS nor shipped ones
 
     assert "no weights" in SVRCodec().unsupported_reason(ImageInfo(64, 64, "RGB", 8, "PNG", "RGB"))
