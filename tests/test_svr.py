@@ -71,6 +71,7 @@ def test_weights_entry_and_resume(svr_weights):
     assert (first["steps"], first["stage1_steps"]) == (5, 3)
     assert (entry["steps"], entry["stage1_steps"], entry["stage2_steps"]) == (7, 3, 4)  # continued, not restarted
     assert entry["devices"] == ["cpu"] and entry["minutes"] >= first["minutes"]
+    assert [(r["first_step"], r["last_step"]) for r in entry["runs"]] == [(1, 5), (6, 7)]
 
 
 def test_every_configured_loss_term_runs_at_the_default_patch(svr_weights):

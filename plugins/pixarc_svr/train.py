@@ -123,6 +123,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
 
     model = SVRModel(width=width, size=size, dim=dim).to(device)
     step, stage, stage1_done, minutes_done, devices, history = 0, 1, 0, 0.0, [], []
+    runs: list[dict] = []  # per run (chunk): its settings and the steps it made, for the provenance
     opt_state = None
     if resume:
         if not ckpt_path.exists():
@@ -131,6 +132,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
         model.load_state_dict(ck["model"])
         step, stage, stage1_done = int(ck["step"]), int(ck["stage"]), int(ck["stage1_steps"])
         minutes_done, devices, history = float(ck["minutes"]), list(ck["devices"]), list(ck["history"])
+        runs = list(ck.get("runs", []))
         opt_state = ck["opt"]
         print(f"resumed {ckpt_path} at step {step}, stage {stage} ({minutes_done:.1f} min)", flush=True)
     if device not in devices:
@@ -176,9 +178,13 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
     def save_checkpoint() -> None:
         _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "stage": stage,
                       "stage1_steps": stage1_done, "minutes": minutes_done + (time.time() - t0) / 60,
-                      "devices": devices, "history": history}, ckpt_path)
+                      "devices": devices, "history": history,
+                      "runs": runs + [{"lr": lr, "batch": batch, "patch": patch, "device": device,
+                                       "first_step": first_step, "last_step": step,
+                                       "minutes": round((time.time() - t0) / 60, 1)}]}, ckpt_path)
 
     t0 = last_ckpt = time.time()
+    first_step = step + 1
     budget_s = minutes * 60
     model.train()
     while step < steps and time.time() - t0 < budget_s:
@@ -233,6 +239,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
         if missing:
             raise RuntimeError(f"stage {s}: configured loss terms never computed: {missing}")
     save_checkpoint()
+    runs = torch.load(ckpt_path, map_location="cpu", weights_only=True)["runs"]
     total_minutes = minutes_done + (time.time() - t0) / 60
 
     # learned entropy tables from the kept predictions over (the centres of) the training images
@@ -254,7 +261,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
     entry = {
         "arch": ARCH, "width": width, "k": model.k, "size": model.size, "dim": model.dim, "steps": step,
         "stage1_steps": stage1_done if stage == 2 else step, "stage2_steps": step - stage1_done if stage == 2 else 0,
-        "stage": stage, "batch": batch, "patch": patch, "lr": lr, "seed": seed, "images": len(files),
+        "stage": stage, "batch": batch, "patch": patch, "lr": lr, "runs": runs, "seed": seed, "images": len(files),
         "data": root.name, "data_sha256": data_hash, "minutes": round(total_minutes, 1), "devices": devices,
         "losses": {str(s): w for s, w in LOSSES.items()}, "final": last, "table_images": len(sample),
         "source": f"pixarc train svr (resumable; {step} steps, {total_minutes:.1f} min)",
