@@ -818,20 +818,29 @@ def train_classifier(data, extra, out, augment, epochs, members, folds, minutes,
 
 @train.command("svr")
 @click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
-@click.option("--out", required=True, help="Folder for the weights and their weights.json entry.")
-@click.option("--stage1-steps", default=20_000, show_default=True)
-@click.option("--stage2-steps", default=20_000, show_default=True)
+@click.option("--out", required=True, help="Folder for the checkpoint, the weights and their weights.json entry.")
+@click.option("--minutes", default=10.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
+@click.option("--stage1-minutes", default=7.0, show_default=True, help="Cumulative minutes of stage 1 (codebooks).")
+@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
+@click.option("--stage1-steps", default=10**9, show_default=True, help="Cumulative steps of stage 1.")
 @click.option("--batch", default=8, show_default=True)
-@click.option("--patch", default=128, show_default=True)
-@click.option("--width", default=64, show_default=True)
+@click.option("--patch", default=96, show_default=True)
+@click.option("--width", default=32, show_default=True)
+@click.option("--lr", default=5e-4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def train_svr(data, out, stage1_steps, stage2_steps, batch, patch, width, seed, device):
-    """Train the SVR codec (both stages, then its entropy tables)."""
+@click.option("--resume", is_flag=True, help="Continue from <out>/svr-w<width>.ckpt.")
+@click.option("--checkpoint-minutes", default=5.0, show_default=True)
+def train_svr(data, out, minutes, stage1_minutes, steps, stage1_steps, batch, patch, width, lr, seed, device, resume,
+              checkpoint_minutes):
+    """Train the SVR codec (stage 1 codebooks, stage 2 predictor/filler/decoder, then its entropy tables)."""
     from pixarc_svr.train import train as run
 
-    entry = run(data, out, stage1_steps, stage2_steps, batch=batch, patch=patch, width=width, seed=seed, device=device)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}...)")
+    entry = run(data, out, minutes=minutes, stage1_minutes=stage1_minutes, steps=steps, stage1_steps=stage1_steps,
+                batch=batch, patch=patch, width=width, lr=lr, seed=seed, device=device, resume=resume,
+                checkpoint_minutes=checkpoint_minutes)
+    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
+                  f"stage {entry['stage']})")
 
 
 @train.command("enhance")

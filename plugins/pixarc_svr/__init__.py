@@ -1,14 +1,20 @@
-"""``svr``: masked adaptive codebooks (M-AdaCode), integers-only bitstreams.
+"""``svr``: masked adaptive codebooks (M-AdaCode, PAPERS.md §3), integer-only bitstreams.
 
 Model and choices in ``model.py``; training in ``train.py`` (``pixarc train svr``).
 Weights: ``PIXARC_SVR_WEIGHTS`` (directory with ``weights.json``) or this plugin's
 ``weights/``; sha256 first, ``weights_only=True``. Parameter ``m`` (1..K) is the rate
-knob. Payload: ``u8 m, u16 width, u16 height, u16 u, u16 v`` then three rANS streams
-(CompressAI's coder), each ``u32 length + bytes``: kept codebook ids (uniform over K),
-codeword indices (one learned frequency table per codebook), weights on the integer
-grid (one learned table; absent for m = 1). The decoder reads integers only, so every
-device decodes the same symbols (``Decoded.fingerprint``); pixels then come from float
-convolutions and may differ in the last bit across devices.
+knob: m = K sends all K weights (AdaCode), 1 < m < K the top-m weights and which
+codebooks they belong to, m = 1 the one-hot mode (codebook and sign, no weights).
+
+Payload (format 2): ``u8 m, u16 width, u16 height, u16 u, u16 v`` then three rANS
+sections (CompressAI's coder), each ``u32 length + bytes``:
+  1. all K codeword-index maps, raster order then codebook, one learned table per codebook;
+  2. the selection symbol per position (empty for m = K): m = 1: 2·codebook + (weight < 0),
+     1 < m < K: the kept set's number among the C(K, m) sets; one learned table per m;
+  3. the kept weights on the integer grid (empty for m = 1), one learned table per m.
+The tables are built from integer counts with integer arithmetic (``quantized_cdf``), and
+rANS runs on the CPU, so every device decodes the same integers (``Decoded.fingerprint``);
+pixels then come from float convolutions and may differ in the last bit across devices.
 """
 
 from __future__ import annotations
@@ -34,16 +40,24 @@ def find_weights() -> tuple[Path, dict] | None:
     return found[0] if found else None
 
 
-def _cdf(counts) -> list[int]:
-    from compressai._CXX import pmf_to_quantized_cdf
-
-    total = float(sum(counts))
-    return pmf_to_quantized_cdf([float(c) / total for c in counts] + [0.0], 16)
+def quantized_cdf(counts) -> list[int]:
+    """A 16-bit rANS table (CompressAI's layout: the symbols, one escape bin, cumulative)
+    from integer counts, in integer arithmetic only, so every machine builds the same table."""
+    freqs = [max(1, int(c)) for c in counts] + [1]  # + the escape bin for out-of-range values
+    total, scale = sum(freqs), 1 << 16
+    q = [max(1, f * scale // total) for f in freqs]
+    while (diff := scale - sum(q)) != 0:  # the rounding error goes to (or comes from) the largest bin
+        i = max((j for j in range(len(q)) if diff > 0 or q[j] > 1), key=lambda j: (q[j], -j))
+        q[i] += diff if diff > 0 else max(diff, 1 - q[i])
+    cdf = [0]
+    for f in q:
+        cdf.append(cdf[-1] + f)
+    return cdf
 
 
 class SVRCodec(Codec):
     codec_id = "svr"
-    format_version = 1
+    format_version = 2  # 2: all K index maps, selection symbols, per-m tables
     lossless = False
     prefers_gpu = True
     modes = frozenset({"RGB"})
@@ -88,7 +102,8 @@ class SVRCodec(Codec):
                         state = load_weights(path, entry["sha256"])
                     except WeightsError as exc:
                         raise CodecError(str(exc)) from None
-                    model = SVRModel(width=int(entry["width"]))
+                    model = SVRModel(width=int(entry["width"]), k=int(entry["k"]), size=int(entry["size"]),
+                                     dim=int(entry["dim"]))
                     model.load_state_dict(state)
                     self._models[device] = model.float().eval().requires_grad_(False)
                 else:
@@ -97,18 +112,36 @@ class SVRCodec(Codec):
                     self._models[device] = copy.deepcopy(self._model("cpu")).to(device)
             return self._models[device]
 
-    def _tables(self, model):
-        k = model.k
-        index_cdfs = [_cdf(model.index_counts[i].tolist()) for i in range(k)]
-        return index_cdfs, _cdf([1] * k), _cdf(model.weight_counts.tolist())
+    def _tables(self, model) -> dict:
+        """The rANS tables of a model, built once from its integer counts: table k < K codes
+        codebook k's indices, then the selection symbol and the weights, one per m."""
+        if getattr(model, "_pixarc_tables", None) is None:
+            from .model import select_symbols
+
+            k = model.k
+            index = [quantized_cdf(model.index_counts[i].tolist()) for i in range(k)]
+            select = {m: quantized_cdf(model.select_counts[m, : select_symbols(k, m)].tolist())
+                      for m in range(1, k) if select_symbols(k, m)}
+            weight = {m: quantized_cdf(model.weight_counts[m].tolist()) for m in range(2, k + 1)}
+            model._pixarc_tables = {"index": index, "select": select, "weight": weight}
+        return model._pixarc_tables
+
+    def fixed_length_bits(self, m: int, u: int, v: int) -> int:
+        """What the same symbols would cost in a plain fixed-length code (for the benchmark)."""
+        from .model import W_LEVELS, select_symbols
+
+        model = self._model("cpu")
+        bits = lambda n: (n - 1).bit_length()  # noqa: E731
+        nsel = select_symbols(model.k, m)
+        per = model.k * bits(model.size) + (bits(nsel) if nsel else 0) + (m * bits(W_LEVELS) if m > 1 else 0)
+        return u * v * per
 
     def encode(self, src, params, device="cpu"):
         import numpy as np
         import torch
         import torch.nn.functional as F
-        from compressai.ans import RansEncoder
 
-        from .model import W_LEVELS
+        from .model import W_OFFSET
 
         model = self._model(device)
         m = params["m"]
@@ -117,20 +150,15 @@ class SVRCodec(Codec):
         x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None].to(device)
         x = F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
         with torch.no_grad():
-            idx, kept, w_int = model.analyse(x, m)
-        idx_kept = torch.gather(idx, 1, kept)[0].cpu()
-        kept, w_int = kept[0].cpu(), w_int[0].cpu()
-        _, u, v = kept.shape
-        index_cdfs, id_cdf, weight_cdf = self._tables(self._model("cpu"))
-        order = lambda t: t.permute(1, 2, 0).reshape(-1).tolist()  # noqa: E731  raster, then slot
-        ids, indices = order(kept), order(idx_kept)
-        streams = [
-            RansEncoder().encode_with_indexes(ids, [0] * len(ids), [id_cdf], [len(id_cdf)], [0]),
-            RansEncoder().encode_with_indexes(indices, ids, index_cdfs, [len(c) for c in index_cdfs],
-                                              [0] * len(index_cdfs)),
-            b"" if m == 1 else RansEncoder().encode_with_indexes(
-                order(w_int), [0] * len(ids), [weight_cdf], [len(weight_cdf)], [-(W_LEVELS // 2)]),
-        ]
+            idx, select, w_int = model.analyse(x, m)
+        u, v = idx.shape[-2:]
+        tables = self._tables(self._model("cpu"))
+        raster = lambda t: t[0].permute(1, 2, 0).reshape(-1).tolist()  # noqa: E731  raster, then codebook/slot
+        k = model.k
+        streams = [_rans(tables["index"], raster(idx.cpu()), list(range(k)) * (u * v), [0] * k)]
+        streams.append(b"" if select is None else _rans([tables["select"][m]], select[0].reshape(-1).tolist()))
+        streams.append(b"" if w_int is None else _rans([tables["weight"][m]], raster(w_int.cpu()),
+                                                        offset=-W_OFFSET))
         return _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
 
     def decode(self, payload, device="cpu"):
@@ -150,34 +178,69 @@ class SVRCodec(Codec):
         except Exception as exc:
             raise CodecError(f"svr: cannot decode ({type(exc).__name__}: {exc})") from None
 
+    def decode_integers(self, payload: bytes) -> tuple[int, list[int], list[int] | None, list[int] | None]:
+        """The integers of a payload (m, index maps, selection, weights), on the CPU only:
+        rANS with integer tables, so the same on every machine."""
+        from compressai.ans import RansDecoder
+
+        from .model import W_LEVELS, W_OFFSET, select_symbols
+
+        m, w, h, u, v = _HEAD.unpack_from(payload, 0)
+        streams, _ = unpack_sections(payload, _HEAD.size, 3)
+        cpu = self._model("cpu")
+        k, tables, n = cpu.k, self._tables(cpu), u * v
+        if m > k:
+            raise CodecError(f"svr: m={m} > K={k}")
+        indices = RansDecoder().decode_with_indexes(streams[0], list(range(k)) * n, tables["index"],
+                                                    [len(c) for c in tables["index"]], [0] * k)
+        if any(not 0 <= i < cpu.size for i in indices):
+            raise CodecError("svr: codeword index out of range")
+        select = weights = None
+        nsel = select_symbols(k, m)
+        if nsel:
+            table = tables["select"][m]
+            select = RansDecoder().decode_with_indexes(streams[1], [0] * n, [table], [len(table)], [0])
+            if any(not 0 <= s < nsel for s in select):
+                raise CodecError("svr: selection symbol out of range")
+        if m > 1:
+            table = tables["weight"][m]
+            weights = RansDecoder().decode_with_indexes(streams[2], [0] * (n * m), [table], [len(table)],
+                                                        [-W_OFFSET])
+            if any(not -W_OFFSET <= q <= W_LEVELS - 1 - W_OFFSET for q in weights):
+                raise CodecError("svr: weight out of range")
+        return m, indices, select, weights
+
     def _decode(self, m, w, h, u, v, streams, device) -> Decoded:
         import torch
-        from compressai.ans import RansDecoder
         from PIL import Image
 
-        from .model import W_LEVELS
+        from .model import select_symbols
 
+        payload = _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
+        m, indices, select, weights = self.decode_integers(payload)
         cpu = self._model("cpu")
+        k = cpu.k
+        if (not select_symbols(k, m)) != (not streams[1]) or (m == 1) != (not streams[2]):
+            raise CodecError("svr: sections do not match m")
         model = cpu if device == "cpu" else self._model(device)
-        index_cdfs, id_cdf, weight_cdf = self._tables(cpu)
-        n = u * v * m
-        ids = RansDecoder().decode_with_indexes(streams[0], [0] * n, [id_cdf], [len(id_cdf)], [0])
-        if any(not 0 <= i < cpu.k for i in ids):
-            raise CodecError("svr: codebook id out of range")
-        indices = RansDecoder().decode_with_indexes(streams[1], ids, index_cdfs, [len(c) for c in index_cdfs],
-                                                    [0] * len(index_cdfs))
-        weights = None
-        if m > 1:
-            weights = RansDecoder().decode_with_indexes(streams[2], [0] * n, [weight_cdf], [len(weight_cdf)],
-                                                        [-(W_LEVELS // 2)])
-        shape = lambda seq: torch.tensor(seq, dtype=torch.int64).view(u, v, m).permute(2, 0, 1)[None]  # noqa: E731
-        kept, idx = shape(ids), shape(indices).clamp(0, cpu.size - 1)
-        w_int = None if weights is None else shape(weights)
+        idx = torch.tensor(indices, dtype=torch.int64).view(u, v, k).permute(2, 0, 1)[None]
+        sel = None if select is None else torch.tensor(select, dtype=torch.int64).view(1, u, v)
+        w_int = None if weights is None else torch.tensor(weights, dtype=torch.int64).view(u, v, m).permute(2, 0, 1)[None]
+        masked, mask = cpu.masked_from_symbols(m, sel, w_int, (1, u, v))
         with torch.no_grad():
-            x = model.synthesise(idx.to(device), kept.to(device), None if w_int is None else w_int.to(device))
+            x = model.synthesise(idx.to(device), masked.to(device), mask.to(device))
         pixels = (x[0, :, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        fp = hashlib.sha256(json.dumps([m, ids, indices, weights]).encode()).hexdigest()
+        fp = hashlib.sha256(json.dumps([m, indices, select, weights]).encode()).hexdigest()
         return Decoded(image=Image.fromarray(pixels), fingerprint=fp)
+
+
+def _rans(tables: list[list[int]], symbols: list[int], which: list[int] | None = None,
+          offsets: list[int] | None = None, offset: int = 0) -> bytes:
+    from compressai.ans import RansEncoder
+
+    which = [0] * len(symbols) if which is None else which
+    offsets = [offset] * len(tables) if offsets is None else offsets
+    return RansEncoder().encode_with_indexes(symbols, which, tables, [len(t) for t in tables], offsets)
 
 
 @hookimpl
