@@ -106,8 +106,8 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
 
 
 def load_policy(path: str | None = None) -> Policy:
-    """Load a policy from a path/URL, a built-in name (``default``, ``png``, ``lossy``), or the default."""
-    if path is None or path in ("default", "png", "lossy"):
+    """Load a policy from a path/URL, a built-in name (``default``, ``png``, ``lossy``, ``lowrate``), or the default."""
+    if path is None or path in ("default", "png", "lossy", "lowrate"):
         name = path or "default"
         text = resources.files("pixarc.policies").joinpath(f"{name}.toml").read_text()
     else:

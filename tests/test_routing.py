@@ -16,7 +16,7 @@ def route(info, domain, conf, policy=None):
 
 
 def test_builtin_policies_load():
-    for name in ("default", "png", "lossy"):
+    for name in ("default", "png", "lossy", "lowrate"):
         p = load_policy(name)
         assert "unknown" in p.routes
 
