@@ -25,39 +25,13 @@ of the training data (file names and contents), and what it was initialised from
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import time
 from pathlib import Path
 
+from pixarc.training import atomic_save, data_sha256, training_images
+
 from . import LAMBDAS, ZOO_NM
-
-EXTENSIONS = {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def _images(data: Path) -> list[Path]:
-    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in EXTENSIONS)
-    if not files:
-        raise SystemExit(f"no training images under {data}")
-    return files
-
-
-def data_sha256(root: Path, files: list[Path]) -> str:
-    """One hash for a training set: relative names and contents, in sorted order."""
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
-
-
-def _atomic_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _load_state(path: str, device: str) -> dict:
@@ -91,7 +65,7 @@ def train(data: str, quality: int, out: str, steps: int = 10**9, minutes: float 
     N, M = N or ZOO_NM[quality][0], M or ZOO_NM[quality][1]
     lam = LAMBDAS[quality]
     root = Path(data)
-    files = _images(root)
+    files = training_images(root)
     data_hash = data_sha256(root, files)
     name = f"mbt2018-mean-q{quality}-N{N}-M{M}.pt"
     out_dir = Path(out)
@@ -145,7 +119,7 @@ def train(data: str, quality: int, out: str, steps: int = 10**9, minutes: float 
         return x.contiguous(memory_format=torch.channels_last)
 
     def save_checkpoint() -> None:
-        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                       "step": step, "minutes": minutes_done + (time.time() - t0) / 60, "devices": devices,
                       "init_from": origin or ""}, ckpt_path)
 

@@ -24,7 +24,7 @@ import random
 import time
 from pathlib import Path
 
-from pixarc_adaptive.train import _atomic_save, _images, data_sha256
+from pixarc.training import atomic_save, data_sha256, training_images
 
 
 def torch_no_grad(fn):
@@ -87,7 +87,7 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
         if (i + 1) % 50 == 0:
             log(f"pool: {i + 1}/{len(files)} images ({time.time() - t0:.0f} s)")
     if cache is not None and not cached:
-        _atomic_save({"key": key, "payloads": payloads}, cache)
+        atomic_save({"key": key, "payloads": payloads}, cache)
     return pool
 
 
@@ -158,7 +158,7 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
     from .model import EnhanceNet
 
     root = Path(data)
-    files = _images(root)
+    files = training_images(root)
     data_hash = data_sha256(root, files)
     name = f"enhance-{base}-c{channels}-l{layers}.pt"
     out_dir = Path(out)
@@ -210,7 +210,7 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
         return t(xs), t(bs), torch.tensor(cs, dtype=torch.float32, device=device)
 
     def save_checkpoint() -> None:
-        _atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
+        atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
                       "minutes": minutes_done + (time.time() - t0) / 60, "devices": devices, "stages": stages},
                      ckpt_path)
 

@@ -25,26 +25,16 @@ minutes, devices, data sha256).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import time
 from pathlib import Path
 
+from pixarc.training import atomic_save, data_sha256, training_images
+
 from . import ARCH
 
-EXTENSIONS = {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 LOSSES = {1: {"l1": 1.0, "codebook": 1.0, "commit": 0.25}, 2: {"l1": 1.0, "ms_ssim": 0.3}}
 REVIVE_EVERY = 50
-
-
-def data_sha256(root: Path, files: list[Path]) -> str:
-    """One hash for a training set: relative names and contents, in sorted order."""
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
 
 
 def ms_ssim_loss(x_hat, x):
@@ -85,14 +75,6 @@ def count_symbols(model, batches) -> tuple:
     return index, select, weight
 
 
-def _atomic_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.0, steps: int = 10**9,
           stage1_steps: int = 10**9, batch: int = 8, patch: int = 96, width: int = 32, size: int | None = None,
           dim: int | None = None, lr: float = 5e-4, seed: int = 0, device: str = "cpu", resume: bool = False,
@@ -111,9 +93,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
 
     size, dim = size or BOOK_SIZE, dim or DIM
     root = Path(data)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS)
-    if not files:
-        raise SystemExit(f"no training images under {data}")
+    files = training_images(root)
     data_hash = data_sha256(root, files)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +156,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
     usage = torch.zeros(model.k, model.size, device=device)
 
     def save_checkpoint() -> None:
-        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "stage": stage,
+        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "stage": stage,
                       "stage1_steps": stage1_done, "minutes": minutes_done + (time.time() - t0) / 60,
                       "devices": devices, "history": history,
                       "runs": runs + [{"lr": lr, "batch": batch, "patch": patch, "device": device,
