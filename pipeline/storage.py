@@ -42,30 +42,47 @@ def safe_key(key: str) -> str:
     return key
 
 
+def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
+    """Write ``data`` to a fresh temporary name beside ``path`` and fsync it."""
+    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if fault_site:
+            faults.point(fault_site)
+    except BaseException:  # disk full, an injected fault: no half-written temp file stays behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _fsync_dir(parent: str) -> None:
+    """Make a rename or link in ``parent`` durable."""
+    try:
+        dfd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site: str = "") -> None:
     parent = posixpath.dirname(path)
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = None
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if fault_site:
-                faults.point(fault_site)
+            tmp = _durable_temp(path, data, fault_site)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
+            if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
-        try:  # make the rename itself durable
-            dfd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-            pass
+        _fsync_dir(parent)
     else:
         if parent:
             fs.makedirs(parent, exist_ok=True)
@@ -81,15 +98,9 @@ def write_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site:
     """
     parent = posixpath.dirname(path)
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = None
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if fault_site:
-                faults.point(fault_site)
+            tmp = _durable_temp(path, data, fault_site)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -99,16 +110,9 @@ def write_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site:
                     return False
                 os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
+            if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
-        try:
-            dfd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:  # pragma: no cover
-            pass
+        _fsync_dir(parent)
         return True
     if parent:
         fs.makedirs(parent, exist_ok=True)
