@@ -16,6 +16,23 @@ from .errors import CodecError
 from .images import CANONICAL_MODES, SourceImage
 
 
+
+def with_mode_tag(mode: str, body: bytes) -> bytes:
+    """Prefix a codec payload with the canonical mode it encodes (length byte + ASCII)."""
+    tag = mode.encode("ascii")
+    return bytes([len(tag)]) + tag + bytes(body)
+
+
+def split_mode_tag(payload: bytes, codec_id: str) -> tuple[str, bytes]:
+    """The mode and the codec body of a :func:`with_mode_tag` payload; refuses a bad tag."""
+    if len(payload) < 2 or payload[0] == 0 or payload[0] > 8:
+        raise CodecError(f"{codec_id}: payload too short or bad mode tag")
+    n = payload[0]
+    mode = payload[1 : 1 + n].decode("ascii", "replace")
+    if mode not in CANONICAL_MODES:
+        raise CodecError(f"{codec_id}: payload declares unknown mode {mode!r}")
+    return mode, payload[1 + n :]
+
 class PillowCodec(Codec):
     pillow_format: ClassVar[str]
     native_modes: ClassVar[frozenset[str]]
@@ -44,17 +61,11 @@ class PillowCodec(Codec):
             work.save(buf, self.pillow_format, **self.save_kwargs(params))
         except Exception as exc:
             raise CodecError(f"{self.codec_id}: encoder failed ({type(exc).__name__}: {exc})") from None
-        mode = image.mode.encode("ascii")
-        return bytes([len(mode)]) + mode + buf.getvalue()
+        return with_mode_tag(image.mode, buf.getvalue())
 
     def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
-        if len(payload) < 2 or payload[0] == 0 or payload[0] > 8:
-            raise CodecError(f"{self.codec_id}: payload too short or bad mode tag")
-        n = payload[0]
-        mode = payload[1 : 1 + n].decode("ascii", "replace")
-        if mode not in CANONICAL_MODES:
-            raise CodecError(f"{self.codec_id}: payload declares unknown mode {mode!r}")
-        image = open_payload_image(payload[1 + n :], self.pillow_format, self.codec_id)
+        mode, body = split_mode_tag(payload, self.codec_id)
+        image = open_payload_image(body, self.pillow_format, self.codec_id)
         if image.mode != mode:
             image = image.convert(mode)
         return Decoded(image=image)

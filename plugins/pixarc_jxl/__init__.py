@@ -27,8 +27,8 @@ from typing import Any, Mapping
 from pixarc.codec import Codec, Decoded, Param
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
-from pixarc.images import CANONICAL_MODES, DEFAULT_MAX_PIXELS, SourceImage
-from pixarc.pillow_codec import PillowCodec
+from pixarc.images import DEFAULT_MAX_PIXELS, SourceImage
+from pixarc.pillow_codec import PillowCodec, split_mode_tag, with_mode_tag
 
 try:
     import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
@@ -73,20 +73,14 @@ class JXLLosslessCodec(Codec):
                                              photometric=photometric, numthreads=1)
         except Exception as exc:
             raise CodecError(f"{self.codec_id}: encoder failed ({type(exc).__name__}: {exc})") from None
-        mode = image.mode.encode("ascii")
-        return bytes([len(mode)]) + mode + bytes(data)
+        return with_mode_tag(image.mode, data)
 
     def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
         from PIL import Image
 
-        if len(payload) < 2 or payload[0] == 0 or payload[0] > 8:
-            raise CodecError(f"{self.codec_id}: payload too short or bad mode tag")
-        n = payload[0]
-        mode = payload[1 : 1 + n].decode("ascii", "replace")
-        if mode not in CANONICAL_MODES:
-            raise CodecError(f"{self.codec_id}: payload declares unknown mode {mode!r}")
+        mode, body = split_mode_tag(payload, self.codec_id)
         try:
-            a = imagecodecs.jpegxl_decode(payload[1 + n :], numthreads=1)
+            a = imagecodecs.jpegxl_decode(body, numthreads=1)
             if a.shape[0] * a.shape[1] > DEFAULT_MAX_PIXELS:
                 raise CodecError(f"{self.codec_id}: payload claims {a.shape[1]}x{a.shape[0]} pixels, refused")
             image = Image.fromarray(a)
