@@ -22,7 +22,7 @@ from pathlib import Path
 from pixarc.classify import DOMAINS
 from pixarc.images import probe_and_load
 from pixarc.plugins import default_registry
-from pixarc.routing import load_policy
+from pixarc.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 BINS = (0.0, 0.35, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0001)

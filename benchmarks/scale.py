@@ -96,7 +96,7 @@ def png_cost(src_dir: Path, sample: int = 500) -> float:
     from pixarc import engine
     from pixarc.images import probe_and_load
     from pixarc.plugins import default_registry
-    from pixarc.routing import Route
+    from pixarc.policy import Route
 
     files = sorted(src_dir.rglob("*.png"))[:sample]
     codec = default_registry().codec("png")

@@ -26,7 +26,7 @@ from pixarc.classify import DOMAINS
 from pixarc.engine import _encode_verified
 from pixarc.images import probe_and_load
 from pixarc.plugins import build_plugin_manager
-from pixarc.routing import Route
+from pixarc.policy import Route
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("jpeg", "webp", "avif")

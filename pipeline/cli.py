@@ -728,7 +728,7 @@ def classify(src, policy, as_json):
     from .crawl import crawl
     from .images import probe_and_load
     from .plugins import default_registry
-    from .routing import load_policy
+    from .policy import load_policy
     from .storage import get_fs
 
     from .classify import pick_classifier

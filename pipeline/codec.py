@@ -18,8 +18,11 @@ from typing import Any, ClassVar, Mapping
 
 from PIL import Image
 
+from .device import CPU, Device
 from .errors import CodecError
 from .images import DEFAULT_MAX_PIXELS, ImageInfo, SourceImage
+
+DETERMINISM = ("pixels", "integers")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,14 @@ class Codec(ABC):
         max_side: largest width or height the codec can encode (None: unlimited).
         rate_param: the integer parameter whose increase spends more bits (``quality``,
             ``m``...); policies with ``target_psnr``/``target_bpp`` search it.
+        restore_device: the device restore decodes on. Every bitstream is decode-checked
+            there before its row says done, whatever device encoded it.
+        determinism: ``pixels``: a decode reproduces the same pixels on every device;
+            ``integers``: only the integers the decoder reconstructs (its
+            :attr:`Decoded.fingerprint`) are reproduced exactly, pixels from float networks
+            may differ in the last bit between devices, so the check compares fingerprints.
+        batch_hint / memory_hint_mb: images per :meth:`encode_batch` call that suit the
+            codec, and its peak memory per megapixel, for schedulers and ``--batch-size``.
     """
 
     codec_id: ClassVar[str]
@@ -74,6 +85,10 @@ class Codec(ABC):
     max_side: ClassVar[int | None] = None
     description: ClassVar[str] = ""
     rate_param: ClassVar[str | None] = None  # integer parameter that raises the rate (for targets)
+    restore_device: ClassVar[Device] = CPU
+    determinism: ClassVar[str] = "pixels"
+    batch_hint: ClassVar[int] = 1
+    memory_hint_mb: ClassVar[int] = 0
 
     def rate_values(self) -> list[int]:
         """The values of ``rate_param`` a ``target_psnr``/``target_bpp`` search may probe, in
@@ -127,11 +142,11 @@ class Codec(ABC):
         return out
 
     @abstractmethod
-    def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
+    def encode(self, src: SourceImage, params: Mapping[str, Any], device: Device = CPU) -> bytes:
         """Encode ``src`` (already checked with :meth:`unsupported_reason`) into a payload."""
 
     def encode_batch(
-        self, srcs: list[SourceImage], params: Mapping[str, Any], device: str = "cpu"
+        self, srcs: list[SourceImage], params: Mapping[str, Any], device: Device = CPU
     ) -> list[bytes | Exception]:
         """Encode several images at once (one entry per image, an exception for a failure).
 
@@ -148,8 +163,19 @@ class Codec(ABC):
         return out
 
     @abstractmethod
-    def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
+    def decode(self, payload: bytes, device: Device = CPU) -> Decoded:
         """Decode a payload produced by :meth:`encode`. Raise :class:`CodecError` on bad input."""
+
+    def decode_batch(self, payloads: list[bytes], device: Device = CPU) -> list[Decoded | Exception]:
+        """Decode several payloads at once (one entry each, an exception for a failure);
+        the default decodes one by one."""
+        out: list[Decoded | Exception] = []
+        for payload in payloads:
+            try:
+                out.append(self.decode(payload, device))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
 
 def params_hash(params: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from .crawl import crawl
 from .engine import STATUS_FAILED, plan_one
 from .manifest import latest, read_manifest
 from .plugins import default_registry
-from .routing import load_policy
+from .policy import load_policy
 from .storage import get_fs
 
 

@@ -48,7 +48,7 @@ from .manifest import (
 )
 from .metrics import ms_ssim, psnr
 from .plugins import Registry, default_registry
-from .routing import Policy, Route, load_policy
+from .policy import Policy, Route, load_policy
 from .storage import check_size, get_fs, inside, join, open_source, read_regular, safe_key, write_atomic, write_new
 
 REJECT_REASONS = {"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file"}

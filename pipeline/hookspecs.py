@@ -11,15 +11,14 @@ signature; ``tests/test_plugins.py`` checks that each one is exercised.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import pluggy
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .classify import Classifier
-    from .codec import Codec
-    from .images import ImageInfo
-    from .routing import Classification, Policy, Route
+from .classify import Classification, Classifier
+from .codec import Codec
+from .images import ImageInfo
+from .policy import Policy, Route
 
 hookspec = pluggy.HookspecMarker("pixarc")
 hookimpl = pluggy.HookimplMarker("pixarc")
@@ -30,7 +29,7 @@ hookimpl = pluggy.HookimplMarker("pixarc")
 
 
 @hookspec
-def register_codecs(register: Callable[[type["Codec"]], None]) -> None:
+def register_codecs(register: Callable[[type[Codec]], None]) -> None:
     """Register codec classes.
 
     Called once per plugin manager. Call ``register(CodecClass)`` for each codec the
@@ -41,7 +40,7 @@ def register_codecs(register: Callable[[type["Codec"]], None]) -> None:
 
 
 @hookspec
-def register_classifiers(register: Callable[[type["Classifier"]], None]) -> None:
+def register_classifiers(register: Callable[[type[Classifier]], None]) -> None:
     """Register domain classifier classes.
 
     Call ``register(ClassifierClass)``; the class subclasses
@@ -56,11 +55,11 @@ def register_classifiers(register: Callable[[type["Classifier"]], None]) -> None
 
 
 @hookspec(firstresult=True)
-def route(info: "ImageInfo", classification: "Classification", policy: "Policy") -> "Route | None":
+def route(info: ImageInfo, classification: Classification, policy: Policy) -> Route | None:
     """Choose how to encode one image.
 
     Called after classification with the image's facts (no pixels), the classifier's
-    answer and the loaded policy. Return a :class:`pixarc.routing.Route` (ordered codec
+    answer and the loaded policy. Return a :class:`pixarc.policy.Route` (ordered codec
     candidates with parameters) or ``None`` to let later plugins decide. The first
     non-None answer wins; the built-in router (``pixarc.routing``) runs last.
     """

@@ -44,7 +44,7 @@ from .images import probe_and_load, sha256_hex
 from .lock import check_held, hold
 from .manifest import STATUS_DONE, ManifestRow, read_manifest, rows_to_table, write_part
 from .plugins import Registry, default_registry
-from .routing import Candidate, Route
+from .policy import Candidate, Route
 from .storage import get_fs, join, read_regular
 
 _VERSION_TAIL = re.compile(r"\.([0-9a-f]{12})\.pxa\Z")

@@ -599,7 +599,7 @@ def test_gpu_encoded_bitstream_is_decode_checked_on_the_cpu_path_restore_uses(mo
     from conftest import encode_bytes, rng_image
     from pixarc.images import probe_and_load
     from pixarc.plugins import build_plugin_manager
-    from pixarc.routing import Candidate, Route
+    from pixarc.policy import Candidate, Route
 
     plugin = _GPUPlugin()
     monkeypatch.setenv("PIXARC_PLUGINS", "png,store,fake_gpu")

@@ -15,7 +15,7 @@ from pixarc.errors import PluginError
 from pixarc.hookspecs import hookimpl
 from pixarc.manifest import latest, read_manifest
 from pixarc.plugins import build_plugin_manager
-from pixarc.routing import Candidate, Route
+from pixarc.policy import Candidate, Route
 
 @pytest.fixture
 def allow_testplug(monkeypatch):
@@ -186,7 +186,7 @@ def test_tracing_logs_hook_calls(monkeypatch, caplog):
     reg = build_plugin_manager()
     from pixarc.classify import Classification
     from pixarc.images import ImageInfo
-    from pixarc.routing import load_policy
+    from pixarc.policy import load_policy
 
     with caplog.at_level(logging.INFO, logger="pixarc.hooks"):
         reg.pm.hook.route(info=ImageInfo(4, 4, "RGB", 8, "PNG", "RGB"),

@@ -82,7 +82,7 @@ def test_rd_never_keeps_a_candidate_below_a_reachable_target(images, tmp_path):
 
 def test_unknown_selection_is_refused(tmp_path):
     from pixarc.errors import PolicyError
-    from pixarc.routing import load_policy
+    from pixarc.policy import load_policy
 
     p = tmp_path / "p.toml"
     p.write_text('selection = "rd-ish"\n[routes.unknown]\ncodecs = ["png"]\n')

@@ -22,7 +22,7 @@ PIXEL_CODECS = [c for c in sorted(REG.codecs) if c != "store"]
 def archived(codec_id: str, mode: str = "RGB") -> tuple[bytes, Container]:
     """A real container as the archive job writes it (lossy ones with their recorded hash)."""
     from pixarc.engine import _encode_verified
-    from pixarc.routing import Route
+    from pixarc.policy import Route
 
     codec = REG.codec(codec_id)
     src = probe_and_load(encode_bytes(rng_image(mode, (40, 24)), "PNG"))

@@ -4,7 +4,7 @@ from pixarc.classify import Classification
 from pixarc.errors import PolicyError
 from pixarc.images import ImageInfo
 from pixarc.plugins import default_registry
-from pixarc.routing import load_policy
+from pixarc.policy import load_policy
 
 RGB = ImageInfo(100, 80, "RGB", 8, "PNG", "RGB")
 

@@ -234,7 +234,7 @@ def test_decode_is_the_same_in_a_fresh_process_with_one_thread(svr, svr_weights,
 def test_lowrate_policy_targets_low_bpp():
     from pathlib import Path
 
-    from pixarc.routing import load_policy
+    from pixarc.policy import load_policy
 
     pol = load_policy(str(Path(__file__).parents[1] / "pipeline" / "policies" / "lowrate.toml"))
     lossy = {d: r for d, r in pol.routes.items() if not r.lossless}
