@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from pixarc import engine  # noqa: E402
+from pixarc import runs  # noqa: E402
 from pixarc.crawl import crawl  # noqa: E402
 from pixarc.images import probe_and_load  # noqa: E402
 from pixarc.plugins import default_registry  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
     # 1. in-process throughput, PNG policy, one shard
     local_times = []
     for i in range(args.repeats):
-        t, s = timed(engine.archive_local, args.src, str(tmp / f"local-{i}"), policy="png", shard_size=1000)
+        t, s = timed(runs.archive_local, args.src, str(tmp / f"local-{i}"), policy="png", shard_size=1000)
         assert s.totals.done == n
         local_times.append(t)
     t_local = statistics.median(local_times)
@@ -67,7 +67,7 @@ def main() -> None:
     for i in range(args.repeats):
         t, s = timed(flow, src=args.src, dest=str(tmp / f"pf-{i}"), policy="png", shard_size=1)
         pre.append(t)
-        t2, _ = timed(engine.archive_local, args.src, str(tmp / f"l1-{i}"), policy="png", shard_size=1)
+        t2, _ = timed(runs.archive_local, args.src, str(tmp / f"l1-{i}"), policy="png", shard_size=1)
         loc.append(t2)
     tp, tl = statistics.median(pre), statistics.median(loc)
     print(f"first Prefect flow (starts the temporary local API): {t_start:.2f} s")

@@ -281,7 +281,7 @@ def main() -> None:
     reg = build_plugin_manager()
     if args.stages:
         if args.device == "auto":
-            from pixarc.engine import gpu_count
+            from pixarc.device import gpu_count
 
             args.device = "cuda" if gpu_count() else "cpu"
         return main_stages(args, reg)
@@ -290,7 +290,7 @@ def main() -> None:
     qualities = sorted(learned._checkpoints) if learned else []
     device = args.device
     if device == "auto":
-        from pixarc.engine import gpu_count
+        from pixarc.device import gpu_count
 
         device = "cuda" if gpu_count() else "cpu"
     print(f"dev set {args.dev}; learned qualities with weights: {qualities or 'none'}; device {device}")

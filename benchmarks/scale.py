@@ -49,37 +49,30 @@ def generate(target: Path, n: int) -> None:
 
 def index_shard(shard, dest: str, run_id: str) -> int:
     """Everything the archive job does per image except the codec (the pipeline overhead)."""
-    from pixarc import engine
-    from pixarc.classify import Classification
+    from pixarc.archive import cached_policy, source_row
     from pixarc.crawl import ImageRef
-    from pixarc.manifest import ManifestRow, rows_to_table, write_part
+    from pixarc.intake import intake
+    from pixarc.manifest import rows_to_table, write_part
+    from pixarc.plan import load_shard
     from pixarc.plugins import default_registry
-    from pixarc.storage import get_fs
 
     reg = default_registry()
-    policy = engine._policy(None)
-    clf = reg.classifier(policy.classifier)
+    policy = cached_policy(None)
     rows = []
-    for item in engine.load_shard(shard):
-        ref = ImageRef(**item)
-        fs, path = get_fs(ref.uri)
-        src = engine.probe_and_load(fs.cat_file(path))
-        c = clf.classify(src.image) if src.image is not None else Classification("unknown", 0.0, "")
-        route = reg.pm.hook.route(info=src.info, classification=c, policy=policy)
-        row = ManifestRow(run_id, shard.index, ref.key, ref.uri, "indexed", source_mtime=ref.mtime,
-                          domain=c.domain, domain_confidence=c.confidence, route=route.domain)
-        engine._fill_from_source(row, src)
-        rows.append(row)
+    for item in load_shard(shard):
+        ref = ImageRef(**{k: v for k, v in item.items() if k != "replaces"})
+        rows.append(source_row(intake(ref, policy, reg), run_id, shard.index))  # read, probe, classify, route
     write_part(dest, run_id, shard.index, rows_to_table(rows))
     return len(rows)
 
 
 def run_index(src: str, dest: str, shard_size: int) -> dict:
-    from pixarc import engine
+    from pixarc.archive import ArchiveJob
+    from pixarc.plan import new_run_id
 
     t0 = time.perf_counter()
-    run_id = engine.new_run_id()
-    plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks=True)
+    run_id = new_run_id()
+    plan = ArchiveJob(src, dest, run_id, shard_size=shard_size, follow_symlinks=True).plan()
     t_plan = time.perf_counter() - t0
     n = sum(index_shard(s, dest, run_id) for s in plan.shards)
     total = time.perf_counter() - t0
@@ -93,10 +86,10 @@ def child(args) -> None:
 
 
 def png_cost(src_dir: Path, sample: int = 500) -> float:
-    from pixarc import engine
+    from pixarc.device import CPU
+    from pixarc.encode import encode_verified
     from pixarc.images import probe_and_load
     from pixarc.plugins import default_registry
-    from pixarc.policy import Route
 
     files = sorted(src_dir.rglob("*.png"))[:sample]
     codec = default_registry().codec("png")
@@ -104,7 +97,7 @@ def png_cost(src_dir: Path, sample: int = 500) -> float:
     srcs = [probe_and_load(p.read_bytes()) for p in files]
     t0 = time.perf_counter()
     for s in srcs:
-        engine._encode_verified(codec, params, s, Route("x", True, ()), "cpu")
+        encode_verified(codec, params, s, "x", CPU)
     return (time.perf_counter() - t0) / len(srcs)
 
 
@@ -154,7 +147,8 @@ def main() -> None:
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from pixarc import engine
+    from pixarc.archive import ArchiveJob
+    from pixarc.plan import new_run_id
 
     n_small = min(args.n, 20 * args.shard_size)
     sub = work / f"view-{n_small}"
@@ -172,14 +166,14 @@ def main() -> None:
         return sum(f.result() for f in [index_task.submit(s, dest, run_id) for s in shards])
 
     dest = str(work / f"pf-{time.time_ns()}")
-    run_id = engine.new_run_id()
-    shards = engine.plan_archive(str(sub), dest, run_id, args.shard_size, follow_symlinks=True).shards
+    run_id = new_run_id()
+    shards = ArchiveJob(str(sub), dest, run_id, shard_size=args.shard_size, follow_symlinks=True).plan().shards
     index_flow(shards[:1], dest + "-warm", run_id)  # start the temporary API outside the timing
     t0 = time.perf_counter()
     index_flow(shards, dest, run_id)
     t_prefect = time.perf_counter() - t0
-    run2 = engine.new_run_id()
-    shards2 = engine.plan_archive(str(sub), dest + "-local", run2, args.shard_size, follow_symlinks=True).shards
+    run2 = new_run_id()
+    shards2 = ArchiveJob(str(sub), dest + "-local", run2, shard_size=args.shard_size, follow_symlinks=True).plan().shards
     t0 = time.perf_counter()
     for s in shards2:
         index_shard(s, dest + "-local", run2)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from pixarc.classify import DOMAINS
-from pixarc.engine import _encode_verified
+from pixarc.device import Device
+from pixarc.encode import encode_verified
 from pixarc.images import probe_and_load
 from pixarc.plugins import build_plugin_manager
 from pixarc.policy import Route
@@ -33,7 +34,7 @@ BASELINES = ("jpeg", "webp", "avif")
 
 
 def at_budget(codec, src, route, bpp: float, probed: dict):
-    """The archive's ``target_bpp`` bisection (``engine._encode_to_target``: the most bits
+    """The archive's ``target_bpp`` bisection (``encode.encode_to_target``: the most bits
     within ``bpp``, else the lowest quality), with the probes of one image cached in
     ``probed`` so the budgets of the several m values share them. Returns (encoding, fits)."""
     spec = codec.params_schema[codec.rate_param]
@@ -41,7 +42,8 @@ def at_budget(codec, src, route, bpp: float, probed: dict):
 
     def probe(q: int):
         if q not in probed:
-            probed[q] = _encode_verified(codec, {**codec.validate_params({}), codec.rate_param: q}, src, route, "cpu")
+            probed[q] = encode_verified(codec, {**codec.validate_params({}), codec.rate_param: q}, src, route.domain,
+                                        Device("cpu"))
         return probed[q]
 
     best = None
@@ -83,7 +85,7 @@ def main() -> None:
             acc, over, times, fixed, coded = defaultdict(list), defaultdict(int), [], 0, 0
             for i, src in enumerate(sources):
                 t0 = time.perf_counter()
-                enc = _encode_verified(svr, svr.validate_params({"m": m}), src, route, args.device)
+                enc = encode_verified(svr, svr.validate_params({"m": m}), src, route.domain, Device.parse(args.device))
                 times.append((enc.encode_s, enc.decode_s, time.perf_counter() - t0))
                 payload = enc.container.sections["DATA"]
                 w, h = src.image.size

@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from pixarc import engine  # noqa: E402
+from pixarc import runs  # noqa: E402
 from pixarc.flows import archive_flow, restore_flow, verify_flow  # noqa: E402
 from pixarc.manifest import latest, read_manifest  # noqa: E402
 
@@ -80,6 +80,6 @@ assert not fast.problems and [p.key for p in full.problems] == [rows[0]["key"]]
 
 # ## 6. Without Prefect
 # The same shard functions run in-process, for embedding or to measure orchestration cost.
-local = engine.verify_local(str(dest), full=True)
+local = runs.verify_local(str(dest), full=True)
 assert len(local.problems) == 1
 print("walkthrough complete:", work)

@@ -20,8 +20,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixarc import engine, progress, recompress, runs
-from pixarc.engine import ArchiveConfig, RunSummary, Shard, ShardSummary
+from pixarc import progress, recompress, runs
+from pixarc.archive import ArchiveJob, ArchiveSummary
+from pixarc import device as devices
+from pixarc.intake import DEFAULT_MAX_BYTES
+from pixarc.plan import Shard
+from pixarc import plugins
+from pixarc.restore import RestoreSummary
+from pixarc.state import current_rows
+from pixarc.verify import VerifySummary
 
 
 GPU_LIMIT_PREFIX = "pixarc-gpu-"
@@ -49,17 +56,17 @@ def _ensure_limit(name: str, slots: int) -> None:
                 pass
 
 
-def gpu_slot(cfg: ArchiveConfig):
-    """A Prefect concurrency slot on this host's GPUs for shards that use one; CPU-only
-    shards take none (and never import torch to find out)."""
+def gpu_slot(job: runs.Job):
+    """A Prefect concurrency slot on this host's GPUs for archive shards that use one;
+    CPU-only shards take none (and never import torch to find out)."""
     import contextlib
 
-    if not engine.uses_gpu(cfg, engine.default_registry()):
+    if not (isinstance(job, ArchiveJob) and job.uses_gpu(plugins.default_registry())):
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 
     name = gpu_limit_name()
-    _ensure_limit(name, max(1, engine.gpu_count()))
+    _ensure_limit(name, max(1, devices.gpu_count()))
     return concurrency(name, occupy=1, strict=True)
 
 
@@ -70,54 +77,32 @@ def dest_key(dest: str) -> str:
     return f"{tail}-{hashlib.sha256(dest.encode()).hexdigest()[:8]}"
 
 
-def _logged(job: str, shard: Shard, result: Any) -> Any:
-    get_run_logger().info(runs.shard_line(job, shard, result))
+@task(name="run-shard", task_run_name="{job.name}-shard-{shard.index}", cache_policy=NO_CACHE)
+def shard_task(job: runs.Job, shard: Shard) -> Any:
+    """One shard of any job: the job record and the shard's URI are all it receives."""
+    with gpu_slot(job):
+        result = job.run_shard(shard)
+    get_run_logger().info(runs.shard_line(job.name, shard, result))
     return result
 
 
-@task(name="archive-shard", task_run_name="archive-shard-{shard.index}", cache_policy=NO_CACHE, retries=1,
-      retry_delay_seconds=1)
-def archive_shard_task(shard: Shard, cfg: ArchiveConfig) -> ShardSummary:
-    with gpu_slot(cfg):
-        return _logged("archive", shard, engine.archive_shard(shard, cfg))
+# Archive and restore shards are idempotent (a rerun reuses verified bitstreams, keeps
+# written files): one retry rides out a transient storage error.
+RETRYING = shard_task.with_options(retries=1, retry_delay_seconds=1)
 
 
-@task(name="restore-shard", task_run_name="restore-shard-{shard.index}", cache_policy=NO_CACHE, retries=1,
-      retry_delay_seconds=1)
-def restore_shard_task(shard: Shard, out: str, run_id: str, overwrite: bool = False) -> engine.CheckSummary:
-    return _logged("restore", shard, engine.restore_shard(shard, out, run_id, overwrite=overwrite))
-
-
-@task(name="verify-shard", task_run_name="verify-shard-{shard.index}", cache_policy=NO_CACHE)
-def verify_shard_task(shard: Shard, full: bool, run_id: str, sources: bool = False) -> engine.CheckSummary:
-    return _logged("verify", shard, engine.verify_shard(shard, full, run_id, sources=sources))
-
-
-@task(name="recompress-shard", task_run_name="recompress-shard-{shard.index}", cache_policy=NO_CACHE)
-def recompress_shard_task(shard: Shard, cfg: recompress.RecompressConfig) -> recompress.RecompressSummary:
-    return _logged("recompress", shard, recompress.recompress_shard(shard, cfg))
-
-
-TASKS = {"archive": archive_shard_task, "restore": restore_shard_task, "verify": verify_shard_task,
-         "recompress": recompress_shard_task}
-
-
-def _task_for(job: str):
-    return TASKS[job]
-
-
-def prefect_runner(job: str, run_id: str, shards: list[Shard], *args: Any) -> list[Any]:
+def prefect_runner(job: runs.Job, shards: list[Shard]) -> list[Any]:
     """One task run per shard on the flow's task runner; progress moves as shards finish
     (the only progress signal when they run in other processes, e.g. Dask workers)."""
     from prefect.futures import as_completed
 
-    shard_task = _task_for(job)
-    futures = {shard_task.submit(s, *args): s for s in shards}
+    task_ = RETRYING if job.name in ("archive", "restore") else shard_task
+    futures = {task_.submit(job, s): s for s in shards}
     results: dict[int, Any] = {}
     for f in as_completed(list(futures)):
         shard = futures[f]
         results[shard.index] = f.result()
-        progress.shard_done(run_id, shard.count, runs.shard_bytes(results[shard.index]))
+        progress.shard_done(job.run_id, shard.count, runs.shard_bytes(results[shard.index]))
     return [results[s.index] for s in shards]
 
 
@@ -150,8 +135,8 @@ def archive_flow(
     exclude: list[str] | None = None,
     limit: int | None = None,
     wait: float = 0.0,
-    max_bytes: int = engine.DEFAULT_MAX_BYTES,
-) -> RunSummary:
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ArchiveSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
     summary = runs.archive_job(prefect_runner, src, dest, policy, shard_size, run_id, device, batch_size,
                                follow_symlinks, workers=flow_workers(), include=include or (),
@@ -160,13 +145,13 @@ def archive_flow(
     return summary
 
 
-def publish_summary(dest: str, summary: RunSummary) -> None:
+def publish_summary(dest: str, summary: ArchiveSummary) -> None:
     """A markdown artifact on the flow run: what this run did and the archive's state."""
     from prefect.artifacts import create_markdown_artifact
 
     from pixarc.report import markdown_table, summarise
 
-    groups, statuses = summarise(engine.current_rows(dest, status=None))
+    groups, statuses = summarise(current_rows(dest, status=None))
     t = summary.totals
     text = (f"# pixarc archive run `{summary.run_id}`\n\n`{dest}`: {summary.found} found, "
             f"{summary.skipped} already archived, {t.done} done, {t.rejected} rejected, {t.errors} errors, "
@@ -175,7 +160,7 @@ def publish_summary(dest: str, summary: RunSummary) -> None:
                              description=f"pixarc archive summary of {dest}")
 
 
-def problems_markdown(kind: str, where: str, summary: RunSummary) -> str:
+def problems_markdown(kind: str, where: str, summary: RestoreSummary | VerifySummary) -> str:
     lines = [f"# pixarc {kind} run `{summary.run_id}`: {len(summary.problems)} problem(s)", "",
              f"`{where}`: {summary.totals.done} of {summary.found} OK.", "",
              "| key | problem | detail |", "| --- | --- | --- |"]
@@ -184,7 +169,7 @@ def problems_markdown(kind: str, where: str, summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def _checked(kind: str, dest: str, where: str, summary: RunSummary) -> RunSummary:
+def _checked(kind: str, dest: str, where: str, summary: Any) -> Any:
     """The summary; when the run found problems, a problems artifact and ``ProblemsFound``
     (carrying the summary), so the flow run ends Failed: the operator sees red in the UI,
     and callers (the CLI) still get the summary from the exception."""
@@ -204,30 +189,33 @@ def _checked(kind: str, dest: str, where: str, summary: RunSummary) -> RunSummar
 def restore_flow(
     dest: str, out: str, pattern: str = "*", domain: str | None = None, shard_size: int = 256,
     run_id: str | None = None, version: int | None = None, as_of: str | None = None, overwrite: bool = False,
-) -> RunSummary:
+    device: str = "cpu",
+) -> RestoreSummary:
     """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``
     (the current versions, or those of ``as_of`` (ISO time) or the ``version``-th); files
     already in ``out`` are kept unless ``overwrite``."""
     summary = runs.restore_job(prefect_runner, dest, out, pattern, domain, shard_size, run_id, workers=flow_workers(),
-                               version=version, as_of=as_of, overwrite=overwrite)
+                               version=version, as_of=as_of, overwrite=overwrite, device=device)
     return _checked("restore", dest, out, summary)
 
 
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def verify_flow(
-    dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None, sources: bool = False
-) -> RunSummary:
+    dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None, sources: bool = False,
+    device: str = "cpu",
+) -> VerifySummary:
     """Fixity check of the archive's current rows (fast: presence and size; full: re-decode;
     sources: re-hash the originals too). Problems end the run in a Failed state."""
-    summary = runs.verify_job(prefect_runner, dest, full, shard_size, run_id, sources, workers=flow_workers())
+    summary = runs.verify_job(prefect_runner, dest, full, shard_size, run_id, sources, workers=flow_workers(),
+                              device=device)
     return _checked("verify", dest, dest, summary)
 
 
 @flow(name="pixarc-recompress", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def recompress_flow(
     dest: str, policy: str | None = None, min_saving: float = 0.1, apply: bool = False, shard_size: int = 256,
-    run_id: str | None = None, wait: float = 0.0,
+    run_id: str | None = None, wait: float = 0.0, device: str = "cpu",
 ) -> list[recompress.RecompressSummary]:
     """Re-encode outdated rows and rows the current policy stores ``min_saving`` smaller."""
     return runs.recompress_job(prefect_runner, dest, policy, min_saving, apply, shard_size, run_id,
-                               workers=flow_workers(), wait=wait)
+                               workers=flow_workers(), wait=wait, device=device)

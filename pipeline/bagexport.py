@@ -13,7 +13,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from . import __version__, engine, runs
+from . import __version__, runs
+from .plan import STATE_DIR, new_run_id
 from .errors import InputError
 
 
@@ -37,12 +38,12 @@ def export_bagit(dest: str, out: str, pattern: str = "*", domain: str | None = N
     out = out.removeprefix("file://")
     if os.path.exists(out) and os.listdir(out):
         raise InputError("out_not_empty", f"{out} is not empty; a bag is made in a new or empty folder")
-    run_id = run_id or engine.new_run_id()
+    run_id = run_id or new_run_id()
     summary = runs.restore_job(runs.local_runner(workers), dest, out, pattern, domain, run_id=run_id,
                                workers=workers)
-    shutil.rmtree(os.path.join(out, engine.STATE_DIR), ignore_errors=True)  # the (finished) plan folders
+    shutil.rmtree(os.path.join(out, STATE_DIR), ignore_errors=True)  # the (finished) plan folders
     if summary.problems:
-        return BagResult(out, run_id, summary.totals.done, summary.totals.archive_bytes, summary.problems)
+        return BagResult(out, run_id, summary.totals.done, summary.totals.bytes_written, summary.problems)
     bagit.make_bag(out, {
         "Source-Organization": "pixarc",
         "External-Identifier": dest,
@@ -52,4 +53,4 @@ def export_bagit(dest: str, out: str, pattern: str = "*", domain: str | None = N
         "Bag-Software-Agent": f"pixarc {__version__} with bagit-python",
         "Pixarc-Restore-Run": run_id,
     }, checksums=["sha256", "sha512"])
-    return BagResult(out, run_id, summary.totals.done, summary.totals.archive_bytes, [])
+    return BagResult(out, run_id, summary.totals.done, summary.totals.bytes_written, [])

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__, engine, jsonout, progress, storageopts
+from . import __version__, jsonout, layout, plan, progress, storageopts
+from .intake import DEFAULT_MAX_BYTES
 from .errors import PixarcError
 
 # Tables are wide; when piped (no terminal to measure) use 120 columns, not rich's 80.
@@ -158,7 +159,7 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
     problems still returns its summary (the caller reports them)."""
     from . import runs
 
-    run_id = engine.new_run_id()
+    run_id = plan.new_run_id()
     ctx = click.get_current_context()
     try:
         storageopts.apply([params.get("dest"), params.get("out"), params.get("src")])
@@ -234,7 +235,7 @@ def _explain(exc: BaseException) -> tuple[str, int]:
 def _require_archive(dest: str) -> None:
     """Stop with "not a pixarc archive" (exit 2) before any flow starts."""
     try:
-        engine.require_archive(dest)
+        layout.require_archive(dest)
     except PixarcError as exc:
         _fail(exc)
 
@@ -244,6 +245,16 @@ def _fail(exc: BaseException) -> None:
     jsonout.put(ok=False, error=text, reason=getattr(exc, "reason", type(exc).__name__))
     err.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _device_value(_ctx, _param, value):
+    """``--device`` checked before any work starts (a typo is a usage error, exit 2)."""
+    from .device import check_request
+
+    try:
+        return check_request(value)
+    except PixarcError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _set_log_level(_ctx, _param, value):
@@ -284,14 +295,14 @@ def main() -> None:
               callback=lambda c, p, v: c.meta.update(limit=v), help="Archive at most this many new objects.")
 @_json_flag("archive")
 @click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
-@click.option("--device", default="auto", show_default=True,
+@click.option("--device", default="auto", show_default=True, callback=_device_value,
               help="Device for codecs that use one: auto (a GPU when the worker has one), cpu, cuda, cuda:N.")
 @click.option("--batch-size", default=16, show_default=True, help="Images encoded together by GPU codecs.")
 @click.option("--follow-symlinks", is_flag=True, help="Enter symlinked directories (loops are detected).")
 @click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
               help="When another run writes DEST: wait for it (up to SECONDS; a day without a value) "
                    "instead of stopping.")
-@click.option("--max-bytes", type=int, default=engine.DEFAULT_MAX_BYTES, show_default=True,
+@click.option("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, show_default=True,
               help="Refuse (rejected row) sources larger than this, from their size, before reading them; 0: no limit.")
 @click.option("--no-progress", is_flag=True)
 def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, batch_size,
@@ -300,7 +311,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
     try:
         if dry_run:
             return _dry_run(src, policy, dest)
-        run_id = engine.new_run_id()
+        run_id = plan.new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
                                    device, batch_size, follow_symlinks, wait, max_bytes)
@@ -319,7 +330,7 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
 
 
 def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, device, batch_size, follow_symlinks,
-                 wait=0.0, max_bytes=engine.DEFAULT_MAX_BYTES):
+                 wait=0.0, max_bytes=DEFAULT_MAX_BYTES):
     from . import runs
 
     meta = click.get_current_context().meta
@@ -379,8 +390,11 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
 @runner_options
 @engine_option
 @_json_flag("restore")
+@click.option("--device", default="cpu", show_default=True, callback=_device_value,
+              help="Device for decoding with codecs that use one: cpu (what every bitstream was checked on), "
+                   "auto, cuda, cuda:N.")
 @click.option("--no-progress", is_flag=True)
-def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runner, dask_address, no_progress):
+def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runner, dask_address, device, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
     _prefect_defaults()
     _require_archive(dest)
@@ -388,8 +402,8 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
 
     s = _run_flow(restore_flow, "restore", not no_progress, runner, workers, dask_address,
                   dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
-                  overwrite=overwrite)
-    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.archive_bytes} bytes)"
+                  overwrite=overwrite, device=device)
+    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
                   + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
     _print_problems(s.problems)
     if s.problems:
@@ -404,15 +418,18 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
 @runner_options
 @engine_option
 @_json_flag("verify")
+@click.option("--device", default="cpu", show_default=True, callback=_device_value,
+              help="Device for decoding with codecs that use one: cpu (what every bitstream was checked on), "
+                   "auto, cuda, cuda:N.")
 @click.option("--no-progress", is_flag=True)
-def verify(dest, full, sources, json_out, workers, runner, dask_address, no_progress):
+def verify(dest, full, sources, json_out, workers, runner, dask_address, device, no_progress):
     """Fixity check of DEST. Exit status 3 when anything is damaged, 4 when a plugin is missing."""
     _prefect_defaults()
     _require_archive(dest)
     from .flows import verify_flow
 
     s = _run_flow(verify_flow, "verify" + (" --full" if full else ""), not no_progress, runner, workers,
-                  dask_address, dest=dest, full=full, sources=sources)
+                  dask_address, dest=dest, full=full, sources=sources, device=device)
     mode = "full" if full else "fast"
     console.print(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
     _print_problems(s.problems)
@@ -448,8 +465,11 @@ def _print_problems(problems) -> None:
 @runner_options
 @engine_option
 @_json_flag("recompress")
+@click.option("--device", default="cpu", show_default=True, callback=_device_value,
+              help="Device for codecs that use one (decoding lossless rows, trial and new encodes): cpu, auto, "
+                   "cuda, cuda:N. New bitstreams are decode-checked on the CPU too.")
 @click.option("--no-progress", is_flag=True)
-def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_address, no_progress):
+def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_address, device, no_progress):
     """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
     _prefect_defaults()
     _require_archive(dest)
@@ -457,7 +477,7 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
 
     results = _run_flow(recompress_flow, "recompress" + (" --apply" if apply else " (plan)"), not no_progress,
                         runner, workers, dask_address, dest=dest, policy=policy, min_saving=min_saving, apply=apply,
-                        wait=wait)
+                        wait=wait, device=device)
     decisions = [d for r in results for d in r.decisions]
     todo = [d for d in decisions if d.action == "recompress"]
     table = Table(title=("applied" if apply else "plan (nothing written; --apply to do it)") + f": {dest}")
@@ -531,10 +551,12 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
     import signal
 
     try:  # what a run would refuse, refused now: a bad policy, a DEST that archives another source
-        engine._policy(policy)
+        from .archive import cached_policy
+
+        cached_policy(policy)
         storageopts.apply([src, dest])
         if src:
-            engine._claim_dest(src, dest)
+            layout.claim_dest(src, dest)
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     _prefect_defaults()
@@ -585,7 +607,7 @@ def report(dest, html_out):
     try:
         _print_report(dest, details=True)
         if html_out:
-            from .manifest import latest, read_manifest
+            from .manifest import latest, read_manifest, rows_from_table
             from .plugins import default_registry
             from .report import html_report
 
@@ -593,10 +615,12 @@ def report(dest, html_out):
             extra = [sec for answer in default_registry().pm.hook.report_sections(rows=table) if answer
                      for sec in answer]
             with open(html_out, "w") as f:
-                f.write(html_report(dest, table.to_pylist(), extra))
+                f.write(html_report(dest, rows_from_table(table), extra))
             console.print(f"wrote {html_out}")
             jsonout.put(html=html_out)
-        damaged = engine.manifest_problems(dest)
+        from .state import manifest_problems
+
+        damaged = manifest_problems(dest)
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     for p in damaged:
@@ -609,7 +633,9 @@ def report(dest, html_out):
 def _print_report(dest: str, details: bool = False) -> None:
     from .report import COLUMNS, best_of_savings, fmt_quality, report_data, run_lines, summarise
 
-    rows = engine.current_rows(dest, status=None)
+    from .state import current_rows
+
+    rows = current_rows(dest, status=None)
     groups, statuses = summarise(rows)
     data = report_data(dest, rows)
     if jsonout.active():
@@ -725,16 +751,15 @@ def plugins():
 @_json_flag("classify")
 def classify(src, policy, as_json):
     """Print the domain and confidence of every image under SRC."""
+    from .classify import pick_classifier
     from .crawl import crawl
-    from .images import probe_and_load
+    from .intake import intake
     from .plugins import default_registry
     from .policy import load_policy
-    from .storage import get_fs
-
-    from .classify import pick_classifier
 
     pol = load_policy(policy)
-    clf, note = pick_classifier(default_registry(), pol)
+    registry = default_registry()
+    clf, note = pick_classifier(registry, pol)
     if note:
         err.print(note)
     images: list[dict] = []
@@ -742,16 +767,16 @@ def classify(src, policy, as_json):
     for col in ("key", "domain", "confidence", "scores"):
         table.add_column(col)
     for ref in crawl(src):
-        fs, path = get_fs(ref.uri)
-        try:
-            src_img = probe_and_load(fs.cat_file(path), max_pixels=pol.max_pixels, formats=pol.formats)
-            if src_img.image is None:
-                raise PixarcError("no canonical pixels: " + "; ".join(src_img.info.notes))
-            c = clf.classify(src_img.image)
+        it = intake(ref, pol, registry, route=False)  # the same read/probe/classify as archive
+        if it.error is not None:
+            rec = {"key": ref.key, "domain": "-", "confidence": None, "error": f"{it.error.reason}: {it.error}"}
+        elif it.src.image is None:
+            rec = {"key": ref.key, "domain": "-", "confidence": None,
+                   "error": "error: no canonical pixels: " + "; ".join(it.src.info.notes)}
+        else:
+            c = it.classification
             rec = {"key": ref.key, "domain": c.domain, "confidence": round(c.confidence, 4),
                    "scores": {k: round(v, 4) for k, v in c.scores.items()}}
-        except PixarcError as exc:
-            rec = {"key": ref.key, "domain": "-", "confidence": None, "error": f"{exc.reason}: {exc}"}
         images.append(rec)
         if as_json:
             click.echo(json.dumps(rec))

@@ -22,7 +22,7 @@ class ImageRef:
     kind: str = "file"  # fsspec entry type; "other" = FIFO, socket, device: never read
 
 
-def _stamp(entry: dict) -> str:
+def stamp(entry: dict) -> str:
     for k in ("mtime", "LastModified", "last_modified", "ETag", "etag", "md5Hash", "created"):
         if entry.get(k) is not None:
             return str(entry[k])
@@ -49,7 +49,7 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterat
     fs, root = get_fs(src)
     if fs.isfile(root):
         info = fs.info(root)
-        yield ImageRef(object_uri(src, fs, root), posixpath.basename(root), int(info.get("size") or 0), _stamp(info))
+        yield ImageRef(object_uri(src, fs, root), posixpath.basename(root), int(info.get("size") or 0), stamp(info))
         return
     if not fs.isdir(root):
         raise FileNotFoundError(f"source not found: {src}")
@@ -87,5 +87,5 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterat
             name = e["name"]
             key = name[len(prefix) :] if name.startswith(prefix) else name.lstrip("/")
             kind = e.get("type") or "file"
-            yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), _stamp(e),
+            yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), stamp(e),
                            "file" if kind == "file" else str(kind))

@@ -2,7 +2,7 @@
 
 Nothing is written (not even DEST's claim marker). Each object gets the action the real
 run would take: ``skip`` when DEST's manifest already has it unchanged (same URI, size and
-mtime/ETag, final status; the rule of :func:`pixarc.engine.plan_archive`), otherwise
+mtime/ETag, final status; the rule of :meth:`pixarc.archive.ArchiveJob.plan`), otherwise
 ``archive`` with the route and first usable codec; totals follow.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .crawl import crawl
-from .engine import STATUS_FAILED, plan_one
-from .manifest import latest, read_manifest
+from .intake import intake
+from .manifest import STATUS_FAILED, latest, read_manifest
 from .plugins import default_registry
 from .policy import load_policy
 from .storage import get_fs
@@ -63,3 +63,25 @@ def dry_run(src: str, dest: str, policy_path: str | None = None, select: Callabl
         out.bytes_to_archive += ref.size
         out.rows.append({"key": ref.key, "action": "archive", **plan_one(ref, policy, registry), "bytes": ref.size})
     return out
+
+
+def plan_one(ref, policy, registry) -> dict[str, str]:
+    """What ``archive`` would do with one object: the same intake (read, probe, classify,
+    route), then the first candidate that is installed and takes the image."""
+    it = intake(ref, policy, registry)
+    if it.error is not None:
+        status = "rejected" if it.rejected else "error"
+        return {"domain": "-", "confidence": "", "route": "-", "codec": f"({status})",
+                "note": f"{it.error.reason}: {it.error}"}
+    c, route = it.classification, it.route
+    skipped = []
+    for cand in route.candidates:
+        why = "not installed" if cand.codec_id not in registry.codecs else \
+            registry.codec(cand.codec_id).unsupported_reason(it.src.info)
+        if not why:
+            return {"domain": c.domain, "confidence": f"{c.confidence:.2f}", "route": route.domain,
+                    "codec": cand.codec_id,
+                    "note": "; ".join(skipped + list(it.src.info.notes) + ([route.reason] if route.reason else []))}
+        skipped.append(f"{cand.codec_id}: {why}")
+    return {"domain": c.domain, "confidence": f"{c.confidence:.2f}", "route": route.domain, "codec": "-",
+            "note": "; ".join(skipped)}

@@ -18,6 +18,7 @@ import pluggy
 from .classify import Classification, Classifier
 from .codec import Codec
 from .images import ImageInfo
+from .manifest import ManifestRow
 from .policy import Policy, Route
 
 hookspec = pluggy.HookspecMarker("pixarc")
@@ -75,8 +76,19 @@ def manifest_columns() -> "dict[str, Any] | None":
     """Extra manifest columns.
 
     Return ``{name: pyarrow.DataType}``; the names must not clash with the core schema
-    in ``pixarc.manifest``. Rows carry values for them in ``ManifestRow.extra``
-    (missing values become null).
+    in ``pixarc.manifest``. ``manifest_values`` fills them (into ``ManifestRow.extra``;
+    missing values become null).
+    """
+
+
+@hookspec
+def manifest_values(row: ManifestRow) -> "dict[str, Any] | None":
+    """Values of a plugin's own manifest columns for one row.
+
+    Called for every row an archive, recompress or repair run is about to commit (its
+    status, codec and bitstream facts filled in). Return ``{name: value}`` for columns the
+    plugin declared in ``manifest_columns``; other names are ignored, a column no plugin
+    fills is null.
     """
 
 

@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -31,11 +32,42 @@ from .storage import get_fs, join, write_atomic
 
 MANIFEST_VERSION = 1
 
-STATUS_DONE = "done"  # archived and verified
-STATUS_REJECTED = "rejected"  # refused by policy (too large, format not allowed, unsafe key)
-STATUS_ERROR = "error"  # unreadable source (empty, not an image, truncated, I/O)
-STATUS_FAILED = "failed"  # every codec candidate failed (should not happen: `store` is last)
-STATUSES = (STATUS_DONE, STATUS_REJECTED, STATUS_ERROR, STATUS_FAILED)
+
+
+class Status(StrEnum):
+    """What happened to one object (stored as its string value)."""
+
+    DONE = "done"  # archived and verified
+    REJECTED = "rejected"  # refused by policy (too large, format not allowed, unsafe key)
+    ERROR = "error"  # unreadable source (empty, not an image, truncated, I/O)
+    FAILED = "failed"  # every codec candidate failed (should not happen: `store` is last)
+
+
+STATUS_DONE, STATUS_REJECTED, STATUS_ERROR, STATUS_FAILED = Status.DONE, Status.REJECTED, Status.ERROR, Status.FAILED
+STATUSES = tuple(Status)
+
+
+@dataclass
+class Attempt:
+    """One codec candidate tried for an object, and what came of it.
+
+    ``result``: ``verified`` (encoded and decode-checked), ``target`` (a rate search; the
+    reason says where it ended), ``skipped`` / ``failed`` (with the reason), ``reused``
+    (an interrupted run's verified bitstream)."""
+
+    codec: str
+    result: str
+    reason: str = ""
+    bytes: int | None = None
+    psnr: float | None = None
+    met: bool | None = None  # whether the route's target was met
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and (v != "" or k != "reason")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Attempt":
+        return cls(**{k: d[k] for k in ("codec", "result", "reason", "bytes", "psnr", "met") if k in d})
 
 
 @dataclass
@@ -44,7 +76,7 @@ class ManifestRow:
     shard: int
     key: str
     source_uri: str
-    status: str
+    status: Status
     source_sha256: str = ""
     source_bytes: int = 0
     source_mtime: str = ""
@@ -62,7 +94,7 @@ class ManifestRow:
     codec_version: str = ""
     format_version: int = 0
     weights_sha256: str = ""
-    params: str = "{}"  # JSON
+    params: dict[str, Any] = field(default_factory=dict)  # stored as JSON
     params_hash: str = ""
     plugin_dist: str = ""
     plugin_version: str = ""
@@ -82,7 +114,7 @@ class ManifestRow:
     error: str = ""  # stable reason code
     message: str = ""  # human-readable detail
     notes: str = ""  # conversions, fallbacks taken, metadata handling
-    attempts: str = "[]"  # JSON: every candidate tried and why it was or was not kept
+    attempts: list[Attempt] = field(default_factory=list)  # stored as JSON: every candidate tried, and why
     pixarc_version: str = ""
     job: str = "archive"  # archive | recompress
     replaces_sha256: str = ""  # lineage: the bitstream this row's bitstream replaced
@@ -92,6 +124,9 @@ class ManifestRow:
 
 _ARROW = {
     str: pa.string(),
+    Status: pa.string(),
+    dict[str, Any]: pa.string(),  # JSON
+    list[Attempt]: pa.string(),  # JSON
     int: pa.int64(),
     float: pa.float64(),
     bool: pa.bool_(),
@@ -115,15 +150,45 @@ def schema(extra_columns: dict[str, pa.DataType] | None = None) -> pa.Schema:
     return s.with_metadata({b"pixarc_manifest_version": str(MANIFEST_VERSION).encode()})
 
 
+_CORE = tuple(f.name for f in fields(ManifestRow) if f.name != "extra")
+
+
+def to_record(r: ManifestRow, extra_columns: dict[str, pa.DataType] | None = None) -> dict[str, Any]:
+    """A row as its Parquet record (status as text, params and attempts as JSON)."""
+    d = {name: getattr(r, name) for name in _CORE}
+    d["status"] = str(r.status)
+    d["params"] = json.dumps(r.params, sort_keys=True, default=str)
+    d["attempts"] = json.dumps([a.to_json() for a in r.attempts])
+    d.update({k: r.extra.get(k) for k in (extra_columns or {})})
+    return d
+
+
 def rows_to_table(rows: Iterable[ManifestRow], extra_columns: dict[str, pa.DataType] | None = None) -> pa.Table:
-    s = schema(extra_columns)
-    records = []
-    for r in rows:
-        d = asdict(r)
-        extra = d.pop("extra")
-        d.update({k: extra.get(k) for k in (extra_columns or {})})
-        records.append(d)
-    return pa.Table.from_pylist(records, schema=s)
+    return pa.Table.from_pylist([to_record(r, extra_columns) for r in rows], schema=schema(extra_columns))
+
+
+def row_from_record(d: dict[str, Any]) -> ManifestRow:
+    """A manifest row read back (a dict of a Parquet row) as the dataclass it was written
+    from; columns not read keep their defaults, plugin columns go to ``extra``."""
+    core = {k: v for k, v in d.items() if k in _CORE and v is not None}
+    core.setdefault("run_id", "")
+    core.setdefault("shard", 0)
+    core.setdefault("key", "")
+    core.setdefault("source_uri", "")
+    core["status"] = Status(core.get("status", Status.DONE))
+    if isinstance(core.get("params"), str):
+        core["params"] = json.loads(core["params"] or "{}")
+    if isinstance(core.get("created_at"), str):  # a record that travelled as JSON
+        core["created_at"] = datetime.fromisoformat(core["created_at"])
+    if isinstance(core.get("attempts"), str):
+        core["attempts"] = [Attempt.from_json(a) for a in json.loads(core["attempts"] or "[]")]
+    row = ManifestRow(**core)
+    row.extra = {k: v for k, v in d.items() if k not in _CORE}
+    return row
+
+
+def rows_from_table(table: pa.Table) -> list[ManifestRow]:
+    return [row_from_record(d) for d in table.to_pylist()]
 
 
 def part_name(run_id: str, shard: int) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .engine import STATE_DIR, bitstream_rel, new_run_id
+from .layout import bitstream_rel
+from .plan import STATE_DIR, new_run_id
 from .errors import InputError
 from .lock import hold
 from .manifest import STATUS_DONE, latest, read_manifest

@@ -27,22 +27,16 @@ from datetime import datetime, timezone
 from . import __version__
 from .codec import params_hash
 from .container import unpack
-from .engine import (
-    STATE_DIR,
-    _fill_from_encoded,
-    _write_version,
-    bitstream_rel,
-    current_rows,
-    decode_container,
-    encode_route,
-    new_run_id,
-    require_archive,
-    with_location,
-)
+from .archive import fill_encoded, fill_plugin_columns, plugin_columns
+from .checks import decode_container, read_bitstream
+from .encode import encode_route
+from .layout import bitstream_rel, require_archive, resolve_bitstream, write_version
+from .plan import STATE_DIR, new_run_id
 from .errors import InputError, PixarcError
 from .images import probe_and_load, sha256_hex
 from .lock import check_held, hold
 from .manifest import STATUS_DONE, ManifestRow, read_manifest, rows_to_table, write_part
+from .state import current_rows
 from .plugins import Registry, default_registry
 from .policy import Candidate, Route
 from .storage import get_fs, join, read_regular
@@ -102,7 +96,7 @@ def _row_from_header(rel: str, blob: bytes, run_id: str, source_root: str, regis
     row.codec_id, row.codec_version, row.format_version = c.codec_id, meta.get("codec_version", ""), c.format_version
     row.weights_sha256 = c.weights_sha256
     params = meta.get("params", {})
-    row.params, row.params_hash = json.dumps(params, sort_keys=True), params_hash(params)
+    row.params, row.params_hash = dict(params), params_hash(params)
     row.plugin_dist, row.plugin_version = registry.provenance(c.codec_id)
     row.bitstream_uri, row.bitstream_sha256, row.bitstream_bytes = rel, sha, len(blob)
     row.bpp = 8.0 * len(blob) / max(1, c.width * c.height)
@@ -119,7 +113,7 @@ def _row_from_header(rel: str, blob: bytes, run_id: str, source_root: str, regis
 
 def _fill_source_stamp(row: ManifestRow) -> None:
     """Size and mtime of the original, when it still is what the bitstream holds."""
-    from .crawl import _stamp
+    from .crawl import stamp
 
     if not row.source_uri:
         return
@@ -127,7 +121,7 @@ def _fill_source_stamp(row: ManifestRow) -> None:
         fs, path = get_fs(row.source_uri)
         data = read_regular(fs, path)
         if sha256_hex(data) == row.source_sha256:
-            row.source_bytes, row.source_mtime = len(data), _stamp(fs.info(path))
+            row.source_bytes, row.source_mtime = len(data), stamp(fs.info(path))
     except (OSError, ValueError, PixarcError):
         pass
 
@@ -165,42 +159,39 @@ def _rebuild_parts(dest: str, run_id: str, damaged: list[tuple[str, str]], regis
     return rows
 
 
-def _bitstream_ok(item: dict, registry: Registry) -> bool:
+def _bitstream_ok(uri: str, row: ManifestRow, registry: Registry) -> bool:
     try:
-        fs, path = get_fs(item["bitstream_uri"])
-        blob = fs.cat_file(path)
-        if sha256_hex(blob) != item["bitstream_sha256"]:
-            return False
-        decode_container(blob, registry)
+        decode_container(read_bitstream(uri, row.bitstream_sha256), registry)
     except (PixarcError, OSError):
         return False
     return True
 
 
-def _reencode(item: dict, dest: str, run_id: str, registry: Registry) -> ManifestRow:
+_CARRIED = ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
+            "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id", "route")
+
+
+def _reencode(old: ManifestRow, dest: str, run_id: str, registry: Registry) -> ManifestRow:
     try:
-        fs, path = get_fs(item["source_uri"])
+        fs, path = get_fs(old.source_uri)
         data = read_regular(fs, path)
     except (OSError, ValueError, InputError) as exc:
         raise InputError("source_gone", f"the original is gone ({exc}); nothing to re-encode from") from None
-    if sha256_hex(data) != item["source_sha256"]:
+    if sha256_hex(data) != old.source_sha256:
         raise InputError("source_changed", "the original no longer matches its archived sha256")
     src = probe_and_load(data)
-    route = Route(item["route"] or item["domain"] or "repair", item["lossless"],
-                  (Candidate(item["codec_id"], json.loads(item["params"])),))
+    route = Route(old.route or old.domain or "repair", old.lossless, (Candidate(old.codec_id, old.params),))
     chosen, attempts = encode_route(src, route, registry, "cpu")
     if chosen is None:
-        why = "; ".join(f"{a['codec']}: {a.get('reason', a['result'])}" for a in attempts)
-        raise InputError("reencode_failed", why)
+        raise InputError("reencode_failed", "; ".join(f"{a.codec}: {a.reason or a.result}" for a in attempts))
     dfs, droot = get_fs(dest)
-    rel = _write_version(dfs, droot, item["key"], chosen.blob)
-    row = ManifestRow(run_id, 1, item["key"], item["source_uri"], STATUS_DONE, job="repair",
-                      replaces_sha256=item["bitstream_sha256"], pixarc_version=__version__)
-    for name in ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
-                 "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id", "route"):
-        setattr(row, name, item[name])
-    _fill_from_encoded(row, chosen, registry, rel, "cpu")
-    row.attempts = json.dumps(attempts)
+    rel = write_version(dfs, droot, old.key, chosen.blob)
+    row = ManifestRow(run_id, 1, old.key, old.source_uri, STATUS_DONE, job="repair",
+                      replaces_sha256=old.bitstream_sha256, pixarc_version=__version__)
+    for name in _CARRIED:
+        setattr(row, name, getattr(old, name))
+    fill_encoded(row, chosen, registry, rel)
+    row.attempts = attempts
     row.notes = "re-encoded by repair from the original (its bitstream was missing or damaged)"
     return row
 
@@ -213,25 +204,31 @@ def repair(dest: str, wait: float = 0.0, registry: Registry | None = None) -> Re
     with hold(dest, "repair", wait) as lease:
         damaged: list[tuple[str, str]] = []
         read_manifest(dest, columns=[], damaged=damaged)
+        columns = plugin_columns(registry)
         if damaged:
             rows = _rebuild_parts(dest, out.run_id, damaged, registry, out)
             if rows:
+                for row in rows:
+                    fill_plugin_columns(row, registry, columns)
                 check_held(dest, lease.token)
-                write_part(dest, out.run_id, 0, rows_to_table(rows))
+                write_part(dest, out.run_id, 0, rows_to_table(rows, columns))
         fixed = []
         for r in current_rows(dest):
-            item = with_location(dest, r)
-            if item.get("unsafe"):
-                out.unrepairable.append((r["key"], item["unsafe"]))
+            try:
+                uri = resolve_bitstream(dest, r.bitstream_uri, r.key)
+            except InputError as exc:
+                out.unrepairable.append((r.key, str(exc)))
                 continue
-            if _bitstream_ok(item, registry):
+            if _bitstream_ok(uri, r, registry):
                 continue
             try:
-                fixed.append(_reencode(item, dest, out.run_id, registry))
-                out.reencoded.append(r["key"])
+                fixed.append(_reencode(r, dest, out.run_id, registry))
+                out.reencoded.append(r.key)
             except PixarcError as exc:
-                out.unrepairable.append((r["key"], f"{exc.reason}: {exc}"))
+                out.unrepairable.append((r.key, f"{exc.reason}: {exc}"))
         if fixed:
+            for row in fixed:
+                fill_plugin_columns(row, registry, columns)
             check_held(dest, lease.token)
-            write_part(dest, out.run_id, 1, rows_to_table(fixed))
+            write_part(dest, out.run_id, 1, rows_to_table(fixed, columns))
     return out

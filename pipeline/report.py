@@ -8,6 +8,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .manifest import ManifestRow
+
 
 @dataclass
 class Group:
@@ -45,31 +47,31 @@ class Group:
         return 1.0 if self.lossless else math.nan
 
 
-def summarise(rows: list[dict]) -> tuple[list[Group], dict[str, int]]:
+def summarise(rows: list[ManifestRow]) -> tuple[list[Group], dict[str, int]]:
     """Groups of done rows by (domain, codec), plus counts by status/reason."""
     groups: dict[tuple[str, str], Group] = {}
     statuses: dict[str, int] = defaultdict(int)
     total = Group("all", "all", "all")
     for r in rows:
-        label = r["status"] if r["status"] == "done" else f"{r['status']}: {r['error']}"
+        label = str(r.status) if r.status == "done" else f"{r.status}: {r.error}"
         statuses[label] += 1
-        if r["status"] != "done":
+        if r.status != "done":
             continue
-        route = r.get("route") or ""
-        key = (r["domain"], route, r["codec_id"])
-        for g in (groups.setdefault(key, Group(r["domain"], r["codec_id"], route)), total):
+        route = r.route or ""
+        key = (r.domain, route, r.codec_id)
+        for g in (groups.setdefault(key, Group(r.domain, r.codec_id, route)), total):
             g.images += 1
-            g.pixels += r["width"] * r["height"]
-            g.source_bytes += r["source_bytes"]
-            g.archive_bytes += r["bitstream_bytes"]
-            if r["lossless"]:
+            g.pixels += r.width * r.height
+            g.source_bytes += r.source_bytes
+            g.archive_bytes += r.bitstream_bytes
+            if r.lossless:
                 g.lossless += 1
             else:
-                if math.isfinite(r["psnr"]):
-                    g.psnr_sum += r["psnr"]
+                if math.isfinite(r.psnr):
+                    g.psnr_sum += r.psnr
                     g.psnr_n += 1
-                if not math.isnan(r["ms_ssim"]):
-                    g.msssim_sum += r["ms_ssim"]
+                if not math.isnan(r.ms_ssim):
+                    g.msssim_sum += r.ms_ssim
                     g.msssim_n += 1
     out = sorted(groups.values(), key=lambda g: (g.domain, g.route, g.codec))
     if out:
@@ -92,18 +94,18 @@ def group_label(g: Group) -> str:
     return f"{g.domain} / {g.route} / {g.codec}"
 
 
-def low_confidence(rows: list[dict]) -> list[dict]:
+def low_confidence(rows: list[ManifestRow]) -> list[dict]:
     """Archived images the policy routed as `unknown` (classifier confidence below the policy's
     threshold, or a domain without a route): worth a look, and a hint for the classifier."""
-    return [{"key": r["key"], "guess": r["domain"], "confidence": r.get("domain_confidence"),
-             "classifier": r.get("classifier_id", ""), "codec": r["codec_id"]}
-            for r in rows if r["status"] == "done" and r.get("route") == "unknown"]
+    return [{"key": r.key, "guess": r.domain, "confidence": r.domain_confidence,
+             "classifier": r.classifier_id, "codec": r.codec_id}
+            for r in rows if r.status == "done" and r.route == "unknown"]
 
 
-def not_archived(rows: list[dict]) -> list[dict]:
+def not_archived(rows: list[ManifestRow]) -> list[dict]:
     """Objects that are not (or no longer) archived, with the stable reason and the message."""
-    return [{"key": r["key"], "status": r["status"], "reason": r.get("error", ""), "message": r.get("message", "")}
-            for r in rows if r["status"] != "done"]
+    return [{"key": r.key, "status": str(r.status), "reason": r.error, "message": r.message}
+            for r in rows if r.status != "done"]
 
 
 def runs_summary(dest: str) -> dict:
@@ -146,7 +148,7 @@ def run_lines(info: dict) -> list[str]:
     return lines
 
 
-def report_data(dest: str, rows: list[dict]) -> dict:
+def report_data(dest: str, rows: list[ManifestRow]) -> dict:
     """Everything a report shows, as plain data (``report --json`` prints it)."""
     groups, statuses = summarise(rows)
     return {"dest": dest, "objects": len(rows), "statuses": statuses,
@@ -188,7 +190,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def saved_bars(rows: list[dict]) -> list[tuple[str, float]]:
+def saved_bars(rows: list[ManifestRow]) -> list[tuple[str, float]]:
     """(label, % bytes saved) per table row, in the table's order and with its labels
     (``domain / route / codec``), the "all" row last."""
     groups, _ = summarise(rows)
@@ -196,14 +198,14 @@ def saved_bars(rows: list[dict]) -> list[tuple[str, float]]:
             for g in groups]
 
 
-def plots(rows: list[dict]) -> list[tuple[str, str]]:
+def plots(rows: list[ManifestRow]) -> list[tuple[str, str]]:
     """(title, base64 PNG) pairs: bytes saved per table row; rate-distortion of lossy rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["status"] == "done"]
+    done = [r for r in rows if r.status == "done"]
     out = []
     bars = saved_bars(rows)
     if bars:
@@ -217,13 +219,13 @@ def plots(rows: list[dict]) -> list[tuple[str, str]]:
         ax.axvline(0, color="black", lw=0.8)
         out.append(("Bytes saved per row of the table (domain / route / codec)", _png(fig)))
         plt.close(fig)
-    lossy = [r for r in done if not r["lossless"] and math.isfinite(r["psnr"])]
+    lossy = [r for r in done if not r.lossless and math.isfinite(r.psnr)]
     if lossy:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for codec in sorted({r["codec_id"] for r in lossy}):
-            sel = [r for r in lossy if r["codec_id"] == codec]
-            axes[0].scatter([r["bpp"] for r in sel], [r["psnr"] for r in sel], label=codec, s=18)
-            axes[1].scatter([r["bpp"] for r in sel], [r["ms_ssim"] for r in sel], label=codec, s=18)
+        for codec in sorted({r.codec_id for r in lossy}):
+            sel = [r for r in lossy if r.codec_id == codec]
+            axes[0].scatter([r.bpp for r in sel], [r.psnr for r in sel], label=codec, s=18)
+            axes[1].scatter([r.bpp for r in sel], [r.ms_ssim for r in sel], label=codec, s=18)
         axes[0].set(xlabel="bpp", ylabel="PSNR (dB)", title="rate-distortion (PSNR)")
         axes[1].set(xlabel="bpp", ylabel="MS-SSIM", title="rate-distortion (MS-SSIM)")
         axes[0].legend()
@@ -232,7 +234,7 @@ def plots(rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str]]) -> str:
+def html_report(dest: str, rows: list[ManifestRow], extra_sections: list[tuple[str, str]]) -> str:
     import html
 
     from datetime import datetime, timezone
@@ -278,19 +280,17 @@ def html_report(dest: str, rows: list[dict], extra_sections: list[tuple[str, str
            f"<body>{''.join(body)}</body></html>"
 
 
-def best_of_savings(rows: list[dict]) -> list[tuple[str, int, int, int]]:
+def best_of_savings(rows: list[ManifestRow]) -> list[tuple[str, int, int, int]]:
     """For rows archived with ``selection = "smallest"``: per codec, (codec, images, bytes had
     that codec been used alone, bytes actually kept) over the rows where it verified."""
-    import json
-
     per_codec: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for r in rows:
-        if r["status"] != "done":
+        if r.status != "done":
             continue
-        verified = {a["codec"]: a["bytes"] for a in json.loads(r["attempts"] or "[]") if a.get("result") == "verified"}
+        verified = {a.codec: a.bytes for a in r.attempts if a.result == "verified"}
         if len(verified) < 2:
             continue
-        kept = r["bitstream_bytes"]
+        kept = r.bitstream_bytes
         for codec, size in verified.items():
             acc = per_codec[codec]
             acc[0] += 1
@@ -331,43 +331,41 @@ class RdSummary:
                 f"{100 * self.saved:.1f} % saved")
 
 
-def rd_summary(rows: list[dict]) -> list[RdSummary]:
+def rd_summary(rows: list[ManifestRow]) -> list[RdSummary]:
     """One :class:`RdSummary` per route (routes have different candidates)."""
-    by_route: dict[str, list[dict]] = defaultdict(list)
+    by_route: dict[str, list[ManifestRow]] = defaultdict(list)
     for r in rows:
-        if r["status"] == "done":
-            by_route[r["route"]].append(r)
+        if r.status == "done":
+            by_route[r.route].append(r)
     return [s for route in sorted(by_route) if (s := _route_summary(route, by_route[route])) is not None]
 
 
-def _route_summary(route: str, rows: list[dict]) -> RdSummary | None:
-    import json
-
-    compared: list[dict] = []
+def _route_summary(route: str, rows: list[ManifestRow]) -> RdSummary | None:
+    compared: list[ManifestRow] = []
     alone: dict[str, list] = defaultdict(lambda: [0, 0, 0.0, 0])  # codec: rows, bytes, psnr sum, psnr n
     missed: set[str] = set()
     for r in rows:
-        verified = [a for a in json.loads(r["attempts"] or "[]") if a.get("result") == "verified"]
+        verified = [a for a in r.attempts if a.result == "verified"]
         if len(verified) < 2:
             continue
         compared.append(r)
         for a in verified:
-            acc = alone[a["codec"]]
+            acc = alone[a.codec]
             acc[0] += 1
-            acc[1] += a["bytes"]
-            if math.isfinite(a.get("psnr", math.inf)):
-                acc[2] += a["psnr"]
+            acc[1] += a.bytes
+            if a.psnr is not None and math.isfinite(a.psnr):
+                acc[2] += a.psnr
                 acc[3] += 1
-            if a.get("met") is False:  # missed the route's target: no alternative for that image
-                missed.add(a["codec"])
+            if a.met is False:  # missed the route's target: no alternative for that image
+                missed.add(a.codec)
     everywhere = {c: acc for c, acc in alone.items() if acc[0] == len(compared) and c not in missed}
     if not compared or not everywhere:
         return None
     best = min(everywhere, key=lambda c: everywhere[c][1])
-    lossy = [r["psnr"] for r in compared if not r["lossless"] and math.isfinite(r["psnr"])]
+    lossy = [r.psnr for r in compared if not r.lossless and math.isfinite(r.psnr)]
     wins: dict[str, int] = defaultdict(int)
     for r in compared:
-        wins[r["codec_id"]] += 1
+        wins[r.codec_id] += 1
     b = everywhere[best]
-    return RdSummary(route, len(compared), dict(wins), sum(r["bitstream_bytes"] for r in compared),
+    return RdSummary(route, len(compared), dict(wins), sum(r.bitstream_bytes for r in compared),
                      sum(lossy) / len(lossy) if lossy else math.nan, best, b[1], b[2] / b[3] if b[3] else math.nan)

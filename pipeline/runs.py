@@ -1,28 +1,39 @@
-"""The job bodies both engines run: plan shards, execute them, total the results.
+"""Running jobs: plan -> run every shard -> finish, on either engine.
 
-The Prefect flows (``pixarc.flows``) call these with a runner that submits one task per
-shard to the flow's task runner; the local engine calls them with a thread pool in this
-process (no API to start: small jobs begin at once). Planning, shard functions, totals
-and clean-up are the same code on both paths; only how a shard gets executed differs.
+A job (:class:`~pixarc.archive.ArchiveJob`, :class:`~pixarc.restore.RestoreJob`,
+:class:`~pixarc.verify.VerifyJob`, :class:`~pixarc.recompress.RecompressJob`) is a small
+frozen record with three methods: ``plan()``, ``run_shard(shard)`` and
+``finish(plan, results)``. :func:`run_job` is the one sequence both engines use; only the
+runner that executes the shards differs: :func:`local_runner` (a thread pool in this
+process, no API to start) or the Prefect flows' runner (one task run per shard). The job
+record and a :class:`~pixarc.plan.Shard` are all a task receives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime
 from typing import Any, Callable, Protocol, Sequence
 
-from . import engine, progress, runstats
-from .engine import ArchiveConfig, CheckSummary, RunSummary, Shard, ShardSummary
+from . import progress, runstats
+from .archive import ArchiveJob, ArchiveSummary, ArchiveTotals, cached_policy
+from .device import check_request
 from .errors import PixarcError
+from .intake import DEFAULT_MAX_BYTES
 from .lock import hold
+from .plan import Shard, new_run_id, spread
+from .recompress import RecompressJob, RecompressSummary
+from .restore import RestoreJob, RestoreSummary, RestoreTotals
+from .verify import VerifyJob, VerifySummary, VerifyTotals
 
 log = logging.getLogger("pixarc.runs")
 
 JOBS = ("archive", "restore", "verify", "recompress")
+Job = ArchiveJob | RestoreJob | VerifyJob | RecompressJob
 
 
 class ProblemsFound(PixarcError):
@@ -31,7 +42,7 @@ class ProblemsFound(PixarcError):
 
     reason = "problems_found"
 
-    def __init__(self, message: str, summary: RunSummary):
+    def __init__(self, message: str, summary: Any):
         super().__init__(message, summary)  # both in args: the exception pickles whole
         self.summary = summary
 
@@ -40,47 +51,30 @@ class ProblemsFound(PixarcError):
 
 
 class ShardRunner(Protocol):
-    def __call__(self, job: str, run_id: str, shards: list[Shard], *args: Any) -> list[Any]:
-        """Run ``job``'s shard function on every shard; results in shard order."""
-
-
-def shard_function(job: str) -> Callable[..., Any]:
-    """The engine function one shard of ``job`` runs, with the task's signature."""
-    if job == "archive":
-        return engine.archive_shard
-    if job == "restore":
-        return lambda shard, out, run_id, overwrite=False: engine.restore_shard(shard, out, run_id,
-                                                                                overwrite=overwrite)
-    if job == "verify":
-        return lambda shard, full, run_id, sources=False: engine.verify_shard(shard, full, run_id, sources=sources)
-    if job == "recompress":
-        from .recompress import recompress_shard
-
-        return recompress_shard
-    raise ValueError(f"unknown job {job!r}; one of {JOBS}")
+    def __call__(self, job: Job, shards: list[Shard]) -> list[Any]:
+        """Run ``job.run_shard`` on every shard; results in shard order."""
 
 
 def shard_line(job: str, shard: Shard, result: Any) -> str:
     """The one log line a finished shard gets (Prefect run logger, or ``pixarc.runs``)."""
-    if isinstance(result, ShardSummary):
+    if isinstance(result, ArchiveTotals):
         text = (f"{result.images} image(s): {result.done} done, {result.rejected} rejected, {result.errors} errors, "
                 f"{result.failed} failed; {result.source_bytes} -> {result.archive_bytes} bytes "
                 f"in {result.seconds:.1f} s")
-    elif isinstance(result, CheckSummary):
-        text = f"{shard.count} item(s): {result.ok} ok, {len(result.problems)} problem(s)"
+    elif isinstance(result, (RestoreTotals, VerifyTotals)):
+        text = f"{shard.count} item(s): {result.done} ok, {len(result.problems)} problem(s)"
         if result.problems:
             text += " (" + ", ".join(f"{p.key}: {p.problem}" for p in result.problems[:5]) + \
                     (", ..." if len(result.problems) > 5 else "") + ")"
     else:  # recompress
-        decisions = getattr(result, "decisions", [])
-        todo = sum(d.action == "recompress" for d in decisions)
-        text = f"{len(decisions)} row(s): {todo} to re-encode"
+        todo = sum(d.action == "recompress" for d in result.decisions)
+        text = f"{len(result.decisions)} row(s): {todo} to re-encode"
     return f"{job} shard {shard.index}: {text}"
 
 
 def shard_bytes(result: Any) -> int:
     """Bytes a finished shard read (archive) or wrote (restore), for the MB/s column."""
-    if isinstance(result, ShardSummary):
+    if isinstance(result, ArchiveTotals):
         return result.source_bytes
     return getattr(result, "bytes_written", 0)
 
@@ -88,16 +82,15 @@ def shard_bytes(result: Any) -> int:
 def local_runner(workers: int = 2) -> ShardRunner:
     """Shards on a thread pool of ``workers`` in this process (codecs release the GIL)."""
 
-    def run(job: str, run_id: str, shards: list[Shard], *args: Any) -> list[Any]:  # noqa: D401
-        fn = shard_function(job)
+    def run(job: Job, shards: list[Shard]) -> list[Any]:  # noqa: D401
         results: dict[int, Any] = {}
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"pixarc-{job}") as pool:
-            futures = {pool.submit(fn, s, *args): s for s in shards}
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"pixarc-{job.name}") as pool:
+            futures = {pool.submit(job.run_shard, s): s for s in shards}
             for f in as_completed(futures):
                 shard = futures[f]
                 results[shard.index] = f.result()
-                log.info(shard_line(job, shard, results[shard.index]))
-                progress.shard_done(run_id, shard.count, shard_bytes(results[shard.index]))
+                log.info(shard_line(job.name, shard, results[shard.index]))
+                progress.shard_done(job.run_id, shard.count, shard_bytes(results[shard.index]))
         return [results[s.index] for s in shards]
 
     run.engine = "local"  # type: ignore[attr-defined]
@@ -108,15 +101,19 @@ def _engine_of(run: ShardRunner) -> str:
     return getattr(run, "engine", "local")
 
 
-def spread(base: str, kind: str, run_id: str, shards: list[Shard], workers: int) -> list[Shard]:
-    """A job smaller than ``workers`` shards is re-cut into ``workers`` even shards, so
-    ``--workers 2`` on 40 images uses two workers instead of one 256-image shard."""
-    total = sum(s.count for s in shards)
-    if workers <= 1 or len(shards) >= workers or total < 2:
-        return shards
-    items = [item for s in shards for item in engine.load_shard(s)]
-    # Same file names from shard 0 up: every old shard file is overwritten (more, smaller shards).
-    return engine._write_plan(base, run_id, kind, items, math.ceil(total / min(workers, total)))[0]
+def run_job(job: Job, run: ShardRunner, workers: int = 1, wait: float = 0.0) -> Any:
+    """Plan, run every shard, finish. A job that writes DEST holds its one-writer lease
+    for the whole run (waiting up to ``wait`` seconds for another writer)."""
+    if not job.writes:
+        plan = job.plan()
+        plan.shards = spread(job.base, job.name, job.run_id, plan.shards, workers)
+        return job.finish(plan, run(job, plan.shards))
+    label = "recompress --apply" if job.name == "recompress" else job.name
+    with hold(job.dest, label, wait) as lease:
+        job = dataclasses.replace(job, lease=lease.token)
+        plan = job.plan()
+        plan.shards = spread(job.base, job.name, job.run_id, plan.shards, workers)
+        return job.finish(plan, run(job, plan.shards))
 
 
 # --------------------------------------------------------------------------- the jobs
@@ -135,75 +132,57 @@ def archive_job(run: ShardRunner, src: str, dest: str, policy: str | None = None
                 run_id: str | None = None, device: str = "auto", batch_size: int = 16,
                 follow_symlinks: bool = False, workers: int = 1, include: Sequence[str] = (),
                 exclude: Sequence[str] = (), limit: int | None = None, wait: float = 0.0,
-                max_bytes: int = engine.DEFAULT_MAX_BYTES) -> RunSummary:
-    """Crawl ``src``, archive what is new or changed into ``dest``, one shard function per shard.
-    Holds DEST's one-writer lease (waiting up to ``wait`` seconds for another writer)."""
-    run_id = run_id or engine.new_run_id()
+                max_bytes: int = DEFAULT_MAX_BYTES) -> ArchiveSummary:
+    """Crawl ``src``, archive what is new or changed into ``dest``."""
+    job = ArchiveJob(src, dest, run_id or new_run_id(), policy, check_request(device), batch_size, max_bytes,
+                     shard_size, follow_symlinks, tuple(include), tuple(exclude), limit)
     started, t0 = runstats.now(), time.perf_counter()
-    pol = engine._policy(policy)  # fail fast on a bad policy, before any shard starts
-    with hold(dest, "archive", wait) as lease:
-        plan = engine.plan_archive(src, dest, run_id, shard_size, follow_symlinks, key_filter(include, exclude),
-                                   limit)
-        plan.shards = spread(dest, "archive", run_id, plan.shards, workers)
-        cfg = ArchiveConfig(dest=dest, run_id=run_id, policy=policy, device=device, batch_size=batch_size,
-                            lease=lease.token, max_bytes=max_bytes)
-        summary = engine.summarise_run(plan, run("archive", run_id, plan.shards, cfg))
-        engine.drop_plan(dest, "archive", run_id)  # kept when a shard raised, for inspection
+    pol = cached_policy(policy)  # fail fast on a bad policy, before taking the lease
+    summary = run_job(job, run, workers, wait)
     seconds = time.perf_counter() - t0
     runstats.write(dest, runstats.record(
-        "archive", run_id, dest, started, seconds, engine=_engine_of(run), workers=workers, src=src,
+        "archive", job.run_id, dest, started, seconds, engine=_engine_of(run), workers=workers, src=src,
         policy=pol.name, policy_source=policy or "default", include=list(include), exclude=list(exclude),
-        limit=limit, **runstats.archive_fields(summary, seconds)))
+        limit=limit, device=device, **runstats.archive_fields(summary, seconds)))
     return summary
 
 
 def restore_job(run: ShardRunner, dest: str, out: str, pattern: str = "*", domain: str | None = None,
                 shard_size: int = 256, run_id: str | None = None, workers: int = 1, version: int | None = None,
-                as_of: str | None = None, overwrite: bool = False) -> RunSummary:
-    run_id = run_id or engine.new_run_id()
-    when = engine.parse_as_of(as_of) if as_of else None
-    found, shards = engine.plan_restore(dest, out, run_id, pattern, domain, shard_size, version, when)
-    shards = spread(out, "restore", run_id, shards, workers)
-    summary = engine.finish_checks(out, "restore", run_id, found, shards,
-                                   run("restore", run_id, shards, out, run_id, overwrite))
-    summary.problems[:0] = engine.manifest_problems(dest)  # damaged parts: their rows were left out
-    return summary
+                as_of: "str | datetime | None" = None, overwrite: bool = False, device: str = "cpu") -> RestoreSummary:
+    """Decode every archived image matching the filters into ``out`` (the current versions,
+    or those of ``as_of`` (ISO time) or the ``version``-th)."""
+    if isinstance(as_of, datetime):
+        as_of = as_of.isoformat()
+    job = RestoreJob(dest, out, run_id or new_run_id(), pattern, domain, version, as_of, overwrite,
+                     check_request(device), shard_size)
+    return run_job(job, run, workers)
 
 
 def verify_job(run: ShardRunner, dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None,
-               sources: bool = False, workers: int = 1) -> RunSummary:
-    run_id = run_id or engine.new_run_id()
+               sources: bool = False, workers: int = 1, device: str = "cpu") -> VerifySummary:
+    job = VerifyJob(dest, run_id or new_run_id(), full, sources, check_request(device), shard_size)
     started, t0 = runstats.now(), time.perf_counter()
-    found, shards = engine.plan_verify(dest, run_id, shard_size)
-    shards = spread(dest, "verify", run_id, shards, workers)
-    results = run("verify", run_id, shards, full, run_id, sources)
-    summary = engine.finish_checks(dest, "verify", run_id, found, shards, results)
-    summary.problems[:0] = engine.manifest_problems(dest)  # damaged parts (their rows were left out)
-    runstats.write(dest, runstats.record("verify", run_id, dest, started, time.perf_counter() - t0,
+    summary = run_job(job, run, workers)
+    runstats.write(dest, runstats.record("verify", job.run_id, dest, started, time.perf_counter() - t0,
                                          engine=_engine_of(run), workers=workers, full=full, sources=sources,
-                                         **runstats.check_fields(summary)))
+                                         device=device, **runstats.check_fields(summary)))
     return summary
 
 
 def recompress_job(run: ShardRunner, dest: str, policy: str | None = None, min_saving: float = 0.1,
                    apply: bool = False, shard_size: int = 256, run_id: str | None = None, workers: int = 1,
-                   wait: float = 0.0) -> list:
-    from . import recompress
-
-    run_id = run_id or engine.new_run_id()
+                   wait: float = 0.0, device: str = "cpu") -> list[RecompressSummary]:
+    job = RecompressJob(dest, run_id or new_run_id(), policy, min_saving, apply, check_request(device), shard_size)
     started, t0 = runstats.now(), time.perf_counter()
-    pol = engine._policy(policy)
-    with recompress.writer_lease(dest, apply, wait) as token:  # --apply: one writer per DEST
-        cfg = recompress.RecompressConfig(dest, run_id, policy, min_saving, apply, lease=token)
-        shards = spread(dest, "recompress", run_id, recompress.plan_recompress(dest, run_id, shard_size), workers)
-        results = run("recompress", run_id, shards, cfg)
-        engine.drop_plan(dest, "recompress", run_id)
+    pol = cached_policy(policy)
+    results = run_job(job, run, workers, wait)
     todo = [d for r in results for d in r.decisions if d.action == "recompress"]
     runstats.write(dest, runstats.record(
-        "recompress", run_id, dest, started, time.perf_counter() - t0, engine=_engine_of(run), workers=workers,
-        policy=pol.name, apply=apply, min_saving=min_saving, rows=sum(len(r.decisions) for r in results),
-        to_recompress=len(todo), bytes_before=sum(d.old_bytes for d in todo),
-        bytes_after=sum(d.new_bytes for d in todo)))
+        "recompress", job.run_id, dest, started, time.perf_counter() - t0, engine=_engine_of(run), workers=workers,
+        policy=pol.name, apply=apply, min_saving=min_saving, device=device,
+        rows=sum(len(r.decisions) for r in results), to_recompress=len(todo),
+        bytes_before=sum(d.old_bytes for d in todo), bytes_after=sum(d.new_bytes for d in todo)))
     return results
 
 
@@ -214,6 +193,23 @@ LOCAL_JOBS: dict[str, Callable[..., Any]] = {
     "pixarc-verify": verify_job,
     "pixarc-recompress": recompress_job,
 }
+
+
+# In-process shortcuts (embedding, tests, benchmarks): the same jobs on a one-thread local runner.
+def archive_local(src: str, dest: str, **kw: Any) -> ArchiveSummary:
+    return archive_job(local_runner(1), src, dest, **kw)
+
+
+def restore_local(dest: str, out: str, **kw: Any) -> RestoreSummary:
+    return restore_job(local_runner(1), dest, out, **kw)
+
+
+def verify_local(dest: str, **kw: Any) -> VerifySummary:
+    return verify_job(local_runner(1), dest, **kw)
+
+
+def recompress_local(dest: str, **kw: Any) -> list[RecompressSummary]:
+    return recompress_job(local_runner(1), dest, **kw)
 
 
 # --------------------------------------------------------------------------- engine choice, logging

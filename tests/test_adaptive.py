@@ -110,7 +110,7 @@ def test_resize_search_codes_the_factor_exactly(tiny_weights):
 
 
 def test_archive_verify_and_fresh_process_decode(tiny_weights, tmp_path):
-    from pixarc import engine
+    from pixarc import runs
     from pixarc.manifest import latest, read_manifest
     from pixarc.plugins import build_plugin_manager
 
@@ -122,22 +122,22 @@ def test_archive_verify_and_fresh_process_decode(tiny_weights, tmp_path):
     policy.write_text('min_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nquality = 1\nlatent_iters = 5\n'
                       'adapter_iters = 5\n[routes.unknown]\nlossless = false\ncodecs = ["adaptive-mbt2018-mean", "png"]\n')
     reg = build_plugin_manager()
-    import pixarc.engine as eng
+    import pixarc.plugins as eng  # the jobs look the registry up there
 
     orig = eng.default_registry
     eng.default_registry = lambda: reg
     try:
-        engine.archive_local(str(src_dir), str(dest), policy=str(policy))
+        runs.archive_local(str(src_dir), str(dest), policy=str(policy))
         rows = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
         a = rows["a.png"]
         assert a["codec_id"] == "adaptive-mbt2018-mean" and not a["lossless"] and np.isfinite(a["psnr"])
         assert a["weights_sha256"] and rows["grey.png"]["codec_id"] == "png"
         assert "mode L not supported" in rows["grey.png"]["notes"]
-        assert not engine.verify_local(str(dest), full=True).problems
+        assert not runs.verify_local(str(dest), full=True).problems
     finally:
         eng.default_registry = orig
     code = (
-        "import sys; from pixarc.engine import decode_container; from pixarc.plugins import build_plugin_manager;"
+        "import sys; from pixarc.checks import decode_container; from pixarc.plugins import build_plugin_manager;"
         "c, d = decode_container(open(sys.argv[1], 'rb').read(), build_plugin_manager()); print('FP', d.fingerprint)"
     )
     res = subprocess.run([sys.executable, "-c", code, str(dest / "a.png.pxa")], capture_output=True, text=True,
@@ -363,7 +363,7 @@ def test_bad_scales_are_refused(tiny_weights, value):
 def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp_path):
     """The tiny weights exist for quality 1 only: the target search must probe that, not
     fail on the missing rate points of the 1..8 range."""
-    from pixarc import engine
+    from pixarc import runs
     from pixarc.manifest import latest, read_manifest
     from pixarc.plugins import build_plugin_manager
 
@@ -375,13 +375,13 @@ def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp
                       'adapter_iters = 2\n[routes.unknown]\nlossless = false\n'
                       'codecs = ["adaptive-mbt2018-mean", "webp"]\n'
                       'target_psnr = 30.0\n')
-    import pixarc.engine as eng
+    import pixarc.plugins as eng  # the jobs look the registry up there
 
     reg = build_plugin_manager()
     orig = eng.default_registry
     eng.default_registry = lambda: reg
     try:
-        engine.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy))
+        runs.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy))
     finally:
         eng.default_registry = orig
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]

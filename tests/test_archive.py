@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import encode_bytes, rng_image, tree_digest
-from pixarc import engine
+from pixarc import archive, runs
+from pixarc.restore import restored_key
 from pixarc.container import unpack
 from pixarc.errors import InputError
 from pixarc.images import pixels_sha256, probe_and_load
@@ -44,7 +45,7 @@ def bad_inputs(root: Path) -> None:
 def test_archive_verify_restore_round_trip(small_collection, tmp_path):
     dest, out = tmp_path / "dest", tmp_path / "restored"
     before = tree_digest(small_collection)
-    s = engine.archive_local(str(small_collection), str(dest), shard_size=2)
+    s = runs.archive_local(str(small_collection), str(dest), shard_size=2)
     assert s.found == 5 and s.totals.done == 5 and s.shards == 3
     rows = rows_by_key(dest)
     for key, r in rows.items():
@@ -56,10 +57,10 @@ def test_archive_verify_restore_round_trip(small_collection, tmp_path):
         assert r["lossless"] and r["psnr"] == float("inf") and r["ms_ssim"] == 1.0
     assert tree_digest(small_collection) == before, "originals must never change"
 
-    restored = engine.restore_local(str(dest), str(out))
+    restored = runs.restore_local(str(dest), str(out))
     assert restored.totals.done == 5 and not restored.problems
     for key, r in rows.items():
-        name = engine.restored_key(key, r["source_format"], True, r["codec_id"])
+        name = restored_key(key, r["source_format"], True, r["codec_id"])
         img = Image.open(out / name)
         canonical = probe_and_load((out / name).read_bytes()).image
         assert pixels_sha256(canonical) == r["pixels_sha256"], key
@@ -70,14 +71,14 @@ def test_archive_verify_restore_round_trip(small_collection, tmp_path):
 
 def test_rerun_is_idempotent_and_picks_up_changes(small_collection, tmp_path):
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     first = read_manifest(str(dest)).num_rows
-    again = engine.archive_local(str(small_collection), str(dest))
+    again = runs.archive_local(str(small_collection), str(dest))
     assert again.skipped == 5 and again.totals.images == 0
     assert read_manifest(str(dest)).num_rows == first
     changed = small_collection / "line/ocal_galicia_01.png"
     Image.open(changed).rotate(90).save(changed)
-    third = engine.archive_local(str(small_collection), str(dest))
+    third = runs.archive_local(str(small_collection), str(dest))
     assert third.totals.images == 1 and third.totals.done == 1
     assert rows_by_key(dest)["line/ocal_galicia_01.png"]["source_sha256"] == probe_and_load(changed.read_bytes()).sha256
 
@@ -85,7 +86,7 @@ def test_rerun_is_idempotent_and_picks_up_changes(small_collection, tmp_path):
 def test_interrupted_shard_resumes_by_reusing_verified_bitstreams(small_collection, tmp_path, monkeypatch):
     dest = tmp_path / "dest"
     calls = {"n": 0}
-    real = engine.archive_one
+    real = archive.archive_one
 
     def dies_on_third(*a, **kw):
         calls["n"] += 1
@@ -93,12 +94,12 @@ def test_interrupted_shard_resumes_by_reusing_verified_bitstreams(small_collecti
             raise KeyboardInterrupt("simulated kill")
         return real(*a, **kw)
 
-    monkeypatch.setattr(engine, "archive_one", dies_on_third)
+    monkeypatch.setattr(archive, "archive_one", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        engine.archive_local(str(small_collection), str(dest))
+        runs.archive_local(str(small_collection), str(dest))
     assert read_manifest(str(dest)).num_rows == 0  # the shard never committed
-    monkeypatch.setattr(engine, "archive_one", real)
-    s = engine.archive_local(str(small_collection), str(dest))
+    monkeypatch.setattr(archive, "archive_one", real)
+    s = runs.archive_local(str(small_collection), str(dest))
     assert s.totals.done == 5 and s.totals.reused == 2
     rows = rows_by_key(dest)
     assert len(rows) == 5 and read_manifest(str(dest)).num_rows == 5
@@ -108,7 +109,7 @@ def test_bad_inputs_each_get_a_row_and_the_run_goes_on(tmp_path):
     src, dest = tmp_path / "src", tmp_path / "dest"
     bad_inputs(src)
     before = tree_digest(src)
-    s = engine.archive_local(str(src), str(dest), shard_size=4)
+    s = runs.archive_local(str(src), str(dest), shard_size=4)
     rows = rows_by_key(dest)
     assert len(rows) == s.found == 10
     expect = {
@@ -130,7 +131,7 @@ def test_bad_inputs_each_get_a_row_and_the_run_goes_on(tmp_path):
     assert tree_digest(src) == before
     # restore gives the CMYK JPEG back byte for byte
     out = tmp_path / "out"
-    engine.restore_local(str(dest), str(out))
+    runs.restore_local(str(dest), str(out))
     assert (out / "odd/cmyk.jpg").read_bytes() == (src / "odd/cmyk.jpg").read_bytes()
 
 
@@ -140,7 +141,7 @@ def test_gray16_goes_to_a_codec_that_takes_it(tmp_path):
     src.mkdir()
     ramp = np.tile(np.arange(0, 65536, 256, dtype=np.uint16), (64, 1))
     (src / "g.png").write_bytes(encode_bytes(Image.fromarray(ramp), "PNG"))
-    engine.archive_local(str(src), str(dest))
+    runs.archive_local(str(src), str(dest))
     r = rows_by_key(dest)["g.png"]
     attempts = json.loads(r["attempts"])
     assert r["status"] == "done" and r["codec_id"] in ("jxl-lossless", "png")
@@ -156,20 +157,20 @@ def test_lossy_policy_records_psnr_that_verify_reproduces(small_collection, tmp_
         + "".join(f'[routes.{d}]\nlossless = false\ncodecs = ["webp"]\n'
                   for d in ("natural", "comic", "line", "vector", "screenshot"))
     )
-    engine.archive_local(str(small_collection), str(dest), policy=str(policy))
+    runs.archive_local(str(small_collection), str(dest), policy=str(policy))
     rows = rows_by_key(dest)
     for r in rows.values():
         assert r["codec_id"] == "webp" and not r["lossless"]
         assert 15 < r["psnr"] < 80 and 0.5 < r["ms_ssim"] <= 1.0
         c = unpack((dest / (r["key"] + ".pxa")).read_bytes())
         assert c.meta["psnr"] == pytest.approx(r["psnr"]) and c.meta["decoded_sha256"] == r["decoded_sha256"]
-    v = engine.verify_local(str(dest), full=True)
+    v = runs.verify_local(str(dest), full=True)
     assert v.totals.done == len(rows) and not v.problems
 
 
 def test_verify_detects_corruption_missing_and_tampering(small_collection, tmp_path):
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     rows = list(rows_by_key(dest).values())
     keys = [r["key"] for r in rows]
     victim = dest / (keys[0] + ".pxa")
@@ -177,12 +178,12 @@ def test_verify_detects_corruption_missing_and_tampering(small_collection, tmp_p
     data[len(data) // 2] ^= 0x40  # one flipped bit, same size: only the full check sees it
     victim.write_bytes(bytes(data))
     (dest / (keys[1] + ".pxa")).unlink()
-    fast = engine.verify_local(str(dest), full=False)
-    full = engine.verify_local(str(dest), full=True)
+    fast = runs.verify_local(str(dest), full=False)
+    full = runs.verify_local(str(dest), full=True)
     assert {(p.key, p.problem) for p in fast.problems} == {(keys[1], "missing")}
     assert {(p.key, p.problem) for p in full.problems} == {(keys[1], "missing"), (keys[0], "hash_mismatch")}
     # restore refuses the corrupt one instead of writing a damaged image
-    res = engine.restore_local(str(dest), str(tmp_path / "out"))
+    res = runs.restore_local(str(dest), str(tmp_path / "out"))
     assert {p.key for p in res.problems} == {keys[0], keys[1]}
     assert not (tmp_path / "out" / keys[0]).exists()
 
@@ -199,8 +200,8 @@ def test_fsspec_memory_and_zip_sources_and_memory_dest(small_collection, tmp_pat
     for p in sorted(small_collection.rglob("*")):
         if p.is_file():
             mem.pipe(f"/src-{tmp_path.name}/{p.relative_to(small_collection).as_posix()}", p.read_bytes())
-    a = engine.archive_local(f"zip://::{zpath}", f"memory://dest-zip-{tmp_path.name}")
-    b = engine.archive_local(f"memory://src-{tmp_path.name}", str(tmp_path / "dest-mem"))
+    a = runs.archive_local(f"zip://::{zpath}", f"memory://dest-zip-{tmp_path.name}")
+    b = runs.archive_local(f"memory://src-{tmp_path.name}", str(tmp_path / "dest-mem"))
     assert a.totals.done == b.totals.done == 5
     za = rows_by_key(f"memory://dest-zip-{tmp_path.name}")
     zb = rows_by_key(tmp_path / "dest-mem")
@@ -220,7 +221,7 @@ def test_zip_slip_keys_are_rejected_and_nothing_escapes(tmp_path):
         z.writestr("ok/fine.png", png)
         z.writestr("../../escape.png", png)
     dest = tmp_path / "deep" / "dest"
-    engine.archive_local(f"zip://::{zpath}", str(dest))
+    runs.archive_local(f"zip://::{zpath}", str(dest))
     rows = rows_by_key(dest)
     assert rows["ok/fine.png"]["status"] == "done"
     bad = [r for k, r in rows.items() if "escape" in k]
@@ -238,17 +239,17 @@ def test_safe_key_refuses(key):
 
 def test_one_dest_one_source(small_collection, tmp_path):
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     other = tmp_path / "other"
     shutil.copytree(small_collection, other)
     with pytest.raises(InputError, match="already archives"):
-        engine.archive_local(str(other), str(dest))
+        runs.archive_local(str(other), str(dest))
 
 
 def test_dest_inside_source_is_not_crawled(small_collection):
     dest = small_collection / "archive"
-    engine.archive_local(str(small_collection), str(dest))
-    s = engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
+    s = runs.archive_local(str(small_collection), str(dest))
     assert s.found == 5  # the .pxa files and manifest under DEST are not sources
 
 
@@ -263,7 +264,7 @@ def test_manifest_has_the_design_columns():
 
 def test_plugin_provenance_is_recorded(small_collection, tmp_path):
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     r = next(iter(rows_by_key(dest).values()))
     assert r["plugin_dist"] == "pixarc" and r["plugin_version"]
     assert r["codec_version"].startswith(("Pillow", "imagecodecs")), r["codec_version"]  # the library that coded it
@@ -271,27 +272,27 @@ def test_plugin_provenance_is_recorded(small_collection, tmp_path):
 
 def test_verify_sources_detects_drift_of_the_originals(small_collection, tmp_path):
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
-    assert not engine.verify_local(str(dest), sources=True).problems
+    runs.archive_local(str(small_collection), str(dest))
+    assert not runs.verify_local(str(dest), sources=True).problems
     (small_collection / "misc/mcmaster_13_q90.jpg").write_bytes(b"overwritten")
     (small_collection / "line/ocal_galicia_01.png").unlink()
-    problems = {(p.key, p.problem) for p in engine.verify_local(str(dest), sources=True).problems}
+    problems = {(p.key, p.problem) for p in runs.verify_local(str(dest), sources=True).problems}
     assert problems == {("misc/mcmaster_13_q90.jpg", "source_changed"), ("line/ocal_galicia_01.png", "source_gone")}
-    assert not engine.verify_local(str(dest)).problems  # the archive itself is intact
+    assert not runs.verify_local(str(dest)).problems  # the archive itself is intact
 
 
 def test_file_modified_while_archived_is_noted(small_collection, tmp_path, monkeypatch):
     import os
 
 
-    real = engine.archive_one
+    real = archive.intake
 
-    def touch_then_archive(ref, *a, **kw):
+    def touch_then_read(ref, *a, **kw):
         path = ref.uri.removeprefix("file://")
         os.utime(path, (1, 1))  # the file changes between crawl and read
         return real(ref, *a, **kw)
 
-    monkeypatch.setattr(engine, "archive_one", touch_then_archive)
-    engine.archive_local(str(small_collection), str(tmp_path / "d"))
+    monkeypatch.setattr(archive, "intake", touch_then_read)
+    runs.archive_local(str(small_collection), str(tmp_path / "d"))
     rows = rows_by_key(tmp_path / "d")
     assert all("modified while being archived" in r["notes"] for r in rows.values())

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import encode_bytes, rng_image
 from pixarc.codec import Decoded
-from pixarc.engine import decode_container
+from pixarc.checks import decode_container
 from pixarc.errors import CodecError, ContainerError
 from pixarc.images import probe_and_load
 from pixarc.metrics import psnr

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import tree_digest
-from pixarc import engine
+from pixarc import runs
 from pixarc.manifest import latest, read_manifest
 
 SITES = ["read", "encode", "encoded", "rename", "written", "part", "commit"]
@@ -42,7 +42,7 @@ def state(dest) -> list[tuple]:
 @pytest.mark.parametrize("site, nth", kill_points())
 def test_kill_and_rerun_converges(site, nth, small_collection, tmp_path):
     reference = tmp_path / "reference"
-    engine.archive_local(str(small_collection), str(reference), policy="png", shard_size=2)
+    runs.archive_local(str(small_collection), str(reference), policy="png", shard_size=2)
     originals = tree_digest(small_collection)
 
     dest = tmp_path / "dest"
@@ -59,6 +59,6 @@ def test_kill_and_rerun_converges(site, nth, small_collection, tmp_path):
     assert read_manifest(str(dest)).num_rows == 5, "no duplicate rows across the killed run and the rerun"
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert all(".tmp-" not in r["bitstream_uri"] for r in rows)
-    check = engine.verify_local(str(dest), full=True)
+    check = runs.verify_local(str(dest), full=True)
     assert check.totals.done == 5 and not check.problems, check.problems
     assert tree_digest(small_collection) == originals

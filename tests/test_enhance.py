@@ -179,7 +179,7 @@ def test_malformed_payloads_raise_codec_error(tiny_filter):
 
 
 def test_archive_records_the_filter_and_verifies(tiny_filter, with_enhance, tmp_path):
-    from pixarc import engine
+    from pixarc import runs
     from pixarc.container import unpack
     from pixarc.manifest import latest, read_manifest
     from pixarc.plugins import build_plugin_manager
@@ -191,21 +191,21 @@ def test_archive_records_the_filter_and_verifies(tiny_filter, with_enhance, tmp_
     policy.write_text('min_confidence = 1.1\n[params.avif-enhanced]\nquality = 40\nfilter = "on"\n'
                       '[routes.unknown]\nlossless = false\ncodecs = ["avif-enhanced", "png"]\n')
     reg = build_plugin_manager()
-    import pixarc.engine as eng
+    import pixarc.plugins as eng  # the jobs look the registry up there
 
     orig = eng.default_registry
     eng.default_registry = lambda: reg
     try:
-        engine.archive_local(str(src_dir), str(dest), policy=str(policy))
+        runs.archive_local(str(src_dir), str(dest), policy=str(policy))
         row = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}["a.png"]
         assert row["codec_id"] == "avif-enhanced" and row["weights_sha256"] == tiny_filter[1]["sha256"]
         assert "avif (Pillow" in row["codec_version"] and np.isfinite(row["psnr"])
-        assert not engine.verify_local(str(dest), full=True).problems
+        assert not runs.verify_local(str(dest), full=True).problems
     finally:
         eng.default_registry = orig
     meta = unpack((dest / "a.png.pxa").read_bytes()).meta
     code = (
-        "import sys; from pixarc.engine import decode_container; from pixarc.plugins import build_plugin_manager;"
+        "import sys; from pixarc.checks import decode_container; from pixarc.plugins import build_plugin_manager;"
         "c, d = decode_container(open(sys.argv[1], 'rb').read(), build_plugin_manager());"
         "print('FP', d.fingerprint)"
     )

@@ -7,7 +7,7 @@ import typing
 import pytest
 from click.testing import CliRunner
 
-from pixarc import engine
+from pixarc import runs
 from pixarc.cli import main
 from pixarc.manifest import latest, read_manifest
 
@@ -99,13 +99,21 @@ def test_tasks_take_only_small_records():
     """Pixels and bitstreams never travel through task parameters or results."""
     from pixarc.flows import jobs
 
-    allowed = {str, bool, int, engine.Shard, engine.ArchiveConfig}
-    for t in (jobs.archive_shard_task, jobs.restore_shard_task, jobs.verify_shard_task):
-        hints = typing.get_type_hints(t.fn)
-        ret = hints.pop("return")
-        assert set(hints.values()) <= allowed, t.name
-        assert ret in (engine.ShardSummary, engine.CheckSummary)
-        assert "image" not in inspect.signature(t.fn).parameters
+    from pixarc import runs
+    from pixarc.plan import Shard
+
+    hints = typing.get_type_hints(jobs.shard_task.fn)
+    hints.pop("return")
+    assert set(hints) == {"job", "shard"} and hints["shard"] is Shard
+    small = {str, bool, int, float, type(None), tuple}  # what a job record may hold
+    jobs_ = typing.get_args(runs.Job)
+    assert len(jobs_) == 4  # archive, restore, verify, recompress
+    for job in jobs_:
+        for name, hint in typing.get_type_hints(job).items():
+            if name in ("name", "writes"):
+                continue  # class constants
+            kinds = set(typing.get_args(hint)) or {hint}
+            assert {typing.get_origin(k) or k for k in kinds} <= small, (job.__name__, name, hint)
 
 
 def test_local_engine_cli_and_report(runner, small_collection, tmp_path):

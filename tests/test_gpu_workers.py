@@ -13,7 +13,8 @@ import types
 import pytest
 
 from conftest import encode_bytes, rng_image
-from pixarc import engine
+from pixarc import plugins, runs
+from pixarc import device as devices
 from pixarc.codec import Codec, Decoded
 from pixarc.hookspecs import hookimpl
 from pixarc.manifest import latest, read_manifest
@@ -65,8 +66,8 @@ def gpu_world(monkeypatch, tmp_path):
 
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",fakegpu")
     reg = build_plugin_manager({"fakegpu": plugin()})
-    monkeypatch.setattr(engine, "default_registry", lambda: reg)
-    monkeypatch.setattr(engine, "gpu_count", lambda: 1)
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    monkeypatch.setattr(devices, "gpu_count", lambda: 1)
     FakeGPUCodec.calls = []
     src = tmp_path / "src"
     src.mkdir()
@@ -92,7 +93,7 @@ def test_gpu_shards_take_the_slot_and_batch(gpu_world):
     assert summary.totals.done == 6
     calls = sorted(FakeGPUCodec.calls, key=lambda c: c[2])
     assert [c[0] for c in calls] == [3, 3], "one batch per shard"
-    assert all(c[1] == "cuda" for c in calls)
+    assert all(str(c[1]) == "cuda" for c in calls)  # the Device value the shard resolved
     assert calls[0][3] <= calls[1][2], "the GPU slot must keep the two shards' GPU work apart"
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(gpu_limit_name()).limit == 1
@@ -102,8 +103,8 @@ def test_gpu_shards_take_the_slot_and_batch(gpu_world):
 
 def test_cpu_only_jobs_take_no_slot_and_do_not_batch(gpu_world, monkeypatch):
     src, dest, policy = gpu_world
-    monkeypatch.setattr(engine, "gpu_count", lambda: 0)  # a CPU worker: auto -> cpu
-    engine.archive_local(str(src), str(dest), policy=policy)
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)  # a CPU worker: auto -> cpu
+    runs.archive_local(str(src), str(dest), policy=policy)
     assert FakeGPUCodec.calls == []
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert {r["device"] for r in rows} == {"cpu"} and {r["codec_id"] for r in rows} == {"test-fakegpu"}
@@ -116,7 +117,7 @@ def test_failed_batch_falls_back_to_single_encodes(gpu_world, monkeypatch):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(FakeGPUCodec, "encode_batch", broken)
-    engine.archive_local(str(src), str(dest), policy=policy)
+    runs.archive_local(str(src), str(dest), policy=policy)
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     assert all("batch encode failed" in r["notes"] for r in rows)

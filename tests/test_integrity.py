@@ -14,7 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import tree_digest
-from pixarc import engine, recompress
+from pixarc import layout, plugins
+from pixarc import recompress, runs
+from pixarc.encode import encode_route
+from pixarc.state import current_rows
 from pixarc.images import sha256_hex
 from pixarc.manifest import latest, read_manifest
 
@@ -50,7 +53,7 @@ def flip_a_bit(path: Path) -> None:
 
 def test_manifest_names_bitstreams_relative_to_dest(small_collection, tmp_path):
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     for key, r in rows_by_key(dest).items():
         assert r["bitstream_uri"] == key + ".pxa", r["bitstream_uri"]
         assert (dest / r["bitstream_uri"]).is_file()
@@ -58,39 +61,39 @@ def test_manifest_names_bitstreams_relative_to_dest(small_collection, tmp_path):
 
 def test_verify_full_of_a_damaged_copy_reports_the_copy(small_collection, tmp_path):
     dest, copy = tmp_path / "dest", tmp_path / "copy"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     shutil.copytree(dest, copy)
     key = sorted(rows_by_key(copy))[0]
     flip_a_bit(copy / (key + ".pxa"))
     (copy / (sorted(rows_by_key(copy))[1] + ".pxa")).unlink()
-    full = engine.verify_local(str(copy), full=True)
+    full = runs.verify_local(str(copy), full=True)
     assert {p.problem for p in full.problems} == {"hash_mismatch", "missing"}
-    assert not engine.verify_local(str(dest), full=True).problems  # the original is intact
+    assert not runs.verify_local(str(dest), full=True).problems  # the original is intact
     # a moved archive restores from its own files
     shutil.rmtree(copy)
     moved = tmp_path / "moved"
     shutil.move(str(dest), str(moved))
-    res = engine.restore_local(str(moved), str(tmp_path / "out"))
+    res = runs.restore_local(str(moved), str(tmp_path / "out"))
     assert res.totals.done == 5 and not res.problems
 
 
 def test_recompress_apply_on_a_copy_never_touches_the_original(small_collection, tmp_path):
     dest, copy = tmp_path / "dest", tmp_path / "copy"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     before = tree_digest(dest)
     shutil.copytree(dest, copy)
-    done = recompress.recompress_local(str(copy), policy="default", min_saving=0.05, apply=True)
+    done = runs.recompress_local(str(copy), policy="default", min_saving=0.05, apply=True)
     assert sum(s.applied for s in done) >= 1
     assert tree_digest(dest) == before
-    assert not engine.verify_local(str(dest), full=True).problems
-    check = engine.verify_local(str(copy), full=True)
+    assert not runs.verify_local(str(dest), full=True).problems
+    check = runs.verify_local(str(copy), full=True)
     assert check.totals.done == 5 and not check.problems
 
 
 def test_legacy_absolute_uris_are_rebased_under_dest(small_collection, tmp_path):
     """Manifests written before relative paths named ``file:///old/dest/<key>.pxa``."""
     dest, copy = tmp_path / "dest", tmp_path / "copy"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
 
     def absolute(rows):
         for r in rows:
@@ -100,12 +103,12 @@ def test_legacy_absolute_uris_are_rebased_under_dest(small_collection, tmp_path)
     shutil.copytree(dest, copy)
     key = sorted(rows_by_key(copy))[0]
     flip_a_bit(copy / (key + ".pxa"))
-    assert {(p.key, p.problem) for p in engine.verify_local(str(copy), full=True).problems} == {
+    assert {(p.key, p.problem) for p in runs.verify_local(str(copy), full=True).problems} == {
         (key, "hash_mismatch")}
-    assert not engine.verify_local(str(dest), full=True).problems
+    assert not runs.verify_local(str(dest), full=True).problems
     shutil.rmtree(dest)
     out = tmp_path / "out"
-    res = engine.restore_local(str(copy), str(out))
+    res = runs.restore_local(str(copy), str(out))
     assert res.totals.done == 4 and [p.key for p in res.problems] == [key]
 
 
@@ -114,7 +117,7 @@ def test_legacy_absolute_uris_are_rebased_under_dest(small_collection, tmp_path)
 def test_bitstream_paths_outside_dest_are_refused(small_collection, tmp_path, bad):
     dest = tmp_path / "dest"
     outside = tmp_path / "outside.pxa"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     victim = sorted(rows_by_key(dest))[0]
     shutil.copy(dest / (victim + ".pxa"), outside)  # a valid bitstream, but not DEST's
     untouched = outside.read_bytes()
@@ -125,13 +128,13 @@ def test_bitstream_paths_outside_dest_are_refused(small_collection, tmp_path, ba
                 r["bitstream_uri"] = bad.format(outside=outside)
 
     rewrite_manifest(dest, hostile)
-    v = engine.verify_local(str(dest), full=True)
+    v = runs.verify_local(str(dest), full=True)
     assert [(p.key, p.problem) for p in v.problems] == [(victim, "outside_dest")]
     assert "outside DEST" in v.problems[0].detail
-    res = engine.restore_local(str(dest), str(tmp_path / "out"))
+    res = runs.restore_local(str(dest), str(tmp_path / "out"))
     assert [(p.key, p.problem) for p in res.problems] == [(victim, "outside_dest")]
     assert not (tmp_path / "out" / victim).exists()
-    out = recompress.recompress_local(str(dest), policy="default", min_saving=0.0, apply=True)
+    out = runs.recompress_local(str(dest), policy="default", min_saving=0.0, apply=True)
     skipped = {d.key: d for s in out for d in s.decisions if d.action == "skip"}
     assert victim in skipped and "outside DEST" in skipped[victim].reason
     assert outside.read_bytes() == untouched
@@ -158,9 +161,9 @@ def test_second_writer_stops_with_a_message_while_the_first_holds_dest(small_col
         assert res.returncode == 4, res.stdout + res.stderr
         assert "locked by archive (another run)" in res.stderr and "Traceback" not in res.stderr
         with pytest.raises(LockedError, match="--wait"):
-            recompress.recompress_local(str(dest), apply=True)
+            runs.recompress_local(str(dest), apply=True)
     assert not (dest / "manifest").exists()  # the stopped run wrote nothing
-    assert engine.archive_local(str(small_collection), str(dest)).totals.done == 5  # released
+    assert runs.archive_local(str(small_collection), str(dest)).totals.done == 5  # released
 
 
 def test_concurrent_writers_lose_no_rows(small_collection, tmp_path):
@@ -178,7 +181,7 @@ def test_concurrent_writers_lose_no_rows(small_collection, tmp_path):
     assert sorted(done) == [0, 0, 5]  # one run archived everything, the others found it archived
     rows = rows_by_key(dest)
     assert len(rows) == 5 and read_manifest(str(dest)).num_rows == 5
-    check = engine.verify_local(str(dest), full=True)
+    check = runs.verify_local(str(dest), full=True)
     assert check.totals.done == 5 and not check.problems  # lost rows: 0
 
 
@@ -256,22 +259,22 @@ def test_changed_source_gets_a_new_bitstream_and_every_version_stays_restorable(
 
     dest = tmp_path / "dest"
     key = "line/ocal_galicia_01.png"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     v1 = rows_by_key(dest)[key]
     v1_bytes = (small_collection / key).read_bytes()
     time.sleep(0.05)
     between = datetime.now(timezone.utc)
     time.sleep(0.05)
     _rewrite_image(small_collection / key, 90)
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     v2 = rows_by_key(dest)[key]
     assert v2["bitstream_uri"] != v1["bitstream_uri"] and v2["replaces_sha256"] == v1["bitstream_sha256"]
     assert sha256_hex((dest / v1["bitstream_uri"]).read_bytes()) == v1["bitstream_sha256"], "v1 overwritten"
-    assert not engine.verify_local(str(dest), full=True).problems
+    assert not runs.verify_local(str(dest), full=True).problems
 
     def restored(**kw) -> str:
         out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
-        res = engine.restore_local(str(dest), str(out), pattern=key, **kw)
+        res = runs.restore_local(str(dest), str(out), pattern=key, **kw)
         assert res.totals.done == 1 and not res.problems, res.problems
         return probe_and_load((out / key).read_bytes()).pixels_sha256
 
@@ -284,21 +287,21 @@ def test_changed_source_gets_a_new_bitstream_and_every_version_stays_restorable(
     assert dry.paths == [v1["bitstream_uri"]] and (dest / v1["bitstream_uri"]).exists()
     done = prune(str(dest))
     assert done.paths == [v1["bitstream_uri"]] and not (dest / v1["bitstream_uri"]).exists()
-    res = engine.restore_local(str(dest), str(tmp_path / "after-prune"), pattern=key, version=1)
+    res = runs.restore_local(str(dest), str(tmp_path / "after-prune"), pattern=key, version=1)
     assert [p.problem for p in res.problems] == ["missing"]
-    assert not engine.verify_local(str(dest), full=True).problems  # current rows untouched
+    assert not runs.verify_local(str(dest), full=True).problems  # current rows untouched
 
 
 def test_restore_never_overwrites_unless_asked(small_collection, tmp_path):
     dest, out = tmp_path / "dest", tmp_path / "out"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     mine = out / "line/ocal_galicia_01.png"
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"my own file")
-    res = engine.restore_local(str(dest), str(out))
+    res = runs.restore_local(str(dest), str(out))
     assert res.totals.done == 4 and res.skipped == 1 and not res.problems
     assert mine.read_bytes() == b"my own file"
-    res = engine.restore_local(str(dest), str(out), overwrite=True)
+    res = runs.restore_local(str(dest), str(out), overwrite=True)
     assert res.totals.done == 5 and mine.read_bytes() != b"my own file"
 
 
@@ -309,8 +312,8 @@ def test_two_sources_never_restore_to_one_name(tmp_path):
     src.mkdir()
     (src / "x.jpg").write_bytes(encode_bytes(rng_image("RGB", seed=1), "JPEG"))  # restores as PNG: x.jpg.png
     (src / "x.jpg.png").write_bytes(encode_bytes(rng_image("RGB", seed=2), "PNG"))  # restores as itself
-    engine.archive_local(str(src), str(dest), policy="png")
-    res = engine.restore_local(str(dest), str(out))
+    runs.archive_local(str(src), str(dest), policy="png")
+    res = runs.restore_local(str(dest), str(out))
     assert res.totals.done == 2 and not res.problems and res.skipped == 0
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert len(files) == 2 and "x.jpg.png" in files
@@ -330,21 +333,21 @@ def test_key_colliding_with_a_bitstream_path_gets_a_row_and_the_run_goes_on(tmp_
     (src / "a").write_bytes(encode_bytes(rng_image("RGB", seed=1), "PNG"))  # bitstream: a.pxa
     (src / "a.pxa/b.png").write_bytes(encode_bytes(rng_image("RGB", seed=2), "PNG"))  # needs folder a.pxa/
     (src / "c.png").write_bytes(encode_bytes(rng_image("RGB", seed=3), "PNG"))
-    s = engine.archive_local(str(src), str(dest))
+    s = runs.archive_local(str(src), str(dest))
     rows = rows_by_key(dest)
     assert (rows["a.pxa/b.png"]["status"], rows["a.pxa/b.png"]["error"]) == ("rejected", "key_collision")
     assert "a.pxa" in rows["a.pxa/b.png"]["message"]
     assert rows["a"]["status"] == rows["c.png"]["status"] == "done" and s.totals.done == 2
-    assert not engine.verify_local(str(dest), full=True).problems
+    assert not runs.verify_local(str(dest), full=True).problems
 
 
 def test_restore_never_writes_through_a_symlink_leading_outside_out(small_collection, tmp_path):
     dest, out, elsewhere = tmp_path / "dest", tmp_path / "out", tmp_path / "elsewhere"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     out.mkdir()
     elsewhere.mkdir()
     (out / "line").symlink_to(elsewhere, target_is_directory=True)
-    res = engine.restore_local(str(dest), str(out), overwrite=True)
+    res = runs.restore_local(str(dest), str(out), overwrite=True)
     assert [(p.key, p.problem) for p in res.problems] == [("line/ocal_galicia_01.png", "outside_out")]
     assert res.totals.done == 4 and not list(elsewhere.iterdir())
 
@@ -378,12 +381,12 @@ def test_file_swapped_for_a_fifo_after_the_crawl_is_refused_at_read(tmp_path):
 
     os.mkfifo(tmp_path / "p.png")
     code = (
-        "import sys; from pixarc import engine; from pixarc.crawl import ImageRef;"
-        "from pixarc.plugins import default_registry;"
+        "import sys; from pixarc.crawl import ImageRef; from pixarc.intake import intake;"
+        "from pixarc.archive import source_row; from pixarc.plugins import default_registry;"
+        "from pixarc.policy import load_policy;"
         "ref = ImageRef('file://' + sys.argv[1], 'p.png', 10, '');"
-        "cfg = engine.ArchiveConfig(dest=sys.argv[2], run_id='r');"
-        "p = engine.prepare(ref, 0, cfg, engine._policy(None), default_registry());"
-        "print(p.row.status, p.row.error)"
+        "row = source_row(intake(ref, load_policy(None), default_registry()), 'r', 0);"
+        "print(row.status, row.error)"
     )
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png"), str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=60)
@@ -406,7 +409,7 @@ def test_file_over_the_byte_limit_is_refused_from_its_size(tmp_path):
     src.mkdir()
     with open(src / "huge.png", "wb") as f:  # sparse: 64 MiB on paper, nothing on disk
         f.truncate(64 << 20)
-    peak = _peak_bytes(lambda: engine.archive_local(str(src), str(dest), max_bytes=1 << 20))
+    peak = _peak_bytes(lambda: runs.archive_local(str(src), str(dest), max_bytes=1 << 20))
     row = rows_by_key(dest)["huge.png"]
     assert (row["status"], row["error"]) == ("rejected", "too_large") and "1048576" in row["message"]
     assert peak < 8 << 20, f"peak {peak} bytes: the file was read"
@@ -420,7 +423,7 @@ def test_pixel_limit_is_checked_on_a_bounded_prefix(tmp_path):
     with open(src / "bomb.png", "wb") as f:  # a bomb header followed by 48 MiB (sparse)
         f.write(raw_png(50_000, 50_000, 8, 0, b""))
         f.truncate(48 << 20)
-    peak = _peak_bytes(lambda: engine.archive_local(str(src), str(dest)))
+    peak = _peak_bytes(lambda: runs.archive_local(str(src), str(dest)))
     row = rows_by_key(dest)["bomb.png"]
     assert (row["status"], row["error"]) == ("rejected", "too_large")
     assert peak < 16 << 20, f"peak {peak} bytes: the whole object was read before the header check"
@@ -437,12 +440,12 @@ def _damage_part(dest: Path, index: int = 1) -> str:
 
 def test_one_damaged_manifest_part_does_not_block_the_rest(small_collection, tmp_path):
     dest, out = tmp_path / "dest", tmp_path / "out"
-    engine.archive_local(str(small_collection), str(dest), shard_size=2)  # parts of 2, 2 and 1 rows
+    runs.archive_local(str(small_collection), str(dest), shard_size=2)  # parts of 2, 2 and 1 rows
     name = _damage_part(dest, 0)
-    v = engine.verify_local(str(dest), full=True)
+    v = runs.verify_local(str(dest), full=True)
     assert [(p.key, p.problem) for p in v.problems] == [(f"manifest/{name}", "corrupt_manifest_part")]
     assert v.found == v.totals.done == 3  # the other parts' rows are checked and fine
-    res = engine.restore_local(str(dest), str(out))
+    res = runs.restore_local(str(dest), str(out))
     assert res.totals.done == 3 and [p.problem for p in res.problems] == ["corrupt_manifest_part"]
 
 
@@ -450,10 +453,10 @@ def test_damaged_part_and_missing_bitstream_are_repaired(small_collection, tmp_p
     from pixarc.repair import repair
 
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest), shard_size=2)
+    runs.archive_local(str(small_collection), str(dest), shard_size=2)
     before = rows_by_key(dest)
     _damage_part(dest, 0)
-    gone = sorted(r["key"] for r in engine.current_rows(str(dest)))[-1]  # in an intact part: bitstream deleted
+    gone = sorted(r.key for r in current_rows(str(dest)))[-1]  # in an intact part: bitstream deleted
     (dest / before[gone]["bitstream_uri"]).unlink()
     r = repair(str(dest))
     assert r.parts_rebuilt == 1 and r.rows_rebuilt == 2 and r.reencoded == [gone] and not r.unrepairable
@@ -462,16 +465,16 @@ def test_damaged_part_and_missing_bitstream_are_repaired(small_collection, tmp_p
     for key, row in after.items():
         assert row["status"] == "done" and row["pixels_sha256"] == before[key]["pixels_sha256"], key
         assert row["source_sha256"] == before[key]["source_sha256"] and row["codec_id"] == before[key]["codec_id"]
-    check = engine.verify_local(str(dest), full=True)
+    check = runs.verify_local(str(dest), full=True)
     assert check.totals.done == 5 and not check.problems, check.problems
-    assert engine.restore_local(str(dest), str(tmp_path / "out")).totals.done == 5
+    assert runs.restore_local(str(dest), str(tmp_path / "out")).totals.done == 5
 
 
 def test_repair_refuses_a_source_that_no_longer_matches(small_collection, tmp_path):
     from pixarc.repair import repair
 
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     key = "line/ocal_galicia_01.png"
     flip_a_bit(dest / (key + ".pxa"))
     _rewrite_image(small_collection / key, 90)
@@ -484,11 +487,11 @@ def test_missing_plugin_is_named_with_its_distribution_not_corruption(small_coll
     from pixarc.plugins import build_plugin_manager
 
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     monkeypatch.setenv("PIXARC_PLUGINS", "webp,store,stats_classifier,default_router")  # png not installed
     reg = build_plugin_manager()
-    monkeypatch.setattr(engine, "default_registry", lambda: reg)
-    v = engine.verify_local(str(dest), full=True)
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    v = runs.verify_local(str(dest), full=True)
     assert len(v.problems) == 5 and {p.problem for p in v.problems} == {"missing_plugin"}
     assert "codec 'png'" in v.problems[0].detail and "pip install pixarc" in v.problems[0].detail
     from pixarc.cli import _problems_exit
@@ -510,7 +513,7 @@ def test_disk_full_and_permission_denied_are_one_line_and_exit_4(small_collectio
         code = getattr(errno, errno_name)
         raise OSError(code, os.strerror(code), path)
 
-    monkeypatch.setattr(engine, "write_new", refuse)
+    monkeypatch.setattr(layout, "write_new", refuse)
     res = CliRunner().invoke(main, ["archive", str(small_collection), str(tmp_path / "d"), "--engine", "local",
                                     "--no-progress"])
     assert res.exit_code == 4, res.output
@@ -581,10 +584,10 @@ class _GPUPlugin:
             def decode(self, payload, device="cpu"):
                 from PIL import Image
 
-                plugin.decoded_on.append(device)
+                plugin.decoded_on.append(str(device))  # a Device value; str: cpu, cuda, cuda:N
                 mode, w, h, raw = payload.split(b"|", 3)
                 raw = bytearray(raw)
-                if device == "cpu" and plugin.cpu_differs:
+                if not device.is_gpu and plugin.cpu_differs:
                     raw[0] ^= 1
                 return Decoded(image=Image.frombytes(mode.decode(), (int(w), int(h)), bytes(raw)))
 
@@ -607,14 +610,14 @@ def test_gpu_encoded_bitstream_is_decode_checked_on_the_cpu_path_restore_uses(mo
     src = probe_and_load(encode_bytes(rng_image("RGB"), "PNG"))
     route = Route("test", True, (Candidate("fake-gpu"), Candidate("png")))
 
-    chosen, attempts = engine.encode_route(src, route, reg, "cuda")
+    chosen, attempts = encode_route(src, route, reg, "cuda")
     assert chosen.codec.codec_id == "fake-gpu" and "cpu" in plugin.decoded_on and "cuda" in plugin.decoded_on
 
     plugin.cpu_differs, plugin.decoded_on[:] = True, []
-    chosen, attempts = engine.encode_route(src, route, reg, "cuda")
+    chosen, attempts = encode_route(src, route, reg, "cuda")
     assert chosen.codec.codec_id == "png", attempts  # the GPU bitstream failed its CPU check: fallback
-    assert attempts[0]["codec"] == "fake-gpu" and attempts[0]["result"] == "failed"
-    assert "CPU decode restore uses fails" in attempts[0]["reason"]
+    assert attempts[0].codec == "fake-gpu" and attempts[0].result == "failed"
+    assert "CPU decode restore uses fails" in attempts[0].reason
 
 
 def test_verify_sources_does_not_block_on_an_original_replaced_by_a_fifo(small_collection, tmp_path):
@@ -623,11 +626,11 @@ def test_verify_sources_does_not_block_on_an_original_replaced_by_a_fifo(small_c
     import sys
 
     dest = tmp_path / "dest"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     victim = small_collection / "line/ocal_galicia_01.png"
     victim.unlink()
     os.mkfifo(victim)
-    code = ("import sys; from pixarc import engine;"
-            "print([(p.key, p.problem) for p in engine.verify_local(sys.argv[1], sources=True).problems])")
+    code = ("import sys; from pixarc import runs;"
+            "print([(p.key, p.problem) for p in runs.verify_local(sys.argv[1], sources=True).problems])")
     res = subprocess.run([sys.executable, "-c", code, str(dest)], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "[('line/ocal_galicia_01.png', 'source_unreadable')]", res.stdout + res.stderr

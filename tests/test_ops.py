@@ -17,7 +17,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import rng_image
-from pixarc import engine, runs
+from pixarc import runs
+from pixarc.archive import ArchiveJob
+from pixarc.plan import load_shard
+from pixarc.state import current_rows
 from pixarc.cli import main
 from pixarc.manifest import latest, read_manifest
 
@@ -76,16 +79,16 @@ def test_profile_with_an_api_url_counts_as_configured(tmp_path, monkeypatch):
 
 def test_two_workers_on_forty_images_use_two_workers(forty, tmp_path, monkeypatch):
     seen: dict[int, tuple[str, float, float]] = {}
-    real = engine.archive_shard
+    real = ArchiveJob.run_shard
 
-    def spy(shard, cfg, registry=None):
+    def spy(job, shard, registry=None):
         t0 = time.perf_counter()
         time.sleep(0.2)  # long enough that two workers overlap
-        out = real(shard, cfg, registry)
+        out = real(job, shard, registry)
         seen[shard.index] = (threading.current_thread().name, t0, time.perf_counter())
         return out
 
-    monkeypatch.setattr(engine, "archive_shard", spy)
+    monkeypatch.setattr(ArchiveJob, "run_shard", spy)
     doc = jdoc("archive", str(forty), str(tmp_path / "d"), "--workers", "2", "--json")
     assert doc["shards"] == 2 and doc["totals"]["done"] == 40
     assert len({name for name, _, _ in seen.values()}) == 2  # two threads
@@ -94,14 +97,14 @@ def test_two_workers_on_forty_images_use_two_workers(forty, tmp_path, monkeypatc
 
 
 def test_spread_recuts_a_small_plan_evenly(forty, tmp_path):
-    plan = engine.plan_archive(str(forty), str(tmp_path / "d"), "r1", shard_size=256)
+    plan = ArchiveJob(str(forty), str(tmp_path / "d"), "r1", shard_size=256).plan()
     assert [s.count for s in plan.shards] == [40]
-    planned = sorted(item["key"] for item in engine.load_shard(plan.shards[0]))
+    planned = sorted(item["key"] for item in load_shard(plan.shards[0]))
     shards = runs.spread(str(tmp_path / "d"), "archive", "r1", plan.shards, 3)
     assert [s.count for s in shards] == [14, 14, 12]
-    keys = [item["key"] for s in shards for item in engine.load_shard(s)]
+    keys = [item["key"] for s in shards for item in load_shard(s)]
     assert sorted(keys) == planned and len(set(keys)) == 40
-    big = engine.plan_archive(str(forty), str(tmp_path / "e"), "r2", shard_size=8)
+    big = ArchiveJob(str(forty), str(tmp_path / "e"), "r2", shard_size=8).plan()
     assert runs.spread(str(tmp_path / "e"), "archive", "r2", big.shards, 2) == big.shards  # enough shards already
 
 
@@ -325,8 +328,8 @@ def test_plot_bars_follow_the_table(small_collection, tmp_path):
     from pixarc.report import group_label, saved_bars, summarise
 
     dest = tmp_path / "d"
-    engine.archive_local(str(small_collection), str(dest), policy="lossy")
-    rows = engine.current_rows(str(dest), status=None)
+    runs.archive_local(str(small_collection), str(dest), policy="lossy")
+    rows = current_rows(str(dest), status=None)
     groups, _ = summarise(rows)
     bars = saved_bars(rows)
     assert [label for label, _ in bars] == [group_label(g) for g in groups]  # same labels, same order
@@ -343,21 +346,21 @@ def test_lossy_policy_never_stores_bigger_than_the_lossless_default(examples_dir
               "vector/ocal_hot_dog_juliane_krug_r.png", "screenshot/gimp_css-keywords.png"]:
         (src / p).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(examples_dir / p, src / p)
-    engine.archive_local(str(src), str(tmp_path / "lossy"), policy="lossy")
-    engine.archive_local(str(src), str(tmp_path / "default"), policy="default")
-    lossy = {r["key"]: r for r in engine.current_rows(str(tmp_path / "lossy"))}
-    default = {r["key"]: r for r in engine.current_rows(str(tmp_path / "default"))}
-    lossless = [k for k, r in lossy.items() if r["lossless"]]
-    assert any(lossy[k]["route"] == "unknown" for k in lossless)
+    runs.archive_local(str(src), str(tmp_path / "lossy"), policy="lossy")
+    runs.archive_local(str(src), str(tmp_path / "default"), policy="default")
+    lossy = {r.key: r for r in current_rows(str(tmp_path / "lossy"))}
+    default = {r.key: r for r in current_rows(str(tmp_path / "default"))}
+    lossless = [k for k, r in lossy.items() if r.lossless]
+    assert any(lossy[k].route == "unknown" for k in lossless)
     for k in lossless:
-        assert lossy[k]["bitstream_bytes"] <= default[k]["bitstream_bytes"], (k, lossy[k]["codec_id"])
-        assert lossy[k]["bitstream_bytes"] <= lossy[k]["source_bytes"] or lossy[k]["codec_id"] == "store"
+        assert lossy[k].bitstream_bytes <= default[k].bitstream_bytes, (k, lossy[k].codec_id)
+        assert lossy[k].bitstream_bytes <= lossy[k].source_bytes or lossy[k].codec_id == "store"
 
 
 def test_export_bagit_is_a_valid_bag(small_collection, tmp_path):
     bagit = pytest.importorskip("bagit")
     dest, out = tmp_path / "d", tmp_path / "bag"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     doc = jdoc("export-bagit", str(dest), str(out), "--json")
     assert doc["ok"] and doc["images"] == 5
     bag = bagit.Bag(str(out))
@@ -374,7 +377,7 @@ def test_export_bagit_is_a_valid_bag(small_collection, tmp_path):
 
 def test_export_bagit_makes_no_bag_when_restore_finds_problems(small_collection, tmp_path):
     dest, out = tmp_path / "d", tmp_path / "bag"
-    engine.archive_local(str(small_collection), str(dest))
+    runs.archive_local(str(small_collection), str(dest))
     victim = next(dest.rglob("*.pxa"))
     victim.write_bytes(victim.read_bytes()[:-3] + b"abc")
     text = invoke("export-bagit", str(dest), str(out), code=3)  # exit 3: the archive is damaged

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import encode_bytes, rng_image
-from pixarc import engine, hookspecs
+from pixarc import plugins
+from pixarc import hookspecs, runs
 from pixarc.classify import Classification, Classifier
 from pixarc.codec import Codec, Decoded, Param
 from pixarc.errors import PluginError
@@ -28,7 +29,8 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 
 
 def test_hooks_are_the_documented_set():
-    assert sorted(HOOKS) == sorted(["register_codecs", "register_classifiers", "route", "manifest_columns", "report_sections"])
+    assert sorted(HOOKS) == sorted(["register_codecs", "register_classifiers", "route", "manifest_columns",
+                                    "manifest_values", "report_sections"])
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -83,6 +85,10 @@ def third_party_plugin():
         return {"test_flag": pa.string()}
 
     @hookimpl
+    def manifest_values(row):
+        return {"test_flag": f"{row.status}:{row.codec_id}", "not_declared": 1}  # the second is ignored
+
+    @hookimpl
     def report_sections(rows):
         return [("Test", f"{rows.num_rows} rows")]
 
@@ -93,6 +99,7 @@ def third_party_plugin():
     mod.register_codecs, mod.route, mod.manifest_columns, mod.report_sections, mod.register_classifiers = (
         register_codecs, route, manifest_columns, report_sections, register_classifiers,
     )
+    mod.manifest_values = manifest_values
     return mod
 
 
@@ -110,14 +117,20 @@ def test_third_party_codec_route_and_columns(tmp_path, monkeypatch, allow_testpl
     src.mkdir()
     (src / "narrow.png").write_bytes(encode_bytes(rng_image("RGB", (13, 9)), "PNG"))
     (src / "wide.png").write_bytes(encode_bytes(rng_image("RGB", (30, 9)), "PNG"))
-    monkeypatch.setattr(engine, "default_registry", lambda: reg)
-    engine.archive_local(str(src), str(dest))
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    runs.archive_local(str(src), str(dest))
     table = read_manifest(str(dest))
     rows = {r["key"]: r for r in latest(table).to_pylist()}
     assert rows["narrow.png"]["codec_id"] == "test-reverse" and rows["narrow.png"]["route"] == "custom"
     assert rows["wide.png"]["codec_id"] != "test-reverse"  # the built-in router answered
-    assert "test_flag" in table.column_names
+    assert "test_flag" in table.column_names and "not_declared" not in table.column_names
+    assert {k: r["test_flag"] for k, r in rows.items()} == {"narrow.png": "done:test-reverse",
+                                                          "wide.png": f"done:{rows['wide.png']['codec_id']}"}
     assert reg.pm.hook.report_sections(rows=table) == [[("Test", "2 rows")]]
+    # recompress fills them too, in its own rows
+    runs.recompress_local(str(dest), policy="png", min_saving=0.0, apply=True)
+    new = [r for r in read_manifest(str(dest)).to_pylist() if r["job"] == "recompress"]
+    assert new and all(r["test_flag"] == f"done:{r['codec_id']}" for r in new)
 
 
 def test_third_party_classifier_named_by_policy(tmp_path, monkeypatch, allow_testplug):
@@ -129,8 +142,8 @@ def test_third_party_classifier_named_by_policy(tmp_path, monkeypatch, allow_tes
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.png").write_bytes(encode_bytes(rng_image("RGB", (30, 9)), "PNG"))
-    monkeypatch.setattr(engine, "default_registry", lambda: reg)
-    engine.archive_local(str(src), str(tmp_path / "d"), policy=str(policy))
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    runs.archive_local(str(src), str(tmp_path / "d"), policy=str(policy))
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
     assert (row["domain"], row["classifier_id"], row["codec_id"]) == ("vector", "always-vector", "webp-lossless")
 

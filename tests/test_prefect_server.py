@@ -168,12 +168,12 @@ def test_serve_refuses_a_dest_claimed_by_another_source_at_start(small_collectio
     """The claim is checked when serve starts (before Prefect), not at the first run."""
     from click.testing import CliRunner
 
-    from pixarc import engine
     from pixarc.cli import main
+    from pixarc.layout import claim_dest
 
     other = tmp_path / "other"
     other.mkdir()
-    engine._claim_dest(str(other), str(tmp_path / "dest"))
+    claim_dest(str(other), str(tmp_path / "dest"))
     res = CliRunner().invoke(main, ["serve", str(tmp_path / "dest"), "--src", str(small_collection),
                                     "--verify-cron", ""])
     assert res.exit_code == 2 and "already archives" in res.output

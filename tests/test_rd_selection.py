@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixarc import engine
+from pixarc import plugins, runs
+from pixarc import device as devices
 from pixarc.manifest import latest, read_manifest
+from pixarc.manifest import row_from_record
 from pixarc.report import rd_summary
 
 CODECS = ["webp", "jpeg", "jxl"]
@@ -34,7 +36,7 @@ def archive(images, tmp_path, selection, target):
     p.write_text(f'selection = "{selection}"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
                  f'codecs = {json.dumps(CODECS)}\n{target}\n')
     dest = tmp_path / f"d-{selection}-{abs(hash(target))}"
-    engine.archive_local(str(images), str(dest), policy=str(p))
+    runs.archive_local(str(images), str(dest), policy=str(p))
     return latest(read_manifest(str(dest))).to_pylist()
 
 
@@ -52,7 +54,7 @@ def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tm
         assert reaching and all(a["met"] == (a.get("psnr", math.inf) >= 33.0) for a in tried)
         assert r["bitstream_bytes"] == min(a["bytes"] for a in reaching)
         assert r["psnr"] >= 33.0
-    (s,) = rd_summary(rows)  # one route
+    (s,) = rd_summary([row_from_record(r) for r in rows])  # one route
     assert s.route == "unknown" and s.images == 3 and sum(s.wins.values()) == 3
     assert s.kept_bytes == sum(r["bitstream_bytes"] for r in rows)
     assert s.best_bytes == min(sum(a["bytes"] for r in rows for a in verified(r) if a["codec"] == c)
@@ -104,7 +106,7 @@ def test_rd_summary_is_per_route_and_skips_codecs_that_missed_the_target():
         row("line", "webp-lossless", 10, [{"codec": "webp-lossless", "result": "verified", "bytes": 10},
                                           {"codec": "png", "result": "verified", "bytes": 12}], lossless=True),
     ]
-    line, natural = rd_summary(rows)
+    line, natural = rd_summary([row_from_record(r) for r in rows])
     assert (natural.route, natural.wins, natural.kept_bytes) == ("natural", {"avif": 1, "webp": 1}, 220)
     assert (natural.best_codec, natural.best_bytes) == ("avif", 230)  # adaptive is smaller but missed 36 dB
     assert abs(natural.saved - (1 - 220 / 230)) < 1e-12
@@ -147,12 +149,12 @@ def test_gpu_batches_skip_candidates_that_are_rate_searched(images, tmp_path, mo
     mod.register_codecs = hookimpl(lambda register: register(FakeLossyGPU))
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",lossygpu")
     reg = build_plugin_manager({"lossygpu": mod})
-    monkeypatch.setattr(engine, "default_registry", lambda: reg)
-    monkeypatch.setattr(engine, "gpu_count", lambda: 1)
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    monkeypatch.setattr(devices, "gpu_count", lambda: 1)
     p = tmp_path / "p.toml"
     p.write_text('selection = "rd"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
                  'codecs = ["test-lossygpu", "webp"]\ntarget_psnr = 30.0\n')
-    engine.archive_local(str(images), str(tmp_path / "d"), policy=str(p))
+    runs.archive_local(str(images), str(tmp_path / "d"), policy=str(p))
     rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
     assert all(any(a["codec"] == "test-lossygpu" and a["result"] == "target" for a in json.loads(r["attempts"]))

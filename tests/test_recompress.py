@@ -1,6 +1,6 @@
 import pytest
 
-from pixarc import engine, recompress
+from pixarc import recompress, runs
 from pixarc.manifest import latest, read_manifest
 
 
@@ -10,9 +10,9 @@ def current(dest):
 
 def test_plan_then_apply_policy_change(small_collection, tmp_path):
     dest = tmp_path / "d"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     before = current(dest)
-    plan = recompress.recompress_local(str(dest), policy="default", min_saving=0.05)
+    plan = runs.recompress_local(str(dest), policy="default", min_saving=0.05)
     decisions = {d.key: d for s in plan for d in s.decisions}
     assert len(decisions) == 5
     todo = {k for k, d in decisions.items() if d.action == "recompress"}
@@ -20,7 +20,7 @@ def test_plan_then_apply_policy_change(small_collection, tmp_path):
     assert all(decisions[k].saving >= 0.05 and decisions[k].new_codec != "png" for k in todo)
     assert current(dest) == before, "a plan writes nothing"
 
-    applied = recompress.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
+    applied = runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
     assert sum(s.applied for s in applied) == len(todo)
     after = current(dest)
     for key in todo:
@@ -28,10 +28,10 @@ def test_plan_then_apply_policy_change(small_collection, tmp_path):
         assert after[key]["replaces_sha256"] == before[key]["bitstream_sha256"]
         assert after[key]["pixels_sha256"] == before[key]["pixels_sha256"]
         assert after[key]["bitstream_bytes"] < before[key]["bitstream_bytes"]
-    assert engine.verify_local(str(dest), full=True).totals.done == 5
+    assert runs.verify_local(str(dest), full=True).totals.done == 5
     # history keeps the old rows: lineage is complete
     assert read_manifest(str(dest)).num_rows == 5 + len(todo)
-    again = recompress.recompress_local(str(dest), policy="default", min_saving=0.05)
+    again = runs.recompress_local(str(dest), policy="default", min_saving=0.05)
     assert not [d for s in again for d in s.decisions if d.action == "recompress"]
 
 
@@ -39,27 +39,27 @@ def test_outdated_codec_version_is_refreshed_without_the_originals(small_collect
     import shutil
 
     dest = tmp_path / "d"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     shutil.rmtree(small_collection)  # lossless rows recompress from the archive itself
     from pixarc_png import PNGCodec
 
     monkeypatch.setattr(PNGCodec, "version", lambda self: "Pillow 99 (new)")
-    out = recompress.recompress_local(str(dest), policy="png", apply=True)
+    out = runs.recompress_local(str(dest), policy="png", apply=True)
     decisions = [d for s in out for d in s.decisions]
     assert {d.action for d in decisions} == {"recompress"} and all("outdated" in d.reason for d in decisions)
     assert all(r["codec_version"] == "Pillow 99 (new)" for r in current(dest).values())
-    restored = engine.restore_local(str(dest), str(tmp_path / "out"))
+    restored = runs.restore_local(str(dest), str(tmp_path / "out"))
     assert restored.totals.done == 5 and not restored.problems
 
 
 def test_lossy_rows_need_their_original(small_collection, tmp_path):
     dest = tmp_path / "d"
-    engine.archive_local(str(small_collection), str(dest), policy="lossy")
+    runs.archive_local(str(small_collection), str(dest), policy="lossy")
     lossy = [r for r in current(dest).values() if not r["lossless"]]
     assert lossy, "the lossy policy must produce some lossy rows here"
     for r in lossy:
         (small_collection / r["key"]).write_bytes(b"changed")
-    out = recompress.recompress_local(str(dest), policy="default", min_saving=0.0)
+    out = runs.recompress_local(str(dest), policy="default", min_saving=0.0)
     skipped = {d.key: d for s in out for d in s.decisions if d.action == "skip"}
     assert {r["key"] for r in lossy} <= set(skipped)
     assert all("original" in skipped[r["key"]].reason for r in lossy)
@@ -71,7 +71,7 @@ def test_recompress_flow_and_deployments(small_collection, tmp_path):
     from pixarc.flows.recompress import recompress_flow
 
     dest = tmp_path / "d"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     res = recompress_flow(dest=str(dest), policy="default", min_saving=0.05, apply=True)
     assert sum(s.applied for s in res) >= 1
     deps = build_deployments(str(dest), src=str(small_collection), archive_cron="0 * * * *",
@@ -86,7 +86,7 @@ def test_recompress_flow_and_deployments(small_collection, tmp_path):
 
 def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection, tmp_path, monkeypatch):
     dest = tmp_path / "d"
-    engine.archive_local(str(small_collection), str(dest), policy="png")
+    runs.archive_local(str(small_collection), str(dest), policy="png")
     before = current(dest)
 
     def dies(*a, **kw):
@@ -94,18 +94,18 @@ def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection
 
     monkeypatch.setattr(recompress, "write_part", dies)
     with pytest.raises(KeyboardInterrupt):
-        recompress.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
+        runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
     assert current(dest) == before
-    check = engine.verify_local(str(dest), full=True)
+    check = runs.verify_local(str(dest), full=True)
     assert check.totals.done == 5 and not check.problems  # every current row's bitstream is intact
     monkeypatch.undo()
-    done = recompress.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
+    done = runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
     assert sum(s.applied for s in done) >= 1
     after = current(dest)
     for key, r in after.items():
         if r["job"] == "recompress":
             assert r["bitstream_uri"] != before[key]["bitstream_uri"]
             assert not (dest / (key + ".pxa")).exists(), "the replaced bitstream is removed after the commit"
-    assert not engine.verify_local(str(dest), full=True).problems
-    restored = engine.restore_local(str(dest), str(tmp_path / "out"))
+    assert not runs.verify_local(str(dest), full=True).problems
+    restored = runs.restore_local(str(dest), str(tmp_path / "out"))
     assert restored.totals.done == 5 and not restored.problems

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import encode_bytes, rng_image
 from pixarc.container import Container, pack, unpack
-from pixarc.engine import decode_container
+from pixarc.checks import decode_container
 from pixarc.errors import ContainerError, PixarcError
 from pixarc.images import probe_and_load
 from pixarc.plugins import default_registry
@@ -21,12 +21,12 @@ PIXEL_CODECS = [c for c in sorted(REG.codecs) if c != "store"]
 
 def archived(codec_id: str, mode: str = "RGB") -> tuple[bytes, Container]:
     """A real container as the archive job writes it (lossy ones with their recorded hash)."""
-    from pixarc.engine import _encode_verified
-    from pixarc.policy import Route
+    from pixarc.device import CPU
+    from pixarc.encode import encode_verified
 
     codec = REG.codec(codec_id)
     src = probe_and_load(encode_bytes(rng_image(mode, (40, 24)), "PNG"))
-    enc = _encode_verified(codec, codec.validate_params({}), src, Route("test", codec.lossless, ()), "cpu")
+    enc = encode_verified(codec, codec.validate_params({}), src, "test", CPU)
     return enc.blob, unpack(enc.blob)
 
 
@@ -79,7 +79,7 @@ def test_decode_in_a_fresh_process_matches(codec_id, tmp_path):
     path = tmp_path / "x.pxa"
     path.write_bytes(blob)
     code = (
-        "import json,sys; from pixarc.engine import decode_container; from pixarc.images import pixels_sha256;"
+        "import json,sys; from pixarc.checks import decode_container; from pixarc.images import pixels_sha256;"
         "from pixarc.plugins import default_registry;"
         "c,d=decode_container(open(sys.argv[1],'rb').read(), default_registry(), 'cpu');"
         "print(json.dumps({'sha': pixels_sha256(d.image)}))"
@@ -91,12 +91,12 @@ def test_decode_in_a_fresh_process_matches(codec_id, tmp_path):
 
 
 def test_store_of_a_bomb_source_is_rejected_before_store(tmp_path):
-    from pixarc import engine
+    from pixarc import runs
     from pixarc.manifest import latest, read_manifest
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src/bomb.png").write_bytes(raw_png(60_000, 60_000, 8, 2, b""))
-    engine.archive_local(str(tmp_path / "src"), str(tmp_path / "d"))
+    runs.archive_local(str(tmp_path / "src"), str(tmp_path / "d"))
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
     assert row["status"] == "rejected" and row["error"] == "too_large" and row["codec_id"] == ""
     assert not list((tmp_path / "d").glob("*.pxa"))

@@ -71,7 +71,7 @@ def test_missing_policy_file():
 
 
 def test_smallest_selection_keeps_the_smallest_verified(small_collection, tmp_path):
-    from pixarc import engine
+    from pixarc import runs
     from pixarc.manifest import latest, read_manifest
     import json
 
@@ -79,32 +79,33 @@ def test_smallest_selection_keeps_the_smallest_verified(small_collection, tmp_pa
     p.write_text('selection = "smallest"\nmin_confidence = 0.0\n[routes.unknown]\ncodecs = ["png", "webp-lossless"]\n'
                  + "".join(f'[routes.{d}]\ncodecs = ["png", "webp-lossless"]\n'
                            for d in ("natural", "comic", "line", "vector", "screenshot")))
-    engine.archive_local(str(small_collection), str(tmp_path / "d"), policy=str(p))
+    runs.archive_local(str(small_collection), str(tmp_path / "d"), policy=str(p))
     for r in latest(read_manifest(str(tmp_path / "d"))).to_pylist():
         tried = {a["codec"]: a["bytes"] for a in json.loads(r["attempts"]) if a["result"] == "verified"}
         # store (the original file) is a candidate too: with "smallest" it wins when the
         # source is already smaller than any re-encode
         assert set(tried) == {"png", "webp-lossless", "store"}, r["key"]
         assert r["bitstream_bytes"] == min(tried.values())
+    from pixarc.manifest import rows_from_table
     from pixarc.report import best_of_savings
 
-    rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
+    rows = rows_from_table(latest(read_manifest(str(tmp_path / "d"))))  # typed, as the report reads them
     best = {codec: (n, alone, kept) for codec, n, alone, kept in best_of_savings(rows)}
     assert set(best) == {"png", "webp-lossless", "store"}
     for codec, (n, alone, kept) in best.items():
-        assert n == 5 and kept == sum(r["bitstream_bytes"] for r in rows) and alone >= kept
+        assert n == 5 and kept == sum(r.bitstream_bytes for r in rows) and alone >= kept
 
 
 @pytest.mark.parametrize("kind, goal", [("psnr", 36.0), ("bpp", 1.0)])
 def test_target_modes_search_the_rate_point(small_collection, tmp_path, kind, goal):
     import json
 
-    from pixarc import engine
+    from pixarc import runs
     from pixarc.manifest import latest, read_manifest
 
     p = tmp_path / "t.toml"
     p.write_text(f'min_confidence = 1.1\n[routes.unknown]\nlossless = false\ncodecs = ["webp"]\ntarget_{kind} = {goal}\n')
-    engine.archive_local(str(small_collection), str(tmp_path / "d"), policy=str(p))
+    runs.archive_local(str(small_collection), str(tmp_path / "d"), policy=str(p))
     rows = latest(read_manifest(str(tmp_path / "d"))).to_pylist()
     for r in rows:
         q = json.loads(r["params"])["quality"]
