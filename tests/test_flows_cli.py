@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import types
 import typing
 
 import pytest
@@ -112,8 +113,11 @@ def test_tasks_take_only_small_records():
         for name, hint in typing.get_type_hints(job).items():
             if name in ("name", "writes"):
                 continue  # class constants
-            kinds = set(typing.get_args(hint)) or {hint}
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            kinds = set(typing.get_args(hint)) if union else {hint}
             assert {typing.get_origin(k) or k for k in kinds} <= small, (job.__name__, name, hint)
+            if typing.get_origin(hint) is tuple:
+                assert set(typing.get_args(hint)) <= {str, ...}, (job.__name__, name, hint)
 
 
 def test_local_engine_cli_and_report(runner, small_collection, tmp_path):
