@@ -29,6 +29,7 @@ LearnedCodec``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -181,6 +182,20 @@ class LearnedCodec(Codec):
                         raise CodecError(str(exc)) from None
                     self._models[key] = self.build_model(weights, state).eval().requires_grad_(False)
             return self._models[key]
+
+    # ------------------------------------------------------------------ decoding
+
+    @contextlib.contextmanager
+    def refusing(self, what: str):
+        """Any failure inside becomes ``CodecError("<codec>: <what> (<type>: <message>)")``: a
+        corrupt or forged payload (truncated sections, rANS on junk, shape mismatches) must
+        come out as a typed refusal, never as a crash."""
+        try:
+            yield
+        except CodecError:
+            raise
+        except Exception as exc:
+            raise CodecError(f"{self.codec_id}: {what} ({type(exc).__name__}: {exc})") from None
 
     # ------------------------------------------------------------------ batches
 

@@ -208,3 +208,13 @@ def test_the_learned_plugins_take_typed_lists():
         encode = decode = None
 
     assert Plain().validate_params({"level": "4"}) == {"level": 4}
+
+
+def test_refusing_turns_decoder_failures_into_codec_errors(toy):
+    codec, _, _ = toy
+    with pytest.raises(CodecError, match=r"^toy-learned: malformed payload \(ValueError: trailing bytes\)$"):
+        with codec.refusing("malformed payload"):
+            raise ValueError("trailing bytes")
+    with pytest.raises(CodecError, match="^already typed$"):  # a CodecError passes unchanged
+        with codec.refusing("cannot decode"):
+            raise CodecError("already typed")

@@ -240,25 +240,19 @@ class AdaptiveCodec(LearnedCodec):
     # ------------------------------------------------------------------ decode
 
     def decode(self, payload, device=CPU):
-        try:
+        with self.refusing("malformed payload"):
             quality, permille, w, h, zr, zc = _HEAD.unpack_from(payload, 0)
             blobs, pos = unpack_sections(payload, _HEAD.size, 3)
             (n_sym,) = struct.unpack_from(">I", payload, pos)
             if pos + 4 != len(payload):
                 raise ValueError("trailing bytes")
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
         if not (1 <= permille <= 1000 and 0 < w <= 1 << 16 and 0 < h <= 1 << 16 and 0 < zr <= 4096 and 0 < zc <= 4096):
             raise CodecError(f"{self.codec_id}: implausible header values")
         ck = self._checkpoint(quality)
         if n_sym not in (0, 2 * 2 * self.model(ck).g_s[-1].in_channels):
             raise CodecError(f"{self.codec_id}: adapter of {n_sym} values does not fit this model")
-        try:
+        with self.refusing("cannot decode"):  # rANS on corrupt strings, shape mismatches...
             return self._decode(ck, permille, w, h, (zr, zc), blobs, n_sym, device)
-        except CodecError:
-            raise
-        except Exception as exc:  # rANS on corrupt strings, shape mismatches...
-            raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
 
     def _decode(self, ck, permille, w, h, z_shape, blobs, n_sym, device) -> Decoded:
         import torch

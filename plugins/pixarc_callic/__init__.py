@@ -157,25 +157,19 @@ class CallicCodec(LearnedCodec):
                                                                                  _digest(pixels))
 
     def decode(self, payload, device=CPU):
-        try:
+        with self.refusing("malformed payload"):
             channels, patch, w, h = _HEAD.unpack_from(payload, 0)
             (increments, stream, digest), pos = unpack_sections(payload, _HEAD.size, 3)
             if pos != len(payload):
                 raise ValueError("trailing bytes")
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"callic: malformed payload ({exc})") from None
         from pixarc.images import DEFAULT_MAX_PIXELS
 
         if channels not in (1, 3) or not 16 <= patch <= 128 or not (0 < w <= self.max_side and 0 < h <= self.max_side):
             raise CodecError("callic: inconsistent header")
         if w * h > DEFAULT_MAX_PIXELS:  # a forged header must not buy hours of decoding
             raise CodecError(f"callic: payload claims {w}x{h} pixels, refused")
-        try:
+        with self.refusing("cannot decode"):
             pixels = self._decode(channels, patch, w, h, increments, stream)
-        except CodecError:
-            raise
-        except Exception as exc:
-            raise CodecError(f"callic: cannot decode ({type(exc).__name__}: {exc})") from None
         if _digest(pixels) != digest:
             raise CodecError("callic: decoded pixels do not match the stored digest (corrupt stream or "
                              "a platform whose float network outputs differ from the encoder's)")

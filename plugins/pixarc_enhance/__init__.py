@@ -244,25 +244,19 @@ class EnhancedCodec(LearnedCodec):
             base_im, base_fp = self._base_decode(payload[1:], device)
             h = hashlib.sha256(b"\0" + (base_fp.encode() if base_fp else base_im.tobytes()))
             return Decoded(image=base_im, fingerprint=h.hexdigest())
-        try:
+        with self.refusing("malformed payload"):
             flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
             pos = _HEAD.size + SHA_PREFIX
             tag = payload[_HEAD.size : pos]
             (base_payload,), pos = unpack_sections(payload, pos, 1)
             coded = payload[pos:]
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
         if flags & 1 == 0 or mode not in (0, 1, 2) or cond_pm > 1000 or (mode == 0 and coded):
             raise CodecError(f"{self.codec_id}: implausible header values")
         base_im, base_fp = self._base_decode(base_payload, device)
         h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
         h.update(base_fp.encode() if base_fp else base_im.tobytes())
-        try:
+        with self.refusing("cannot decode"):  # rANS on corrupt bytes, shape mismatches...
             return self._filtered(base_im, tag, mode, cond_pm, flags >> 1, coded, h)
-        except CodecError:
-            raise
-        except Exception as exc:  # rANS on corrupt bytes, shape mismatches...
-            raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
 
     def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h) -> Decoded:
         import numpy as np

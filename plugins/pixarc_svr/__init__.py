@@ -125,21 +125,15 @@ class SVRCodec(LearnedCodec):
         return _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
 
     def decode(self, payload, device=CPU):
-        try:
+        with self.refusing("malformed payload"):
             m, w, h, u, v = _HEAD.unpack_from(payload, 0)
             streams, pos = unpack_sections(payload, _HEAD.size, 3)
             if pos != len(payload):
                 raise ValueError("trailing bytes")
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"svr: malformed payload ({exc})") from None
         if not (1 <= m <= 4 and 0 < w and 0 < h and u == (h + 7) // 8 and v == (w + 7) // 8):
             raise CodecError("svr: inconsistent header")
-        try:
+        with self.refusing("cannot decode"):
             return self._decode(m, w, h, u, v, streams, device)
-        except CodecError:
-            raise
-        except Exception as exc:
-            raise CodecError(f"svr: cannot decode ({type(exc).__name__}: {exc})") from None
 
     def decode_integers(self, payload: bytes) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         """The integers of a payload (m, index maps, selection, weights), on the CPU only:
