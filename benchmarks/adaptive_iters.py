@@ -53,6 +53,7 @@ def main() -> None:
     import torch
 
     from pixarc.plugins import build_plugin_manager
+    from pixarc_adaptive import _lam
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", default=str(ROOT.parent / "shared" / "data" / "dev"))
@@ -69,8 +70,8 @@ def main() -> None:
     torch.set_num_threads(1)
     codec = build_plugin_manager().codec("adaptive-mbt2018-mean")
     defaults = codec.validate_params({"quality": args.quality})
-    ck = codec._checkpoint(args.quality)
-    print(f"weights q{args.quality}: {Path(ck.path).name} (sha256 {ck.sha256[:12]}), λ={ck.lam}; "
+    ck = codec.require_weights({"quality": args.quality})
+    print(f"weights q{args.quality}: {Path(ck.path).name} (sha256 {ck.sha256[:12]}), λ={_lam(ck)}; "
           f"codec defaults {defaults}")
 
     def run(src, params):

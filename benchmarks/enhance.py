@@ -87,7 +87,7 @@ def main() -> None:
     reg = build_plugin_manager()
     avif, enh = reg.codec("avif"), reg.codec("avif-enhanced")
     qualities = [int(q) for q in args.qualities.split(",")]
-    f = enh._filter_for_base()
+    f = enh.select_weights()
     print(f"dev set {args.dev}; qualities {qualities}; speed {args.speed}; filter {f.path if f else None} "
           f"({f.sha256[:12] if f else '-'}); limit {args.limit} images per domain")
     totals = {}

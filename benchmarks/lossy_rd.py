@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pixarc.classify import DOMAINS
+from pixarc.device import CPU, Device, gpu_count
 from pixarc.images import probe_and_load
 from pixarc.metrics import psnr
 from pixarc.plugins import build_plugin_manager
@@ -72,7 +73,12 @@ def bd_rate(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> 
     return 100 * (math.exp((t_int - r_int) / (hi - lo)) - 1)
 
 
-def measure(codec, params, sources, device="cpu"):
+def installed(learned) -> list[int]:
+    """The rate points the adaptive codec has weights for."""
+    return sorted({int(w.entry["quality"]) for w in learned.weights})
+
+
+def measure(codec, params, sources, device=CPU):
     """Mean (bpp, psnr) over ``sources`` plus seconds per image."""
     p = codec.validate_params(params)
     bits = pixels = 0
@@ -206,10 +212,11 @@ def main_stages(args, reg) -> None:
     """Markdown tables: per domain, the RD points of every curve and the BD-rate (PSNR and
     MS-SSIM) of each learned stage against each conventional codec, all measured here."""
     import torch
+    from pixarc_adaptive import _lam
 
     torch.set_num_threads(args.threads)
     learned = reg.codec("adaptive-mbt2018-mean")
-    qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else sorted(learned._checkpoints)
+    qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else installed(learned)
     params: dict = {"scales": [1.0, 0.75, 0.5]}
     if args.stage_iters:
         params["latent_iters"], params["adapter_iters"] = (int(v) for v in args.stage_iters.split(","))
@@ -218,8 +225,8 @@ def main_stages(args, reg) -> None:
           f"latent_iters {shown['latent_iters']}, adapter_iters {shown['adapter_iters']}, lr {shown['lr']}, "
           f"resize search {shown['scales']}; torch threads {args.threads}; seconds are process CPU seconds")
     for q in qualities:
-        ck = learned._checkpoint(q)
-        print(f"  q{q}: {Path(ck.path).name} sha256 {ck.sha256[:12]}, λ={ck.lam}")
+        ck = learned.require_weights({"quality": q})
+        print(f"  q{q}: {Path(ck.path).name} sha256 {ck.sha256[:12]}, λ={_lam(ck)}")
     conv = [c for c in WIDE if c in reg.codecs]
     for domain in DOMAINS:
         files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
@@ -280,26 +287,21 @@ def main() -> None:
     args = ap.parse_args()
     reg = build_plugin_manager()
     if args.stages:
-        if args.device == "auto":
-            from pixarc.device import gpu_count
-
-            args.device = "cuda" if gpu_count() else "cpu"
+        args.device = Device("cuda") if args.device == "auto" and gpu_count() else Device.parse(
+            "cpu" if args.device == "auto" else args.device)
         return main_stages(args, reg)
     learned = None if args.skip_learned or "adaptive-mbt2018-mean" not in reg.codecs else reg.codec(
         "adaptive-mbt2018-mean")
-    qualities = sorted(learned._checkpoints) if learned else []
-    device = args.device
-    if device == "auto":
-        from pixarc.device import gpu_count
-
-        device = "cuda" if gpu_count() else "cpu"
+    qualities = installed(learned) if learned else []
+    device = Device("cuda") if args.device == "auto" and gpu_count() else Device.parse(
+        "cpu" if args.device == "auto" else args.device)
     print(f"dev set {args.dev}; learned qualities with weights: {qualities or 'none'}; device {device}")
     variants = {
         "base": {},
         "+refine": {"latent_iters": args.latent_iters},
         "+adapters": {"latent_iters": args.latent_iters, "adapter_iters": args.adapter_iters},
         "+resize": {"latent_iters": args.latent_iters, "adapter_iters": args.adapter_iters,
-                    "scales": "1.0,0.75,0.5"},
+                    "scales": [1.0, 0.75, 0.5]},
     }
     for domain in DOMAINS:
         files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]

@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--markdown", default=None, help="also write the table as markdown here")
     args = ap.parse_args()
     reg = build_plugin_manager()
-    if "svr" not in reg.codecs or not reg.codec("svr")._found:
+    if "svr" not in reg.codecs or not reg.codec("svr").weights:
         raise SystemExit("svr: no weights installed (pixarc train svr --data ... --out plugins/pixarc_svr/weights)")
     svr = reg.codec("svr")
     route = Route("bench", False, ())

@@ -27,13 +27,41 @@ DETERMINISM = ("pixels", "integers")
 
 @dataclass(frozen=True)
 class Param:
-    """One entry of a codec's parameter schema."""
+    """One entry of a codec's parameter schema.
+
+    ``many``: the value is a non-empty list of ``type`` elements (a TOML or JSON list),
+    each converted and range-checked on its own and stored as a tuple, so params stay
+    hashable and JSON-able. One bare element counts as a list of one; a string is refused
+    for non-string elements (no comma-separated lists to parse).
+    """
 
     type: type
     default: Any
     min: float | None = None
     max: float | None = None
     help: str = ""
+    many: bool = False
+
+    def check(self, codec_id: str, name: str, value: Any) -> Any:
+        """``value`` converted to the declared type and range-checked; CodecError otherwise."""
+        if not self.many:
+            return self._element(codec_id, name, value)
+        items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if not items:
+            raise CodecError(f"{codec_id}: {name} needs at least one value")
+        for v in items:  # typed elements only: "0.5,1" or ["0.5"] would need parsing
+            if isinstance(v, (list, tuple, dict)) or (isinstance(v, str) and self.type is not str):
+                raise CodecError(f"{codec_id}: {name}={value!r}: give a list of {self.type.__name__}")
+        return tuple(self._element(codec_id, name, v) for v in items)
+
+    def _element(self, codec_id: str, name: str, value: Any) -> Any:
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise CodecError(f"{codec_id}: {name}={value!r} is not {self.type.__name__}") from None
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise CodecError(f"{codec_id}: {name}={value} outside [{self.min}, {self.max}]")
+        return value
 
 
 @dataclass(frozen=True)
@@ -131,14 +159,7 @@ class Codec(ABC):
             raise CodecError(f"{self.codec_id}: unknown parameter(s) {sorted(unknown)}")
         out: dict[str, Any] = {}
         for name, spec in self.params_schema.items():
-            value = params.get(name, spec.default)
-            try:
-                value = spec.type(value)
-            except (TypeError, ValueError):
-                raise CodecError(f"{self.codec_id}: {name}={value!r} is not {spec.type.__name__}") from None
-            if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
-                raise CodecError(f"{self.codec_id}: {name}={value} outside [{spec.min}, {spec.max}]")
-            out[name] = value
+            out[name] = spec.check(self.codec_id, name, params.get(name, spec.default))
         return out
 
     @abstractmethod

@@ -125,13 +125,13 @@ def test_a_filter_that_loses_is_switched_off(tmp_path, monkeypatch):
 
 
 def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filter):
-    from pixarc_enhance import adapt, load_net, discover
+    from pixarc_enhance import adapt
     from pixarc_enhance.model import feature_tiles, finish
 
-    net = load_net(discover()[0])
+    c = codec()
+    net = c.model(c.select_weights())
     src = textured(80, 64, seed=3)
     base = probe_and_load(encode_bytes(src, "PNG"))
-    c = codec()
     dec = c.base.decode(c.base.encode(base, c.base.validate_params({"quality": 30}))).image
     x = torch.from_numpy(np.asarray(src, np.float32) / 255).permute(2, 0, 1)[None]
     xb = torch.from_numpy(np.asarray(dec, np.float32) / 255).permute(2, 0, 1)[None]
@@ -222,8 +222,9 @@ def test_missing_base_or_weights_step_aside(monkeypatch, tmp_path):
     monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(tmp_path))
     info = ImageInfo(8, 8, "RGB", 8, "PNG", "RGB")
     assert "not installed" in enhanced("no-such-codec")().unsupported_reason(info)
-    monkeypatch.setattr("pixarc_enhance.SHIPPED", tmp_path / "none")
-    assert "no filter weights" in codec().unsupported_reason(info)
+    monkeypatch.setattr("pixarc_enhance.EnhancedCodec.weights_dir", tmp_path / "none")
+    reason = codec().unsupported_reason(info)
+    assert "no weights" in reason and "`pixarc train enhance --base avif`" in reason
 
 
 def test_training_cli_writes_weights_and_resumes(tmp_path):

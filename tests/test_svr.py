@@ -91,7 +91,7 @@ def test_every_configured_loss_term_runs_at_the_default_patch(svr_weights):
 
 def test_all_k_index_maps_are_transmitted(svr):
     src = image()
-    model = svr._model("cpu")
+    model = svr._model()
     with torch.no_grad():
         idx, _, _ = model.quantise(model.encoder(tensor(src)))
     for m in (1, 2, model.k):
@@ -118,7 +118,7 @@ def test_filler_re_predicts_every_codebook_from_the_degraded_latent():
 
 
 def test_basis_codebooks_are_residual_stages(svr):
-    model = svr._model("cpu")
+    model = svr._model()
     with torch.no_grad():
         y = model.encoder(tensor(image()))
         idx, cw, res = model.quantise(y)
@@ -157,7 +157,7 @@ def test_m1_is_a_hard_gumbel_one_hot_with_sign_and_gradient():
 
 def test_sections_per_m_no_ids_at_m_k_no_weights_at_m_1(svr):
     src = image()
-    k = svr._model("cpu").k
+    k = svr._model().k
     lengths = {m: [len(s) for s in sections(svr.encode(src, svr.validate_params({"m": m})))]
                for m in range(1, k + 1)}
     assert lengths[1][1] > 0 and lengths[1][2] == 0  # one-hot: (codebook, sign), no weights
@@ -271,20 +271,21 @@ def test_archive_routes_to_svr_with_a_bpp_target(svr_weights, monkeypatch, tmp_p
 
 def test_shipped_weights_load_and_decode(monkeypatch):
     monkeypatch.delenv("PIXARC_SVR_WEIGHTS", raising=False)
-    from pixarc_svr import SVRCodec, find_weights
+    from pixarc_svr import SVRCodec
 
-    path, entry = find_weights()
+    path, entry = SVRCodec().weights[0].path, SVRCodec().weights[0].entry
     assert path.stat().st_size < 3_000_000 and entry["data_sha256"] and entry["steps"] > 0 and entry["minutes"] > 0
     c = SVRCodec()
     payload = c.encode(image(), c.validate_params({"m": 2}))
     assert c.decode(payload).image.size == (70, 45)
 
 
-def test_without_weights_it_steps_aside(monkeypatch):
-    import pixarc_svr
+def test_without_weights_it_steps_aside(monkeypatch, tmp_path):
     from pixarc.images import ImageInfo
     from pixarc_svr import SVRCodec
 
-    monkeypatch.setattr(pixarc_svr, "find_weights", lambda: None)  # neither PIXARC_SVR_WEIGHTS nor shipped ones
+    monkeypatch.delenv("PIXARC_SVR_WEIGHTS", raising=False)
+    monkeypatch.setattr(SVRCodec, "weights_dir", tmp_path)  # neither PIXARC_SVR_WEIGHTS nor shipped ones
 
-    assert "no weights" in SVRCodec().unsupported_reason(ImageInfo(64, 64, "RGB", 8, "PNG", "RGB"))
+    reason = SVRCodec().unsupported_reason(ImageInfo(64, 64, "RGB", 8, "PNG", "RGB"))
+    assert "no weights" in reason and "`pixarc train svr`" in reason

@@ -22,17 +22,16 @@ than the payload without, in decoded bytes + λ·MSE against the original.
 
 from __future__ import annotations
 
-import copy
 import re
 import struct
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from pixarc import compressai_compat
-from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
+from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
+from pixarc.learned import LearnedCodec, WeightsFile
 
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
@@ -40,38 +39,7 @@ ARCH = "mbt2018-mean"
 _HEAD = struct.Struct(">BHIIHH")  # quality, scale permille, width, height, z rows, z cols
 
 
-class Scales(tuple):
-    """Resize factors in (0, 1], largest first, at the permille precision the bitstream
-    codes. Built from a list (``scales = [1.0, 0.5]`` in a policy), one number, or the
-    older comma-separated string; a factor that would code as 0 ‰ or exceed 1 is refused."""
-
-    def __new__(cls, value=(1.0,)):
-        items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
-        permille = sorted({round(1000 * float(v)) for v in items}, reverse=True)
-        if not permille or not all(1 <= p <= 1000 for p in permille):
-            raise ValueError(f"resize factors must lie in (0, 1], got {value!r}")
-        return super().__new__(cls, (p / 1000 for p in permille))
-
-    @property
-    def permille(self) -> list[int]:
-        return [round(1000 * s) for s in self]
-
-    def __str__(self) -> str:
-        return ",".join(f"{s:g}" for s in self)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    path: str
-    sha256: str
-    quality: int
-    N: int
-    M: int
-    lam: float
-    origin: str
-
-
-def _from_hub_cache() -> list[Checkpoint]:
+def _from_hub_cache() -> list[WeightsFile]:
     import hashlib
 
     try:
@@ -88,30 +56,19 @@ def _from_hub_cache() -> list[Checkpoint]:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest.startswith(m.group(2)):  # the zoo names files by their hash prefix
             q = int(m.group(1))
-            out.append(Checkpoint(str(path), digest, q, *ZOO_NM[q], LAMBDAS[q], "compressai-zoo"))
+            entry = {"quality": q, "N": ZOO_NM[q][0], "M": ZOO_NM[q][1], "lambda": LAMBDAS[q]}
+            out.append(WeightsFile(path, digest, entry, "compressai-zoo"))
     return out
 
 
-def discover() -> dict[int, Checkpoint]:
-    from pixarc.weights import manifest_entries
-
-    found: dict[int, Checkpoint] = {}
-    shipped = Path(__file__).parent / "weights"
-    for path, e in manifest_entries("PIXARC_ADAPTIVE_WEIGHTS", shipped, ARCH):
-        q = int(e["quality"])
-        origin = "pixarc" if path.parent == shipped else "PIXARC_ADAPTIVE_WEIGHTS"
-        found.setdefault(q, Checkpoint(str(path), e["sha256"], q, int(e["N"]), int(e["M"]),
-                                       float(e.get("lambda", LAMBDAS.get(q, 0.0067))), origin))
-    for ck in _from_hub_cache():
-        found.setdefault(ck.quality, ck)
-    return found
+def _lam(ck: WeightsFile) -> float:
+    return float(ck.entry.get("lambda", LAMBDAS.get(int(ck.entry["quality"]), 0.0067)))
 
 
-class AdaptiveCodec(Codec):
+class AdaptiveCodec(LearnedCodec):
     codec_id = "adaptive-mbt2018-mean"
     format_version = 1
     lossless = False
-    prefers_gpu = True
     modes = frozenset({"RGB"})
     params_schema = {
         "quality": Param(int, 3, 1, 8, "rate point (CompressAI quality)"),
@@ -119,17 +76,16 @@ class AdaptiveCodec(Codec):
         "adapter_iters": Param(int, 25, 0, 100_000, "adapter training steps (paper: 500)"),
         "lr": Param(float, 5e-2, 1e-6, 1.0, "latent refinement Adam learning rate (1/10 for the last 20 %)"),
         "adapter_lr": Param(float, 1e-2, 1e-6, 1.0, "adapter Adam learning rate (1/10 for the last 20 %)"),
-        "scales": Param(Scales, Scales((1.0,)), help="resize factors searched by RD cost, e.g. [1.0, 0.75, 0.5]"),
+        "scales": Param(float, (1.0,), 0.001, 1.0, "resize factors in (0, 1] searched by RD cost, coded in "
+                        "permille, e.g. [1.0, 0.75, 0.5]", many=True),
         "seed": Param(int, 0, 0, 2**31 - 1, "adapter initialisation seed"),
     }
     description = "CompressAI mbt2018-mean + SGA latent refinement + rank-2 adapters"
     rate_param = "quality"
+    weights_env, weights_arch, train_command = "PIXARC_ADAPTIVE_WEIGHTS", ARCH, "pixarc train lossy"
 
-    def __init__(self):
-        compressai_compat.load()  # before any compressai import (see compressai_compat)
-        self._checkpoints = discover()
-        self._models: dict[tuple[str, str], object] = {}
-        self._lock = threading.RLock()  # the GPU copy is made from the CPU model, under the lock
+    def find_weights(self) -> list[WeightsFile]:
+        return super().find_weights() + _from_hub_cache()  # the first file per quality wins
 
     def version(self) -> str:
         import torch
@@ -137,74 +93,48 @@ class AdaptiveCodec(Codec):
 
         return f"compressai {version('compressai')}, torch {torch.__version__}"
 
-    def _checkpoint(self, quality: int) -> Checkpoint:
-        if quality not in self._checkpoints:
-            raise CodecError(f"{self.codec_id}: no weights for quality {quality} "
-                             f"(have {sorted(self._checkpoints) or 'none'})")
-        return self._checkpoints[quality]
+    def validate_params(self, params):
+        """``scales`` as the bitstream codes them: distinct permille values, largest first."""
+        out = super().validate_params(params)
+        out["scales"] = tuple(p / 1000 for p in sorted({round(1000 * s) for s in out["scales"]}, reverse=True))
+        return out
 
-    def rate_values(self) -> list[int]:
-        return sorted(self._checkpoints)  # a target search probes only installed rate points
+    def build_model(self, weights, state):
+        compressai_compat.load()  # before any compressai import (see compressai_compat)
+        from compressai.models import MeanScaleHyperprior
+        from compressai.zoo.pretrained import load_pretrained
 
-    def weights_for(self, params) -> str:
-        return self._checkpoint(int(params["quality"])).sha256
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model = MeanScaleHyperprior(int(weights.entry["N"]), int(weights.entry["M"]))
+        model.load_state_dict(load_pretrained(state))
+        if not any(k.endswith("_quantized_cdf") for k in state):
+            model.update(force=True)
+        return model
 
-    def has_weights(self, sha256: str) -> bool:
-        return any(c.sha256 == sha256 for c in self._checkpoints.values())
-
-    def unsupported_reason(self, info):
-        reason = super().unsupported_reason(info)
-        if reason is None and not self._checkpoints:
-            reason = f"{self.codec_id}: no weights installed (see the plugin docstring)"
-        return reason
-
-    def _model(self, ck: Checkpoint, device: str = "cpu"):
-        """The model for ``ck`` on ``device`` (the CPU copy does all entropy coding)."""
-        key = (ck.sha256, device)
-        with self._lock:
-            if key not in self._models:
-                if device == "cpu":
-                    from compressai.models import MeanScaleHyperprior
-                    from compressai.zoo.pretrained import load_pretrained
-
-                    from pixarc.weights import WeightsError, load_weights
-
-                    try:
-                        state = load_weights(ck.path, ck.sha256)
-                    except WeightsError as exc:
-                        raise CodecError(str(exc)) from None
-                    state = state.get("state_dict", state) if isinstance(state, dict) else state
-                    model = MeanScaleHyperprior(ck.N, ck.M)
-                    model.load_state_dict(load_pretrained(state))
-                    if not any(k.endswith("_quantized_cdf") for k in state):
-                        model.update(force=True)
-                    model.eval().requires_grad_(False)
-                else:
-                    model = copy.deepcopy(self._model(ck)).to(device)
-                self._models[key] = model
-            return self._models[key]
+    def _checkpoint(self, quality: int) -> WeightsFile:
+        return self.require_weights({"quality": quality})
 
     # ------------------------------------------------------------------ encode
 
-    def encode(self, src, params, device="cpu"):
+    def encode(self, src, params, device=CPU):
         import torch
 
         ck = self._checkpoint(params["quality"])
-        cpu, dev = self._model(ck), self._model(ck, device)
+        cpu, dev = self.model(ck), self.model(ck, device)
         permille = self._pick_scale(src.image, ck, params, device)
         with torch.enable_grad():
             return self._encode_at(cpu, dev, src.image, permille, ck, params, device)
 
     def _pick_scale(self, image, ck, params, device) -> int:
         """The resize search: a base encode per factor, judged by RD cost at full size."""
-        scales = _scales(params, self.codec_id).permille
+        scales = _permille(params)
         if len(scales) == 1:
             return scales[0]
-        cpu, dev = self._model(ck), self._model(ck, device)
+        cpu, dev = self.model(ck), self.model(ck, device)
         return min(scales, key=lambda permille: self._rd_cost(
-            self._encode_at(cpu, dev, image, permille, ck, params, device, search=True), image, ck.lam, device))
+            self._encode_at(cpu, dev, image, permille, ck, params, device, search=True), image, _lam(ck), device))
 
-    def encode_stages(self, src, params, device="cpu") -> dict[str, tuple[bytes, float]]:
+    def encode_stages(self, src, params, device=CPU) -> dict[str, tuple[bytes, float]]:
         """For benchmarks: the payload after each stage of one adaptation, sharing the work,
         with the process CPU seconds that stage's full encode takes: ``base`` (no
         adaptation, scale 1), ``refine`` (latent refinement), ``adapters`` (the encoder's
@@ -216,7 +146,7 @@ class AdaptiveCodec(Codec):
         import torch
 
         ck = self._checkpoint(params["quality"])
-        cpu, dev = self._model(ck), self._model(ck, device)
+        cpu, dev = self.model(ck), self.model(ck, device)
         t0 = time.process_time()
         out = {"base": (self._encode_at(cpu, dev, src.image, 1000, ck, params, device, search=True),
                         time.process_time() - t0)}
@@ -236,33 +166,19 @@ class AdaptiveCodec(Codec):
                 out["resize"] = (payload, search_s + time.process_time() - t0)
         return out
 
-    def encode_batch(self, srcs, params, device="cpu"):
-        """Adapt several images at once: images of the same size share one batched latent
-        refinement and one batched adapter fit (each image's loss term and Adam moments are
-        its own), then each is entropy-coded alone. The resize search stays per image."""
+    def encode_group(self, srcs, params, device):
+        """Adapt same-size images at once: one batched latent refinement and one batched adapter
+        fit (each image's loss term and Adam moments are its own), then each is entropy-coded
+        alone. A resize search is per image."""
         import torch
 
-        scales = _scales(params, self.codec_id).permille
-        if len(srcs) < 2 or len(scales) > 1:  # a resize search is per image
-            return super().encode_batch(srcs, params, device)
-        out: list = [None] * len(srcs)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, src in enumerate(srcs):
-            groups.setdefault(src.image.size, []).append(i)
-        for members in groups.values():
-            try:
-                with torch.enable_grad():
-                    payloads = self._encode_group([srcs[i].image for i in members], scales[0], params, device)
-            except Exception as exc:  # the engine then encodes these images one by one
-                payloads = [exc] * len(members)
-            for i, p in zip(members, payloads, strict=True):
-                out[i] = p
-        return out
-
-    def _encode_group(self, images, permille, params, device) -> list[bytes]:
+        scales = _permille(params)
+        if len(scales) > 1:
+            return super().encode_group(srcs, params, device)
         ck = self._checkpoint(params["quality"])
-        cpu, dev = self._model(ck), self._model(ck, device)
-        return self._encode_tensors(cpu, dev, images, permille, ck, params, device)
+        with torch.enable_grad():
+            return self._encode_tensors(self.model(ck), self.model(ck, device), [s.image for s in srcs], scales[0],
+                                        ck, params, device)
 
     def _encode_at(self, cpu, dev, image, permille, ck, params, device, search=False) -> bytes:
         return self._encode_tensors(cpu, dev, [image], permille, ck, params, device, search)[0]
@@ -279,14 +195,14 @@ class AdaptiveCodec(Codec):
         w, h = images[0].size
         ws, hs = max(1, round(w * permille / 1000)), max(1, round(h * permille / 1000))
         work = [im if (ws, hs) == (w, h) else im.resize((ws, hs), Image.LANCZOS) for im in images]
-        x = torch.cat([_to_tensor(im) for im in work]).to(device)
+        x = torch.cat([_to_tensor(im) for im in work]).to(device.torch)
         x = F.pad(x, (0, (-ws) % 64, 0, (-hs) % 64), mode="replicate")
         # what is optimised is what the decoder delivers (cropped, upscaled) vs the original
-        target = x[..., :hs, :ws] if (ws, hs) == (w, h) else torch.cat([_to_tensor(im) for im in images]).to(device)
-        view = adapt.View((ws, hs), (w, h), device)
+        target = x[..., :hs, :ws] if (ws, hs) == (w, h) else torch.cat([_to_tensor(im) for im in images]).to(device.torch)
+        view = adapt.View((ws, hs), (w, h), device.torch)
         synth = adapt.Synthesis(dev.g_s)
         latent_iters = 0 if search else params["latent_iters"]
-        lat = adapt.refine_latents(dev, synth, x, target, view, ck.lam, latent_iters, params["lr"])
+        lat = adapt.refine_latents(dev, synth, x, target, view, _lam(ck), latent_iters, params["lr"])
         coded = []
         with torch.no_grad():
             for i in range(len(images)):  # entropy coding per image, on the CPU model
@@ -300,20 +216,20 @@ class AdaptiveCodec(Codec):
                 coded.append((z_strings[0], y_strings[0], y_hat, z.shape[-2:]))
         symbols: list[list[int]] = [[] for _ in images]
         if params["adapter_iters"] and not search:
-            y_hats = torch.cat([c[2] for c in coded]).to(device)
-            symbols, _, _ = adapt.train_adapters(synth, y_hats, target, view, ck.lam, params["adapter_iters"],
+            y_hats = torch.cat([c[2] for c in coded]).to(device.torch)
+            symbols, _, _ = adapt.train_adapters(synth, y_hats, target, view, _lam(ck), params["adapter_iters"],
                                                  params["adapter_lr"], params["seed"])
         out = []
         for image, (z_str, y_str, _, z_shape), sym in zip(images, coded, symbols, strict=True):
-            head = _HEAD.pack(ck.quality, permille, w, h, *z_shape)
+            head = _HEAD.pack(int(ck.entry["quality"]), permille, w, h, *z_shape)
             plain = chosen = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
             if any(sym):  # sent only if it pays: decoded bytes + λ·MSE, both payloads decoded
                 adapted = head + pack_sections(z_str, y_str, adapt.encode_adapter(sym)) + struct.pack(">I", len(sym))
-                chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, ck.lam, device))  # tie: plain
+                chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, _lam(ck), device))  # tie: plain
             out.append((plain, chosen) if both else chosen)
         return out
 
-    def _rd_cost(self, payload: bytes, image, lam: float, device: str) -> float:
+    def _rd_cost(self, payload: bytes, image, lam: float, device=CPU) -> float:
         """bpp + λ·MSE (8-bit scale, CompressAI's λ·255²·MSE on [0, 1]) of the decoded payload."""
         import numpy as np
 
@@ -323,26 +239,20 @@ class AdaptiveCodec(Codec):
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, payload, device="cpu"):
-        try:
+    def decode(self, payload, device=CPU):
+        with self.refusing("malformed payload"):
             quality, permille, w, h, zr, zc = _HEAD.unpack_from(payload, 0)
             blobs, pos = unpack_sections(payload, _HEAD.size, 3)
             (n_sym,) = struct.unpack_from(">I", payload, pos)
             if pos + 4 != len(payload):
                 raise ValueError("trailing bytes")
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
         if not (1 <= permille <= 1000 and 0 < w <= 1 << 16 and 0 < h <= 1 << 16 and 0 < zr <= 4096 and 0 < zc <= 4096):
             raise CodecError(f"{self.codec_id}: implausible header values")
         ck = self._checkpoint(quality)
-        if n_sym not in (0, 2 * 2 * self._model(ck).g_s[-1].in_channels):
+        if n_sym not in (0, 2 * 2 * self.model(ck).g_s[-1].in_channels):
             raise CodecError(f"{self.codec_id}: adapter of {n_sym} values does not fit this model")
-        try:
+        with self.refusing("cannot decode"):  # rANS on corrupt strings, shape mismatches...
             return self._decode(ck, permille, w, h, (zr, zc), blobs, n_sym, device)
-        except CodecError:
-            raise
-        except Exception as exc:  # rANS on corrupt strings, shape mismatches...
-            raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
 
     def _decode(self, ck, permille, w, h, z_shape, blobs, n_sym, device) -> Decoded:
         import torch
@@ -353,15 +263,15 @@ class AdaptiveCodec(Codec):
         ws, hs = max(1, round(w * permille / 1000)), max(1, round(h * permille / 1000))
         if (z_shape[0] * 64 < hs) or (z_shape[1] * 64 < ws):
             raise CodecError(f"{self.codec_id}: latent shape does not cover the image")
-        cpu, dev = self._model(ck), self._model(ck, device)
+        cpu, dev = self.model(ck), self.model(ck, device)
         with torch.no_grad():
             z_hat = cpu.entropy_bottleneck.decompress([blobs[0]], z_shape)
             sc, means = adapt.entropy_params(cpu, z_hat)
             idx = cpu.gaussian_conditional.build_indexes(sc)
             y_hat = cpu.gaussian_conditional.decompress([blobs[1]], idx, means=means)
             symbols = adapt.decode_adapter(blobs[2], n_sym) if n_sym else []
-            theta = torch.tensor(symbols, dtype=torch.float32, device=device) * adapt.W_STEP if symbols else None
-            x_hat = adapt.Synthesis(dev.g_s)(y_hat.to(device), theta).clamp(0, 1)[0, :, :hs, :ws]
+            theta = torch.tensor(symbols, dtype=torch.float32, device=device.torch) * adapt.W_STEP if symbols else None
+            x_hat = adapt.Synthesis(dev.g_s)(y_hat.to(device.torch), theta).clamp(0, 1)[0, :, :hs, :ws]
             pixels = (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             medians = cpu.entropy_bottleneck._get_medians()
             fp = adapt.fingerprint(torch.round(y_hat - means), torch.round(z_hat - medians), symbols)
@@ -371,11 +281,9 @@ class AdaptiveCodec(Codec):
         return Decoded(image=image, fingerprint=fp)
 
 
-def _scales(params, codec_id: str) -> Scales:
-    try:
-        return Scales(params["scales"])
-    except (TypeError, ValueError) as exc:
-        raise CodecError(f"{codec_id}: scales: {exc}") from None
+def _permille(params) -> list[int]:
+    """The resize factors as the bitstream codes them, largest first."""
+    return sorted({round(1000 * s) for s in params["scales"]}, reverse=True)
 
 
 def _to_tensor(image):

@@ -27,22 +27,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
-import threading
-from pathlib import Path
 
-from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
+from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
-from pixarc.weights import manifest_entries
+from pixarc.learned import LearnedCodec, torch_device
 
 ARCH = "mgcf"
 _HEAD = struct.Struct(">BBII")
 _MODES = {"L": 1, "RGB": 3}
-
-
-def find_weights() -> tuple[Path, dict] | None:
-    found = manifest_entries("PIXARC_CALLIC_WEIGHTS", Path(__file__).parent / "weights", ARCH)
-    return found[0] if found else None
 
 
 def _digest(pixels) -> bytes:
@@ -101,11 +95,12 @@ def code_image(model, geom, channels: int, coder, pixels=None):
     return geom.from_patches(torch.cat(parts, dim=2))
 
 
-class CallicCodec(Codec):
+class CallicCodec(LearnedCodec):
     codec_id = "callic"
     format_version = 1
     lossless = True
     prefers_gpu = False  # the coding pass runs on the CPU (see the exactness guarantee)
+    determinism = "pixels"  # exact by construction, checked against the pixel digest
     modes = frozenset(_MODES)  # RGBA/LA: declined, the route falls back to another lossless codec
     max_side = 16384
     params_schema = {
@@ -113,60 +108,35 @@ class CallicCodec(Codec):
         "patch": Param(int, 64, 16, 128, "patch side; a patch takes 3·patch−2 sequential steps"),
     }
     description = "CALLIC learned lossless (MGCF + integer logistic-mixture CDFs, wavefront decode)"
-
-    def __init__(self):
-        self._found = find_weights()
-        self._model = None
-        self._lock = threading.RLock()
+    weights_env, weights_arch, train_command = "PIXARC_CALLIC_WEIGHTS", ARCH, "pixarc train callic"
 
     def version(self) -> str:
         import constriction  # noqa: F401  (the coder's version is part of what produced the bits)
         from importlib.metadata import version
 
-        tag = self._found[1]["sha256"][:12] if self._found else "untrained"
+        tag = self.weights[0].sha256[:12] if self.weights else "untrained"
         return f"callic-{tag} torch-{version('torch')} constriction-{version('constriction')}"
 
-    def weights_for(self, params) -> str:
-        return self._found[1]["sha256"] if self._found else ""
+    def build_model(self, weights, state):
+        from .model import MGCF
 
-    def has_weights(self, sha256: str) -> bool:
-        return bool(self._found) and self._found[1]["sha256"] == sha256
-
-    def unsupported_reason(self, info):
-        reason = super().unsupported_reason(info)
-        if reason is None and info.mode not in _MODES:
-            reason = f"callic codes L and RGB only, not {info.mode}"
-        if reason is None and not self._found:
-            reason = "callic: no weights installed (pixarc train callic)"
-        return reason
+        e = weights.entry
+        model = MGCF(int(e["dim"]), int(e["depth"]), int(e["kernel"]), int(e["mixtures"]))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        return model
 
     def base_model(self):
         """The frozen model (CPU, fp32), loaded once."""
-        with self._lock:
-            if self._model is None:
-                if self._found is None:
-                    raise CodecError("callic: no weights installed")
-                from pixarc.weights import WeightsError, load_weights
+        return self.model(self.require_weights())
 
-                from .model import MGCF
-
-                path, entry = self._found
-                try:
-                    state = load_weights(path, entry["sha256"])
-                except WeightsError as exc:
-                    raise CodecError(str(exc)) from None
-                model = MGCF(int(entry["dim"]), int(entry["depth"]), int(entry["kernel"]), int(entry["mixtures"]))
-                model.load_state_dict({k: v.float() for k, v in state.items()})
-                self._model = model.eval().requires_grad_(False)
-            return self._model
-
-    def encode(self, src, params, device="cpu"):
+    def encode(self, src, params, device=CPU):
         import numpy as np
         import torch
 
         from .coder import Encoder
         from .wavefront import Geometry
 
+        torch_name = torch_device(device)  # adaptation may run on a GPU; coding always on the CPU
         mode = src.image.mode
         if mode not in _MODES:
             raise CodecError(f"callic: mode {mode} not supported")
@@ -178,33 +148,28 @@ class CallicCodec(Codec):
         if params["iterations"] > 0:
             from .adapt import adapt
 
-            with one_thread() if device == "cpu" else contextlib.nullcontext():
-                model, increments = adapt(self.base_model(), pixels, geom, _MODES[mode], params["iterations"], device)
+            with contextlib.nullcontext() if device.is_gpu else one_thread():
+                model, increments = adapt(self.base_model(), pixels, geom, _MODES[mode], params["iterations"],
+                                          torch_name)
         enc = Encoder()
         code_image(model, geom, _MODES[mode], enc, pixels)
         return _HEAD.pack(_MODES[mode], params["patch"], w, h) + pack_sections(increments, enc.finish(),
                                                                                  _digest(pixels))
 
-    def decode(self, payload, device="cpu"):
-        try:
+    def decode(self, payload, device=CPU):
+        with self.refusing("malformed payload"):
             channels, patch, w, h = _HEAD.unpack_from(payload, 0)
             (increments, stream, digest), pos = unpack_sections(payload, _HEAD.size, 3)
             if pos != len(payload):
                 raise ValueError("trailing bytes")
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"callic: malformed payload ({exc})") from None
         from pixarc.images import DEFAULT_MAX_PIXELS
 
         if channels not in (1, 3) or not 16 <= patch <= 128 or not (0 < w <= self.max_side and 0 < h <= self.max_side):
             raise CodecError("callic: inconsistent header")
         if w * h > DEFAULT_MAX_PIXELS:  # a forged header must not buy hours of decoding
             raise CodecError(f"callic: payload claims {w}x{h} pixels, refused")
-        try:
+        with self.refusing("cannot decode"):
             pixels = self._decode(channels, patch, w, h, increments, stream)
-        except CodecError:
-            raise
-        except Exception as exc:
-            raise CodecError(f"callic: cannot decode ({type(exc).__name__}: {exc})") from None
         if _digest(pixels) != digest:
             raise CodecError("callic: decoded pixels do not match the stored digest (corrupt stream or "
                              "a platform whose float network outputs differ from the encoder's)")

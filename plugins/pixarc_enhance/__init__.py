@@ -32,69 +32,27 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
+from pixarc.learned import LearnedCodec, torch_device
 
 ARCH = "enhance-cnn"
 DEFAULT_BASES = ("avif", "webp", "jxl", "jpeg", "adaptive-mbt2018-mean", "svr")
 _HEAD = struct.Struct(">BBH")
 SHA_PREFIX = 4
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
-SHIPPED = Path(__file__).parent / "weights"
 
 OWN_PARAMS = {
     "filter": Param(str, "auto", help="auto (on/off coded per image by RD cost), on, off"),
     "adapters": Param(str, "auto", help="auto (by RD cost), none, shared, per_colour"),
-    "strengths": Param(str, "0,0.1,0.25,-0.1",
-                       help="conditioning offsets (normalised rate) searched for the filter, comma-separated"),
+    "strengths": Param(float, (0.0, 0.1, 0.25, -0.1), -1.0, 1.0,
+                       "conditioning offsets (normalised rate) searched for the filter", many=True),
     "rd_lambda": Param(float, 0.0, 0.0, 1e6, "bits per unit SSE (0..255 scale); 0 = the base's local RD slope"),
 }
-
-
-@dataclass(frozen=True)
-class Filter:
-    path: str
-    sha256: str
-    base: str
-    channels: int
-    layers: int
-    cond: int
-
-
-def discover() -> list[Filter]:
-    from pixarc.weights import manifest_entries
-
-    return [Filter(str(p), e["sha256"], e.get("base", "avif"), int(e["channels"]), int(e["layers"]),
-                   int(e.get("cond", 2)))
-            for p, e in manifest_entries("PIXARC_ENHANCE_WEIGHTS", SHIPPED, ARCH)]
-
-
-_NETS: dict[str, Any] = {}
-_NETS_LOCK = threading.Lock()
-
-
-def load_net(f: Filter):
-    """The filter network for ``f`` (fp32 on the CPU, cached per sha256)."""
-    with _NETS_LOCK:
-        if f.sha256 not in _NETS:
-            from pixarc.weights import WeightsError, load_weights
-
-            from .model import EnhanceNet
-
-            try:
-                state = load_weights(f.path, f.sha256)
-            except WeightsError as exc:
-                raise CodecError(str(exc)) from None
-            net = EnhanceNet(f.channels, f.layers, f.cond)
-            net.load_state_dict({k: v.float() for k, v in state.items()})
-            _NETS[f.sha256] = net.eval().requires_grad_(False)
-        return _NETS[f.sha256]
 
 
 def _base_registry():
@@ -103,16 +61,19 @@ def _base_registry():
     return default_registry()
 
 
-class EnhancedCodec(Codec):
+class EnhancedCodec(LearnedCodec):
     """Base class; :func:`enhanced` makes one subclass per base codec id."""
 
     base_id: ClassVar[str] = ""
     format_version = 1
     lossless = False
+    prefers_gpu = False  # the filter runs on the CPU
     modes = frozenset({"RGB"})
     params_schema = dict(OWN_PARAMS)  # the instance adds the base's parameters
+    weights_env, weights_arch, train_command = "PIXARC_ENHANCE_WEIGHTS", ARCH, "pixarc train enhance"
 
     def __init__(self, base: Codec | None = None):
+        super().__init__()
         if base is None:
             try:
                 base = _base_registry().codec(self.base_id)
@@ -126,21 +87,23 @@ class EnhancedCodec(Codec):
             self.params_schema = {**base.params_schema, **OWN_PARAMS}
             self.rate_param = base.rate_param
             self.max_side = base.max_side
-        self._filters = discover()
 
     # ------------------------------------------------------------------ identity
 
-    def _filter_for_base(self) -> Filter | None:
-        own = [f for f in self._filters if f.base == self.base_id]
-        generic = [f for f in self._filters if f.base == "avif"]
+    def select_weights(self, params=None):
+        """The filter trained on this base, else the AVIF one (the on/off decision keeps it
+        from losing); the same for every parameter."""
+        own = [w for w in self.weights if w.entry.get("base", "avif") == self.base_id]
+        generic = [w for w in self.weights if w.entry.get("base", "avif") == "avif"]
         return (own or generic or [None])[0]
 
-    def weights_for(self, params: Mapping[str, Any]) -> str:
-        f = self._filter_for_base()
-        return f.sha256 if f else ""
+    def build_model(self, weights, state):
+        from .model import EnhanceNet
 
-    def has_weights(self, sha256: str) -> bool:
-        return any(f.sha256 == sha256 for f in self._filters)
+        e = weights.entry
+        net = EnhanceNet(int(e["channels"]), int(e["layers"]), int(e.get("cond", 2)))
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        return net
 
     def version(self) -> str:
         import torch
@@ -153,8 +116,8 @@ class EnhancedCodec(Codec):
             return f"{self.codec_id}: base codec {self.base_id!r} is not installed"
         if self.base.lossless:
             return f"{self.codec_id}: base codec {self.base_id!r} is lossless, nothing to enhance"
-        if self._filter_for_base() is None:
-            return f"{self.codec_id}: no filter weights installed (see the plugin docstring)"
+        if self.select_weights() is None:
+            return self.missing_weights()
         return super().unsupported_reason(info) or self.base.unsupported_reason(info)
 
     # ------------------------------------------------------------------ helpers
@@ -170,7 +133,7 @@ class EnhancedCodec(Codec):
         sub = str(params.get("subsampling", ""))
         return rate, int(sub in ("4:4:4", "0"))
 
-    def _base_decode(self, payload: bytes, device: str = "cpu"):
+    def _base_decode(self, payload: bytes, device=CPU):
         d = self.base.decode(payload, device)
         if d.image is None:
             raise CodecError(f"{self.codec_id}: base codec returned no pixels")
@@ -189,26 +152,27 @@ class EnhancedCodec(Codec):
 
     # ------------------------------------------------------------------ encode
 
-    def encode(self, src, params, device="cpu"):
+    def encode(self, src, params, device=CPU):
         import numpy as np
         import torch
 
         from . import adapt
         from .model import feature_tiles, finish, to_uint8
 
+        torch_device(device)  # a Device value; the filter itself runs on the CPU
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
         bp = {k: params[k] for k in self.base.params_schema}
         base_payload = self.base.encode(src, bp, device)
         base_im, _ = self._base_decode(base_payload, device)
-        f = self._filter_for_base()
+        f = self.select_weights()
         rate, chroma = self._cond(params)
         off = self._pack(0, 0, 0, 0, [], "", base_payload)
         if params["filter"] == "off" or f is None:
             return off
         if params["filter"] not in ("auto", "on") or params["adapters"] not in ("auto", "none", "shared", "per_colour"):
             raise CodecError(f"{self.codec_id}: filter must be auto/on/off, adapters auto/none/shared/per_colour")
-        net = load_net(f)
+        net = self.model(f)
         orig = np.asarray(src.image.convert("RGB"), dtype=np.float64)
         base_arr = np.asarray(base_im)
 
@@ -220,10 +184,7 @@ class EnhancedCodec(Codec):
         # candidates: (cost, payload); the base alone is always one
         lam = params["rd_lambda"] or self._slope(src, bp, len(base_payload), sse(base_arr), sse, device)
         best_cost, best = 8 * len(off) + lam * sse(base_arr), off
-        try:
-            offsets = [float(s) for s in str(params["strengths"]).split(",") if s.strip()] or [0.0]
-        except ValueError:
-            raise CodecError(f"{self.codec_id}: strengths must be comma-separated numbers") from None
+        offsets = params["strengths"]
         tried: dict[int, tuple[float, list | None]] = {}  # permille -> (SSE, cached features)
         keep = src.info.pixels <= CACHE_PIXELS
         for off_s in offsets:
@@ -273,7 +234,8 @@ class EnhancedCodec(Codec):
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, payload, device="cpu"):
+    def decode(self, payload, device=CPU):
+        torch_device(device)
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
         if not payload or payload[0] > 3:
@@ -282,25 +244,19 @@ class EnhancedCodec(Codec):
             base_im, base_fp = self._base_decode(payload[1:], device)
             h = hashlib.sha256(b"\0" + (base_fp.encode() if base_fp else base_im.tobytes()))
             return Decoded(image=base_im, fingerprint=h.hexdigest())
-        try:
+        with self.refusing("malformed payload"):
             flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
             pos = _HEAD.size + SHA_PREFIX
             tag = payload[_HEAD.size : pos]
             (base_payload,), pos = unpack_sections(payload, pos, 1)
             coded = payload[pos:]
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"{self.codec_id}: malformed payload ({exc})") from None
         if flags & 1 == 0 or mode not in (0, 1, 2) or cond_pm > 1000 or (mode == 0 and coded):
             raise CodecError(f"{self.codec_id}: implausible header values")
         base_im, base_fp = self._base_decode(base_payload, device)
         h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
         h.update(base_fp.encode() if base_fp else base_im.tobytes())
-        try:
+        with self.refusing("cannot decode"):  # rANS on corrupt bytes, shape mismatches...
             return self._filtered(base_im, tag, mode, cond_pm, flags >> 1, coded, h)
-        except CodecError:
-            raise
-        except Exception as exc:  # rANS on corrupt bytes, shape mismatches...
-            raise CodecError(f"{self.codec_id}: cannot decode ({type(exc).__name__}: {exc})") from None
 
     def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h) -> Decoded:
         import numpy as np
@@ -310,10 +266,10 @@ class EnhancedCodec(Codec):
         from . import adapt
         from .model import apply, to_uint8
 
-        f = next((f for f in self._filters if bytes.fromhex(f.sha256)[:SHA_PREFIX] == tag), None)
+        f = next((w for w in self.weights if bytes.fromhex(w.sha256)[:SHA_PREFIX] == tag), None)
         if f is None:
             raise CodecError(f"{self.codec_id}: filter weights {tag.hex()}... not installed")
-        net = load_net(f)
+        net = self.model(f)
         w = b = None
         if mode:
             symbols = adapt.decode_symbols(coded, adapt.n_params(mode, net.channels))
@@ -334,6 +290,7 @@ def enhanced(base_id: str) -> type[EnhancedCodec]:
             "codec_id": f"{base_id}-enhanced",
             "base_id": base_id,
             "description": f"{base_id} + learned enhancement filter with per-image adapters",
+            "train_command": f"pixarc train enhance --base {base_id}",
             "__module__": __name__,
         })
     return _CLASSES[base_id]

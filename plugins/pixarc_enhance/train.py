@@ -50,6 +50,7 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
     import numpy as np
     import torch
 
+    from pixarc.device import CPU
     from pixarc.images import probe_and_load
 
     from . import enhanced
@@ -80,7 +81,7 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
                 params["subsampling"] = rng.choice(subs["subsampling"])
             params = codec.validate_params(params)
             bp = {k: params[k] for k in schema}
-            payload = cached[len(payloads)].numpy().tobytes() if cached else codec.base.encode(src, bp, "cpu")
+            payload = cached[len(payloads)].numpy().tobytes() if cached else codec.base.encode(src, bp, CPU)
             payloads.append(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
             im, _ = codec._base_decode(payload)
             pool.append((np.asarray(src.image), np.asarray(im), codec._cond(params)))

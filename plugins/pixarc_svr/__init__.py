@@ -22,22 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import threading
-from pathlib import Path
 
 from pixarc import compressai_compat
-from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
+from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
-from pixarc.weights import manifest_entries
+from pixarc.learned import LearnedCodec
 
 ARCH = "svr"
 _HEAD = struct.Struct(">BHHHH")
-
-
-def find_weights() -> tuple[Path, dict] | None:
-    found = manifest_entries("PIXARC_SVR_WEIGHTS", Path(__file__).parent / "weights", ARCH)
-    return found[0] if found else None
 
 
 def quantized_cdf(counts) -> list[int]:
@@ -55,62 +49,31 @@ def quantized_cdf(counts) -> list[int]:
     return cdf
 
 
-class SVRCodec(Codec):
+class SVRCodec(LearnedCodec):
     codec_id = "svr"
     format_version = 2  # 2: all K index maps, selection symbols, per-m tables
     lossless = False
-    prefers_gpu = True
     modes = frozenset({"RGB"})
     max_side = 65535
     params_schema = {"m": Param(int, 2, 1, 4, "codebooks kept per position (rate knob)")}
     description = "masked adaptive codebooks (M-AdaCode), integer-only bitstream"
     rate_param = "m"
-
-    def __init__(self):
-        compressai_compat.load()
-        self._found = find_weights()
-        self._models: dict[str, object] = {}
-        self._lock = threading.RLock()  # the GPU copy is made from the CPU model, under the lock
+    weights_env, weights_arch, train_command = "PIXARC_SVR_WEIGHTS", ARCH, "pixarc train svr"
 
     def version(self) -> str:
-        return f"svr-{self._found[1]['sha256'][:12]}" if self._found else "untrained"
+        return f"svr-{self.weights[0].sha256[:12]}" if self.weights else "untrained"
 
-    def weights_for(self, params) -> str:
-        return self._found[1]["sha256"] if self._found else ""
+    def build_model(self, weights, state):
+        compressai_compat.load()  # the rANS coder; before any compressai import
+        from .model import SVRModel
 
-    def has_weights(self, sha256: str) -> bool:
-        return bool(self._found) and self._found[1]["sha256"] == sha256
+        e = weights.entry
+        model = SVRModel(width=int(e["width"]), k=int(e["k"]), size=int(e["size"]), dim=int(e["dim"]))
+        model.load_state_dict(state)
+        return model.float()
 
-    def unsupported_reason(self, info):
-        reason = super().unsupported_reason(info)
-        if reason is None and not self._found:
-            reason = "svr: no weights installed (pixarc train svr)"
-        return reason
-
-    def _model(self, device: str):
-        with self._lock:
-            if device not in self._models:
-                if self._found is None:
-                    raise CodecError("svr: no weights installed")
-                if device == "cpu":
-                    from pixarc.weights import WeightsError, load_weights
-
-                    from .model import SVRModel
-
-                    path, entry = self._found
-                    try:
-                        state = load_weights(path, entry["sha256"])
-                    except WeightsError as exc:
-                        raise CodecError(str(exc)) from None
-                    model = SVRModel(width=int(entry["width"]), k=int(entry["k"]), size=int(entry["size"]),
-                                     dim=int(entry["dim"]))
-                    model.load_state_dict(state)
-                    self._models[device] = model.float().eval().requires_grad_(False)
-                else:
-                    import copy
-
-                    self._models[device] = copy.deepcopy(self._model("cpu")).to(device)
-            return self._models[device]
+    def _model(self, device=CPU):
+        return self.model(self.require_weights(), device)
 
     def _tables(self, model) -> dict:
         """The rANS tables of a model, built once from its integer counts: table k < K codes
@@ -130,13 +93,13 @@ class SVRCodec(Codec):
         """What the same symbols would cost in a plain fixed-length code (for the benchmark)."""
         from .model import W_LEVELS, select_symbols
 
-        model = self._model("cpu")
+        model = self._model()
         bits = lambda n: (n - 1).bit_length()  # noqa: E731
         nsel = select_symbols(model.k, m)
         per = model.k * bits(model.size) + (bits(nsel) if nsel else 0) + (m * bits(W_LEVELS) if m > 1 else 0)
         return u * v * per
 
-    def encode(self, src, params, device="cpu"):
+    def encode(self, src, params, device=CPU):
         import numpy as np
         import torch
         import torch.nn.functional as F
@@ -147,12 +110,12 @@ class SVRCodec(Codec):
         m = params["m"]
         image = src.image
         w, h = image.size
-        x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None].to(device)
+        x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None].to(device.torch)
         x = F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
         with torch.no_grad():
             idx, select, w_int = model.analyse(x, m)
         u, v = idx.shape[-2:]
-        tables = self._tables(self._model("cpu"))
+        tables = self._tables(self._model())
         raster = lambda t: t[0].permute(1, 2, 0).reshape(-1).tolist()  # noqa: E731  raster, then codebook/slot
         k = model.k
         streams = [_rans(tables["index"], raster(idx.cpu()), list(range(k)) * (u * v), [0] * k)]
@@ -161,33 +124,27 @@ class SVRCodec(Codec):
                                                         offset=-W_OFFSET))
         return _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
 
-    def decode(self, payload, device="cpu"):
-        try:
+    def decode(self, payload, device=CPU):
+        with self.refusing("malformed payload"):
             m, w, h, u, v = _HEAD.unpack_from(payload, 0)
             streams, pos = unpack_sections(payload, _HEAD.size, 3)
             if pos != len(payload):
                 raise ValueError("trailing bytes")
-        except (struct.error, ValueError) as exc:
-            raise CodecError(f"svr: malformed payload ({exc})") from None
         if not (1 <= m <= 4 and 0 < w and 0 < h and u == (h + 7) // 8 and v == (w + 7) // 8):
             raise CodecError("svr: inconsistent header")
-        try:
+        with self.refusing("cannot decode"):
             return self._decode(m, w, h, u, v, streams, device)
-        except CodecError:
-            raise
-        except Exception as exc:
-            raise CodecError(f"svr: cannot decode ({type(exc).__name__}: {exc})") from None
 
     def decode_integers(self, payload: bytes) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         """The integers of a payload (m, index maps, selection, weights), on the CPU only:
         rANS with integer tables, so the same on every machine."""
+        cpu = self._model()  # loads compressai (the rANS coder) too
         from compressai.ans import RansDecoder
 
         from .model import W_LEVELS, W_OFFSET, select_symbols
 
         m, w, h, u, v = _HEAD.unpack_from(payload, 0)
         streams, _ = unpack_sections(payload, _HEAD.size, 3)
-        cpu = self._model("cpu")
         k, tables, n = cpu.k, self._tables(cpu), u * v
         if m > k:
             raise CodecError(f"svr: m={m} > K={k}")
@@ -218,17 +175,17 @@ class SVRCodec(Codec):
 
         payload = _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
         m, indices, select, weights = self.decode_integers(payload)
-        cpu = self._model("cpu")
+        cpu = self._model()
         k = cpu.k
         if (not select_symbols(k, m)) != (not streams[1]) or (m == 1) != (not streams[2]):
             raise CodecError("svr: sections do not match m")
-        model = cpu if device == "cpu" else self._model(device)
+        model = self._model(device)
         idx = torch.tensor(indices, dtype=torch.int64).view(u, v, k).permute(2, 0, 1)[None]
         sel = None if select is None else torch.tensor(select, dtype=torch.int64).view(1, u, v)
         w_int = None if weights is None else torch.tensor(weights, dtype=torch.int64).view(u, v, m).permute(2, 0, 1)[None]
         masked, mask = cpu.masked_from_symbols(m, sel, w_int, (1, u, v))
         with torch.no_grad():
-            x = model.synthesise(idx.to(device), masked.to(device), mask.to(device))
+            x = model.synthesise(idx.to(device.torch), masked.to(device.torch), mask.to(device.torch))
         pixels = (x[0, :, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         fp = hashlib.sha256(json.dumps([m, indices, select, weights]).encode()).hexdigest()
         return Decoded(image=Image.fromarray(pixels), fingerprint=fp)

@@ -1,0 +1,220 @@
+"""The learned-codec contract (``pixarc.learned.LearnedCodec``) on a toy codec with a
+one-layer model, and typed list parameters (``Param(many=True)``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode_bytes
+from pixarc.codec import Codec, Decoded, Param, params_hash
+from pixarc.device import CPU, Device
+from pixarc.errors import CodecError
+from pixarc.images import ImageInfo, probe_and_load
+from pixarc.learned import LearnedCodec
+
+torch = pytest.importorskip("torch")
+RGB = ImageInfo(8, 8, "RGB", 8, "PNG", "RGB")
+
+
+class Toy(LearnedCodec):
+    codec_id = "toy-learned"
+    lossless = False
+    modes = frozenset({"RGB"})
+    rate_param = "q"
+    params_schema = {"q": Param(int, 1, 1, 3, "rate point"),
+                     "gains": Param(float, (1.0,), 0.0, 2.0, "per-pass gains", many=True)}
+    weights_env, weights_arch, train_command = "PIXARC_TOY_WEIGHTS", "toy", "pixarc train toy"
+    builds = 0
+    groups: list[int] = []
+
+    def build_model(self, weights, state):
+        type(self).builds += 1
+        time.sleep(0.05)  # long enough for racing threads to meet in model()
+        net = torch.nn.Linear(3, 3)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        return net
+
+    def encode(self, src, params, device=CPU):
+        net = self.model(self.require_weights(params), device)
+        return bytes(net.weight.shape)
+
+    def encode_group(self, srcs, params, device):
+        type(self).groups.append(len(srcs))
+        return super().encode_group(srcs, params, device)
+
+    def decode(self, payload, device=CPU):
+        return Decoded(image=Image.new("RGB", (1, 1)), fingerprint="0" * 64)
+
+
+def _save(folder, name, q):
+    from pixarc.weights import save_weights
+
+    torch.manual_seed(q)
+    return save_weights(folder, name, torch.nn.Linear(3, 3).state_dict(), {"arch": "toy", "q": q, "source": "test"})
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Weights for q = 1 and q = 3 in $PIXARC_TOY_WEIGHTS; nothing shipped."""
+    monkeypatch.setattr(Toy, "weights_dir", tmp_path / "shipped")
+    monkeypatch.setattr(Toy, "builds", 0)
+    monkeypatch.setattr(Toy, "groups", [])
+    monkeypatch.setenv("PIXARC_TOY_WEIGHTS", str(tmp_path / "w"))
+    entries = {q: _save(tmp_path / "w", f"toy-q{q}.pt", q) for q in (1, 3)}
+    return Toy(), entries, tmp_path / "w"
+
+
+def test_weights_chosen_per_rate_point_from_the_manifest(toy):
+    codec, entries, _ = toy
+    assert codec.rate_values() == [1, 3]  # a target search probes only installed rate points
+    assert codec.weights_for({"q": 3}) == entries[3]["sha256"] != entries[1]["sha256"]
+    assert codec.weights_for({"q": 2}) == ""
+    assert codec.has_weights(entries[1]["sha256"]) and not codec.has_weights("f" * 64)
+    with pytest.raises(CodecError, match=r"no weights installed for q=2 \(installed: q \[1, 3\]\).*pixarc train toy"):
+        codec.require_weights({"q": 2})
+    assert codec.unsupported_reason(RGB) is None
+
+
+def test_without_weights_it_steps_aside_naming_the_train_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(Toy, "weights_dir", tmp_path / "shipped")
+    monkeypatch.delenv("PIXARC_TOY_WEIGHTS", raising=False)
+    reason = Toy().unsupported_reason(RGB)
+    assert reason.startswith("toy-learned: no weights installed")
+    assert "$PIXARC_TOY_WEIGHTS" in reason and str(tmp_path / "shipped") in reason
+    assert reason.endswith("make them with `pixarc train toy`")
+    assert Toy().unsupported_reason(ImageInfo(8, 8, "L", 8, "PNG", "L")).startswith("mode L")  # the usual checks first
+
+
+def test_a_weights_file_that_does_not_match_its_manifest_is_refused(toy):
+    codec, entries, folder = toy
+    path = folder / "toy-q1.pt"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one byte changed: the manifest's sha256 no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(CodecError, match="tampered or wrong file"):
+        codec.model(codec.require_weights({"q": 1}))
+    assert Toy.builds == 0  # nothing was built from the bad bytes
+    assert codec.model(codec.require_weights({"q": 3})) is not None  # the intact file still loads
+
+
+def test_the_model_cache_is_per_weights_file_and_device(toy, monkeypatch):
+    codec, _, _ = toy
+    q1, q3 = codec.require_weights({"q": 1}), codec.require_weights({"q": 3})
+    cpu = codec.model(q1, CPU)
+    assert codec.model(q1, Device("cpu")) is cpu and Toy.builds == 1
+    assert codec.model(q3, CPU) is not cpu and Toy.builds == 2
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # what is tested is the cache, not CUDA
+    gpu0, gpu1 = codec.model(q1, Device("cuda")), codec.model(q1, Device("cuda", 1))
+    assert len({id(cpu), id(gpu0), id(gpu1)}) == 3
+    assert codec.model(q1, Device("cuda")) is gpu0 and codec.model(q1, Device("cuda", 1)) is gpu1
+    assert torch.equal(gpu0.weight, cpu.weight) and Toy.builds == 2  # copied from the CPU model, not rebuilt
+
+
+def test_concurrent_first_use_builds_once(toy):
+    codec, _, _ = toy
+    w = codec.require_weights({"q": 1})
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(codec.model(w))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Toy.builds == 1 and len({id(m) for m in got}) == 1
+
+
+def test_only_device_values_are_accepted(toy):
+    codec, _, _ = toy
+    w = codec.require_weights({"q": 1})
+    with pytest.raises(TypeError, match="Device"):
+        codec.model(w, "cpu")
+    src = probe_and_load(encode_bytes(Image.new("RGB", (4, 4)), "PNG"))
+    with pytest.raises(TypeError, match="Device"):
+        codec.encode(src, codec.validate_params({}), "cuda")
+
+
+def test_declared_contract():
+    assert (Toy.determinism, Toy.restore_device, Toy.prefers_gpu) == ("integers", CPU, True)
+    assert Toy.batch_hint > 1 and Toy.memory_hint_mb > 0
+
+
+def test_encode_batch_groups_images_of_one_size(toy):
+    codec, _, _ = toy
+    r = np.random.default_rng(0)
+    srcs = [probe_and_load(encode_bytes(Image.fromarray(r.integers(0, 256, (h, w, 3), dtype=np.uint8)), "PNG"))
+            for w, h in ((8, 6), (5, 5), (8, 6), (8, 6))]
+    out = codec.encode_batch(srcs, codec.validate_params({"q": 3}))
+    assert sorted(Toy.groups) == [1, 3] and all(p == bytes((3, 3)) for p in out)
+    failed = codec.encode_batch(srcs[:2], codec.validate_params({"q": 2}))  # no weights for q = 2
+    assert all(isinstance(e, CodecError) for e in failed)
+
+
+def test_importing_learned_plugins_does_not_import_torch():
+    code = ("import sys; import pixarc.learned, pixarc_adaptive, pixarc_svr, pixarc_callic, pixarc_enhance\n"
+            "from pixarc.images import ImageInfo\n"
+            "info = ImageInfo(8, 8, 'RGB', 8, 'PNG', 'RGB')\n"
+            "print([c().unsupported_reason(info) for c in (pixarc_svr.SVRCodec, pixarc_callic.CallicCodec)])\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=os.environ.copy())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().endswith("TORCH False"), res.stdout  # discovery and step-aside read JSON only
+
+
+# ---------------------------------------------------------------- typed list parameters
+
+
+def test_list_params_are_validated_per_element_and_stored_as_tuples(toy):
+    codec, _, _ = toy
+    toml = tomllib.loads("[params.toy-learned]\ngains = [0.5, 1.5, 0.5]\n")["params"]["toy-learned"]
+    p = codec.validate_params(toml)
+    assert p["gains"] == (0.5, 1.5, 0.5)  # order kept
+    hash(tuple(p.items()))  # hashable (a list would raise TypeError)
+    assert json.loads(json.dumps(p))["gains"] == [0.5, 1.5, 0.5]
+    assert params_hash(p) == params_hash({**p, "gains": [0.5, 1.5, 0.5]})  # a manifest's JSON list, same key
+    assert codec.validate_params({"gains": 1})["gains"] == (1.0,)  # one bare element: a list of one
+    assert codec.validate_params({})["gains"] == (1.0,)
+
+
+@pytest.mark.parametrize("value, match", [("0.5,1.5", "give a list of float"), (["0.5"], "give a list of float"),
+                                          ([0.5, 2.5], r"gains=2.5 outside \[0.0, 2.0\]"), ([], "at least one"),
+                                          ([[0.5]], "give a list of float"), ([0.5, "x"], "give a list of float")])
+def test_bad_list_params_are_refused(toy, value, match):
+    codec, _, _ = toy
+    with pytest.raises(CodecError, match=match):
+        codec.validate_params({"gains": value})
+
+
+def test_the_learned_plugins_take_typed_lists():
+    from pixarc_enhance import OWN_PARAMS
+
+    strengths = OWN_PARAMS["strengths"]
+    assert strengths.many and strengths.type is float and strengths.default == (0.0, 0.1, 0.25, -0.1)
+    with pytest.raises(CodecError, match="give a list"):
+        strengths.check("avif-enhanced", "strengths", "0,0.1,0.25,-0.1")
+
+    class Plain(Codec):  # a codec without weights: scalar parameters behave as before
+        codec_id, lossless = "plain", True
+        params_schema = {"level": Param(int, 3, 0, 9)}
+        encode = decode = None
+
+    assert Plain().validate_params({"level": "4"}) == {"level": 4}
+
+
+def test_refusing_turns_decoder_failures_into_codec_errors(toy):
+    codec, _, _ = toy
+    with pytest.raises(CodecError, match=r"^toy-learned: malformed payload \(ValueError: trailing bytes\)$"):
+        with codec.refusing("malformed payload"):
+            raise ValueError("trailing bytes")
+    with pytest.raises(CodecError, match="^already typed$"):  # a CodecError passes unchanged
+        with codec.refusing("cannot decode"):
+            raise CodecError("already typed")
