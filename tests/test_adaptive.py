@@ -191,6 +191,7 @@ def test_training_cli_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
 
     from pixarc.cli import main
 
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",adaptive")  # its plugin adds the command
     data = tmp_path / "data"
     data.mkdir()
     r = np.random.default_rng(0)
