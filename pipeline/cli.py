@@ -271,8 +271,10 @@ class PluginGroup(click.Group):
             groups = [root.command, *(c for c in root.command.commands.values() if isinstance(c, PluginGroup))]
             core = {g.plugin_group: set(g.commands) for g in groups if isinstance(g, PluginGroup)}
             commands, problems = plugin_commands(core)
-            for plugin, why in problems:
-                err.print(f"[yellow]plugin {plugin!r} skipped[/yellow]: {why}", highlight=False)
+            from rich.markup import escape
+
+            for plugin, why in problems:  # escaped: a reason may hold brackets ("pixarc[learned]")
+                err.print(f"[yellow]plugin {escape(repr(plugin))} skipped[/yellow]: {escape(why)}", highlight=False)
             found = root.meta["pixarc.plugin_commands"] = {}
             for c in commands:
                 found.setdefault(c.group, {})[c.command.name] = c.command
