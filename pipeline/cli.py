@@ -264,7 +264,41 @@ def _set_log_level(_ctx, _param, value):
     return value
 
 
-@click.group()
+class PluginGroup(click.Group):
+    """A command group plugins add to through ``register_commands``. The core's own commands
+    are found without loading any plugin; plugins load on the first listing (``--help``) or
+    unknown name, once per invocation, and a broken one is reported on stderr, not fatal."""
+
+    def __init__(self, *args, plugin_group: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plugin_group = plugin_group  # None: the top level
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        root = ctx.find_root()
+        found = root.meta.get("pixarc.plugin_commands")
+        if found is None:
+            from .plugins import plugin_commands
+
+            groups = [root.command, *(c for c in root.command.commands.values() if isinstance(c, PluginGroup))]
+            core = {g.plugin_group: set(g.commands) for g in groups if isinstance(g, PluginGroup)}
+            commands, problems = plugin_commands(core)
+            from rich.markup import escape
+
+            for plugin, why in problems:  # escaped: a reason may hold brackets ("pixarc[learned]")
+                err.print(f"[yellow]plugin {escape(repr(plugin))} skipped[/yellow]: {escape(why)}", highlight=False)
+            found = root.meta["pixarc.plugin_commands"] = {}
+            for c in commands:
+                found.setdefault(c.group, {})[c.command.name] = c.command
+        return found.get(self.plugin_group, {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands(ctx)))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._plugin_commands(ctx).get(cmd_name)
+
+
+@click.group(cls=PluginGroup)
 @click.version_option(__version__, prog_name="pixarc")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, expose_value=False, callback=_set_log_level,
@@ -789,114 +823,11 @@ def classify(src, policy, as_json):
         console.print(table)
 
 
-@main.group()
+@main.group(cls=PluginGroup, plugin_group="train")
 def train():
-    """Train the models pixarc ships (reproducible: data order and seeds are fixed)."""
+    """Train the models pixarc ships (reproducible: data order and seeds are fixed).
 
-
-@train.command("lossy")
-@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
-@click.option("--quality", type=click.IntRange(1, 8), required=True, help="Rate point: sets λ (CompressAI convention).")
-@click.option("--minutes", default=60.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
-@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
-@click.option("--batch", default=16, show_default=True)
-@click.option("--patch", default=128, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--N", "n", default=None, type=int, help="Channels (default: the zoo's for this quality).")
-@click.option("--M", "m", default=None, type=int, help="Latent channels (default: the zoo's).")
-@click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
-@click.option("--init-from", default=None, help="Start from another rate point's weights (.pt in a weights.json folder, or .ckpt).")
-@click.option("--checkpoint-minutes", default=5.0, show_default=True)
-@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
-def train_lossy(data, quality, minutes, steps, batch, patch, lr, device, seed, n, m, resume, init_from,
-                checkpoint_minutes, out):
-    """Train a mbt2018-mean base model for the adaptive lossy codec (time budget, resumable)."""
-    from pixarc_adaptive.train import train as run
-
-    entry = run(data, quality, out, steps=steps, minutes=minutes, batch=batch, patch=patch, lr=lr, device=device,
-                seed=seed, N=n, M=m, resume=resume, init_from=init_from, checkpoint_minutes=checkpoint_minutes)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-                  f"final {entry['final']})")
-
-
-@train.command("classifier")
-@click.option("--data", required=True, help="Folder with one sub-folder per domain (e.g. ../shared/data/train/whole).")
-@click.option("--extra", multiple=True, help="More <domain>/ folders used for training only (e.g. ../shared/data/train/crops).")
-@click.option("--out", required=True, help="Folder for the weights and their weights.json entry.")
-@click.option("--augment", default=6, show_default=True, help="Augmented copies per whole image.")
-@click.option("--epochs", default=300, show_default=True)
-@click.option("--members", default=5, show_default=True, help="Ensemble size.")
-@click.option("--folds", default=5, show_default=True, help="Held-out folds (by source group) for selection and calibration.")
-@click.option("--minutes", default=8.0, show_default=True, help="Time budget (bounds the augmentation rounds).")
-@click.option("--seed", default=0, show_default=True)
-def train_classifier(data, extra, out, augment, epochs, members, folds, minutes, seed):
-    """Train the `cnn` domain classifier (selected and calibrated on held-out training images)."""
-    from pixarc_cnn_classifier.train import train as run
-
-    entry = run(data, out, extra=extra, augment_rounds=augment, epochs=epochs, members=members, folds=folds,
-                minutes=minutes, seed=seed)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., held-out accuracy {entry['heldout']['accuracy']:.3f}, "
-                  f"temperature {entry['temperature']:.2f}, {entry['minutes']:.1f} min)")
-
-
-@train.command("svr")
-@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
-@click.option("--out", required=True, help="Folder for the checkpoint, the weights and their weights.json entry.")
-@click.option("--minutes", default=10.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
-@click.option("--stage1-minutes", default=7.0, show_default=True, help="Cumulative minutes of stage 1 (codebooks).")
-@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
-@click.option("--stage1-steps", default=10**9, show_default=True, help="Cumulative steps of stage 1.")
-@click.option("--batch", default=8, show_default=True)
-@click.option("--patch", default=96, show_default=True)
-@click.option("--width", default=32, show_default=True)
-@click.option("--lr", default=5e-4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from <out>/svr-w<width>.ckpt.")
-@click.option("--checkpoint-minutes", default=5.0, show_default=True)
-def train_svr(data, out, minutes, stage1_minutes, steps, stage1_steps, batch, patch, width, lr, seed, device, resume,
-              checkpoint_minutes):
-    """Train the SVR codec (stage 1 codebooks, stage 2 predictor/filler/decoder, then its entropy tables)."""
-    from pixarc_svr.train import train as run
-
-    entry = run(data, out, minutes=minutes, stage1_minutes=stage1_minutes, steps=steps, stage1_steps=stage1_steps,
-                batch=batch, patch=patch, width=width, lr=lr, seed=seed, device=device, resume=resume,
-                checkpoint_minutes=checkpoint_minutes)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-                  f"stage {entry['stage']})")
-
-
-@train.command("enhance")
-@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
-@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
-@click.option("--base", default="avif", show_default=True, help="Lossy base codec whose artefacts the filter removes.")
-@click.option("--minutes", default=15.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
-@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
-@click.option("--rates", default="20,95", show_default=True, help="Range of the base rate parameter to train on.")
-@click.option("--variants", default=2, show_default=True, help="Base encodes per training image.")
-@click.option("--batch", default=16, show_default=True)
-@click.option("--patch", default=96, show_default=True)
-@click.option("--channels", default=32, show_default=True)
-@click.option("--layers", default=6, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
-@click.option("--checkpoint-minutes", default=3.0, show_default=True)
-@click.option("--refit", default=600, show_default=True, help="Training patches for the final least-squares refit of the last layer (0: none).")
-def train_enhance(data, out, base, minutes, steps, rates, variants, batch, patch, channels, layers, lr, device, seed,
-                  resume, checkpoint_minutes, refit):
-    """Train the enhancement post-filter of `<base>-enhanced` (time budget, resumable)."""
-    from pixarc_enhance.train import train as run
-
-    lo, hi = (int(v) for v in rates.split(","))
-    entry = run(data, out, base=base, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, device=device,
-                seed=seed, channels=channels, layers=layers, rates=(lo, hi), variants=variants, resume=resume,
-                checkpoint_minutes=checkpoint_minutes, refit=refit)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-                  f"final {entry['final']})")
+    The commands come from the installed plugins (hook ``register_commands``)."""
 
 
 # --------------------------------------------------------------------------- interop
@@ -924,35 +855,6 @@ def export_bagit(dest, out, pattern, domain, workers):
         err.print(f"[red]no bag made[/red]: {len(res.problems)} problem(s) restoring {dest}")
         sys.exit(_problems_exit(res.problems))
     console.print(f"bag {out}: {res.images} image(s), {res.payload_bytes} bytes, restore run {res.run_id}")
-
-
-@train.command("callic")
-@click.option("--data", required=True, help="Folder of training images (e.g. ../shared/data/train/crops).")
-@click.option("--out", required=True, help="Folder for the checkpoint and its weights.json entry.")
-@click.option("--minutes", default=10.0, show_default=True, help="Time budget (this run; resumed runs add to it).")
-@click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes).")
-@click.option("--batch", default=8, show_default=True)
-@click.option("--patch", default=64, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
-@click.option("--dim", default=32, show_default=True)
-@click.option("--depth", default=3, show_default=True)
-@click.option("--kernel", default=7, show_default=True)
-@click.option("--mixtures", default=5, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from <out>/<name>.ckpt.")
-@click.option("--checkpoint-minutes", default=3.0, show_default=True)
-@click.option("--threads", default=1, show_default=True, help="torch CPU threads (1 is fastest on a busy CPU).")
-def train_callic(data, out, minutes, steps, batch, patch, lr, dim, depth, kernel, mixtures, device, seed, resume,
-                 checkpoint_minutes, threads):
-    """Pre-train the CALLIC (MGCF) lossless model (time budget, resumable)."""
-    from pixarc_callic.train import train as run
-
-    entry = run(data, out, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, dim=dim, depth=depth,
-                kernel=kernel, mixtures=mixtures, device=device, seed=seed, resume=resume,
-                checkpoint_minutes=checkpoint_minutes, threads=threads)
-    console.print(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-                  f"final {entry['final']})")
 
 
 def run() -> None:

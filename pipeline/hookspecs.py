@@ -11,7 +11,7 @@ signature; ``tests/test_plugins.py`` checks that each one is exercised.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import pluggy
 
@@ -20,6 +20,9 @@ from .codec import Codec
 from .images import ImageInfo
 from .manifest import ManifestRow
 from .policy import Policy, Route
+
+if TYPE_CHECKING:  # click is only needed to type the command hook; the CLI imports it
+    import click
 
 hookspec = pluggy.HookspecMarker("pixarc")
 hookimpl = pluggy.HookimplMarker("pixarc")
@@ -47,6 +50,39 @@ def register_classifiers(register: Callable[[type[Classifier]], None]) -> None:
     Call ``register(ClassifierClass)``; the class subclasses
     :class:`pixarc.classify.Classifier` and has a unique ``classifier_id``. The policy
     file names which classifier to use (and which one to fall back to).
+    """
+
+
+# ---------------------------------------------------------------------------
+# Command line: called by ``pixarc.cli``, not when the plugin manager is built.
+# ---------------------------------------------------------------------------
+
+
+class RegisterCommand(Protocol):
+    """The callback ``register_commands`` receives."""
+
+    def __call__(self, command: "click.Command", group: str | None = None) -> None: ...
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Add commands to the ``pixarc`` command line.
+
+    Called at most once per CLI invocation, and only when a command group is listed
+    (``--help``) or asked for a name the core does not define: a core command such as
+    ``pixarc archive`` starts without importing any plugin. Call
+    ``register(command, group="train")`` with a :class:`click.Command` to add a sub-command
+    to a group the core owns (today: ``"train"``), or ``register(command)`` for a
+    top-level command. Build the command in a separate module (``commands.py``) imported
+    inside this hook, and import the trainer (torch) inside the command's body, so
+    ``pixarc --help`` stays fast. Shared training options come from
+    :func:`pixarc.training.train_options`.
+
+    A callback rather than the ``click.Group`` itself (as ``llm`` passes) because the host
+    owns the command table, as it owns the codec table: a name that clashes with a core
+    command or another plugin's is refused and reported, an unknown group is refused, and
+    every command is attributed to its plugin. A plugin that fails to import or raises
+    here is reported on stderr and skipped; it never breaks ``pixarc --help``.
     """
 
 

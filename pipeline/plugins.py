@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
@@ -23,6 +23,8 @@ from . import hookspecs
 from .errors import PluginError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import click
+
     from .classify import Classifier
     from .codec import Codec
 
@@ -165,6 +167,16 @@ def build_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Regi
     ``extra_plugins`` (name -> module/object) lets tests and embedding code add plugins
     without installing a distribution; they are subject to the same lists.
     """
+    pm, dists = _load_plugins(extra_plugins)
+    return Registry(pm, dists)
+
+
+def _load_plugins(extra_plugins: dict[str, object] | None = None,
+                  broken: Callable[[str, str], None] | None = None,
+                  ) -> tuple[pluggy.PluginManager, dict[str, tuple[str, str, str]]]:
+    """The plugin manager and each plugin's (module, distribution, version). A plugin that
+    fails to import raises PluginError, or, when ``broken`` is given, is reported to it
+    (name, reason) and skipped."""
     pm = pluggy.PluginManager("pixarc")
     pm.add_hookspecs(hookspecs)
     allow = _env_list("PIXARC_PLUGINS")
@@ -180,7 +192,10 @@ def build_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Regi
         try:
             plugin = ep.load()
         except Exception as exc:
-            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+            if broken is None:
+                raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+            broken(ep.name, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+            continue
         pm.register(plugin, name=ep.name)
         dist = ep.dist.name if ep.dist else ""
         version = ep.dist.version if ep.dist else ""
@@ -192,10 +207,62 @@ def build_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Regi
     if os.environ.get("PIXARC_TRACE_HOOKS") == "1":
         pm.trace.root.setwriter(lambda msg: log.info(msg.rstrip()))
         pm.enable_tracing()
-    return Registry(pm, dists)
+    return pm, dists
 
 
 @functools.lru_cache(maxsize=1)
 def default_registry() -> Registry:
     """The process-wide registry (env vars are read once)."""
     return build_plugin_manager()
+
+
+# Groups the core CLI creates and plugins may add to (``register(command, group=...)``).
+COMMAND_GROUPS = ("train",)
+
+
+@dataclass(frozen=True)
+class PluginCommand:
+    """A command a plugin added through ``register_commands``; ``group`` None is top level."""
+
+    plugin: str
+    group: str | None
+    command: "click.Command"
+
+
+def plugin_commands(core: dict[str | None, set[str]], extra_plugins: dict[str, object] | None = None,
+                    ) -> tuple[list[PluginCommand], list[tuple[str, str]]]:
+    """Collect the commands of the allowed plugins for the CLI.
+
+    ``core`` names the commands the core defines in each group (None: top level); a plugin
+    command may not take one of those names, nor one another plugin took first. Returns the
+    commands and the problems as (plugin, reason): a plugin that fails to import, raises in
+    its hook or registers something refused is reported, never fatal, so ``pixarc --help``
+    works with a broken plugin installed.
+    """
+    import click
+
+    problems: list[tuple[str, str]] = []
+    pm, _ = _load_plugins(extra_plugins, broken=lambda name, why: problems.append((name, why)))
+    taken: dict[tuple[str | None, str], str] = {(g, n): "the core" for g, names in core.items() for n in names}
+    out: list[PluginCommand] = []
+
+    def register(plugin: str, command: click.Command, group: str | None = None) -> None:
+        # A refused command is reported and skipped; the plugin's other commands still count.
+        if not isinstance(command, click.Command):
+            problems.append((plugin, f"registered {command!r}, which is not a click.Command"))
+        elif group is not None and group not in COMMAND_GROUPS:
+            problems.append((plugin, f"command {command.name!r}: no group {group!r} "
+                                     f"(groups: {', '.join(COMMAND_GROUPS)})"))
+        elif (group, command.name) in taken:
+            where = f"pixarc {group} {command.name}" if group else f"pixarc {command.name}"
+            problems.append((plugin, f"{where} is already defined by {taken[group, command.name]}"))
+        else:
+            taken[group, command.name] = f"plugin {plugin!r}"
+            out.append(PluginCommand(plugin, group, command))
+
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(register=functools.partial(register, impl.plugin_name))
+        except Exception as exc:  # a plugin's bug must not take the whole command line down
+            problems.append((impl.plugin_name, f"register_commands failed: {type(exc).__name__}: {exc}"))
+    return out, problems

@@ -295,4 +295,4 @@ def test_file_modified_while_archived_is_noted(small_collection, tmp_path, monke
     monkeypatch.setattr(archive, "intake", touch_then_read)
     runs.archive_local(str(small_collection), str(tmp_path / "d"))
     rows = rows_by_key(tmp_path / "d")
-    assert all("modified while being archived" in r["notes"] for r in rows.values())
+    assert len(rows) == 5 and all("modified while being archived" in r["notes"] for r in rows.values())

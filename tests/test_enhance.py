@@ -227,10 +227,12 @@ def test_missing_base_or_weights_step_aside(monkeypatch, tmp_path):
     assert "no weights" in reason and "`pixarc train enhance --base avif`" in reason
 
 
-def test_training_cli_writes_weights_and_resumes(tmp_path):
+def test_training_cli_writes_weights_and_resumes(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from pixarc.cli import main
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")  # its plugin adds the command
 
     data = tmp_path / "data" / "d"
     data.mkdir(parents=True)

@@ -2,9 +2,11 @@
 
 import inspect
 import logging
+import sys
 import types
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from conftest import encode_bytes, rng_image
@@ -25,22 +27,36 @@ def allow_testplug(monkeypatch):
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",testplug,clash,bad")
 
 
-HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "pixarc_spec")]
+def _hook_names() -> list[str]:
+    """The hooks pluggy finds in the contract module (not a hand-kept list, not source text)."""
+    pm = pluggy.PluginManager("pixarc")
+    pm.add_hookspecs(hookspecs)
+    return sorted(name for name, caller in vars(pm.hook).items() if getattr(caller, "spec", None) is not None)
 
 
-def test_hooks_are_the_documented_set():
-    assert sorted(HOOKS) == sorted(["register_codecs", "register_classifiers", "route", "manifest_columns",
-                                    "manifest_values", "report_sections"])
+HOOKS = _hook_names()
+
+
+def test_the_contract_has_hooks():
+    # guards the parametrized checks below against an empty list (they would all pass vacuously)
+    assert {"register_codecs", "route", "register_commands"} <= set(HOOKS)
 
 
 @pytest.mark.parametrize("hook", HOOKS)
-def test_every_hook_is_documented_and_tested(hook):
+def test_every_hook_is_documented(hook):
     fn = getattr(hookspecs, hook)
     assert fn.__doc__ and len(fn.__doc__.split()) > 15, f"{hook} needs a real docstring"
     assert inspect.signature(fn).return_annotation is not inspect.Signature.empty
-    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != "test_plugins.py")
-    this = Path(__file__).read_text().split("# --- hook " + "exercises", 1)[1]
-    assert hook in tests or hook in this, f"no test exercises {hook}"
+    docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    assert f"`{hook}(" in docs, f"docs/plugins.md does not list {hook}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test(hook):
+    """datasette's rule: each hook has a behavioural test named after it, in this module."""
+    tests = {name for name, fn in inspect.getmembers(sys.modules[__name__], inspect.isfunction)
+             if fn.__module__ == __name__}
+    assert f"test_hook_{hook}" in tests, f"write test_hook_{hook} in tests/test_plugins.py"
 
 
 # --- hook exercises ---------------------------------------------------------
@@ -110,9 +126,10 @@ class AlwaysVector(Classifier):
         return Classification("vector", 0.99, self.classifier_id)
 
 
-def test_third_party_codec_route_and_columns(tmp_path, monkeypatch, allow_testplug):
+@pytest.fixture
+def archived(tmp_path, monkeypatch, allow_testplug):
+    """Two images archived with the third-party plugin loaded: 13 px wide (its route) and 30."""
     reg = build_plugin_manager({"testplug": third_party_plugin()})
-    assert "test-reverse" in reg.codecs and reg.owner["test-reverse"] == "testplug"
     src, dest = tmp_path / "src", tmp_path / "dest"
     src.mkdir()
     (src / "narrow.png").write_bytes(encode_bytes(rng_image("RGB", (13, 9)), "PNG"))
@@ -120,20 +137,71 @@ def test_third_party_codec_route_and_columns(tmp_path, monkeypatch, allow_testpl
     monkeypatch.setattr(plugins, "default_registry", lambda: reg)
     runs.archive_local(str(src), str(dest))
     table = read_manifest(str(dest))
-    rows = {r["key"]: r for r in latest(table).to_pylist()}
-    assert rows["narrow.png"]["codec_id"] == "test-reverse" and rows["narrow.png"]["route"] == "custom"
-    assert rows["wide.png"]["codec_id"] != "test-reverse"  # the built-in router answered
-    assert "test_flag" in table.column_names and "not_declared" not in table.column_names
+    return reg, dest, table, {r["key"]: r for r in latest(table).to_pylist()}
+
+
+def test_hook_register_codecs(allow_testplug):
+    reg = build_plugin_manager({"testplug": third_party_plugin()})
+    assert reg.owner["test-reverse"] == "testplug" and reg.codecs["test-reverse"] is ReverseCodec
+    assert "register_codecs" in {p.name: p for p in reg.plugins()}["testplug"].hooks
+    from pixarc.images import probe_and_load
+
+    src = probe_and_load(encode_bytes(rng_image("RGB", (13, 9)), "PNG"))
+    codec = reg.codec("test-reverse")
+    assert codec.decode(codec.encode(src, codec.validate_params({}))).image.tobytes() == src.image.tobytes()
+
+
+def test_hook_route(archived):
+    _, _, _, rows = archived
+    assert (rows["narrow.png"]["codec_id"], rows["narrow.png"]["route"]) == ("test-reverse", "custom")
+    assert rows["narrow.png"]["status"] == "done"
+    assert rows["wide.png"]["codec_id"] != "test-reverse"  # None from the plugin: the built-in router answered
+    assert rows["wide.png"]["route"] != "custom"
+
+
+def test_hook_manifest_columns(archived):
+    """The declared column is in the schema of every manifest part, with its type (its
+    values come from ``manifest_values``, below); an undeclared name never becomes one."""
+    import pyarrow as pa
+
+    from pixarc.manifest import schema
+
+    _, _, table, rows = archived
+    assert table.schema.field("test_flag").type == pa.string()
+    assert "not_declared" not in table.column_names
+    assert all(rows[k]["test_flag"] is not None for k in rows)
+    with pytest.raises(ValueError, match="clashes"):
+        schema({"codec_id": pa.string()})  # a plugin column may not shadow a core one
+
+
+def test_hook_manifest_values(archived):
+    """The plugin's values land in its columns, for archive rows and for the rows a
+    recompress writes."""
+    reg, dest, _, rows = archived
     assert {k: r["test_flag"] for k, r in rows.items()} == {"narrow.png": "done:test-reverse",
                                                           "wide.png": f"done:{rows['wide.png']['codec_id']}"}
-    assert reg.pm.hook.report_sections(rows=table) == [[("Test", "2 rows")]]
-    # recompress fills them too, in its own rows
     runs.recompress_local(str(dest), policy="png", min_saving=0.0, apply=True)
     new = [r for r in read_manifest(str(dest)).to_pylist() if r["job"] == "recompress"]
     assert new and all(r["test_flag"] == f"done:{r['codec_id']}" for r in new)
 
 
-def test_third_party_classifier_named_by_policy(tmp_path, monkeypatch, allow_testplug):
+def test_hook_report_sections(archived, monkeypatch):
+    from click.testing import CliRunner
+
+    from pixarc import plugins
+    from pixarc.cli import main
+
+    reg, dest, table, _ = archived
+    assert reg.pm.hook.report_sections(rows=latest(table)) == [[("Test", "2 rows")]]
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    html = dest.parent / "r.html"
+    res = CliRunner().invoke(main, ["report", str(dest), "--html", str(html)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    text = html.read_text()
+    assert "<h2>Test</h2><pre>2 rows</pre>" in text  # the plugin's section made it into the report
+
+
+def test_hook_register_classifiers(tmp_path, monkeypatch, allow_testplug):
     reg = build_plugin_manager({"testplug": third_party_plugin()})
     assert reg.owner["always-vector"] == "testplug"
     policy = tmp_path / "p.toml"
@@ -205,3 +273,181 @@ def test_tracing_logs_hook_calls(monkeypatch, caplog):
         reg.pm.hook.route(info=ImageInfo(4, 4, "RGB", 8, "PNG", "RGB"),
                           classification=Classification("line", 0.9, "stats"), policy=load_policy())
     assert any("route" in r.message for r in caplog.records)
+
+
+# --- commands (register_commands) -------------------------------------------
+
+
+def _install(monkeypatch, **plugins):
+    """Make ``plugins`` (entry-point name -> module, or a module name that does not import)
+    look installed: the CLI finds them through the entry-point group, as a pip install would."""
+    import os
+    from importlib import metadata as real
+
+    from pixarc import plugins as loader
+
+    eps = []
+    for name, mod in plugins.items():
+        if isinstance(mod, str):
+            eps.append(real.EntryPoint(name, mod, "pixarc"))
+        else:
+            monkeypatch.setitem(sys.modules, mod.__name__, mod)
+            eps.append(real.EntryPoint(name, mod.__name__, "pixarc"))
+    monkeypatch.setattr(loader, "metadata", types.SimpleNamespace(
+        entry_points=lambda group: [*real.entry_points(group=group), *eps]))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + "," + ",".join(plugins))
+
+
+def command_plugin(name="pixarc_test_commands"):
+    import click
+
+    mod = types.ModuleType(name)
+
+    @click.command("hello")
+    @click.option("--who", default="world")
+    def hello(who):
+        click.echo(f"hello {who}")
+
+    @click.command("greet")
+    def greet():
+        click.echo("greetings")
+
+    @click.command("archive")
+    def archive():  # clashes with the core command: refused, the core's stays
+        click.echo("hijacked")
+
+    @click.command("nowhere")
+    def nowhere():
+        pass
+
+    @hookimpl
+    def register_commands(register):
+        register(hello, group="train")
+        register(archive)
+        register(nowhere, group="no-such-group")
+        register(greet)  # after two refused ones: still added
+
+    mod.register_commands = register_commands
+    return mod
+
+
+def raising_plugin():
+    mod = types.ModuleType("pixarc_test_raising")
+
+    @hookimpl
+    def register_commands(register):
+        raise RuntimeError("boom")
+
+    mod.register_commands = register_commands
+    return mod
+
+
+def test_hook_register_commands(monkeypatch):
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    _install(monkeypatch, cmds=command_plugin())
+    res = CliRunner().invoke(main, ["train", "hello", "--who", "pixarc"], catch_exceptions=False)
+    assert res.exit_code == 0 and res.stdout == "hello pixarc\n", res.output
+    res = CliRunner().invoke(main, ["greet"], catch_exceptions=False)
+    assert res.exit_code == 0 and res.stdout == "greetings\n", res.output
+    res = CliRunner().invoke(main, ["--help"], catch_exceptions=False)
+    assert res.exit_code == 0 and "greet" in res.stdout
+    assert "already defined by the core" in res.stderr and "no group 'no-such-group'" in res.stderr
+    train_help = CliRunner().invoke(main, ["train", "--help"], catch_exceptions=False).stdout
+    assert "hello" in train_help and "nowhere" not in train_help
+    assert main.get_command(click_context(main), "archive").callback.__module__ == "pixarc.cli"  # core wins
+
+
+def click_context(group):
+    import click
+
+    return click.Context(group)
+
+
+def test_a_broken_plugin_is_reported_and_help_still_works(monkeypatch):
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    _install(monkeypatch, cmds=command_plugin(), missing="pixarc_no_such_module_1234", raising=raising_plugin())
+    res = CliRunner().invoke(main, ["--help"], catch_exceptions=False)
+    assert res.exit_code == 0 and "greet" in res.stdout and "archive" in res.stdout
+    assert "plugin 'missing' skipped" in res.stderr and "pixarc_no_such_module_1234" in res.stderr
+    assert "plugin 'raising' skipped" in res.stderr and "boom" in res.stderr
+    res = CliRunner().invoke(main, ["train", "hello"], catch_exceptions=False)
+    assert res.exit_code == 0 and res.stdout == "hello world\n"
+
+
+LEARNED_TRAINERS = {"adaptive": "lossy", "svr": "svr", "callic": "callic", "enhance": "enhance",
+                    "cnn_classifier": "classifier"}
+
+
+def _train_commands(monkeypatch, allow: str) -> set[str]:
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    monkeypatch.setenv("PIXARC_PLUGINS", allow)
+    res = CliRunner().invoke(main, ["train", "--help"], catch_exceptions=False)
+    assert res.exit_code == 0 and not res.stderr, res.output
+    listed = res.stdout.split("Commands:", 1)[1].split() if "Commands:" in res.stdout else []
+    return set(LEARNED_TRAINERS.values()) & set(listed)
+
+
+def test_train_lists_the_commands_of_loaded_plugins_only(monkeypatch):
+    import os
+
+    base = os.environ["PIXARC_PLUGINS"]
+    assert _train_commands(monkeypatch, base + "," + ",".join(LEARNED_TRAINERS)) == set(LEARNED_TRAINERS.values())
+    assert _train_commands(monkeypatch, base) == set()
+    assert _train_commands(monkeypatch, base + ",svr,cnn_classifier") == {"svr", "classifier"}
+
+
+def test_train_options_are_shared_and_unchanged(monkeypatch):
+    """Every trainer takes the shared options from pixarc.training.train_options, with the
+    defaults the commands had when they lived in the core."""
+    import os
+
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + "," + ",".join(LEARNED_TRAINERS))
+    ctx = click_context(main)
+    train = main.get_command(ctx, "train")
+    defaults = {name: {p.name: p.default for p in train.get_command(ctx, name).params}
+                for name in LEARNED_TRAINERS.values()}
+    assert {n: d["minutes"] for n, d in defaults.items()} == \
+        {"lossy": 60.0, "svr": 10.0, "callic": 10.0, "enhance": 15.0, "classifier": 8.0}
+    assert {n: d.get("checkpoint_minutes") for n, d in defaults.items()} == \
+        {"lossy": 5.0, "svr": 5.0, "callic": 3.0, "enhance": 3.0, "classifier": None}
+    for name, d in defaults.items():
+        assert d["seed"] == 0 and {"data", "out"} <= set(d), name
+        if name != "classifier":
+            assert (d["steps"], d["device"]) == (10**9, "cpu") and "resume" in d, name
+    res = CliRunner().invoke(main, ["train", "svr", "--out", "x"])
+    assert res.exit_code == 2 and "--data" in res.output  # required, as before
+
+
+def test_the_core_imports_no_plugin_and_listing_commands_imports_no_torch():
+    import ast
+    import os
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    plugin_packages = {p.name for p in (root / "plugins").iterdir() if (p / "__init__.py").exists()}
+    for path in [*(root / "pipeline").rglob("*.py"), *(root / "flows").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not {n.split(".")[0] for n in names} & plugin_packages, f"{path.name} imports a plugin"
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom pixarc.cli import main\n"
+            "r = CliRunner().invoke(main, ['archive', '--help'])\nassert r.exit_code == 0\n"
+            "assert not [m for m in sys.modules if m.startswith('pixarc_')], 'a core command loaded plugins'\n"
+            "r = CliRunner().invoke(main, ['train', '--help'])\nassert r.exit_code == 0 and 'lossy' in r.stdout\n"
+            "assert 'pixarc_adaptive' in sys.modules and 'torch' not in sys.modules\n")
+    env = {**os.environ, "PIXARC_PLUGINS": os.environ["PIXARC_PLUGINS"] + "," + ",".join(LEARNED_TRAINERS)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -66,18 +66,23 @@ def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tm
 
 def test_rd_selection_keeps_the_best_psnr_within_the_bpp_budget(images, tmp_path):
     rows = archive(images, tmp_path, "rd", "target_bpp = 1.5")
+    assert len(rows) == 3
+    fitted = 0
     for r in rows:
         tried = verified(r)
         within = [a for a in tried if a["met"]]
         assert all(a["met"] == (8 * a["bytes"] / (96 * 72) <= 1.5) for a in tried)
         if within:  # (a container header is counted too: a tiny budget may fit nothing)
+            fitted += 1
             best = max(within, key=lambda a: a.get("psnr", math.inf))
             assert r["codec_id"] == best["codec"] and r["bitstream_bytes"] == best["bytes"]
+    assert fitted >= 1, "no image had a candidate within the budget: the selection was never checked"
 
 
 def test_rd_never_keeps_a_candidate_below_a_reachable_target(images, tmp_path):
     """("smallest" would keep the fewest bytes whatever their PSNR.)"""
     rows = archive(images, tmp_path, "rd", "target_psnr = 60.0")  # only store (lossless) reaches it
+    assert len(rows) == 3
     for r in rows:
         assert r["codec_id"] == "store"
 

@@ -297,3 +297,10 @@ def _to_tensor(image):
 def register_codecs(register):
     if compressai_compat.available():
         register(AdaptiveCodec)
+
+
+@hookimpl
+def register_commands(register):
+    from .commands import train_lossy  # click and the shared options only; the trainer loads when it runs
+
+    register(train_lossy, group="train")

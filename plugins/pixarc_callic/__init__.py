@@ -193,3 +193,10 @@ class CallicCodec(LearnedCodec):
 @hookimpl
 def register_codecs(register):
     register(CallicCodec)
+
+
+@hookimpl
+def register_commands(register):
+    from .commands import train_callic  # click and the shared options only; the trainer loads when it runs
+
+    register(train_callic, group="train")

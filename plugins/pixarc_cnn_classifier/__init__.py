@@ -155,3 +155,10 @@ class CNNClassifier(Classifier):
 @hookimpl
 def register_classifiers(register):
     register(CNNClassifier)
+
+
+@hookimpl
+def register_commands(register):
+    from .commands import train_classifier  # click and the shared options only; the trainer loads when it runs
+
+    register(train_classifier, group="train")

@@ -305,3 +305,10 @@ def bases() -> list[str]:
 def register_codecs(register):
     for base_id in bases():
         register(enhanced(base_id))
+
+
+@hookimpl
+def register_commands(register):
+    from .commands import train_enhance  # click and the shared options only; the trainer loads when it runs
+
+    register(train_enhance, group="train")

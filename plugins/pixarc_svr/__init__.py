@@ -204,3 +204,10 @@ def _rans(tables: list[list[int]], symbols: list[int], which: list[int] | None =
 def register_codecs(register):
     if compressai_compat.available():
         register(SVRCodec)
+
+
+@hookimpl
+def register_commands(register):
+    from .commands import train_svr  # click and the shared options only; the trainer loads when it runs
+
+    register(train_svr, group="train")
