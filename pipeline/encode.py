@@ -258,16 +258,19 @@ def batch_encode(items: list[tuple[SourceImage, Route]], registry: Registry, dev
                 params_of[key] = params
             break  # only the first usable candidate is batched
     out: list[Payloads] = [{} for _ in items]
-    for key, members in groups.items():
+    for key, group in groups.items():
         codec = registry.codec(key[0])
-        try:
-            payloads = codec.encode_batch([items[i][0] for i in members], params_of[key], resolve(codec, device))
-        except Exception as exc:  # the images fall back to one-by-one encoding
-            for i in members:
-                if on_failure is not None:
-                    on_failure(i, f"batch encode failed ({type(exc).__name__}: {exc}); encoded alone")
-            continue
-        for i, payload in zip(members, payloads):
-            if isinstance(payload, (bytes, bytearray)):
-                out[i][key] = bytes(payload)
+        step = max(1, codec.batch_hint)  # what the codec says fits on a device at once
+        for start in range(0, len(group), step):
+            members = group[start : start + step]
+            try:
+                payloads = codec.encode_batch([items[i][0] for i in members], params_of[key], resolve(codec, device))
+            except Exception as exc:  # the images fall back to one-by-one encoding
+                for i in members:
+                    if on_failure is not None:
+                        on_failure(i, f"batch encode failed ({type(exc).__name__}: {exc}); encoded alone")
+                continue
+            for i, payload in zip(members, payloads):
+                if isinstance(payload, (bytes, bytearray)):
+                    out[i][key] = bytes(payload)
     return out

@@ -256,3 +256,38 @@ def test_training_cli_writes_weights_and_resumes(tmp_path, monkeypatch):
 
     state, _ = load_from_manifest(out, "enhance-avif-c4-l3.pt")
     assert all(v.dtype == torch.float16 for v in state.values())
+
+
+def test_lossy_policy_weighs_the_enhanced_codec_by_rd_cost(tiny_filter, with_enhance, tmp_path, monkeypatch):
+    """The built-in ``lossy`` policy lists ``avif-enhanced`` among the RD candidates of its
+    lossy routes; an RD archive rate-searches it next to AVIF, keeps the fewest bytes that
+    reach the target, and the report says which codec won."""
+    from pixarc import plugins, runs
+    from pixarc.manifest import latest, read_manifest, rows_from_table
+    from pixarc.policy import load_policy
+    from pixarc.report import rd_summary
+
+    lossy = load_policy("lossy")
+    for domain in ("natural", "comic"):
+        assert "avif-enhanced" in lossy.routes[domain].codecs and lossy.routes[domain].target
+    assert lossy.params["avif-enhanced"] == lossy.params["avif"]  # same base settings as plain AVIF
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    for i in range(2):
+        textured(64, 48, seed=i).save(src_dir / f"{i}.png")
+    policy = tmp_path / "p.toml"
+    policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.avif-enhanced]\nspeed = 8\n'
+                      '[params.avif]\nspeed = 8\n[routes.unknown]\nlossless = false\n'
+                      'codecs = ["avif-enhanced", "avif"]\ntarget_psnr = 30.0\n')
+    reg = plugins.build_plugin_manager()
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    runs.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy))
+    rows = rows_from_table(latest(read_manifest(str(tmp_path / "d"))))
+    assert len(rows) == 2
+    for r in rows:
+        tried = {a.codec: a for a in r.attempts if a.result == "verified"}
+        assert set(tried) >= {"avif-enhanced", "avif"}
+        reaching = [a for a in tried.values() if a.met]
+        assert reaching and r.bitstream_bytes == min(a.bytes for a in reaching)
+    (s,) = rd_summary(rows)
+    assert sum(s.wins.values()) == 2 and set(s.wins) <= {"avif-enhanced", "avif", "store"}

@@ -27,6 +27,7 @@ class FakeGPUCodec(Codec):
     codec_id = "test-fakegpu"
     lossless = True
     prefers_gpu = True
+    batch_hint = 8  # images per encode_batch call the (fake) device takes
     calls: list = []
     lock = threading.Lock()
 
@@ -121,3 +122,19 @@ def test_failed_batch_falls_back_to_single_encodes(gpu_world, monkeypatch):
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     assert all("batch encode failed" in r["notes"] for r in rows)
+
+
+def test_batches_follow_the_codecs_batch_hint(gpu_world, monkeypatch):
+    """A shard's GPU batch is cut to the codec's ``batch_hint`` (what fits on the device)."""
+    from conftest import encode_bytes, rng_image
+    from pixarc.encode import batch_encode
+    from pixarc.images import probe_and_load
+    from pixarc.policy import Candidate, Route
+
+    reg = plugins.default_registry()
+    route = Route("unknown", True, (Candidate("test-fakegpu"), Candidate("png")))
+    items = [(probe_and_load(encode_bytes(rng_image("RGB", (12, 8), seed=i), "PNG")), route) for i in range(5)]
+    monkeypatch.setattr(FakeGPUCodec, "batch_hint", 2)
+    out = batch_encode(items, reg, "auto")
+    assert [c[0] for c in FakeGPUCodec.calls] == [2, 2, 1]
+    assert all(len(p) == 1 for p in out)  # every image got its payload
