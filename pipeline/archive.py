@@ -19,8 +19,9 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 from . import __version__, faults, progress
 from .checks import Problem, decode_container
 from .codec import params_hash
-from .crawl import ImageRef, crawl
-from .device import Device, may_use_gpu, resolve
+from .container import unpack
+from .crawl import ImageRef, crawl, key_filter
+from .device import Device, may_use_gpu
 from .encode import Encoded, Payloads, batch_encode, encode_route, fallback_note
 from .errors import InputError, PixarcError
 from .images import SourceImage, sha256_hex
@@ -168,8 +169,6 @@ def try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry)
     try:
         if not fs.exists(path):
             return None
-        from .container import unpack
-
         blob = fs.cat_file(path)
         head = unpack(blob, header_only=True)
         wanted = {(c.codec_id, params_hash(registry.codec(c.codec_id).validate_params(c.params)))
@@ -249,8 +248,6 @@ class ArchiveJob:
         return self.dest
 
     def select(self) -> Callable[[str], bool] | None:
-        from .runs import key_filter
-
         return key_filter(self.include, self.exclude)
 
     def plan(self) -> ArchivePlan:

@@ -390,7 +390,7 @@ def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, dev
 
 def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
     from .dryrun import dry_run
-    from .runs import key_filter
+    from .crawl import key_filter
 
     meta = click.get_current_context().meta
     storageopts.apply([src, dest])

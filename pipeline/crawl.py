@@ -6,7 +6,7 @@ import fnmatch
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -89,3 +89,12 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterat
             kind = e.get("type") or "file"
             yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), stamp(e),
                            "file" if kind == "file" else str(kind))
+
+
+def key_filter(include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Callable[[str], bool] | None:
+    """``--include/--exclude`` globs on keys (``*`` crosses ``/``): a key is taken when it
+    matches some include (or none are given) and no exclude."""
+    if not include and not exclude:
+        return None
+    return lambda key: (not include or any(fnmatch.fnmatch(key, g) for g in include)) and not any(
+        fnmatch.fnmatch(key, g) for g in exclude)

@@ -33,7 +33,7 @@ from .encode import encode_route, fallback_note
 from .errors import InputError, PixarcError
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex
 from .layout import bitstream_rel, resolve_bitstream
-from .lock import check_held, hold
+from .lock import check_held
 from .manifest import STATUS_DONE, ManifestRow, read_manifest, row_from_record, rows_to_table, to_record, write_part
 from .plan import Shard, drop_plan, load_shard, write_plan
 from . import plugins

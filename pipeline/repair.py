@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 
 from . import __version__
 from .codec import params_hash
-from .container import unpack
 from .archive import fill_encoded, fill_plugin_columns, plugin_columns
 from .checks import decode_container, read_bitstream
 from .encode import encode_route

@@ -12,7 +12,6 @@ record and a :class:`~pixarc.plan.Shard` are all a task receives.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -117,15 +116,6 @@ def run_job(job: Job, run: ShardRunner, workers: int = 1, wait: float = 0.0) -> 
 
 
 # --------------------------------------------------------------------------- the jobs
-
-
-def key_filter(include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Callable[[str], bool] | None:
-    """``--include/--exclude`` globs on keys (``*`` crosses ``/``): a key is taken when it
-    matches some include (or none are given) and no exclude."""
-    if not include and not exclude:
-        return None
-    return lambda key: (not include or any(fnmatch.fnmatch(key, g) for g in include)) and not any(
-        fnmatch.fnmatch(key, g) for g in exclude)
 
 
 def archive_job(run: ShardRunner, src: str, dest: str, policy: str | None = None, shard_size: int = 256,
