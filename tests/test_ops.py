@@ -382,3 +382,23 @@ def test_export_bagit_makes_no_bag_when_restore_finds_problems(small_collection,
     victim.write_bytes(victim.read_bytes()[:-3] + b"abc")
     text = invoke("export-bagit", str(dest), str(out), code=3)  # exit 3: the archive is damaged
     assert "no bag made" in text and not (out / "bagit.txt").exists()
+
+
+def test_device_is_a_checked_value_on_every_job(small_collection, tmp_path):
+    """``--device`` on archive, restore, verify and recompress: a typo is a usage error
+    before any work; a valid one runs and the rows record what actually ran (codecs that
+    use no accelerator ran on the CPU)."""
+    dest = tmp_path / "d"
+    for cmd in (["archive", str(small_collection), str(dest)], ["restore", str(dest), str(tmp_path / "o")],
+                ["verify", str(dest)], ["recompress", str(dest)]):
+        res = CliRunner().invoke(main, [*cmd, "--device", "gpu0", "--no-progress"])
+        assert res.exit_code == 2 and "device 'gpu0' is not one of" in res.output, (cmd, res.output)
+    assert not dest.exists()  # refused before anything was written
+    doc = jdoc("archive", str(small_collection), str(dest), "--device", "cuda:1", "--json")
+    assert doc["totals"]["done"] == 5
+    assert {r.device for r in current_rows(str(dest))} == {"cpu"}  # PNG/JXL/WebP use no GPU
+    assert jdoc("verify", str(dest), "--full", "--device", "cpu", "--json")["ok"] is True
+    assert jdoc("restore", str(dest), str(tmp_path / "o"), "--device", "auto", "--json")["totals"]["done"] == 5
+    from pixarc.device import CPU, Device
+
+    assert Device.parse("cuda:1").torch == "cuda:1" and Device.parse("CPU") == CPU and str(CPU) == "cpu"
