@@ -6,7 +6,9 @@ environment variable. :class:`LearnedCodec` owns that part of the contract:
 
 - discovery: every ``weights.json`` entry of the codec's architecture, the environment
   variable's directories first, then the shipped folder (:meth:`LearnedCodec.find_weights`);
-- choice: the file an encode uses (:meth:`select_weights`): per rate point when every entry
+- choice: the file an encode uses (:meth:`select_weights`; entries marked
+  ``"decode_only": true`` — weights replaced by better ones, kept so that archives made
+  with them still decode — are never chosen for a new encode): per rate point when every entry
   names the ``rate_param`` value it was trained for (then :meth:`rate_values` lists those),
   the first file otherwise; ``weights_for``/``has_weights`` answer from the manifest;
 - loading: sha256 first, then ``weights_only=True`` (:mod:`pixarc.weights`), once per
@@ -105,20 +107,26 @@ class LearnedCodec(Codec):
         return [WeightsFile(path, entry["sha256"], entry, "shipped" if path.parent == shipped else self.weights_env)
                 for path, entry in manifest_entries(self.weights_env, shipped, self.weights_arch)]
 
+    @property
+    def encoding_weights(self) -> list[WeightsFile]:
+        """The weights a new encode may use: all but those kept for decoding only."""
+        return [w for w in self.weights if not w.entry.get("decode_only")]
+
     def _per_rate(self) -> bool:
         """Whether each weights file serves one rate point (its entry names the value)."""
-        rp = self.rate_param
-        return rp is not None and bool(self.weights) and all(rp in w.entry for w in self.weights)
+        rp, usable = self.rate_param, self.encoding_weights
+        return rp is not None and bool(usable) and all(rp in w.entry for w in usable)
 
     def select_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile | None:
         """The weights an encode with ``params`` uses, None when not installed: the first file
         trained for ``params[rate_param]`` when files are per rate point, else the first."""
+        usable = self.encoding_weights
         if not self._per_rate():
-            return self.weights[0] if self.weights else None
+            return usable[0] if usable else None
         rp = self.rate_param
         if params is None or rp not in params:
             return None
-        return next((w for w in self.weights if int(w.entry[rp]) == int(params[rp])), None)
+        return next((w for w in usable if int(w.entry[rp]) == int(params[rp])), None)
 
     def require_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile:
         """:meth:`select_weights`, or a CodecError saying what is missing and how to make it."""
@@ -142,7 +150,7 @@ class LearnedCodec(Codec):
     def rate_values(self) -> list[int]:
         """The rate points with weights when files are per rate point, else the whole range."""
         if self._per_rate():
-            return sorted({int(w.entry[self.rate_param]) for w in self.weights})
+            return sorted({int(w.entry[self.rate_param]) for w in self.encoding_weights})
         return super().rate_values()
 
     def weights_for(self, params: Mapping[str, Any]) -> str:
@@ -154,7 +162,7 @@ class LearnedCodec(Codec):
 
     def unsupported_reason(self, info):
         reason = super().unsupported_reason(info)
-        if reason is None and not self.weights:
+        if reason is None and not self.encoding_weights:
             reason = self.missing_weights()
         return reason
 

@@ -218,3 +218,21 @@ def test_refusing_turns_decoder_failures_into_codec_errors(toy):
     with pytest.raises(CodecError, match="^already typed$"):  # a CodecError passes unchanged
         with codec.refusing("cannot decode"):
             raise CodecError("already typed")
+
+
+def test_decode_only_weights_still_decode_but_never_encode(toy):
+    """Weights replaced by better ones stay installed, marked ``decode_only``: archives made
+    with them still decode, new encodes never pick them (nor list their rate point)."""
+    import json
+
+    codec, entries, folder = toy
+    doc = json.loads((folder / "weights.json").read_text())
+    doc["files"]["toy-q3.pt"]["decode_only"] = True
+    (folder / "weights.json").write_text(json.dumps(doc))
+    codec = Toy()
+    assert codec.rate_values() == [1]
+    assert codec.has_weights(entries[3]["sha256"])  # a bitstream made with them is still readable
+    assert codec.weights_for({"q": 3}) == "" and codec.weights_for({"q": 1}) == entries[1]["sha256"]
+    doc["files"]["toy-q1.pt"]["decode_only"] = True
+    (folder / "weights.json").write_text(json.dumps(doc))
+    assert "no weights installed" in Toy().unsupported_reason(RGB)  # nothing left to encode with

@@ -93,8 +93,8 @@ class EnhancedCodec(LearnedCodec):
     def select_weights(self, params=None):
         """The filter trained on this base, else the AVIF one (the on/off decision keeps it
         from losing); the same for every parameter."""
-        own = [w for w in self.weights if w.entry.get("base", "avif") == self.base_id]
-        generic = [w for w in self.weights if w.entry.get("base", "avif") == "avif"]
+        own = [w for w in self.encoding_weights if w.entry.get("base", "avif") == self.base_id]
+        generic = [w for w in self.encoding_weights if w.entry.get("base", "avif") == "avif"]
         return (own or generic or [None])[0]
 
     def build_model(self, weights, state):
