@@ -122,6 +122,18 @@ class ManifestRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# What a new row for the same source (a recompress or repair re-encode) takes over from
+# the row it succeeds: the source's facts and its classification.
+SOURCE_FIELDS = ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
+                 "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id")
+
+
+def carry_source(old: "ManifestRow", new: "ManifestRow") -> None:
+    """Copy :data:`SOURCE_FIELDS` from ``old`` into ``new``."""
+    for name in SOURCE_FIELDS:
+        setattr(new, name, getattr(old, name))
+
+
 _ARROW = {
     str: pa.string(),
     Status: pa.string(),

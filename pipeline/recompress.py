@@ -34,7 +34,16 @@ from .errors import InputError, PixarcError
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex
 from .layout import bitstream_rel, resolve_bitstream
 from .lock import check_held
-from .manifest import STATUS_DONE, ManifestRow, read_manifest, row_from_record, rows_to_table, to_record, write_part
+from .manifest import (
+    STATUS_DONE,
+    ManifestRow,
+    carry_source,
+    read_manifest,
+    row_from_record,
+    rows_to_table,
+    to_record,
+    write_part,
+)
 from .plan import Shard, drop_plan, load_shard, write_plan
 from . import plugins
 from .plugins import Registry
@@ -134,10 +143,6 @@ def replacement_path(old_path: str, new_sha256: str) -> str:
     return f"{base}.{new_sha256[:12]}.pxa"
 
 
-_CARRIED = ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
-            "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id")
-
-
 @dataclass(frozen=True)
 class RecompressJob:
     """Re-encode outdated rows and rows the current policy stores ``min_saving`` smaller;
@@ -232,8 +237,7 @@ class RecompressJob:
         write_atomic(fs, join(root, rel), chosen.blob)
         new = ManifestRow(self.run_id, 0, row.key, row.source_uri, STATUS_DONE, job="recompress",
                           replaces_sha256=row.bitstream_sha256, pixarc_version=__version__)
-        for name in _CARRIED:
-            setattr(new, name, getattr(row, name))
+        carry_source(row, new)
         new.route = route.domain
         fill_encoded(new, chosen, registry, rel)
         new.attempts = attempts

@@ -34,7 +34,7 @@ from .plan import STATE_DIR, new_run_id
 from .errors import InputError, PixarcError
 from .images import probe_and_load, sha256_hex
 from .lock import check_held, hold
-from .manifest import STATUS_DONE, ManifestRow, read_manifest, rows_to_table, write_part
+from .manifest import STATUS_DONE, ManifestRow, carry_source, read_manifest, rows_to_table, write_part
 from .state import current_rows
 from .plugins import Registry, default_registry
 from .policy import Candidate, Route
@@ -166,10 +166,6 @@ def _bitstream_ok(uri: str, row: ManifestRow, registry: Registry) -> bool:
     return True
 
 
-_CARRIED = ("source_sha256", "source_bytes", "source_mtime", "source_format", "width", "height", "mode",
-            "bit_depth", "pixels_sha256", "domain", "domain_confidence", "classifier_id", "route")
-
-
 def _reencode(old: ManifestRow, dest: str, run_id: str, registry: Registry) -> ManifestRow:
     try:
         fs, path = get_fs(old.source_uri)
@@ -187,8 +183,8 @@ def _reencode(old: ManifestRow, dest: str, run_id: str, registry: Registry) -> M
     rel = write_version(dfs, droot, old.key, chosen.blob)
     row = ManifestRow(run_id, 1, old.key, old.source_uri, STATUS_DONE, job="repair",
                       replaces_sha256=old.bitstream_sha256, pixarc_version=__version__)
-    for name in _CARRIED:
-        setattr(row, name, getattr(old, name))
+    carry_source(old, row)
+    row.route = old.route
     fill_encoded(row, chosen, registry, rel)
     row.attempts = attempts
     row.notes = "re-encoded by repair from the original (its bitstream was missing or damaged)"
