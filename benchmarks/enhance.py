@@ -21,7 +21,6 @@ counted in the rates but not here). Rates are payload bytes of each codec.
 from __future__ import annotations
 
 import argparse
-import math
 import struct
 import sys
 import time
@@ -30,50 +29,35 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lossy_rd import bd_rate  # noqa: E402
+from lossy_rd import bd_rate, measure_full  # noqa: E402
 
 from pixarc.images import probe_and_load  # noqa: E402
-from pixarc.metrics import ms_ssim, psnr  # noqa: E402
 from pixarc.plugins import build_plugin_manager  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("natural", "comic", "line", "vector", "screenshot")
 
 
-def msssim_db(v: float) -> float:
-    return -10 * math.log10(max(1e-10, 1 - v))
-
-
 def measure(codec, params, sources, stats=None):
-    """Mean (bpp, PSNR, MS-SSIM dB) over ``sources`` and seconds per image (encode, decode)."""
+    """Mean (bpp, PSNR, MS-SSIM dB) over ``sources`` and wall seconds per image (encode,
+    decode), by :func:`lossy_rd.measure_full`; with ``stats``, what the enhanced payloads
+    hold (filter on? adapter mode? adapter bytes?) is counted there."""
     from pixarc_enhance import _HEAD, SHA_PREFIX
 
-    p = codec.validate_params(params)
-    bits = pixels = 0
-    ps, ms, enc_s, dec_s = [], [], 0.0, 0.0
-    for src in sources:
-        t0 = time.perf_counter()
-        payload = codec.encode(src, p)
-        t1 = time.perf_counter()
-        image = codec.decode(payload).image
-        dec_s += time.perf_counter() - t1
-        enc_s += t1 - t0
-        bits += 8 * len(payload)
-        pixels += src.info.pixels
-        ps.append(psnr(src.image, image))
-        ms.append(msssim_db(ms_ssim(src.image, image)))
-        if stats is not None:  # enhanced payloads: filter on? adapter mode? adapter bytes?
-            stats["images"] += 1
-            if payload[0]:
-                _, mode, _ = _HEAD.unpack_from(payload, 0)
-                pos = _HEAD.size + SHA_PREFIX
-                (n,) = struct.unpack_from(">I", payload, pos)
-                stats["on"] += 1
-                stats["adapted"] += int(mode > 0)
-                stats["per_colour"] += int(mode == 2)
-                stats["adapter_bytes"] += len(payload) - pos - 4 - n
-    n = len(sources)
-    return (bits / pixels, float(np.mean(ps)), float(np.mean(ms))), enc_s / n, dec_s / n
+    def count(payload: bytes) -> None:
+        stats["images"] += 1
+        if payload[0]:
+            _, mode, _ = _HEAD.unpack_from(payload, 0)
+            pos = _HEAD.size + SHA_PREFIX
+            (n,) = struct.unpack_from(">I", payload, pos)
+            stats["on"] += 1
+            stats["adapted"] += int(mode > 0)
+            stats["per_colour"] += int(mode == 2)
+            stats["adapter_bytes"] += len(payload) - pos - 4 - n
+
+    bpp, ps, ms, enc_s, dec_s = measure_full(codec, params, sources, clock=time.perf_counter,
+                                             inspect=count if stats is not None else None)
+    return (bpp, ps, ms), enc_s, dec_s
 
 
 def main() -> None:

@@ -47,17 +47,19 @@ CONVENTIONAL = {
 }
 
 
-def bd_rate(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
-    """Bjøntegaard delta rate (%) of ``test`` against ``ref``; points are (bpp, psnr)."""
+def _mean_gap(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
+    """Mean of ``test_y - ref_y`` over the overlapping x range of two (x, y) curves, each
+    interpolated piecewise-cubic (PCHIP) in x; NaN when they do not overlap. Points with a
+    non-finite coordinate are dropped, and x must grow strictly (PCHIP), so a repeated x
+    keeps its first point."""
     from scipy.interpolate import PchipInterpolator
 
     def curve(points):
-        pts = sorted((p, math.log(r)) for r, p in points if r > 0 and math.isfinite(p))
         xs, ys = [], []
-        for p, lr in pts:  # PCHIP needs strictly increasing PSNR
-            if not xs or p > xs[-1] + 1e-9:
-                xs.append(p)
-                ys.append(lr)
+        for x, y in sorted((x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)):
+            if not xs or x > xs[-1] + 1e-9:
+                xs.append(x)
+                ys.append(y)
         return xs, ys
 
     rx, ry = curve(ref)
@@ -68,9 +70,18 @@ def bd_rate(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> 
     if hi <= lo:
         return math.nan
     grid = np.linspace(lo, hi, 100)
-    r_int = np.trapezoid(PchipInterpolator(rx, ry)(grid), grid)
-    t_int = np.trapezoid(PchipInterpolator(tx, ty)(grid), grid)
-    return 100 * (math.exp((t_int - r_int) / (hi - lo)) - 1)
+    return float(np.trapezoid(PchipInterpolator(tx, ty)(grid) - PchipInterpolator(rx, ry)(grid), grid) / (hi - lo))
+
+
+def _log_rate(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(math.log(r), q) for r, q in points if r > 0]
+
+
+def bd_rate(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
+    """Bjøntegaard delta rate (%) of ``test`` against ``ref``; points are (bpp, psnr):
+    the mean log-rate gap over the overlapping PSNR range."""
+    gap = _mean_gap([(q, lr) for lr, q in _log_rate(ref)], [(q, lr) for lr, q in _log_rate(test)])
+    return 100 * (math.exp(gap) - 1) if math.isfinite(gap) else math.nan
 
 
 def installed(learned) -> list[int]:
@@ -114,25 +125,7 @@ def bd_quality(ref: list[tuple[float, float]], test: list[tuple[float, float]]) 
     """Bjøntegaard delta quality (dB) of ``test`` against ``ref`` over their overlapping
     log-rate range: the companion of :func:`bd_rate`, which needs overlapping quality
     ranges (curves far apart in quality still overlap in rate)."""
-    from scipy.interpolate import PchipInterpolator
-
-    def curve(points):
-        xs, ys = [], []
-        for lr, q in sorted((math.log(r), q) for r, q in points if r > 0 and math.isfinite(q)):
-            if not xs or lr > xs[-1] + 1e-9:
-                xs.append(lr)
-                ys.append(q)
-        return xs, ys
-
-    rx, ry = curve(ref)
-    tx, ty = curve(test)
-    if len(rx) < 2 or len(tx) < 2:
-        return math.nan
-    lo, hi = max(rx[0], tx[0]), min(rx[-1], tx[-1])
-    if hi <= lo:
-        return math.nan
-    grid = np.linspace(lo, hi, 100)
-    return float(np.trapezoid(PchipInterpolator(tx, ty)(grid) - PchipInterpolator(rx, ry)(grid), grid) / (hi - lo))
+    return _mean_gap(_log_rate(ref), _log_rate(test))
 
 
 def quality_at(ref: list[tuple[float, float]], rate: float) -> float:
@@ -164,24 +157,27 @@ def msssim_db(v: float) -> float:
     return -10 * math.log10(max(1e-10, 1 - v))
 
 
-def measure_full(codec, params, sources):
-    """(bpp, mean PSNR, mean MS-SSIM dB, encode CPU s/img, decode CPU s/img) of a conventional codec."""
+def measure_full(codec, params, sources, clock=time.process_time, inspect=None):
+    """(bpp, mean PSNR, mean MS-SSIM dB, encode s/img, decode s/img) of a codec over
+    ``sources``: CPU seconds by default (``clock``); ``inspect(payload)`` sees each payload."""
     from pixarc.metrics import ms_ssim
 
     p = codec.validate_params(params)
     bits = pixels = 0
     ps, ms, enc_s, dec_s = [], [], 0.0, 0.0
     for src in sources:
-        t0 = time.process_time()
+        t0 = clock()
         payload = codec.encode(src, p)
-        t1 = time.process_time()
+        t1 = clock()
         image = codec.decode(payload).image
-        dec_s += time.process_time() - t1
+        dec_s += clock() - t1
         enc_s += t1 - t0
         bits += 8 * len(payload)
         pixels += src.info.pixels
         ps.append(psnr(src.image, image))
         ms.append(msssim_db(ms_ssim(src.image, image)))
+        if inspect is not None:
+            inspect(payload)
     n = len(sources)
     return bits / pixels, float(np.mean(ps)), float(np.mean(ms)), enc_s / n, dec_s / n
 
