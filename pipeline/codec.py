@@ -101,6 +101,9 @@ class Codec(ABC):
             may differ in the last bit between devices, so the check compares fingerprints.
         batch_hint / memory_hint_mb: images per :meth:`encode_batch` call that suit the
             codec, and its peak memory per megapixel, for schedulers and ``--batch-size``.
+        screened: :meth:`psnr_ceiling` gives a cheap bound; RD selection then tries the
+            codec after the route's other candidates and skips it when the bound shows it
+            cannot beat what they already reached.
     """
 
     codec_id: ClassVar[str]
@@ -117,6 +120,7 @@ class Codec(ABC):
     determinism: ClassVar[str] = "pixels"
     batch_hint: ClassVar[int] = 1
     memory_hint_mb: ClassVar[int] = 0
+    screened: ClassVar[bool] = False
 
     def rate_values(self) -> list[int]:
         """The values of ``rate_param`` a ``target_psnr``/``target_bpp`` search may probe, in
@@ -124,6 +128,13 @@ class Codec(ABC):
         it has weights for."""
         spec = self.params_schema[self.rate_param]
         return list(range(int(spec.min), int(spec.max) + 1))
+
+    def psnr_ceiling(self, src: SourceImage, params: Mapping[str, Any], device: Device = CPU) -> float | None:
+        """An optimistic bound on the PSNR (dB) any encode of ``src`` with ``params`` reaches,
+        at any value of ``rate_param``, for far less work than one encode (None: no bound).
+        Codecs that implement it set :attr:`screened`; a bound that is not really an upper
+        bound costs the archive a candidate that might have won."""
+        return None
 
     def weights_for(self, params: Mapping[str, Any]) -> str:
         """sha256 of the weights an encode with ``params`` uses ('' for codecs without weights).

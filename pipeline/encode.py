@@ -182,7 +182,7 @@ def encode_route(src: SourceImage, route: Route, registry: Registry, device: str
     chosen: Encoded | None = None
     attempts: list[Attempt] = []
     target = next((c.target for c in route.candidates if c.target), None)
-    for cand in route.candidates:
+    for cand in _in_rd_order(route, registry):
         if cand.codec_id in exclude:
             attempts.append(Attempt(cand.codec_id, "skipped", "excluded"))
             continue
@@ -198,6 +198,11 @@ def encode_route(src: SourceImage, route: Route, registry: Registry, device: str
         on = resolve(codec, device)
         try:
             params = codec.validate_params(cand.params)
+            if route.selection == "rd" and codec.screened and chosen is not None and target is not None:
+                why = cannot_win(codec, params, src, on, chosen, target)
+                if why:
+                    attempts.append(Attempt(cand.codec_id, "screened", why))
+                    continue
             if cand.target and codec.rate_param and not codec.lossless:
                 enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target)
                 attempts.append(Attempt(cand.codec_id, "target", note))
@@ -221,6 +226,37 @@ def encode_route(src: SourceImage, route: Route, registry: Registry, device: str
         if route.selection == "first":
             break
     return chosen, attempts
+
+
+def _in_rd_order(route: Route, registry: Registry) -> list:
+    """The route's candidates, for RD selection with the screened codecs (those with a cheap
+    :meth:`~pixarc.codec.Codec.psnr_ceiling`) last, so the others' results can rule them out
+    before their costly search; otherwise as listed."""
+    if route.selection != "rd":
+        return list(route.candidates)
+
+    def screened(cand) -> bool:
+        return cand.codec_id in registry.codecs and registry.codec(cand.codec_id).screened
+
+    return sorted(route.candidates, key=screened)  # stable: route order within each group
+
+
+def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: Device, chosen: Encoded,
+               target: Target) -> str:
+    """Why ``codec`` cannot beat ``chosen`` at ``target`` (it has met the target), from the
+    codec's PSNR ceiling; '' when it might."""
+    if not meets(chosen, target, max(1, src.info.pixels)):
+        return ""
+    ceiling = codec.psnr_ceiling(src, params, device)
+    if ceiling is None:
+        return ""
+    kind, goal = target
+    if kind == "psnr" and ceiling < goal:
+        return (f"cannot reach psnr target {goal}: at most {ceiling:.1f} dB on this image, "
+                f"which {chosen.codec.codec_id} reached")
+    if kind == "bpp" and ceiling <= chosen.psnr:
+        return f"at most {ceiling:.1f} dB on this image, {chosen.codec.codec_id} has {chosen.psnr:.1f} dB within bpp {goal}"
+    return ""
 
 
 def fallback_note(attempts: list[Attempt]) -> str:

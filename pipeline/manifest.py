@@ -52,8 +52,9 @@ class Attempt:
     """One codec candidate tried for an object, and what came of it.
 
     ``result``: ``verified`` (encoded and decode-checked), ``target`` (a rate search; the
-    reason says where it ended), ``skipped`` / ``failed`` (with the reason), ``reused``
-    (an interrupted run's verified bitstream)."""
+    reason says where it ended), ``skipped`` / ``failed`` (with the reason), ``screened`` (RD
+    selection left it out: its PSNR ceiling showed it could not win), ``reused`` (an
+    interrupted run's verified bitstream)."""
 
     codec: str
     result: str

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import encode_bytes
 from pixarc.images import probe_and_load
+from pixarc.metrics import psnr
 from pixarc.weights import file_sha256
 
 
@@ -36,6 +37,9 @@ def tiny_weights(tmp_path, monkeypatch):
     (tmp_path / "weights.json").write_text(json.dumps({"files": {"tiny-q1.pt": entry}}))
     monkeypatch.setenv("PIXARC_ADAPTIVE_WEIGHTS", str(tmp_path))
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",adaptive")
+    from pixarc_adaptive import AdaptiveCodec
+
+    monkeypatch.setattr(AdaptiveCodec, "weights_dir", tmp_path / "not-shipped")  # the tiny model alone
     return tmp_path
 
 
@@ -160,13 +164,49 @@ def test_tampered_weights_are_refused(tiny_weights):
         c.encode(src, c.validate_params({"quality": 1}))
 
 
-def test_without_weights_the_codec_steps_aside(monkeypatch):
+def test_without_weights_the_codec_steps_aside(monkeypatch, tmp_path):
     monkeypatch.delenv("PIXARC_ADAPTIVE_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
     from pixarc.images import ImageInfo
+    from pixarc_adaptive import AdaptiveCodec
 
+    monkeypatch.setattr(AdaptiveCodec, "weights_dir", tmp_path)  # neither the env folder nor shipped ones
     reason = codec().unsupported_reason(ImageInfo(64, 64, "RGB", 8, "PNG", "RGB"))
-    assert reason and "no weights" in reason
+    assert reason and "no weights" in reason and "`pixarc train lossy`" in reason
+
+
+def test_shipped_weights_cover_four_rate_points_and_decode(monkeypatch):
+    """The shipped rate points: four qualities, fp16, hash-checked on load, with
+    provenance; the lowest one codes and decodes an image (base model, no adaptation)."""
+    monkeypatch.delenv("PIXARC_ADAPTIVE_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    c = codec()
+    shipped = [w for w in c.find_weights() if w.origin == "shipped"]
+    assert sorted(int(w.entry["quality"]) for w in shipped) == [1, 2, 3, 4] == c.rate_values()
+    for w in shipped:
+        assert {"steps", "minutes", "devices", "data_sha256", "lambda", "N", "M"} <= set(w.entry)
+        assert all(t.dtype == torch.float16 for t in torch.load(w.path, weights_only=True).values()
+                   if t.is_floating_point())
+    src = probe_and_load(encode_bytes(smooth_image(96, 80), "PNG"))
+    params = c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 0})
+    payload = c.encode(src, params)
+    out = c.decode(payload).image
+    assert out.size == src.image.size
+    assert psnr(src.image, out) > 20  # trained weights: far from the ~10 dB of a random model
+
+
+def test_psnr_ceiling_is_the_base_model_at_the_top_rate_point_plus_the_margin(tiny_weights):
+    """RD selection may skip the codec on the strength of ``psnr_ceiling``; it must bound
+    what the adapted encode reaches."""
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(70, 50), "PNG"))
+    base = c.validate_params({"quality": 1, "latent_iters": 0, "adapter_iters": 0})
+    base_psnr = psnr(src.image, c.decode(c.encode(src, base)).image)
+    params = c.validate_params({"quality": 1, "ceiling_margin_db": 2.5})
+    ceiling = c.psnr_ceiling(src, params)
+    assert ceiling == pytest.approx(base_psnr + 2.5, abs=1e-9)
+    adapted = psnr(src.image, c.decode(c.encode(src, params)).image)
+    assert adapted < ceiling
 
 
 def test_garbage_payloads_raise_codec_error(tiny_weights):
@@ -373,6 +413,7 @@ def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp
     smooth_image(64, 48).save(src_dir / "a.png")
     policy = tmp_path / "p.toml"
     policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nlatent_iters = 2\n'
+                      'ceiling_margin_db = 1000.0\n'  # never screened out: the search itself is tested
                       'adapter_iters = 2\n[routes.unknown]\nlossless = false\n'
                       'codecs = ["adaptive-mbt2018-mean", "webp"]\n'
                       'target_psnr = 30.0\n')

@@ -165,3 +165,70 @@ def test_gpu_batches_skip_candidates_that_are_rate_searched(images, tmp_path, mo
     assert all(any(a["codec"] == "test-lossygpu" and a["result"] == "target" for a in json.loads(r["attempts"]))
                for r in rows)
     assert batches == []
+
+
+def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(images, tmp_path, monkeypatch):
+    """A codec with a cheap PSNR ceiling (the adaptive one: a minute of adaptation per probe)
+    is tried after the route's other candidates, although listed first, and skipped on the
+    images where another candidate met the target its ceiling cannot reach; where none did,
+    or where the ceiling is high enough, it is rate-searched as usual."""
+    import os
+    import types
+
+    from pixarc.codec import Codec, Decoded, Param
+    from pixarc.hookspecs import hookimpl
+    from pixarc.plugins import build_plugin_manager
+
+    calls = []
+
+    class Screened(Codec):
+        codec_id = "test-screened"
+        lossless = False
+        rate_param = "quality"
+        screened = True
+        params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0)}
+
+        def psnr_ceiling(self, src, params, device="cpu"):
+            calls.append("ceiling")
+            return params["ceiling"]
+
+        def encode(self, src, params, device="cpu"):
+            calls.append("encode")
+            im = src.image.convert("RGB").quantize(2 ** (2 * params["quality"])).convert("RGB")
+            return f"{im.width}|{im.height}|".encode() + im.tobytes()
+
+        def decode(self, payload, device="cpu"):
+            w, h, body = payload.split(b"|", 2)
+            return Decoded(image=Image.frombytes("RGB", (int(w), int(h)), body))
+
+    mod = types.ModuleType("screened")
+    mod.register_codecs = hookimpl(lambda register: register(Screened))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",screened")
+    reg = build_plugin_manager({"screened": mod})
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+
+    def run(name, target, ceiling):
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f'selection = "rd"\nmin_confidence = 1.1\n[params.test-screened]\nceiling = {ceiling}\n'
+                     f'[routes.unknown]\nlossless = false\ncodecs = ["test-screened", "webp"]\n{target}\n')
+        calls.clear()
+        runs.archive_local(str(images), str(tmp_path / name), policy=str(p))
+        rows = latest(read_manifest(str(tmp_path / name))).to_pylist()
+        assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+        return {(r["key"], r["codec_id"]): [(a["codec"], a["result"], a.get("reason", "")) for a in json.loads(r["attempts"])]
+                for r in rows}
+
+    low = run("low", "target_psnr = 30.0", 25.0)  # webp reaches 30 dB on these; 25 dB cannot
+    assert calls and set(calls) == {"ceiling"}  # never encoded
+    for (_, kept), attempts in low.items():
+        assert [c for c, _, _ in attempts][:2] == ["webp", "webp"]  # target search + verified, then the screened one
+        (screened,) = [a for a in attempts if a[0] == "test-screened"]
+        assert screened[1] == "screened" and "at most 25.0 dB" in screened[2] and screened[2].endswith(f"{kept} reached")
+
+    high = run("high", "target_psnr = 30.0", 1000.0)  # the ceiling allows a win: searched as usual
+    assert "encode" in calls
+    assert all(("test-screened", "target") in [(c, r) for c, r, _ in a] for a in high.values())
+
+    unmet = run("unmet", "target_bpp = 0.001", 25.0)  # nobody fits 0.001 bpp: no ground to skip it
+    assert "encode" in calls and "ceiling" not in calls
+    assert all(("test-screened", "target") in [(c, r) for c, r, _ in a] for a in unmet.values())

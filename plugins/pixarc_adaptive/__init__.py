@@ -32,6 +32,7 @@ from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, WeightsFile
+from pixarc.metrics import psnr
 
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
@@ -79,9 +80,14 @@ class AdaptiveCodec(LearnedCodec):
         "scales": Param(float, (1.0,), 0.001, 1.0, "resize factors in (0, 1] searched by RD cost, coded in "
                         "permille, e.g. [1.0, 0.75, 0.5]", many=True),
         "seed": Param(int, 0, 0, 2**31 - 1, "adapter initialisation seed"),
+        "ceiling_margin_db": Param(float, 6.0, 0.0, 1000.0, "RD selection skips this codec on an image where "
+                                   "the base model at the highest installed rate point, plus this margin, cannot "
+                                   "beat another candidate (largest adaptation gain measured there on dev: "
+                                   "+3.4 dB); 1000 never skips"),
     }
     description = "CompressAI mbt2018-mean + SGA latent refinement + rank-2 adapters"
     rate_param = "quality"
+    screened = True
     weights_env, weights_arch, train_command = "PIXARC_ADAPTIVE_WEIGHTS", ARCH, "pixarc train lossy"
 
     def find_weights(self) -> list[WeightsFile]:
@@ -124,6 +130,14 @@ class AdaptiveCodec(LearnedCodec):
         permille = self._pick_scale(src.image, ck, params, device)
         with torch.enable_grad():
             return self._encode_at(cpu, dev, src.image, permille, ck, params, device)
+
+    def psnr_ceiling(self, src, params, device=CPU) -> float:
+        """The base model's PSNR at the highest installed rate point (no adaptation, full
+        size: one forward pass and a decode) plus ``ceiling_margin_db``."""
+        ck = self._checkpoint(self.rate_values()[-1])
+        payload = self._encode_at(self.model(ck), self.model(ck, device), src.image, 1000, ck, params, device,
+                                  search=True)
+        return psnr(src.image, self.decode(payload, device).image) + params["ceiling_margin_db"]
 
     def _pick_scale(self, image, ck, params, device) -> int:
         """The resize search: a base encode per factor, judged by RD cost at full size."""
