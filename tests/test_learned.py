@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,28 @@ def test_decode_only_weights_still_decode_but_never_encode(toy):
     doc["files"]["toy-q1.pt"]["decode_only"] = True
     (folder / "weights.json").write_text(json.dumps(doc))
     assert "no weights installed" in Toy().unsupported_reason(RGB)  # nothing left to encode with
+
+
+def test_every_shipped_weights_file_is_hashed_fp16_with_provenance_and_all_fit_30_mb():
+    """The brief's budget and record for shipped weights, over every plugin: each file's
+    sha256 matches its manifest entry, its tensors are fp16, the entry says what trained it
+    (steps, minutes, devices, data hash), and all files together stay under 30 MB."""
+    import torch
+
+    from pixarc.weights import file_sha256
+
+    manifests = sorted((Path(__file__).parents[1] / "plugins").glob("pixarc_*/weights/weights.json"))
+    assert len(manifests) >= 5  # adaptive, callic, classifier, enhance, svr
+    total = 0
+    for manifest in manifests:
+        for name, entry in json.loads(manifest.read_text())["files"].items():
+            path = manifest.parent / name
+            data = path.read_bytes()
+            total += len(data)
+            assert file_sha256(data) == entry["sha256"], path
+            assert {"steps", "minutes", "devices", "data_sha256"} <= set(entry), (path, sorted(entry))
+            state = torch.load(path, weights_only=True)
+            state = state.get("state_dict", state)
+            floats = [t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+            assert floats and all(t.dtype == torch.float16 for t in floats), path
+    assert total < 30 * 10**6, total
