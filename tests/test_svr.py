@@ -240,6 +240,9 @@ def test_lowrate_policy_targets_low_bpp():
     pol = load_policy(str(Path(__file__).parents[1] / "pipeline" / "policies" / "lowrate.toml"))
     lossy = {d: r for d, r in pol.routes.items() if not r.lossless}
     assert lossy and all(r.target and r.target[0] == "bpp" and r.target[1] <= 0.3 for r in lossy.values())
+    # SVR competes by RD cost on natural and comic, so it is kept only where it wins
+    assert pol.selection == "rd" and {"natural", "comic"} <= set(lossy)
+    assert all("svr" in r.codecs and {"avif", "webp", "jpeg"} <= set(r.codecs) for r in lossy.values())
 
 
 def test_archive_routes_to_svr_with_a_bpp_target(svr_weights, monkeypatch, tmp_path):
