@@ -74,7 +74,7 @@ def decode_with(c: Container, codec: Codec, device: "str | Device" = CPU) -> Dec
     if not codec.has_weights(c.weights_sha256):
         raise MissingPluginError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}..., not installed here")
     try:
-        decoded = codec.decode(c.payload, resolve(codec, device))
+        decoded = codec.decode_stored(c.payload, resolve(codec, device), c.weights_sha256)
     except PixarcError:
         raise
     except Exception as exc:  # a codec bug must not escape as an untyped crash

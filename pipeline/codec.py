@@ -198,6 +198,12 @@ class Codec(ABC):
     def decode(self, payload: bytes, device: Device = CPU) -> Decoded:
         """Decode a payload produced by :meth:`encode`. Raise :class:`CodecError` on bad input."""
 
+    def decode_stored(self, payload: bytes, device: Device, weights_sha256: str) -> Decoded:
+        """Decode a payload read back from an archive, whose container names the weights
+        (sha256, '' for none) it was encoded with. Codecs without weights just decode; a
+        learned codec decodes with exactly those weights, whatever it would encode with now."""
+        return self.decode(payload, device)
+
     def decode_batch(self, payloads: list[bytes], device: Device = CPU) -> list[Decoded | Exception]:
         """Decode several payloads at once (one entry each, an exception for a failure);
         the default decodes one by one."""

@@ -87,7 +87,7 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
     decoded_sha = src.pixels_sha256
     if not codec.lossless:
         # Decode once to learn what the bitstream reconstructs; record it in the header.
-        first = codec.decode(payload, device)
+        first = codec.decode_stored(payload, device, container.weights_sha256)
         recon = first.image
         if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
             raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")

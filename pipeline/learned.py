@@ -10,7 +10,10 @@ environment variable. :class:`LearnedCodec` owns that part of the contract:
   ``"decode_only": true`` — weights replaced by better ones, kept so that archives made
   with them still decode — are never chosen for a new encode): per rate point when every entry
   names the ``rate_param`` value it was trained for (then :meth:`rate_values` lists those),
-  the first file otherwise; ``weights_for``/``has_weights`` answer from the manifest;
+  the first file otherwise; ``weights_for``/``has_weights`` answer from the manifest. A
+  stored bitstream is decoded with the weights its container names (:meth:`decode_stored`
+  pins them for the duration of the subclass's ``decode``), so shipping better weights
+  never changes how an existing archive decodes;
 - loading: sha256 first, then ``weights_only=True`` (:mod:`pixarc.weights`), once per
   (weights file, :class:`~pixarc.device.Device`), under a lock: the CPU copy from the file, a
   GPU copy from the CPU one (:meth:`model`); the subclass only builds the network
@@ -32,6 +35,7 @@ LearnedCodec``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -43,6 +47,12 @@ from .device import CPU, Device
 from .errors import CodecError
 from .images import SourceImage
 from .weights import WeightsError, load_weights, manifest_entries
+
+
+# (codec, weights) while LearnedCodec.decode_stored runs: per thread and task, so parallel
+# decodes with different weights do not see each other's choice.
+_DECODING_WITH: contextvars.ContextVar[tuple["LearnedCodec", "WeightsFile"] | None] = \
+    contextvars.ContextVar("pixarc_decoding_with", default=None)
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,11 @@ class LearnedCodec(Codec):
 
     def select_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile | None:
         """The weights an encode with ``params`` uses, None when not installed: the first file
-        trained for ``params[rate_param]`` when files are per rate point, else the first."""
+        trained for ``params[rate_param]`` when files are per rate point, else the first.
+        Inside :meth:`decode_stored`: the weights the bitstream was made with."""
+        pinned = _DECODING_WITH.get()
+        if pinned is not None and pinned[0] is self:
+            return pinned[1]
         usable = self.encoding_weights
         if not self._per_rate():
             return usable[0] if usable else None
@@ -192,6 +206,20 @@ class LearnedCodec(Codec):
             return self._models[key]
 
     # ------------------------------------------------------------------ decoding
+
+    def decode_stored(self, payload: bytes, device: Device, weights_sha256: str):
+        """``decode`` with the weights named by the container (decode-only ones included),
+        not the ones a new encode would pick."""
+        if not weights_sha256:
+            return self.decode(payload, device)
+        weights = next((w for w in self.weights if w.sha256 == weights_sha256), None)
+        if weights is None:
+            raise CodecError(f"{self.codec_id}: bitstream needs weights {weights_sha256[:12]}..., not installed here")
+        token = _DECODING_WITH.set((self, weights))
+        try:
+            return self.decode(payload, device)
+        finally:
+            _DECODING_WITH.reset(token)
 
     @contextlib.contextmanager
     def refusing(self, what: str):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import struct
 import tomllib
 from pathlib import Path
 
@@ -262,3 +263,50 @@ def test_every_shipped_weights_file_is_hashed_fp16_with_provenance_and_all_fit_3
             floats = [t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
             assert floats and all(t.dtype == torch.float16 for t in floats), path
     assert total < 30 * 10**6, total
+
+
+class Tagged(Toy):
+    """Its reconstruction depends on the weights it decodes with (the fingerprint is their
+    sha256), as a real learned codec's does."""
+
+    def encode(self, src, params, device=CPU):
+        self.require_weights(params)
+        return struct.pack(">BHH", params["q"], *src.image.size)
+
+    def decode(self, payload, device=CPU):
+        q, w, h = struct.unpack(">BHH", payload)
+        return Decoded(image=Image.new("RGB", (w, h)), fingerprint=self.require_weights({"q": q}).sha256)
+
+
+def test_a_stored_bitstream_decodes_with_the_weights_it_was_made_with(toy):
+    """Better weights for a rate point are shipped and the old ones kept as decode_only: a
+    bitstream made before is decoded (restore, verify) with the old ones, named by its
+    container, not with the ones a new encode picks."""
+    from pixarc.checks import decode_with
+    from pixarc.container import unpack
+    from pixarc.encode import encode_verified
+    from pixarc.errors import VerificationError
+    from pixarc.images import probe_and_load
+
+    _, entries, folder = toy
+    src = probe_and_load(encode_bytes(Image.new("RGB", (9, 7)), "PNG"))
+    blob = encode_verified(Tagged(), Tagged().validate_params({"q": 1}), src, "natural", CPU).blob
+    assert unpack(blob).weights_sha256 == entries[1]["sha256"]
+
+    new = _save(folder, "toy-q1-v2.pt", 11)  # retrained q = 1 ...
+    doc = json.loads((folder / "weights.json").read_text())
+    doc["files"]["toy-q1-v2.pt"]["q"] = 1
+    doc["files"]["toy-q1.pt"]["decode_only"] = True  # ... replaces the old file for new encodes
+    (folder / "weights.json").write_text(json.dumps(doc))
+    codec = Tagged()
+    assert codec.weights_for({"q": 1}) == new["sha256"] != entries[1]["sha256"]
+    c = unpack(blob)
+    assert codec.decode(c.payload).fingerprint == new["sha256"]  # what a decode without the container's word does
+    assert decode_with(c, codec, CPU).fingerprint == entries[1]["sha256"]  # restore/verify: the old weights
+    assert codec.select_weights({"q": 1}).sha256 == new["sha256"]  # the pin ends with the decode
+    with pytest.raises(VerificationError, match="latents"):  # and the check catches the wrong weights
+        from pixarc.checks import check_decoded
+
+        check_decoded(c, codec.decode(c.payload), codec)
+    with pytest.raises(CodecError, match="not installed"):
+        codec.decode_stored(c.payload, CPU, "e" * 64)
