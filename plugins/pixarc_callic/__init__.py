@@ -114,7 +114,7 @@ class CallicCodec(LearnedCodec):
         import constriction  # noqa: F401  (the coder's version is part of what produced the bits)
         from importlib.metadata import version
 
-        tag = self.weights[0].sha256[:12] if self.weights else "untrained"
+        tag = self.encoding_weights[0].sha256[:12] if self.encoding_weights else "untrained"
         return f"callic-{tag} torch-{version('torch')} constriction-{version('constriction')}"
 
     def build_model(self, weights, state):

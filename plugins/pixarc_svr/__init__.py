@@ -61,7 +61,7 @@ class SVRCodec(LearnedCodec):
     weights_env, weights_arch, train_command = "PIXARC_SVR_WEIGHTS", ARCH, "pixarc train svr"
 
     def version(self) -> str:
-        return f"svr-{self.weights[0].sha256[:12]}" if self.weights else "untrained"
+        return f"svr-{self.encoding_weights[0].sha256[:12]}" if self.encoding_weights else "untrained"
 
     def build_model(self, weights, state):
         compressai_compat.load()  # the rANS coder; before any compressai import
