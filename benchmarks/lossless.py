@@ -152,15 +152,19 @@ def reference_rows(reg, dev: str, limit: int, pairs: list[RefPair]) -> None:
 
 
 def callic_main() -> None:
-    """CALLIC frozen and adapted against PNG, WebP-lossless and JPEG XL lossless (effort 9),
+    """CALLIC frozen and adapted against PNG, WebP-lossless and JPEG XL lossless (effort 10),
     all in this run, per domain; then the per-image best-of and its saving.
 
         .venv/bin/python benchmarks/lossless.py --callic [DEV_DIR] [--limit 2] [--iterations 30]
+            [--domains natural,comic] [--records OUT.jsonl]
+        .venv/bin/python benchmarks/lossless.py --callic --summary A.jsonl B.jsonl ...
 
     bpsp per domain; "best-of" takes, per image, the smallest decode-checked payload among
     all candidates (CALLIC included) and is compared with the best single codec over the
-    whole run. Encode/decode seconds per megapixel on this CPU (CALLIC decodes on the CPU)."""
-    import sys
+    whole run. Encode/decode seconds per megapixel on this CPU (CALLIC decodes on the CPU).
+    ``--records`` appends one JSON line per image (bits, sub-pixels, seconds per codec), so
+    domains can run in parallel processes and ``--summary`` prints their joint table."""
+    import json
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--callic", action="store_true")
@@ -168,31 +172,32 @@ def callic_main() -> None:
     ap.add_argument("--limit", type=int, default=2, help="images per domain (sorted names)")
     ap.add_argument("--iterations", type=int, default=30, help="adaptation steps of the adapted rows")
     ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--records", default=None, help="append one JSON line per image here")
+    ap.add_argument("--summary", nargs="+", default=None, help="print the table of these record files only")
     args = ap.parse_args(sys.argv[1:])
+    if args.summary:
+        records = [json.loads(line) for f in args.summary for line in Path(f).read_text().splitlines() if line]
+        print(f"{len(records)} image(s) from {len(args.summary)} record file(s)")
+        print_callic_table(records)
+        return
     reg = build_plugin_manager()
     callic = reg.codec("callic")
     from pixarc_callic.coder import tables
 
     tables()  # the integer tables are built once per process: not part of any image's time
     rows = [("png", "png", SETTINGS["png"]), ("webp-lossless", "webp-lossless", SETTINGS["webp-lossless"]),
-            ("jxl-lossless-e9", "jxl-lossless", SETTINGS["jxl-lossless"]), ("callic-frozen", "callic", {}),
+            ("jxl-lossless-e10", "jxl-lossless", SETTINGS["jxl-lossless"]), ("callic-frozen", "callic", {}),
             (f"callic-adapt{args.iterations}", "callic", {"iterations": args.iterations})]
-    names = [r[0] for r in rows]
     print(f"callic weights {callic.weights_for({})[:16]}..., {args.limit} image(s) per domain, "
           f"adaptation {args.iterations} steps")
-    print(f"{'domain':11s} " + " ".join(f"{n:>16s}" for n in names) + f" {'best-of':>16s}   (bpsp)")
-    bits = {n: 0 for n in names}
-    best_bits, subpix_all = 0, 0
-    speed = {n: [0.0, 0.0, 0.0] for n in names}
+    records = []
     for domain in args.domains.split(","):
-        files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
-        d_bits, d_best, d_sub = {n: 0 for n in names}, 0, 0
-        for f in files:
+        for f in sorted(Path(args.dev, domain).glob("*"))[: args.limit]:
             src = probe_and_load(f.read_bytes())
             if src.image is None or callic.unsupported_reason(src.info):
                 continue
-            sub = src.info.pixels * len(src.image.getbands())
-            sizes = {}
+            rec = {"domain": domain, "file": f.name, "subpixels": src.info.pixels * len(src.image.getbands()),
+                   "megapixels": src.info.pixels / 1e6, "bits": {}, "enc_s": {}, "dec_s": {}}
             for name, cid, params in rows:
                 codec = reg.codec(cid)
                 params = codec.validate_params(params)
@@ -202,29 +207,45 @@ def callic_main() -> None:
                 out = codec.decode(payload).image
                 t2 = time.perf_counter()
                 assert pixels_sha256(out) == src.pixels_sha256, f"{name} is not lossless on {f.name}"
-                sizes[name] = 8 * len(payload)
-                speed[name][0] += t1 - t0
-                speed[name][1] += t2 - t1
-                speed[name][2] += src.info.pixels / 1e6
-            for n in names:
-                d_bits[n] += sizes[n]
-                bits[n] += sizes[n]
-            d_best += min(sizes.values())
-            d_sub += sub
-            print(f"  {domain}/{f.name}: " + " ".join(f"{n}={sizes[n] / sub:.3f}" for n in names), flush=True)
-        if d_sub:
-            best_bits += d_best
-            subpix_all += d_sub
-            print(f"{domain:11s} " + " ".join(f"{d_bits[n] / d_sub:16.3f}" for n in names) + f" {d_best / d_sub:16.3f}",
+                rec["bits"][name], rec["enc_s"][name], rec["dec_s"][name] = 8 * len(payload), t1 - t0, t2 - t1
+            records.append(rec)
+            print(f"  {domain}/{f.name}: " + " ".join(f"{n}={b / rec['subpixels']:.3f}" for n, b in rec["bits"].items()),
                   flush=True)
-    if not subpix_all:
+            if args.records:
+                with open(args.records, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+    print_callic_table(records)
+
+
+def print_callic_table(records: list[dict]) -> None:
+    """bpsp per domain and overall (bits / sub-pixels), the per-image best-of, seconds per
+    megapixel, and the best-of's saving against the best single codec."""
+    if not records:
         return
-    print(f"{'all':11s} " + " ".join(f"{bits[n] / subpix_all:16.3f}" for n in names) + f" {best_bits / subpix_all:16.3f}")
-    print(f"{'enc s/MP':11s} " + " ".join(f"{e / max(mp, 1e-9):16.2f}" for e, _, mp in speed.values()))
-    print(f"{'dec s/MP':11s} " + " ".join(f"{d / max(mp, 1e-9):16.2f}" for _, d, mp in speed.values()))
-    single = min(names, key=lambda n: bits[n])
-    print(f"best single codec: {single} ({bits[single] / subpix_all:.3f} bpsp); per-image best-of "
-          f"{best_bits / subpix_all:.3f} bpsp, saving {100 * (1 - best_bits / bits[single]):.1f} %")
+    names = list(records[0]["bits"])
+    domains = [d for d in DOMAINS if any(r["domain"] == d for r in records)]
+    print(f"{'domain':11s} " + " ".join(f"{n:>16s}" for n in names) + f" {'best-of':>16s} {'images':>6s}   (bpsp)")
+
+    def line(label: str, group: list[dict]) -> None:
+        sub = sum(r["subpixels"] for r in group)
+        cols = [sum(r["bits"][n] for r in group) / sub for n in names]
+        best = sum(min(r["bits"].values()) for r in group) / sub
+        print(f"{label:11s} " + " ".join(f"{c:16.3f}" for c in cols) + f" {best:16.3f} {len(group):6d}")
+
+    for d in domains:
+        line(d, [r for r in records if r["domain"] == d])
+    line("all", records)
+    mp = sum(r["megapixels"] for r in records)
+    print(f"{'enc s/MP':11s} " + " ".join(f"{sum(r['enc_s'][n] for r in records) / mp:16.2f}" for n in names))
+    print(f"{'dec s/MP':11s} " + " ".join(f"{sum(r['dec_s'][n] for r in records) / mp:16.2f}" for n in names))
+    total = {n: sum(r["bits"][n] for r in records) for n in names}
+    single = min(names, key=total.get)
+    best = sum(min(r["bits"].values()) for r in records)
+    sub = sum(r["subpixels"] for r in records)
+    wins = {n: sum(min(r["bits"], key=r["bits"].get) == n for r in records) for n in names}
+    print(f"best single codec: {single} ({total[single] / sub:.3f} bpsp); per-image best-of {best / sub:.3f} bpsp, "
+          f"saving {100 * (1 - best / total[single]):.1f} %; smallest per image: "
+          + ", ".join(f"{n} {k}" for n, k in wins.items() if k))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,34 @@ def test_patch_chunks_round_trip(callic, monkeypatch):
     assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
 
 
-def test_adapted_round_trip_sends_increments(callic):
+@pytest.fixture
+def send_increments(monkeypatch):
+    """A tiny random model's few adaptation steps never pay for their increments; these
+    tests exercise the increment path anyway."""
+    import pixarc_callic.adapt as adapt
+
+    monkeypatch.setattr(adapt, "MIN_SAVED_BITS", -float("inf"))
+
+
+def test_increments_that_do_not_pay_are_not_sent(callic, monkeypatch):
+    """MDL over the whole image: with the tiny model, 3 steps save a few bits of the image
+    but cost more in increments, so the adapted payload is the frozen one."""
+    import pixarc_callic.adapt as adapt
+    from pixarc_callic import _HEAD
+
+    src = source(40, 33, seed=3)
+    frozen = callic.encode(src, callic.validate_params({"patch": 16}))
+    estimates = []
+    real = adapt.patch_bits
+    monkeypatch.setattr(adapt, "patch_bits", lambda *a: estimates.append(real(*a).sum()) or real(*a))
+    adapted = callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16}))
+    assert len(estimates) == 2 and estimates[1] < estimates[0]  # adapting did lower the image's bits ...
+    assert adapted == frozen and int.from_bytes(adapted[_HEAD.size : _HEAD.size + 4], "big") == 0  # ... not enough
+    monkeypatch.setattr(adapt, "MIN_SAVED_BITS", -float("inf"))
+    assert callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16})) != frozen
+
+
+def test_adapted_round_trip_sends_increments(callic, send_increments):
     from pixarc_callic import _HEAD
     from pixarc_callic.adapt import merge
 
@@ -137,7 +164,7 @@ def test_corruption_and_truncation_are_codec_errors(callic):
             callic.decode(bytes(payload[:cut]))
 
 
-def test_fresh_process_with_other_thread_count_decodes_adapted(callic, callic_weights, tmp_path):
+def test_fresh_process_with_other_thread_count_decodes_adapted(callic, callic_weights, tmp_path, send_increments):
     src = source(30, 19, seed=6)
     torch.set_num_threads(2)
     payload = callic.encode(src, callic.validate_params({"patch": 16, "iterations": 2}))

@@ -122,6 +122,12 @@ def _code_ints(coder, count: int, ints: torch.Tensor | None) -> torch.Tensor:
     return code_channel(q, 0, mean, known, coder) - 128
 
 
+# Increments are sent when they save more than this many (estimated) bits over the frozen
+# model; tests lower it to exercise the increment path with tiny random models, whose few
+# adaptation steps never pay.
+MIN_SAVED_BITS = 0.0
+
+
 def prior_bits(q: torch.Tensor) -> torch.Tensor:
     """Rate of (noisy) integers under the prior mixture, in bits (training)."""
     total = sum(w for w, _ in PRIOR)
@@ -132,7 +138,8 @@ def prior_bits(q: torch.Tensor) -> torch.Tensor:
 
 def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, device: str = "cpu",
           seed: int = 0) -> tuple[object, bytes]:
-    """Fine-tune increments on one image; returns (merged model on the CPU, increments bytes)."""
+    """Fine-tune increments on one image; returns (merged model on the CPU, increments bytes),
+    or (``base``, b"") when the increments would cost more bits than they save."""
     from torch.func import functional_call
 
     from .coder import Encoder
@@ -143,9 +150,7 @@ def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, devi
     inside = geom.inside().permute(2, 0, 1)                            # (P, ph, pw)
     net = copy.deepcopy(base).float().to(device).requires_grad_(False)
     patches_d, inside_d = patches.to(device), inside.to(device)
-    with torch.no_grad():  # RPFT order: frozen-model rate per patch, highest first
-        rates = torch.cat([(nll_bits(net(MGCF.normalise(patches_d[s : s + 16])), patches_d[s : s + 16], channels)
-                            .sum(-1) * inside_d[s : s + 16]).sum((1, 2)) for s in range(0, len(patches), 16)])
+    rates = patch_bits(net, patches_d, inside_d, channels)  # RPFT order: frozen-model rate per patch, highest first
     order = torch.argsort(rates.cpu(), descending=True)
     shapes = sites(base)
     q = {name: torch.zeros(shape, device=device, requires_grad=True) for name, shape, _ in shapes}
@@ -173,5 +178,19 @@ def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, devi
     enc = Encoder()
     _code_ints(enc, len(ints), ints)
     blob = _HEAD.pack(RANK, len(ints)) + enc.finish()
-    return merge(base, blob), blob
+    merged = merge(base, blob)
+    # MDL on the whole image: the increments are sent only if they pay for their own bytes
+    # (estimated image bits of the merged model + increment bits < the frozen model's)
+    adapted = patch_bits(copy.deepcopy(merged).to(device), patches_d, inside_d, channels)
+    saved = float(rates.sum() - adapted.sum()) - 8 * len(blob)
+    return (merged, blob) if saved > MIN_SAVED_BITS else (base, b"")
+
+
+def patch_bits(net, patches: torch.Tensor, inside: torch.Tensor, channels: int) -> torch.Tensor:
+    """Estimated code length (bits, the training loss) of each patch under ``net``."""
+    from .model import MGCF, nll_bits
+
+    with torch.no_grad():
+        return torch.cat([(nll_bits(net(MGCF.normalise(patches[s : s + 16])), patches[s : s + 16], channels)
+                           .sum(-1) * inside[s : s + 16]).sum((1, 2)) for s in range(0, len(patches), 16)])
 
