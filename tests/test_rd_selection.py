@@ -3,6 +3,8 @@ cost wins; the report says which codec won how often and what that saved."""
 
 import json
 import math
+import os
+import types
 
 import numpy as np
 import pytest
@@ -10,11 +12,38 @@ from PIL import Image
 
 from pixarc import plugins, runs
 from pixarc import device as devices
+from pixarc.codec import Codec, Decoded, Param
+from pixarc.hookspecs import hookimpl
 from pixarc.manifest import latest, read_manifest
 from pixarc.manifest import row_from_record
+from pixarc.plugins import build_plugin_manager
 from pixarc.report import rd_summary
 
 CODECS = ["webp", "jpeg", "jxl"]
+
+
+class Palette(Codec):
+    """A lossy test codec: ``quality`` q keeps 4**q colours; the payload is raw pixels."""
+
+    lossless = False
+    rate_param = "quality"
+
+    def encode(self, src, params, device="cpu"):
+        im = src.image.convert("RGB").quantize(2 ** (2 * params["quality"])).convert("RGB")
+        return f"{im.width}|{im.height}|".encode() + im.tobytes()
+
+    def decode(self, payload, device="cpu"):
+        w, h, body = payload.split(b"|", 2)
+        return Decoded(image=Image.frombytes("RGB", (int(w), int(h)), body))
+
+
+def use_plugin(monkeypatch, name, codec_cls):
+    """Install ``codec_cls`` as plugin ``name`` beside the built-ins, for the jobs."""
+    mod = types.ModuleType(name)
+    mod.register_codecs = hookimpl(lambda register: register(codec_cls))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + f",{name}")
+    reg = build_plugin_manager({name: mod})
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
 
 
 @pytest.fixture
@@ -122,39 +151,18 @@ def test_rd_summary_is_per_route_and_skips_codecs_that_missed_the_target():
 def test_gpu_batches_skip_candidates_that_are_rate_searched(images, tmp_path, monkeypatch):
     """A candidate with a target is rate-searched image by image; encoding a batch at its
     plain parameters first (as today) would be thrown away: on a GPU, a full adaptation."""
-    import os
-    import types
-
-    from pixarc.codec import Codec, Decoded, Param
-    from pixarc.hookspecs import hookimpl
-    from pixarc.plugins import build_plugin_manager
-
     batches = []
 
-    class FakeLossyGPU(Codec):
+    class FakeLossyGPU(Palette):
         codec_id = "test-lossygpu"
-        lossless = False
         prefers_gpu = True
-        rate_param = "quality"
         params_schema = {"quality": Param(int, 2, 1, 4)}
-
-        def encode(self, src, params, device="cpu"):
-            im = src.image.convert("RGB").quantize(2 ** (2 * params["quality"])).convert("RGB")
-            return f"{im.width}|{im.height}|".encode() + im.tobytes()
 
         def encode_batch(self, srcs, params, device="cpu"):
             batches.append(len(srcs))
             return super().encode_batch(srcs, params, device)
 
-        def decode(self, payload, device="cpu"):
-            w, h, body = payload.split(b"|", 2)
-            return Decoded(image=Image.frombytes("RGB", (int(w), int(h)), body))
-
-    mod = types.ModuleType("lossygpu")
-    mod.register_codecs = hookimpl(lambda register: register(FakeLossyGPU))
-    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",lossygpu")
-    reg = build_plugin_manager({"lossygpu": mod})
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    use_plugin(monkeypatch, "lossygpu", FakeLossyGPU)
     monkeypatch.setattr(devices, "gpu_count", lambda: 1)
     p = tmp_path / "p.toml"
     p.write_text('selection = "rd"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
@@ -172,19 +180,10 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
     is tried after the route's other candidates, although listed first, and skipped on the
     images where another candidate met the target its ceiling cannot reach; where none did,
     or where the ceiling is high enough, it is rate-searched as usual."""
-    import os
-    import types
-
-    from pixarc.codec import Codec, Decoded, Param
-    from pixarc.hookspecs import hookimpl
-    from pixarc.plugins import build_plugin_manager
-
     calls = []
 
-    class Screened(Codec):
+    class Screened(Palette):
         codec_id = "test-screened"
-        lossless = False
-        rate_param = "quality"
         screened = True
         params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0)}
 
@@ -194,18 +193,9 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
 
         def encode(self, src, params, device="cpu"):
             calls.append("encode")
-            im = src.image.convert("RGB").quantize(2 ** (2 * params["quality"])).convert("RGB")
-            return f"{im.width}|{im.height}|".encode() + im.tobytes()
+            return super().encode(src, params, device)
 
-        def decode(self, payload, device="cpu"):
-            w, h, body = payload.split(b"|", 2)
-            return Decoded(image=Image.frombytes("RGB", (int(w), int(h)), body))
-
-    mod = types.ModuleType("screened")
-    mod.register_codecs = hookimpl(lambda register: register(Screened))
-    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",screened")
-    reg = build_plugin_manager({"screened": mod})
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    use_plugin(monkeypatch, "screened", Screened)
 
     def run(name, target, ceiling):
         p = tmp_path / f"{name}.toml"
