@@ -2,6 +2,7 @@
 than a patch, adapted), the integer CDFs, wavefront = full forward, corruption detected,
 a fresh process with another thread count decodes the same pixels."""
 
+import math
 import os
 import subprocess
 import sys
@@ -228,3 +229,30 @@ def test_integer_tables_are_pinned():
         h.update(k.encode())
         h.update(t[k].numpy().astype("<i8").tobytes())
     assert h.hexdigest() == "bcd3cbc62ace0f34cd4fa4dc08e9a2786bc6aa74d5b448332465eca799a19375"
+
+
+def test_channel_coefficient_grid_keeps_sharp_conditioned_channels_cheap():
+    """G predicted from R through a coefficient between two 1/64 steps, under the sharpest
+    scale (what a trained model does on line art): on the first weights' 1/64 grid the mean
+    is off by up to a pixel and G costs bits the float model does not; the 1/4096 grid of
+    newly trained weights keeps G near the float model's cost."""
+    from pixarc_callic.coder import COEF_Q, COEF_Q_FIRST, Quantised, symbol_bits
+    from pixarc_callic.model import nll_bits
+
+    k, n = 2, 64
+    alpha = 63.49 / 64                                # halfway between two 1/64 steps
+    r = torch.arange(n) * 4                           # R values 0..252
+    g = torch.round(127.5 + alpha * (r.float() - 127.5)).long()  # G exactly where the float model says
+    raw = torch.zeros(n, 10 * k)
+    raw[:, 0] = 4.0                                   # component 0 dominates
+    raw[:, k] = (r.float() - 127.5) / 127.5           # R mean = R
+    raw[:, 4 * k : 7 * k] = -3.0                      # sharpest scales (log, pixels)
+    raw[:, 7 * k] = math.atanh(alpha)                 # G mean = 127.5 + alpha·(R − 127.5)
+    x = torch.stack([r, g, g], 1)
+    float_bits = float(nll_bits(raw.view(1, 1, n, -1), x.T.reshape(1, 3, 1, n))[..., 1].mean())
+    cost = {}
+    for grid in (COEF_Q_FIRST, COEF_Q):
+        q = Quantised(raw, k, grid)
+        cost[grid] = float(symbol_bits(q, 1, q.channel_mean(1, [x[:, 0]]), x[:, 1]).mean())
+    assert cost[COEF_Q_FIRST] > 1.0, cost  # up to a pixel off under a 0.05-pixel scale
+    assert cost[COEF_Q] < float_bits + 0.05, (cost, float_bits)

@@ -73,7 +73,7 @@ def code_image(model, geom, channels: int, coder, pixels=None):
     def code_step(t, i, j, raw):
         n = len(i)
         valid = inside[i, j].reshape(-1)
-        q = Quantised(raw.reshape(n * n_p, -1)[valid], k)
+        q = Quantised(raw.reshape(n * n_p, -1)[valid], k, model.coef_q)
         truth = None if known is None else known[i, j].reshape(n * n_p, 3)[valid].long()
         decoded: list[torch.Tensor] = []
         for c in range(channels):
@@ -118,10 +118,12 @@ class CallicCodec(LearnedCodec):
         return f"callic-{tag} torch-{version('torch')} constriction-{version('constriction')}"
 
     def build_model(self, weights, state):
+        from .coder import COEF_Q_FIRST
         from .model import MGCF
 
         e = weights.entry
-        model = MGCF(int(e["dim"]), int(e["depth"]), int(e["kernel"]), int(e["mixtures"]))
+        model = MGCF(int(e["dim"]), int(e["depth"]), int(e["kernel"]), int(e["mixtures"]),
+                     coef_q=int(e.get("coef_q", COEF_Q_FIRST)))
         model.load_state_dict({k: v.float() for k, v in state.items()})
         return model
 

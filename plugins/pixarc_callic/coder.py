@@ -38,7 +38,9 @@ LS_Q = 8             # log-scale grid: 1/8
 LS_MIN, LS_MAX = -24, 40  # log-scale range on the grid (e^-3 .. e^5 pixels), as in model.py
 LOGIT_Q = 8          # mixture logit grid: 1/8
 LOGIT_SPAN = 88      # logits more than 11 below the largest get weight 0
-COEF_Q = 64          # channel coefficient grid: 1/64
+COEF_Q = 4096        # channel coefficient grid for weights trained now: 1/4096 (≤ 0.016 px of mean error)
+COEF_Q_FIRST = 64    # the grid of the first shipped weights, whose entries name no "coef_q" (≤ 1 px of
+                     # error: too coarse once a model learns sharp scales, e.g. G ≈ R on line art)
 Z = 1024             # sigmoid table steps per unit
 Z_MAX = 16           # table covers [-16, 16]
 T_BITS = 20          # sigmoid table fixed point
@@ -74,9 +76,10 @@ def tables() -> dict[str, torch.Tensor]:
 class Quantised:
     """Integer mixture parameters of n positions: weights (n, K), W (n,), per channel c the
     means (n, K) in 1/16 pixel before channel conditioning, inverse scales (n, K), and the
-    coefficients (n, 3, K) on the 1/64 grid."""
+    coefficients (n, 3, K) on the 1/``coef_q`` grid (a property of the weights: their entry's
+    ``coef_q``)."""
 
-    def __init__(self, raw: torch.Tensor, k: int):
+    def __init__(self, raw: torch.Tensor, k: int, coef_q: int = COEF_Q):
         from .model import split_params
 
         tab = tables()
@@ -88,12 +91,14 @@ class Quantised:
         self.means = torch.round(means * MEAN_Q).to(torch.int64).clamp(-64 * MEAN_Q, 320 * MEAN_Q)
         ls = torch.round(log_scales * LS_Q).to(torch.int64).clamp(LS_MIN, LS_MAX)
         self.inv = tab["inv"][ls - LS_MIN]
-        self.coef = torch.round(coeffs * COEF_Q).to(torch.int64)
+        self.coef_q = coef_q
+        self.coef = torch.round(coeffs * coef_q).to(torch.int64)
 
     def select(self, keep: torch.Tensor) -> "Quantised":
         out = object.__new__(Quantised)
         for name in ("w", "total", "means", "inv", "coef"):
             setattr(out, name, getattr(self, name)[keep])
+        out.coef_q = self.coef_q
         return out
 
     def channel_mean(self, c: int, decoded: list[torch.Tensor]) -> torch.Tensor:
@@ -103,9 +108,10 @@ class Quantised:
             return m
         centred_r = (decoded[0][:, None] * MEAN_Q - 2040)  # 16·(x_R − 127.5)
         if c == 1:
-            return m + torch.div(self.coef[:, 0] * centred_r, COEF_Q, rounding_mode="floor")
+            return m + torch.div(self.coef[:, 0] * centred_r, self.coef_q, rounding_mode="floor")
         centred_g = (decoded[1][:, None] * MEAN_Q - 2040)
-        return m + torch.div(self.coef[:, 1] * centred_r + self.coef[:, 2] * centred_g, COEF_Q, rounding_mode="floor")
+        return m + torch.div(self.coef[:, 1] * centred_r + self.coef[:, 2] * centred_g, self.coef_q,
+                             rounding_mode="floor")
 
 
 def cdf(v: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor, w: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .coder import COEF_Q
+
 SLOPE = 2        # scan slope: pixel (i, j) is coded at step SLOPE·i + j
 LOG_SCALE_MIN = -3.0   # logistic scale bounds, pixel units (the integer grid in coder.py covers them)
 LOG_SCALE_MAX = 5.0
@@ -47,9 +49,11 @@ def mask(kernel: int, centre: bool) -> torch.Tensor:
 
 
 class MGCF(nn.Module):
-    def __init__(self, dim: int = 32, depth: int = 3, kernel: int = 7, mixtures: int = 5, hidden: int = 2):
+    def __init__(self, dim: int = 32, depth: int = 3, kernel: int = 7, mixtures: int = 5, hidden: int = 2,
+                 coef_q: int = COEF_Q):
         super().__init__()
         self.dim, self.depth, self.kernel, self.mixtures = dim, depth, kernel, mixtures
+        self.coef_q = coef_q  # the integer grid of the channel coefficients when coding (coder.Quantised)
         self.channels = 3
         self.embed = nn.Conv2d(3, dim, kernel, padding=kernel // 2)
         self.register_buffer("mask_a", mask(kernel, False), persistent=False)
@@ -64,7 +68,8 @@ class MGCF(nn.Module):
             self.head2.bias[4 * mixtures : 7 * mixtures] = 2.0
 
     def config(self) -> dict:
-        return {"dim": self.dim, "depth": self.depth, "kernel": self.kernel, "mixtures": self.mixtures}
+        return {"dim": self.dim, "depth": self.depth, "kernel": self.kernel, "mixtures": self.mixtures,
+                "coef_q": self.coef_q}
 
     @staticmethod
     def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
