@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("dev", nargs="?", default=str(ROOT.parent / "shared" / "data" / "dev"))
     ap.add_argument("--limit", type=int, default=8, help="images per domain (sorted names; the first N)")
     ap.add_argument("--m", default="1,2,3,4", help="operating points")
+    ap.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated (parallel runs split them)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--markdown", default=None, help="also write the table as markdown here")
     args = ap.parse_args()
@@ -75,7 +76,7 @@ def main() -> None:
     print(head)
     md = ["| domain | m | codec | bpp | PSNR dB | MS-SSIM | notes |", "|---|---|---|---|---|---|---|"]
     wins = []
-    for domain in DOMAINS:
+    for domain in args.domains.split(","):
         files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
         sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
         if not sources:
