@@ -224,7 +224,7 @@ def main_stages(args, reg) -> None:
         ck = learned.require_weights({"quality": q})
         print(f"  q{q}: {Path(ck.path).name} sha256 {ck.sha256[:12]}, λ={_lam(ck)}")
     conv = [c for c in WIDE if c in reg.codecs]
-    for domain in DOMAINS:
+    for domain in args.domains.split(","):
         files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
         sources = [s for s in (probe_and_load(f.read_bytes()) for f in files) if s.image is not None]
         curves: dict[str, list[tuple]] = defaultdict(list)
@@ -279,6 +279,7 @@ def main() -> None:
                     "AVIF, WebP, JPEG XL and JPEG, BD-rate on PSNR and MS-SSIM, markdown")
     ap.add_argument("--qualities", default="", help="--stages: learned rate points (default: all installed)")
     ap.add_argument("--threads", type=int, default=1, help="--stages: torch threads")
+    ap.add_argument("--domains", default=",".join(DOMAINS), help="--stages: comma-separated (parallel runs split them)")
     ap.add_argument("--stage-iters", default="", help="--stages: LATENT,ADAPTER iterations (default: the codec's)")
     args = ap.parse_args()
     reg = build_plugin_manager()
