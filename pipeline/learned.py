@@ -6,7 +6,7 @@ environment variable. :class:`LearnedCodec` owns that part of the contract:
 
 - discovery: every ``weights.json`` entry of the codec's architecture, the environment
   variable's directories first, then the shipped folder (:meth:`LearnedCodec.find_weights`);
-- choice: the file an encode uses (:meth:`select_weights`; entries marked
+- choice: the file an encode uses (:meth:`choose_weights`; entries marked
   ``"decode_only": true`` — weights replaced by better ones, kept so that archives made
   with them still decode — are never chosen for a new encode): per rate point when every entry
   names the ``rate_param`` value it was trained for (then :meth:`rate_values` lists those),
@@ -128,12 +128,18 @@ class LearnedCodec(Codec):
         return rp is not None and bool(usable) and all(rp in w.entry for w in usable)
 
     def select_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile | None:
-        """The weights an encode with ``params`` uses, None when not installed: the first file
-        trained for ``params[rate_param]`` when files are per rate point, else the first.
-        Inside :meth:`decode_stored`: the weights the bitstream was made with."""
+        """The weights for ``params``, None when not installed: inside :meth:`decode_stored`
+        the weights the bitstream was made with, otherwise :meth:`choose_weights`."""
         pinned = _DECODING_WITH.get()
         if pinned is not None and pinned[0] is self:
             return pinned[1]
+        return self.choose_weights(params)
+
+    def choose_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile | None:
+        """The weights a new encode with ``params`` uses, None when not installed: the first
+        file trained for ``params[rate_param]`` when files are per rate point, else the
+        first. A subclass with another rule overrides this (never :meth:`select_weights`,
+        which keeps stored bitstreams on their own weights)."""
         usable = self.encoding_weights
         if not self._per_rate():
             return usable[0] if usable else None

@@ -310,3 +310,11 @@ def test_a_stored_bitstream_decodes_with_the_weights_it_was_made_with(toy):
         check_decoded(c, codec.decode(c.payload), codec)
     with pytest.raises(CodecError, match="not installed"):
         codec.decode_stored(c.payload, CPU, "e" * 64)
+
+    class Picky(Tagged):  # its own rule for new encodes (as the enhancement filter has)
+        def choose_weights(self, params=None):
+            return [w for w in self.encoding_weights if w.entry["q"] == 1][-1]
+
+    picky = Picky()
+    assert picky.select_weights({"q": 1}).sha256 == new["sha256"]
+    assert decode_with(c, picky, CPU).fingerprint == entries[1]["sha256"]  # the pin holds for it too

@@ -90,7 +90,7 @@ class EnhancedCodec(LearnedCodec):
 
     # ------------------------------------------------------------------ identity
 
-    def select_weights(self, params=None):
+    def choose_weights(self, params=None):
         """The filter trained on this base, else the AVIF one (the on/off decision keeps it
         from losing); the same for every parameter."""
         own = [w for w in self.encoding_weights if w.entry.get("base", "avif") == self.base_id]
