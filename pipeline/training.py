@@ -81,3 +81,62 @@ def train_options(*, minutes: float, checkpoint_minutes: float = 5.0, resumable:
         return fn
 
     return decorate
+
+
+def cumulative_lr(step: int, lr: float, *, warmup: int = 200, half_life: int = 20_000, since: int = 0) -> float:
+    """The learning rate at *cumulative* step ``step`` (all runs and devices together).
+
+    ``lr`` decays as ``lr · (1 + step / half_life)^-½``, a function of the cumulative step
+    only, so runs stacked one after another follow one curve (no per-run decay, no
+    sawtooth); a run that starts without optimizer state (``since``: its first step)
+    warms up linearly over ``warmup`` steps, so a fresh Adam does not jolt the weights.
+    The annealing a per-run decay gave comes from the weight average
+    (:class:`WeightAverage`) that is what a trainer ships.
+    """
+    scale = (1.0 + step / half_life) ** -0.5
+    ramp = min(1.0, (step - since + 1) / warmup) if warmup > 0 else 1.0
+    return lr * scale * ramp
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (what trainers ship).
+
+    Averaging the last few thousand steps' weights does what a learning-rate drop at the
+    end of each run did, without tying the schedule to one run's length.
+    """
+
+    def __init__(self, model, decay: float = 0.999, state: dict | None = None):
+        import copy
+
+        import torch
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if state is not None:
+            self.model.load_state_dict(state)
+        self._torch = torch
+
+    def update(self, model) -> None:
+        with self._torch.no_grad():
+            for a, p in zip(self.model.parameters(), model.parameters()):
+                a.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+            for a, b in zip(self.model.buffers(), model.buffers()):
+                a.copy_(b)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+
+def continuation(out_dir: Path, arch: str, match: dict) -> tuple[Path, dict] | None:
+    """The shipped weights a run continues from: the newest encoding (not ``decode_only``)
+    entry of ``out_dir/weights.json`` with this ``arch`` whose fields equal ``match``."""
+    from .weights import read_manifest
+
+    manifest = Path(out_dir) / "weights.json"
+    if not manifest.exists():
+        return None
+    found = [(Path(out_dir) / name, e) for name, e in read_manifest(manifest).items()
+             if e.get("arch") == arch and not e.get("decode_only") and all(e.get(k) == v for k, v in match.items())]
+    return max(found, key=lambda f: int(f[1].get("steps", 0)), default=None)

@@ -8,7 +8,17 @@ One model for every rate of the base: each training image is encoded by the base
 from ``--rates`` (and, for bases with a ``subsampling`` parameter, both 4:2:0 and 4:4:4), and
 the filter learns ``base decode -> original`` conditioned on the normalised rate and the
 chroma flag (exactly what the codec feeds it). Loss: MSE; Adam; random patches and flips;
-the learning rate drops ×10 for the last 15 % of the budget.
+the learning rate follows the cumulative step count (``pixarc.training.cumulative_lr``),
+and what ships is the exponential average of the weights (``WeightAverage``).
+
+Training accumulates: without ``--resume`` a run continues from the newest shipped filter of
+the same shape in ``--out`` (its fp16 weights, its cumulative steps, minutes and stages), so
+``pixarc train enhance --minutes N`` always *adds* N minutes to the model that ships; a new
+file ``enhance-<base>-c<C>-l<L>-v<n>.pt`` is written beside the old one (bitstreams name
+their filter by sha256, so the old file must stay for decoding). ``--fresh`` starts over.
+With ``--dev`` a fixed validation set (centre crops of the dev images, one base encode
+each) is scored every ``--checkpoint-minutes``; the best average is what the run saves
+(keep-if-better inside the run; ``benchmarks/enhance.py`` decides what ships).
 
 Like ``pixarc train lossy``: ``--minutes`` time budget (``--steps`` a step budget), an
 atomic full checkpoint ``<out>/<name>.ckpt`` every ``--checkpoint-minutes`` and at the end,
@@ -42,7 +52,8 @@ def torch_no_grad(fn):
 
 
 def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: int, seed: int,
-               cache: Path | None = None, key: str = "", log=print) -> list[tuple]:
+               cache: Path | None = None, key: str = "", log=print, chroma: str = "both",
+               crop: int | None = None) -> list[tuple]:
     """(original uint8, base decode uint8, cond) for every image × variant, reproducibly.
 
     The base payloads are kept in ``cache`` (a few MB), so a resumed run decodes them
@@ -61,6 +72,8 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
     schema = codec.base.params_schema
     subs = {"subsampling": ["4:2:0", "4:4:4"] if schema["subsampling"].type is str else [2, 0]} \
         if "subsampling" in schema else {}
+    if subs and chroma == "444":  # the setting the lossy policy uses
+        subs["subsampling"] = subs["subsampling"][1:]
     cached = None
     if cache is not None and cache.exists():
         doc = torch.load(cache, weights_only=True)
@@ -73,8 +86,13 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
         src = probe_and_load(path.read_bytes())
         if src.image is None:
             continue
-        if src.image.mode != "RGB":
-            src = probe_and_load(_png(src.image.convert("RGB")))
+        if src.image.mode != "RGB" or crop:
+            im = src.image.convert("RGB")
+            if crop:
+                w, h = im.size
+                x0, y0 = max(0, (w - crop) // 2), max(0, (h - crop) // 2)
+                im = im.crop((x0, y0, min(w, x0 + crop), min(h, y0 + crop)))
+            src = probe_and_load(_png(im))
         for v in range(variants):
             params = {codec.rate_param: rng.randint(*rates)}
             if subs:
@@ -146,14 +164,33 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps: int = 10**9, batch: int = 16,
-          patch: int = 96, lr: float = 1e-3, device: str = "cpu", seed: int = 0, channels: int = 32,
-          layers: int = 6, rates: tuple[int, int] = (20, 95), variants: int = 2, resume: bool = False,
-          checkpoint_minutes: float = 3.0, log_every: int = 50, refit: int = 600) -> dict:
+def _score(net, pool, device: str) -> float:
+    """Mean PSNR gain (dB) of ``net`` over the base decodes of a validation pool."""
     import numpy as np
     import torch
 
-    from pixarc.weights import save_weights
+    gains = []
+    with torch.no_grad():
+        for orig, dec, cond in pool:
+            o = torch.from_numpy(orig.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
+            b = torch.from_numpy(dec.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
+            y = (net(b, torch.tensor([cond], dtype=torch.float32, device=device)).clamp(0, 1) * 255).round() / 255
+            mse_b, mse_y = float(((b - o) ** 2).mean()), float(((y - o) ** 2).mean())
+            gains.append(10 * np.log10(max(mse_b, 1e-12) / max(mse_y, 1e-12)))
+    return float(np.mean(gains))
+
+
+def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps: int = 10**9, batch: int = 16,
+          patch: int = 96, lr: float = 1e-3, device: str = "cpu", seed: int = 0, channels: int = 32,
+          layers: int = 6, rates: tuple[int, int] = (20, 95), variants: int = 2, resume: bool = False,
+          checkpoint_minutes: float = 3.0, log_every: int = 50, refit: int = 600, fresh: bool = False,
+          chroma: str = "both", dev: str | None = None, dev_per_domain: int = 2, half_life: int = 20_000,
+          ema_decay: float = 0.999) -> dict:
+    import numpy as np
+    import torch
+
+    from pixarc.training import WeightAverage, continuation, cumulative_lr
+    from pixarc.weights import load_weights, read_manifest, save_weights
 
     from . import ARCH
     from .model import EnhanceNet
@@ -161,31 +198,52 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
     root = Path(data)
     files = training_images(root)
     data_hash = data_sha256(root, files)
-    name = f"enhance-{base}-c{channels}-l{layers}.pt"
+    stem = f"enhance-{base}-c{channels}-l{layers}"
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / (Path(name).stem + ".ckpt")
+    ckpt_path = out_dir / (stem + ".ckpt")
 
     net = EnhanceNet(channels, layers).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    step, minutes_done, devices, stages = 0, 0.0, [], []
+    step, minutes_done, devices, stages, since, parent = 0, 0.0, [], [], 0, None
+    ema_state = None
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, minutes_done, devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
-        stages = list(ck.get("stages", []))
+        stages, ema_state, parent = list(ck.get("stages", [])), ck.get("ema"), ck.get("parent")
+        since = int(ck.get("since", 0))
         print(f"resumed {ckpt_path} at step {step} ({minutes_done:.1f} min)", flush=True)
     elif resume:
         raise SystemExit(f"--resume: no checkpoint {ckpt_path}")
+    elif not fresh and (found := continuation(out_dir, ARCH, {"base": base, "channels": channels, "layers": layers})):
+        path, entry = found
+        state = load_weights(path, entry["sha256"], map_location=device)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        step, minutes_done = int(entry.get("steps", 0)), float(entry.get("minutes", 0.0))
+        devices, stages, since, parent = list(entry.get("devices", [])), list(entry.get("stages", [])), step, path.name
+        print(f"continuing from the shipped {path.name} at cumulative step {step} ({minutes_done:.1f} min); "
+              f"fresh optimizer, {200} warm-up steps", flush=True)
     if device not in devices:
         devices.append(device)
+    ema = WeightAverage(net, ema_decay, ema_state)
 
     t0 = last_ckpt = time.time()
     budget_s = minutes * 60
-    key = f"{data_hash}:{base}:{rates}:{variants}:{seed}"
-    pool = build_pool(files, base, rates, variants, seed, out_dir / (Path(name).stem + ".pool.ckpt"), key,
-                      log=lambda m: print(m, flush=True))
+    key = f"{data_hash}:{base}:{rates}:{variants}:{seed}:{chroma}"
+    pool = build_pool(files, base, rates, variants, seed, out_dir / (stem + ".pool.ckpt"), key,
+                      log=lambda m: print(m, flush=True), chroma=chroma)
+    val = []
+    if dev:
+        dev_files = [f for d in sorted(p for p in Path(dev).iterdir() if p.is_dir())
+                     for f in training_images(d)[:dev_per_domain]]
+        val = build_pool(dev_files, base, rates, 1, seed + 1, None, log=lambda m: print(m, flush=True),
+                         chroma=chroma, crop=256)
+        print(f"validation: {len(val)} dev centre crops (model selection only; never trained on)", flush=True)
+    best = (_score(ema.model, val, device), {k: v.clone() for k, v in ema.state_dict().items()}, step) if val else None
+    if best:
+        print(f"validation at step {step}: {best[0]:+.3f} dB over the base", flush=True)
     torch.manual_seed(seed + step)
     rng = random.Random(seed * 1_000_003 + step)  # a resumed run draws new batches, reproducibly
 
@@ -211,22 +269,31 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
         return t(xs), t(bs), torch.tensor(cs, dtype=torch.float32, device=device)
 
     def save_checkpoint() -> None:
-        atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
-                      "minutes": minutes_done + (time.time() - t0) / 60, "devices": devices, "stages": stages},
-                     ckpt_path)
+        atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                     "since": since, "parent": parent, "minutes": minutes_done + (time.time() - t0) / 60,
+                     "devices": devices, "stages": stages}, ckpt_path)
+
+    def validate() -> None:
+        nonlocal best
+        if not val:
+            return
+        score = _score(ema.model, val, device)
+        if score > best[0]:
+            best = (score, {k: v.clone() for k, v in ema.state_dict().items()}, step)
+        print(f"validation at step {step}: {score:+.3f} dB over the base (best {best[0]:+.3f} at {best[2]})", flush=True)
 
     net.train()
     start_step, history, gains = step, [], []
     while step < steps and time.time() - t0 < budget_s:
         step += 1
-        late = (time.time() - t0) / budget_s > 0.85 or (step - start_step) / max(1, steps - start_step) > 0.85
         for g in opt.param_groups:
-            g["lr"] = lr / 10 if late else lr
+            g["lr"] = cumulative_lr(step, lr, since=since, half_life=half_life)
         x, xb, cond = batch_tensors()
         mse = torch.nn.functional.mse_loss(net(xb, cond), x)
         opt.zero_grad()
         mse.backward()
         opt.step()
+        ema.update(net)
         with torch.no_grad():
             base_mse = torch.nn.functional.mse_loss(xb, x)
         gains.append(float(10 * torch.log10(base_mse / mse.detach().clamp_min(1e-12))))
@@ -235,25 +302,48 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
             gains.clear()
             history.append({"step": step, "mse": float(mse.detach()), "gain_db": round(gain, 3)})
             print(f"step {step}: mse {float(mse.detach()):.6f} gain over base {gain:+.3f} dB "
-                  f"({time.time() - t0:.0f} s, lr {opt.param_groups[0]['lr']:.0e})", flush=True)
+                  f"({time.time() - t0:.0f} s, lr {opt.param_groups[0]['lr']:.1e})", flush=True)
         if time.time() - last_ckpt > checkpoint_minutes * 60:
             save_checkpoint()
+            validate()
             last_ckpt = time.time()
-    # every invocation's settings and last log line, so a resumed run's provenance stays whole
+    validate()
+    # every invocation's settings and last log line, so a continued run's provenance stays whole
     stages.append({"steps": f"{start_step}-{step}", "batch": batch, "patch": patch, "lr": lr, "device": device,
-                   "final": history[-1] if history else None})
-    net.eval()
-    refit_info = refit_tail(net, pool, refit, patch, rng, device, log=lambda m: print(m, flush=True)) if refit else None
+                   "schedule": f"cumulative_lr(half_life={half_life}), ema {ema_decay}", "rates": list(rates),
+                   "chroma": chroma, "data": root.name, "data_sha256": data_hash, "images": len(files),
+                   "minutes": round((time.time() - t0) / 60, 1), "final": history[-1] if history else None,
+                   **({"validation": {"gain_db": round(best[0], 3), "step": best[2]}} if best else {})})
     save_checkpoint()
+    shipped = ema.model
+    if best:
+        shipped.load_state_dict(best[1])
+    tail = {k: v.clone() for k, v in shipped.tail.state_dict().items()}
+    refit_info = refit_tail(shipped, pool, refit, patch, rng, device, log=lambda m: print(m, flush=True)) if refit else None
+    if refit_info and refit_info["kept"] and val:
+        # the refit fits training patches exactly; it ships only if the validation set agrees
+        after = _score(shipped, val, device)
+        refit_info["validation_gain_db"] = [round(best[0], 3), round(after, 3)]
+        if after <= best[0]:
+            shipped.tail.load_state_dict(tail)
+            refit_info["kept"] = False
+        print(f"validation after the tail refit: {after:+.3f} dB "
+              f"({'kept' if refit_info['kept'] else 'reverted'})", flush=True)
     total_minutes = minutes_done + (time.time() - t0) / 60
-    net = net.to("cpu").eval()
+    shipped = shipped.to("cpu").eval()
+    manifest = out_dir / "weights.json"
+    taken = set(read_manifest(manifest)) if manifest.exists() else set()
+    n = 1
+    while (name := f"{stem}.pt" if n == 1 else f"{stem}-v{n}.pt") in taken:
+        n += 1
     entry = {
-        "arch": ARCH, "base": base, "channels": channels, "layers": layers, "cond": net.cond, "steps": step,
+        "arch": ARCH, "base": base, "channels": channels, "layers": layers, "cond": shipped.cond, "steps": step,
         "batch": batch, "patch": patch, "lr": lr, "seed": seed, "rates": list(rates), "variants": variants,
         "images": len(files), "data": root.name, "data_sha256": data_hash, "minutes": round(total_minutes, 1),
-        "devices": devices, "params": sum(p.numel() for p in net.parameters()),
+        "devices": devices, "params": sum(p.numel() for p in shipped.parameters()),
         "final": next((st["final"] for st in reversed(stages) if st["final"]), None), "stages": stages,
-        "refit": refit_info,
-        "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} (resumable; {step} steps)",
+        "refit": refit_info, **({"continues": parent} if parent else {}),
+        "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} "
+                  f"({step} cumulative steps)",
     }
-    return save_weights(out, name, net.state_dict(), entry)
+    return save_weights(out, name, shipped.state_dict(), entry)
