@@ -54,7 +54,7 @@ def build_deployments(
     if verify_cron:
         deployments.append(
             flow_of(verify_flow).to_deployment(
-                name=f"verify-{name}", cron=verify_cron, parameters={"dest": dest, "full": full_verify, **sized},
+                name=f"verify-{name}", cron=verify_cron, parameters={"dest": dest, "full": full_verify, "record": True, **sized},
                 tags=["pixarc", "fixity"], concurrency_limit=_one_at_a_time(),
             )
         )

@@ -202,12 +202,13 @@ def restore_flow(
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def verify_flow(
     dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None, sources: bool = False,
-    device: str = "cpu",
+    device: str = "cpu", record: bool = False,
 ) -> VerifySummary:
     """Fixity check of the archive's current rows (fast: presence and size; full: re-decode;
-    sources: re-hash the originals too). Problems end the run in a Failed state."""
+    sources: re-hash the originals too). Problems end the run in a Failed state. Writes
+    nothing into DEST unless ``record`` (the scheduled verify records its outcome)."""
     summary = runs.verify_job(prefect_runner, dest, full, shard_size, run_id, sources, workers=flow_workers(),
-                              device=device)
+                              device=device, record=record)
     return _checked("verify", dest, dest, summary)
 
 

@@ -10,6 +10,7 @@ loses nothing (the rerun reuses verified bitstreams it finds).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import socket
 import time
@@ -26,8 +27,8 @@ from .encode import Encoded, Payloads, batch_encode, encode_route, fallback_note
 from .errors import InputError, PixarcError
 from .images import SourceImage, sha256_hex
 from .intake import DEFAULT_MAX_BYTES, Intake, intake
-from .layout import claim_dest, dest_prefix, write_version
-from .lock import check_held
+from .layout import bitstream_stem, claim_dest, dest_prefix, write_version
+from .lock import LockedError, check_held, still_held
 from .manifest import (
     STATUS_DONE,
     STATUS_ERROR,
@@ -52,6 +53,15 @@ from .storage import get_fs, join
 def cached_policy(path: str | None) -> Policy:
     """A policy loaded once per process (every shard of a run uses the same one)."""
     return load_policy(path)
+
+
+def settings_fingerprint(policy: Policy, max_bytes: int, registry: Registry) -> str:
+    """What decides whether an object is refused: the limits, the policy and the installed
+    codecs (with their plugins' versions). A rejected or error row records it; a rerun
+    under other settings retries the object instead of trusting the old refusal."""
+    codecs = sorted((cid, *registry.provenance(cid)) for cid in registry.codecs)
+    text = repr((max_bytes, repr(policy), codecs, __version__))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def worker_id() -> str:
@@ -89,7 +99,10 @@ class ArchivePlan:
     run_id: str
     shards: list[Shard]
     found: int = 0  # objects found by the crawl
-    skipped: int = 0  # already archived, unchanged
+    skipped: int = 0  # already archived (done), unchanged
+    retried: int = 0  # rejected or in error earlier under other settings: tried again
+    still_rejected: int = 0  # rejected or in error earlier under these very settings, unchanged: not archived
+    hidden: int = 0  # hidden files and folders (leading '.'), not archived
 
 
 @dataclass
@@ -100,6 +113,9 @@ class ArchiveSummary:
     shards: int
     totals: ArchiveTotals
     problems: list[Problem] = field(default_factory=list)
+    retried: int = 0
+    still_rejected: int = 0
+    hidden: int = 0
 
 
 # --------------------------------------------------------------------------- one object
@@ -185,11 +201,11 @@ def try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry)
 
 
 def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, registry: Registry,
-                payloads: Payloads | None = None) -> ManifestRow:
+                payloads: Payloads | None = None, lease: str = "") -> ManifestRow:
     """Encode, store and record one object that intake accepted; never raises for bad
     input (the row says what happened)."""
     dfs, droot = get_fs(dest)
-    rel = it.key + ".pxa"
+    rel = bitstream_stem(it.key) + ".pxa"
     notes = it.notes
     chosen = try_reuse(dfs, join(droot, rel), it.src, it.route, registry)
     attempts: list[Attempt]
@@ -199,6 +215,8 @@ def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, r
     else:
         chosen, attempts = encode_route(it.src, it.route, registry, device, payloads=payloads)
         if chosen is not None:
+            if lease:  # a writer that lost its lease writes nothing more (not even bitstreams)
+                still_held(dest, lease)
             try:
                 rel = write_version(dfs, droot, it.key, chosen.blob)
             except InputError as exc:
@@ -257,29 +275,44 @@ class ArchiveJob:
         a final status (done, rejected, error); ``failed`` rows are retried."""
         cached_policy(self.policy)  # fail fast on a bad policy, before any shard starts
         claim_dest(self.src, self.dest)
-        wanted = ["source_uri", "source_bytes", "source_mtime", "status", "bitstream_sha256"]
+        wanted = ["source_uri", "source_bytes", "source_mtime", "status", "bitstream_sha256", "settings"]
         # keys of a damaged part are archived again (reusing their verified bitstreams)
         current = rows_from_table(latest(read_manifest(self.dest, columns=wanted, damaged=[])))
-        known = {r.source_uri: (r.source_bytes, r.source_mtime) for r in current if r.status != STATUS_FAILED}
+        # a refusal is only as good as the settings that made it: rejected and error rows are
+        # "known" (not retried) only under the very same limits, policy and codecs
+        settings = self.settings(plugins.default_registry())
+        known = {r.source_uri: (r.source_bytes, r.source_mtime, r.status) for r in current
+                 if r.status == STATUS_DONE or (r.status != STATUS_FAILED and r.settings == settings)}
+        refused = {r.source_uri for r in current if r.status in (STATUS_REJECTED, STATUS_ERROR)}
         previous = {r.key: r.bitstream_sha256 for r in current if r.status == STATUS_DONE}
         prefix, select = dest_prefix(self.dest), self.select()
-        counts = {"found": 0, "skipped": 0}
+        counts = {"found": 0, "skipped": 0, "retried": 0, "still_rejected": 0, "hidden": 0}
 
         def todo() -> Iterator[dict]:
-            for ref in crawl(self.src, follow_symlinks=self.follow_symlinks):
+            for ref in crawl(self.src, follow_symlinks=self.follow_symlinks, hidden=True):
                 if ref.uri.startswith(prefix) or (select is not None and not select(ref.key)):
                     continue  # the archive itself, when DEST lies inside SRC; or filtered out
-                if self.limit is not None and counts["found"] - counts["skipped"] >= self.limit:
+                if ref.kind == "hidden":
+                    counts["hidden"] += 1  # counted in the summary, never archived (docs/guarantees.md)
+                    continue
+                if self.limit is not None and counts["found"] - counts["skipped"] - counts["still_rejected"] >= self.limit:
                     break
                 counts["found"] += 1
-                if known.get(ref.uri) == (ref.size, ref.mtime):
-                    counts["skipped"] += 1
+                seen = known.get(ref.uri)
+                if seen is not None and seen[:2] == (ref.size, ref.mtime):
+                    counts["skipped" if seen[2] == STATUS_DONE else "still_rejected"] += 1
                     continue
+                if ref.uri in refused:
+                    counts["retried"] += 1
                 yield {**asdict(ref), "replaces": previous.get(ref.key, "")}
 
         shards, planned = write_plan(self.dest, self.run_id, self.name, todo(), self.shard_size)
         progress.set_total(self.run_id, planned)
-        return ArchivePlan(self.run_id, shards, counts["found"], counts["skipped"])
+        return ArchivePlan(self.run_id, shards, counts["found"], counts["skipped"], counts["retried"],
+                           counts["still_rejected"], counts["hidden"])
+
+    def settings(self, registry: Registry) -> str:
+        return settings_fingerprint(cached_policy(self.policy), self.max_bytes, registry)
 
     def uses_gpu(self, registry: Registry) -> bool:
         """Whether shards of this job can put work on a GPU (and so must hold a GPU slot)."""
@@ -294,6 +327,7 @@ class ArchiveJob:
         refs = [ImageRef(**{k: v for k, v in item.items() if k in _REF_FIELDS}) for item in loaded]
         replaces = {item["key"]: item.get("replaces", "") for item in loaded}
         columns = plugin_columns(registry)
+        settings = self.settings(registry)
         rows: list[ManifestRow] = []
         step = self.batch_size if self.uses_gpu(registry) else 1  # CPU: one image in memory at a time
         for i in range(0, len(refs), step):
@@ -307,17 +341,27 @@ class ArchiveJob:
                     payloads[k] = p
             for it, p in zip(taken, payloads):
                 row = source_row(it, self.run_id, shard.index)
-                if it.error is None:
-                    archive_one(it, row, self.dest, self.device, registry, p)
-                if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
-                    row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
-                fill_plugin_columns(row, registry, columns)
+                try:
+                    if it.error is None:
+                        it.src.extra["stamp"] = {"key": it.key, "run_id": self.run_id,
+                                                 "previous_sha256": replaces.get(it.key, "")}
+                        archive_one(it, row, self.dest, self.device, registry, p, self.lease)
+                    if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
+                        row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
+                    fill_plugin_columns(row, registry, columns)
+                except (LockedError, OSError, MemoryError):
+                    raise  # DEST lost, full or read-only, the machine out of memory: the run stops (exit 4)
+                except Exception as exc:  # anything about this one object never blocks the shard
+                    row = failed_row(row, exc)
+                if row.status in (STATUS_REJECTED, STATUS_ERROR):
+                    row.settings = settings
                 rows.append(row)
                 progress.advance(self.run_id)
                 progress.add_bytes(self.run_id, row.source_bytes)
         if self.lease:  # a run that lost its lease (stalled past expiry) must not commit
             check_held(self.dest, self.lease)
-        write_part(self.dest, self.run_id, shard.index, rows_to_table(rows, columns))
+        rows, table = manifest_table(rows, columns)
+        write_part(self.dest, self.run_id, shard.index, table)
         return shard_totals(shard.index, rows, time.perf_counter() - t0)
 
     def finish(self, plan: ArchivePlan, results: Sequence[ArchiveTotals]) -> ArchiveSummary:
@@ -325,7 +369,34 @@ class ArchiveJob:
         for r in results:
             totals.add(r)
         drop_plan(self.dest, self.name, self.run_id)  # kept when a shard raised, for inspection
-        return ArchiveSummary(self.run_id, plan.found, plan.skipped, len(plan.shards), totals)
+        return ArchiveSummary(self.run_id, plan.found, plan.skipped, len(plan.shards), totals,
+                              retried=plan.retried, still_rejected=plan.still_rejected, hidden=plan.hidden)
+
+
+def failed_row(row: ManifestRow, exc: BaseException) -> ManifestRow:
+    """The error row of an object whose handling raised (a codec or plugin bug, a name the
+    manifest cannot hold...): only what any row can hold, and why."""
+    reason = getattr(exc, "reason", "") or "internal_error"
+    message = f"{type(exc).__name__}: {exc}"
+    return ManifestRow(row.run_id, row.shard, row.key, row.source_uri, STATUS_ERROR, source_bytes=row.source_bytes,
+                       source_mtime=row.source_mtime, source_sha256=row.source_sha256, error=reason,
+                       message=message, pixarc_version=row.pixarc_version)
+
+
+def manifest_table(rows: list[ManifestRow], columns: dict[str, Any]) -> tuple[list[ManifestRow], Any]:
+    """The shard's part. A row the manifest cannot hold (a plugin column of the wrong type,
+    text Parquet refuses) becomes that object's error row; the others commit."""
+    try:
+        return rows, rows_to_table(rows, columns)
+    except Exception:  # rare: find the culprit(s) row by row
+        kept = []
+        for r in rows:
+            try:
+                rows_to_table([r], columns)
+            except Exception as exc:
+                r = failed_row(r, exc)
+            kept.append(r)
+        return kept, rows_to_table(kept, columns)
 
 
 def shard_totals(index: int, rows: list[ManifestRow], seconds: float) -> ArchiveTotals:

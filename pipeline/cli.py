@@ -198,7 +198,7 @@ EXIT_UNAVAILABLE = 4  # could not run: DEST locked by another writer, disk full,
 
 # problems of verify/restore that mean the archive is damaged (else: environment or OUT)
 INTEGRITY_PROBLEMS = {"missing", "size_mismatch", "hash_mismatch", "corrupt_container", "verification_failed",
-                      "codec_error", "outside_dest", "corrupt_manifest_part"}
+                      "codec_error", "outside_dest", "corrupt_manifest_part", "orphan_bitstream", "rows_missing"}
 
 
 def _problems_exit(problems) -> int:
@@ -456,14 +456,17 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
               help="Device for decoding with codecs that use one: cpu (what every bitstream was checked on), "
                    "auto, cuda, cuda:N.")
 @click.option("--no-progress", is_flag=True)
-def verify(dest, full, sources, json_out, workers, runner, dask_address, device, no_progress):
+@click.option("--record", is_flag=True,
+              help="Add this verify's outcome to DEST's run records (shown by pixarc report). Without it "
+                   "verify writes nothing into DEST (read-only archives are verified too).")
+def verify(dest, full, sources, json_out, workers, runner, dask_address, device, no_progress, record):
     """Fixity check of DEST. Exit status 3 when anything is damaged, 4 when a plugin is missing."""
     _prefect_defaults()
     _require_archive(dest)
     from .flows import verify_flow
 
     s = _run_flow(verify_flow, "verify" + (" --full" if full else ""), not no_progress, runner, workers,
-                  dask_address, dest=dest, full=full, sources=sources, device=device)
+                  dask_address, dest=dest, full=full, sources=sources, device=device, record=record)
     mode = "full" if full else "fast"
     console.print(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
     _print_problems(s.problems)
@@ -526,6 +529,14 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     skipped = [d for d in decisions if d.action == "skip"]
     console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
                   f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+    from .checks import Problem
+
+    damaged = [Problem(d.key, d.problem, d.reason) for d in decisions if d.problem in INTEGRITY_PROBLEMS]
+    if damaged:  # damage found by any command is damage: say so, and in the exit status
+        err.print(f"{len(damaged)} bitstream(s) are damaged and were not re-encoded; "
+                  f"run pixarc verify {dest} --full, then pixarc repair {dest}")
+        _print_problems(damaged)
+        sys.exit(_problems_exit(damaged))
 
 
 @main.command()

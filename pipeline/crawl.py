@@ -37,16 +37,43 @@ def object_uri(src: str, fs, path: str) -> str:
     return uri
 
 
-def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterator[ImageRef]:
+def zip_members(src: str, fs, hidden: bool) -> Iterator[ImageRef]:
+    """Every member of a zip file, by its raw name, in the zip's own order: fsspec's listing
+    folds duplicate names into one and strips a leading '/', which would lose members
+    without a row. Absolute, backslash and '..' names keep their raw key (the archive job
+    rejects them as ``unsafe_key``); the second member of a name gets its own key
+    ``<name> (zip member <n>)`` and kind ``duplicate`` (rejected as ``duplicate_key``)."""
+    seen: set[str] = set()
+    for n, info in enumerate(fs.zip.infolist(), 1):
+        name = info.filename
+        if info.is_dir():
+            continue
+        if any(p.startswith(".") and p != ".." for p in name.replace("\\", "/").split("/")):
+            if hidden:
+                yield ImageRef(object_uri(src, fs, name), name, info.file_size, "", "hidden")
+            continue
+        kind, key = "file", name
+        if name in seen:
+            kind, key = "duplicate", f"{name} (zip member {n})"
+        seen.add(name)
+        yield ImageRef(object_uri(src, fs, name), key, info.file_size, "", kind)  # "": as fsspec lists members
+
+
+def crawl(src: str, include: str = "*", follow_symlinks: bool = False, hidden: bool = False) -> Iterator[ImageRef]:
     """Yield every file under ``src`` (a path or fsspec URL) in sorted order.
 
-    Hidden names (leading '.') are skipped; members of a zip/tar under '..' are yielded
+    Hidden names (leading '.') are not archived: with ``hidden`` each hidden file or folder
+    is yielded once with kind ``hidden`` (so the archive can count them), else skipped.
+    Members of a zip/tar under '..' are yielded
     with their '..' keys so that the archive job rejects them visibly (zip slip). Symlinked directories are skipped unless
     ``follow_symlinks``; then a directory already visited (by real path) is not entered
     again, so symlink loops end. Listing is per directory, so memory stays bounded by the
     widest directory, not the collection.
     """
     fs, root = get_fs(src)
+    if getattr(fs, "protocol", None) in ("zip", ("zip",)) and root in ("", "/") and hasattr(fs, "zip"):
+        yield from (r for r in zip_members(src, fs, hidden) if fnmatch.fnmatch(posixpath.basename(r.key), include))
+        return
     if fs.isfile(root):
         info = fs.info(root)
         yield ImageRef(object_uri(src, fs, root), posixpath.basename(root), int(info.get("size") or 0), stamp(info))
@@ -69,9 +96,14 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False) -> Iterat
         for e in entries:
             name = e["name"].rstrip("/")
             base = posixpath.basename(name)
-            if not base or name == d or (base.startswith(".") and base != ".."):
-                continue  # hidden names are skipped; '..' (only in archives) is entered so
-                # its members surface with unsafe keys and get a 'rejected' row
+            if not base or name == d:
+                continue
+            if base.startswith(".") and base != "..":
+                if hidden:  # not archived, but counted: never silently
+                    key = name[len(prefix) :] if name.startswith(prefix) else name.lstrip("/")
+                    yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), stamp(e), "hidden")
+                continue  # '..' (only in archives) is entered so its members surface with
+                # unsafe keys and get a 'rejected' row
             if e.get("islink"):  # local only: describe the target, not the link
                 try:
                     e = {**fs.info(os.path.realpath(name)), "name": name}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,11 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
         "domain": domain,
         "notes": list(info.notes),
         "pixarc_version": __version__,
+        # what travels with the bitstream so a lost manifest row can be rebuilt from it alone:
+        # when it was made (version order never comes from file-system times), and the key,
+        # run and predecessor the archive job stamps on the source
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        **src.extra.get("stamp", {}),
     }
     sections = {"DATA": payload}
     if src.icc_profile:

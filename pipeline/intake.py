@@ -21,7 +21,8 @@ from .plugins import Registry
 from .policy import Policy, Route
 from .storage import check_size, get_fs, open_source, safe_key
 
-REJECT_REASONS = frozenset({"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file"})
+REJECT_REASONS = frozenset({"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file",
+                            "duplicate_key"})
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a source is held in memory while it is archived
 
 
@@ -47,6 +48,9 @@ class Intake:
 def read_source(ref: ImageRef, policy: Policy, max_bytes: int, notes: list[str]) -> SourceImage:
     """Read and probe one object, bounded: refused from its crawl size, a 64 KiB header
     check before the rest is read, never blocking on a FIFO swapped in after the crawl."""
+    if ref.kind == "duplicate":
+        raise InputError("duplicate_key", "an earlier member of the same zip file has this very name: only one of "
+                                          "them could be restored under it; not read (extract it by hand)")
     if ref.kind != "file":
         raise InputError("not_regular_file", f"a {ref.kind} entry, not a regular file (FIFO, socket, device); "
                                              "not read")

@@ -7,8 +7,10 @@ ever read from, written to or deleted outside DEST, and no bitstream is overwrit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import InputError, NotAnArchiveError
@@ -62,16 +64,43 @@ def check_collision(key: str) -> None:
                                               f"(the one of {folder[:-4]!r}); refused")
 
 
+# The longest file-name component (bytes) kept as it is: with ``.<sha12>.pxa`` and the
+# temporary suffix ``.tmp-<32 hex>`` it still fits the 255 bytes most file systems allow.
+NAME_MAX_KEPT = 200
+
+
+def _component(part: str) -> str:
+    """A key component as a DEST file name: itself when it is UTF-8 and short enough,
+    else a readable prefix + ``~`` + 16 hex digits of its hash (the key itself is in
+    the manifest row and in the bitstream's header)."""
+    try:
+        raw = part.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = None
+    if raw is not None and len(raw) <= NAME_MAX_KEPT:
+        return part
+    original = part.encode("utf-8", "surrogateescape")
+    readable = original.decode("utf-8", "ignore")[:48].encode("utf-8")[:96].decode("utf-8", "ignore")
+    return f"{readable}~{hashlib.sha256(original).hexdigest()[:16]}"
+
+
+def bitstream_stem(key: str) -> str:
+    """The DEST-relative name of ``key``'s bitstream, without ``.pxa``: the key itself,
+    except for components a file system or object store may refuse (not UTF-8, too long)."""
+    return "/".join(_component(p) for p in key.split("/"))
+
+
 def write_version(fs, root: str, key: str, blob: bytes) -> str:
     """Store a new bitstream without overwriting anything; returns its DEST-relative path.
 
     ``<key>.pxa`` when free; taken (an older version of a changed source, or any other
     file) -> ``<key>.<sha12>.pxa``, named by the bitstream's own hash, so a file already
-    there under that name holds these very bytes."""
-    rel = key + ".pxa"
+    there under that name holds these very bytes. (``<key>`` as :func:`bitstream_stem` makes it.)"""
+    stem = bitstream_stem(key)
+    rel = stem + ".pxa"
     if write_new(fs, join(root, rel), blob, fault_site="rename"):
         return rel
-    rel = f"{key}.{sha256_hex(blob)[:12]}.pxa"
+    rel = f"{stem}.{sha256_hex(blob)[:12]}.pxa"
     if write_new(fs, join(root, rel), blob, fault_site="rename"):
         return rel
     try:
@@ -79,7 +108,7 @@ def write_version(fs, root: str, key: str, blob: bytes) -> str:
     except (OSError, IsADirectoryError):
         same = False
     if not same:
-        raise InputError("key_collision", f"{key!r}: both bitstream names {key}.pxa and {rel} are taken")
+        raise InputError("key_collision", f"{key!r}: both bitstream names {stem}.pxa and {rel} are taken")
     return rel
 
 
@@ -108,3 +137,51 @@ def dest_prefix(dest: str) -> str:
     """DEST's URI with a trailing slash: a crawl of a SRC holding DEST leaves it out."""
     fs, root = get_fs(dest)
     return fs.unstrip_protocol(root).rstrip("/") + "/"
+
+
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}\Z")
+
+
+@dataclass
+class Swept:
+    temporaries: list[str] = field(default_factory=list)  # DEST-relative
+    uncommitted_parts: list[str] = field(default_factory=list)
+
+
+def sweep_leftovers(dest: str, older_than_s: float) -> Swept:
+    """Remove what killed runs left behind, once it is older than ``older_than_s`` (the
+    lease's lifetime: whoever wrote it cannot be alive and holding DEST any more): temporary
+    files (``*.tmp-<hex>``) and manifest parts that never got their commit marker (their
+    bitstreams are reused by the rerun, or adopted by ``pixarc repair``). Only a holder of
+    DEST's lease calls this. Age is the file's own mtime: it says how long ago it was
+    written here, not which version is newer."""
+    import time
+
+    fs, root = get_fs(dest)
+    prefix = root.rstrip("/") + "/"
+    now, out = time.time(), Swept()
+
+    def old(path: str) -> bool:
+        try:
+            m = fs.info(path).get("mtime") or fs.info(path).get("LastModified")
+            t = m.timestamp() if hasattr(m, "timestamp") else float(m)
+        except (OSError, TypeError, ValueError):
+            return False
+        return now - t > older_than_s
+
+    if not fs.exists(root):
+        return out
+    for path in fs.find(root):
+        if _TEMP.search(path) and old(path):
+            fs.rm(path)
+            out.temporaries.append(path[len(prefix):] if path.startswith(prefix) else path)
+    parts, commits = join(root, "manifest", "parts"), join(root, "manifest", "commits")
+    if fs.exists(parts):
+        committed = {p.rsplit("/", 1)[-1][: -len(".json")] for p in fs.ls(commits, detail=False)} \
+            if fs.exists(commits) else set()
+        for path in fs.ls(parts, detail=False):
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".parquet") and name[: -len(".parquet")] not in committed and old(path):
+                fs.rm(path)
+                out.uncommitted_parts.append("manifest/parts/" + name)
+    return out

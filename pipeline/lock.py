@@ -100,6 +100,21 @@ def check_held(dest: str, token: str) -> None:
         raise LockedError(f"this run lost its lock on {dest} (now held by {who}); stopped before writing")
 
 
+_LAST_CHECK: dict[tuple[str, str], float] = {}
+CHECK_EVERY_S = 1.0  # a writer re-reads its lease at most this often between bitstreams
+
+
+def still_held(dest: str, token: str) -> None:
+    """:func:`check_held`, at most once per :data:`CHECK_EVERY_S` per (DEST, token): a
+    writer calls it before every bitstream it writes, so a run that lost its lease stops
+    writing within a second, without a read of the lease file per image."""
+    now = time.monotonic()
+    if now - _LAST_CHECK.get((dest, token), -CHECK_EVERY_S) < CHECK_EVERY_S:
+        return
+    check_held(dest, token)
+    _LAST_CHECK[(dest, token)] = now
+
+
 class Lease:
     """``with Lease(dest, "archive").acquire(wait=0):`` — the one-writer lease of ``dest``."""
 

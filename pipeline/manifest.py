@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -120,6 +121,12 @@ class ManifestRow:
     job: str = "archive"  # archive | recompress
     replaces_sha256: str = ""  # lineage: the bitstream this row's bitstream replaced
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # what decided a rejected/error row (limits, policy, codecs): a rerun under other
+    # settings retries it (archive.settings_fingerprint)
+    settings: str = ""
+    # key and source_uri held bytes that are not UTF-8 (a file name the source allows):
+    # stored escaped (escape_name), read back as the original text
+    name_escaped: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,11 +171,45 @@ def schema(extra_columns: dict[str, pa.DataType] | None = None) -> pa.Schema:
 
 
 _CORE = tuple(f.name for f in fields(ManifestRow) if f.name != "extra")
+_ESCAPED = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escape_name(name: str) -> str:
+    """A file name as UTF-8 text Parquet can hold, reversibly: a name the file system gave
+    as undecodable bytes (Python's surrogate escapes) gets ``\\xNN`` for each such byte and
+    ``\\\\`` for each backslash; :func:`unescape_name` gives the very name back."""
+    raw = name.replace("\\", "\\\\").encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def unescape_name(text: str) -> str:
+    out, pos = bytearray(), 0
+    for m in _ESCAPED.finditer(text):
+        out += text[pos : m.start()].encode("utf-8")
+        token = m.group(1)
+        out += b"\\" if token == "\\" else bytes([int(token[1:], 16)])
+        pos = m.end()
+    out += text[pos:].encode("utf-8")
+    return out.decode("utf-8", "surrogateescape")
 
 
 def to_record(r: ManifestRow, extra_columns: dict[str, pa.DataType] | None = None) -> dict[str, Any]:
-    """A row as its Parquet record (status as text, params and attempts as JSON)."""
+    """A row as its Parquet record (status as text, params and attempts as JSON; names
+    that are not UTF-8 escaped, see :func:`escape_name`)."""
     d = {name: getattr(r, name) for name in _CORE}
+    if r.name_escaped or not (utf8_ok(r.key) and utf8_ok(r.source_uri)):
+        d["key"], d["source_uri"], d["name_escaped"] = escape_name(r.key), escape_name(r.source_uri), True
+    for name in ("message", "notes", "bitstream_uri", "error"):
+        if not utf8_ok(d[name]):  # free text quoting a name: readable, never a reason to lose the row
+            d[name] = d[name].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     d["status"] = str(r.status)
     d["params"] = json.dumps(r.params, sort_keys=True, default=str)
     d["attempts"] = json.dumps([a.to_json() for a in r.attempts])
@@ -195,6 +236,8 @@ def row_from_record(d: dict[str, Any]) -> ManifestRow:
         core["created_at"] = datetime.fromisoformat(core["created_at"])
     if isinstance(core.get("attempts"), str):
         core["attempts"] = [Attempt.from_json(a) for a in json.loads(core["attempts"] or "[]")]
+    if core.get("name_escaped"):
+        core["key"], core["source_uri"] = unescape_name(core["key"]), unescape_name(core["source_uri"])
     row = ManifestRow(**core)
     row.extra = {k: v for k, v in d.items() if k not in _CORE}
     return row
@@ -258,7 +301,7 @@ def read_manifest(dest: str, check: bool = True, columns: list[str] | None = Non
     :func:`latest`)."""
     fs, root = get_fs(dest)
     if columns is not None:
-        columns = list(dict.fromkeys(["key", "created_at", *columns]))
+        columns = list(dict.fromkeys(["key", "created_at", "name_escaped", *columns]))
     tables = []
     for marker in committed_parts(dest, damaged):
         try:
@@ -269,7 +312,10 @@ def read_manifest(dest: str, check: bool = True, columns: list[str] | None = Non
             if check and sha256_hex(data) != marker["sha256"]:
                 raise ManifestError(f"manifest part {marker['part']} does not match its commit marker")
             try:
-                tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+                f = pq.ParquetFile(io.BytesIO(data))
+                # parts written by older versions lack newer columns: read what they have
+                have = None if columns is None else [c for c in columns if c in f.schema_arrow.names]
+                tables.append(f.read(columns=have))
             except (pa.ArrowException, OSError) as exc:
                 raise ManifestError(f"manifest part {marker['part']} is unreadable ({exc})") from None
         except ManifestError as exc:

@@ -19,6 +19,15 @@ from .storage import get_fs, join, write_atomic
 STATE_DIR = ".pixarc"  # the archive's own state (plans, lease, claim marker) under DEST
 
 
+def scratch() -> str:
+    """Where jobs that must not write their archive (verify) keep their plans: a folder
+    of this machine's temporary directory (``PIXARC_SCRATCH`` to choose another)."""
+    import os
+    import tempfile
+
+    return os.environ.get("PIXARC_SCRATCH") or os.path.join(tempfile.gettempdir(), "pixarc-plans")
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 

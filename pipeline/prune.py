@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .layout import bitstream_rel
+from .layout import bitstream_rel, require_archive
 from .plan import STATE_DIR, new_run_id
 from .errors import InputError
 from .lock import hold
@@ -33,6 +33,7 @@ def prune(dest: str, dry_run: bool = False, wait: float = 0.0) -> PruneSummary:
     """Delete the bitstreams of old versions (``dry_run``: only list them)."""
     out = PruneSummary(new_run_id(), dry_run=dry_run)
     fs, root = get_fs(dest)
+    require_archive(dest)  # before the lease: nothing is created where there is no archive
     with hold(dest, "prune", wait):
         table = read_manifest(dest, columns=["bitstream_uri", "status"])
         current = latest(table).to_pylist()

@@ -62,6 +62,7 @@ class Decision:
     new_codec: str = ""
     old_bytes: int = 0
     new_bytes: int = 0
+    problem: str = ""  # the reason code when the row was skipped because its bitstream is damaged
 
     @property
     def saving(self) -> float:
@@ -215,7 +216,7 @@ class RecompressJob:
             exclude = frozenset({STORE}) if not src.data else frozenset()
             chosen, attempts = encode_route(src, route, registry, self.device, exclude=exclude)
         except PixarcError as exc:
-            decision.action, decision.reason = "skip", f"{exc.reason}: {exc}"
+            decision.action, decision.reason, decision.problem = "skip", f"{exc.reason}: {exc}", exc.reason
             return decision, None
         if chosen is None:
             decision.action, decision.reason = "skip", "no candidate verified: " + fallback_note(attempts)

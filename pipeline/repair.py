@@ -1,10 +1,12 @@
 """``pixarc repair``: rebuild what can be rebuilt of a damaged archive.
 
 1. A damaged manifest part (its bytes do not match the commit marker, or it cannot be
-   read) is moved to ``manifest/damaged/`` with its marker, and its rows are rebuilt from
-   the bitstreams no intact row names: every ``.pxa`` carries its codec, parameters,
-   geometry, source and pixel hashes and, for lossy codecs, the recorded quality in its
-   own header. Each one is decoded and checked before its row (``job = "repair"``) says
+   read) is moved to ``manifest/damaged/`` with its marker. Then every bitstream no
+   committed row names (an orphan: its part was damaged or deleted, or its run killed
+   before the commit) gets its row back from its own header: every ``.pxa`` carries its
+   key, run, creation time, codec, parameters, geometry, source and pixel hashes and, for
+   lossy codecs, the recorded quality. Version order comes from that creation time, never
+   from file-system times. Each one is decoded and checked before its row (``job = "repair"``) says
    done. What a header does not carry (the source's size and mtime, timings) is taken
    from the source when it still matches, else left empty: the next archive run then
    re-checks that source.
@@ -22,20 +24,20 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from . import __version__
 from .codec import params_hash
 from .archive import fill_encoded, fill_plugin_columns, plugin_columns
 from .checks import decode_container, read_bitstream
 from .encode import encode_route
-from .layout import bitstream_rel, require_archive, resolve_bitstream, write_version
+from .layout import Swept, require_archive, resolve_bitstream, sweep_leftovers, write_version
 from .plan import STATE_DIR, new_run_id
 from .errors import InputError, PixarcError
 from .images import probe_and_load, sha256_hex
 from .lock import check_held, hold
 from .manifest import STATUS_DONE, ManifestRow, carry_source, read_manifest, rows_to_table, write_part
-from .state import current_rows
+from .state import current_rows, orphan_bitstreams
 from .plugins import Registry, default_registry
 from .policy import Candidate, Route
 from .storage import get_fs, join, read_regular
@@ -50,6 +52,7 @@ class RepairSummary:
     rows_rebuilt: int = 0
     reencoded: list[str] = field(default_factory=list)  # keys re-encoded from their originals
     unrepairable: list[tuple[str, str]] = field(default_factory=list)  # (key or part, why)
+    swept: Swept = field(default_factory=Swept)  # leftovers of killed runs removed
 
 
 def _key_of(rel: str, blob_sha: str) -> str:
@@ -78,16 +81,32 @@ def _source_root(fs, root: str) -> str:
         return ""
 
 
-def _row_from_header(rel: str, blob: bytes, run_id: str, source_root: str, registry: Registry,
-                     written: float | None) -> ManifestRow:
+# Bitstreams written before headers carried their creation time: never allowed to outrank
+# a row with a real date; among themselves ``<key>.pxa`` (always the first version) comes first.
+_UNDATED = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def header_time(meta: dict, rel: str, sha: str) -> datetime:
+    """When a bitstream was made, from data that travels with it (its header), never from
+    file-system times: ``cp -r``, rsync without ``-t`` or an object-store upload reset those,
+    and would make an old version look newest."""
+    try:
+        return datetime.fromisoformat(meta["created_at"])
+    except (KeyError, TypeError, ValueError):
+        m = _VERSION_TAIL.search(rel)
+        return _UNDATED + timedelta(seconds=1 if m and m.group(1) == sha[:12] else 0)
+
+
+def _row_from_header(rel: str, blob: bytes, run_id: str, source_root: str, registry: Registry) -> ManifestRow:
     c, decoded = decode_container(blob, registry)  # decoded and checked before it says done
     meta = c.meta
     sha = sha256_hex(blob)
-    key = _key_of(rel, sha)
+    key = meta.get("key") or _key_of(rel, sha)  # the header names its key (file names may be hashed)
     lossless = bool(meta.get("lossless"))
-    created = datetime.fromtimestamp(written, timezone.utc) if written else datetime.now(timezone.utc)
-    row = ManifestRow(run_id, 0, key, (source_root.rstrip("/") + "/" + key) if source_root else "", STATUS_DONE,
-                      job="repair", pixarc_version=__version__, created_at=created)
+    row = ManifestRow(meta.get("run_id") or run_id, 0, key,
+                      (source_root.rstrip("/") + "/" + key) if source_root else "", STATUS_DONE,
+                      job="repair", pixarc_version=__version__, created_at=header_time(meta, rel, sha),
+                      replaces_sha256=meta.get("previous_sha256", ""))
     row.source_sha256, row.pixels_sha256 = c.source_sha256, c.pixels_sha256
     row.source_format = meta.get("source_format", "")
     row.width, row.height, row.mode, row.bit_depth = c.width, c.height, c.mode, c.bit_depth
@@ -104,7 +123,8 @@ def _row_from_header(rel: str, blob: bytes, run_id: str, source_root: str, regis
     row.ms_ssim = 1.0 if lossless else float(meta.get("ms_ssim", math.nan))
     row.decoded_sha256 = c.pixels_sha256 if lossless else meta.get("decoded_sha256", "")
     row.device, row.verified = "cpu", True
-    row.notes = "rebuilt by repair from the bitstream's own header (its manifest part was damaged)"
+    row.notes = ("rebuilt by repair from the bitstream's own header (no committed row named it: its manifest part "
+                 "was damaged or deleted, or its run was killed)")
     if decoded.original is not None:
         row.source_bytes = len(decoded.original)
     return row
@@ -125,30 +145,19 @@ def _fill_source_stamp(row: ManifestRow) -> None:
         pass
 
 
-def _rebuild_parts(dest: str, run_id: str, damaged: list[tuple[str, str]], registry: Registry,
-                   out: RepairSummary) -> list[ManifestRow]:
+def _rebuild_rows(dest: str, run_id: str, damaged: list[tuple[str, str]], registry: Registry,
+                  out: RepairSummary) -> list[ManifestRow]:
+    """Move damaged parts aside, then give every bitstream no committed row names (an
+    orphan: its part was damaged or deleted, or its run killed) a row from its own header."""
     fs, root = get_fs(dest)
     for name, _ in damaged:
         _quarantine(fs, root, name)
     out.parts_rebuilt = len(damaged)
-    named = set()
-    for r in read_manifest(dest, columns=["bitstream_uri"], damaged=[]).to_pylist():
-        try:
-            named.add(bitstream_rel(r["bitstream_uri"], r["key"]))
-        except InputError:
-            continue
     source_root = _source_root(fs, root)
     rows = []
-    prefix = root.rstrip("/") + "/"
-    for path in sorted(fs.find(root)):
-        rel = path[len(prefix):] if path.startswith(prefix) else path
-        if not rel.endswith(".pxa") or rel in named or rel.startswith(("manifest/", STATE_DIR + "/")):
-            continue
-        if any(p.startswith(".") for p in rel.split("/")):
-            continue
+    for rel in orphan_bitstreams(dest):
         try:
-            info = fs.info(path)
-            row = _row_from_header(rel, fs.cat_file(path), run_id, source_root, registry, info.get("mtime"))
+            row = _row_from_header(rel, fs.cat_file(join(root, rel)), run_id, source_root, registry)
         except (PixarcError, OSError) as exc:
             out.unrepairable.append((rel, f"{getattr(exc, 'reason', 'io_error')}: {exc}"))
             continue
@@ -197,16 +206,16 @@ def repair(dest: str, wait: float = 0.0, registry: Registry | None = None) -> Re
     require_archive(dest)
     out = RepairSummary(new_run_id())
     with hold(dest, "repair", wait) as lease:
+        out.swept = sweep_leftovers(dest, 2 * lease.ttl)
         damaged: list[tuple[str, str]] = []
         read_manifest(dest, columns=[], damaged=damaged)
         columns = plugin_columns(registry)
-        if damaged:
-            rows = _rebuild_parts(dest, out.run_id, damaged, registry, out)
-            if rows:
-                for row in rows:
-                    fill_plugin_columns(row, registry, columns)
-                check_held(dest, lease.token)
-                write_part(dest, out.run_id, 0, rows_to_table(rows, columns))
+        rows = _rebuild_rows(dest, out.run_id, damaged, registry, out)
+        if rows:
+            for row in rows:
+                fill_plugin_columns(row, registry, columns)
+            check_held(dest, lease.token)
+            write_part(dest, out.run_id, 0, rows_to_table(rows, columns))
         fixed = []
         for r in current_rows(dest):
             try:

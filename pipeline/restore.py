@@ -21,7 +21,7 @@ from .manifest import ManifestRow
 from .plan import Shard, drop_plan, load_shard, write_plan
 from . import plugins
 from .plugins import Registry
-from .state import manifest_problems, parse_as_of, select_rows
+from .state import archive_problems, parse_as_of, select_rows
 from .storage import get_fs, inside, join, safe_key, write_atomic, write_new
 
 RESTORE_AS_IS = {"PNG", "TIFF", "BMP", "PPM"}  # lossless pixels re-encode faithfully to these
@@ -205,4 +205,4 @@ class RestoreJob:
         drop_plan(self.out, self.name, self.run_id)
         # damaged manifest parts first: their rows were left out of the restore
         return RestoreSummary(self.run_id, plan.found, totals.skipped, len(plan.shards), totals,
-                              manifest_problems(self.dest) + problems)
+                              archive_problems(self.dest) + problems)

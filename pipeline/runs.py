@@ -23,6 +23,7 @@ from .archive import ArchiveJob, ArchiveSummary, ArchiveTotals, cached_policy
 from .device import check_request
 from .errors import PixarcError
 from .intake import DEFAULT_MAX_BYTES
+from .layout import sweep_leftovers
 from .lock import hold
 from .plan import Shard, new_run_id, spread
 from .recompress import RecompressJob, RecompressSummary
@@ -109,6 +110,10 @@ def run_job(job: Job, run: ShardRunner, workers: int = 1, wait: float = 0.0) -> 
         return job.finish(plan, run(job, plan.shards))
     label = "recompress --apply" if job.name == "recompress" else job.name
     with hold(job.dest, label, wait) as lease:
+        swept = sweep_leftovers(job.dest, 2 * lease.ttl)
+        if swept.temporaries or swept.uncommitted_parts:
+            log.info(f"removed {len(swept.temporaries)} temporary file(s) and {len(swept.uncommitted_parts)} "
+                     f"uncommitted manifest part(s) left by killed runs")
         job = dataclasses.replace(job, lease=lease.token)
         plan = job.plan()
         plan.shards = spread(job.base, job.name, job.run_id, plan.shards, workers)
@@ -150,13 +155,17 @@ def restore_job(run: ShardRunner, dest: str, out: str, pattern: str = "*", domai
 
 
 def verify_job(run: ShardRunner, dest: str, full: bool = False, shard_size: int = 1024, run_id: str | None = None,
-               sources: bool = False, workers: int = 1, device: str = "cpu") -> VerifySummary:
+               sources: bool = False, workers: int = 1, device: str = "cpu", record: bool = False) -> VerifySummary:
+    """Check the archive; it writes nothing into DEST (a read-only or full archive is checked
+    as well) unless ``record``: then its outcome joins DEST's run records (``pixarc report``
+    shows the last one; scheduled verifies record theirs)."""
     job = VerifyJob(dest, run_id or new_run_id(), full, sources, check_request(device), shard_size)
     started, t0 = runstats.now(), time.perf_counter()
     summary = run_job(job, run, workers)
-    runstats.write(dest, runstats.record("verify", job.run_id, dest, started, time.perf_counter() - t0,
-                                         engine=_engine_of(run), workers=workers, full=full, sources=sources,
-                                         device=device, **runstats.check_fields(summary)))
+    if record:
+        runstats.write(dest, runstats.record("verify", job.run_id, dest, started, time.perf_counter() - t0,
+                                             engine=_engine_of(run), workers=workers, full=full, sources=sources,
+                                             device=device, **runstats.check_fields(summary)))
     return summary
 
 

@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 
 from .checks import Problem
 from .errors import InputError
-from .layout import require_archive
+from .layout import bitstream_rel, require_archive
+from .plan import STATE_DIR
+from .storage import get_fs
 from .manifest import STATUS_DONE, ManifestRow, Status, latest, read_manifest, rows_from_table
 
 
@@ -23,6 +25,65 @@ def manifest_problems(dest: str) -> list[Problem]:
     read_manifest(dest, columns=[], damaged=damaged)
     return [Problem(f"manifest/{name}", "corrupt_manifest_part", why + "; run pixarc repair DEST")
             for name, why in damaged]
+
+
+def bitstream_files(dest: str) -> list[str]:
+    """Every bitstream file under DEST (DEST-relative): not the manifest, not the archive's
+    own state, not hidden names, not temporaries (``*.pxa.tmp-*``)."""
+    fs, root = get_fs(dest)
+    prefix = root.rstrip("/") + "/"
+    out = []
+    for path in fs.find(root):
+        rel = path[len(prefix):] if path.startswith(prefix) else path
+        if rel.endswith(".pxa") and not rel.startswith(("manifest/", STATE_DIR + "/")) \
+                and not any(p.startswith(".") for p in rel.split("/")):
+            out.append(rel)
+    return sorted(out)
+
+
+def named_bitstreams(dest: str) -> set[str]:
+    """The bitstreams committed rows name (every version, history included)."""
+    named = set()
+    for r in read_manifest(dest, columns=["bitstream_uri"], damaged=[]).to_pylist():
+        if r["bitstream_uri"]:
+            try:
+                named.add(bitstream_rel(r["bitstream_uri"], r["key"]))
+            except InputError:
+                continue
+    return named
+
+
+def orphan_bitstreams(dest: str) -> list[str]:
+    """Bitstreams under DEST that no committed row names: rows lost with a deleted or
+    damaged manifest part, or written by a run that was killed before its commit."""
+    named = named_bitstreams(dest)
+    return [rel for rel in bitstream_files(dest) if rel not in named]
+
+
+def archive_problems(dest: str) -> list[Problem]:
+    """What only the archive as a whole shows: damaged parts, bitstreams no committed row
+    names, and archive runs whose recorded count of done images the manifest no longer
+    holds. While a live writer holds DEST, its bitstreams in flight are not orphans yet."""
+    from . import runstats
+    from .lock import is_stale, read_lease
+
+    problems = manifest_problems(dest)
+    lease = read_lease(dest)
+    if lease is None or is_stale(lease):
+        problems += [Problem(rel, "orphan_bitstream", "no committed manifest row names this bitstream (a deleted "
+                                                      "or lost manifest part, or a killed run); pixarc repair DEST "
+                                                      "rebuilds its row from the bitstream's own header")
+                     for rel in orphan_bitstreams(dest)]
+    done: dict[str, int] = {}
+    for r in read_manifest(dest, columns=["run_id", "status"], damaged=[]).to_pylist():
+        if r["status"] == STATUS_DONE:
+            done[r["run_id"]] = done.get(r["run_id"], 0) + 1
+    for rec in runstats.read_all(dest):
+        if rec.get("job") == "archive" and isinstance(rec.get("done"), int) and done.get(rec["run_id"], 0) < rec["done"]:
+            problems.append(Problem(f"run {rec['run_id']}", "rows_missing",
+                                    f"the run recorded {rec['done']} image(s) done, the manifest holds "
+                                    f"{done.get(rec['run_id'], 0)} done row(s) of it; pixarc repair DEST"))
+    return problems
 
 
 def current_rows(dest: str, pattern: str = "*", domain: str | None = None, status: Status | None = STATUS_DONE,

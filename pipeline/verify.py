@@ -16,11 +16,11 @@ from .checks import Problem, decode_container
 from .device import Device
 from .errors import InputError, PixarcError
 from .images import sha256_hex
-from .plan import Shard, drop_plan, write_plan
+from .plan import Shard, drop_plan, scratch, write_plan
 from . import plugins
 from .plugins import Registry
 from .restore import ITEM_COLUMNS, Item, load_items
-from .state import current_rows, manifest_problems
+from .state import archive_problems, current_rows
 from .storage import get_fs, read_regular
 
 
@@ -77,13 +77,13 @@ class VerifyJob:
 
     @property
     def base(self) -> str:
-        return self.dest
+        return scratch()  # never DEST: verify works on read-only and full archives
 
     def plan(self) -> VerifyPlan:
         rows = current_rows(self.dest, columns=ITEM_COLUMNS)
         progress.set_total(self.run_id, len(rows))
         items = (asdict(Item.of(self.dest, r)) for r in rows)
-        return VerifyPlan(self.run_id, write_plan(self.dest, self.run_id, self.name, items, self.shard_size)[0],
+        return VerifyPlan(self.run_id, write_plan(self.base, self.run_id, self.name, items, self.shard_size)[0],
                           len(rows))
 
     def check(self, item: Item, registry: Registry, device: "str | Device") -> Problem | None:
@@ -123,6 +123,6 @@ class VerifyJob:
         for r in results:
             totals.done += r.done
             problems.extend(r.problems)
-        drop_plan(self.dest, self.name, self.run_id)
+        drop_plan(self.base, self.name, self.run_id)
         return VerifySummary(self.run_id, plan.found, len(plan.shards), totals,
-                             manifest_problems(self.dest) + problems, self.full, self.sources)
+                             archive_problems(self.dest) + problems, self.full, self.sources)
