@@ -354,9 +354,13 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
     t = summary.totals
     console.print(
         f"run {summary.run_id}: {summary.found} found, {summary.skipped} already archived, "
-        f"{t.images} processed in {summary.shards} shard(s): {t.done} done"
+        + (f"{summary.still_rejected} rejected or unreadable earlier (same settings, not archived), "
+           if summary.still_rejected else "")
+        + (f"{summary.retried} rejected earlier, retried, " if summary.retried else "")
+        + f"{t.images} processed in {summary.shards} shard(s): {t.done} done"
         + (f" ({t.reused} reused)" if t.reused else "")
         + f", {t.rejected} rejected, {t.errors} errors, {t.failed} failed"
+        + (f"; {summary.hidden} hidden file(s)/folder(s) not archived" if summary.hidden else "")
     )
     _print_report(dest)
     if t.failed or t.errors:

@@ -115,7 +115,7 @@ def _source_from_archive(item: Item, registry: Registry, device: str) -> SourceI
     try:
         blob = read_bitstream(item.bitstream_uri, item.row.bitstream_sha256)
     except PixarcError as exc:
-        raise PixarcError(f"{exc}; run verify") from None
+        raise InputError(exc.reason, f"{exc}; run verify") from None  # the reason (damage) stays
     c, decoded = decode_container(blob, registry, device)
     if decoded.original is not None:
         return probe_and_load(decoded.original)

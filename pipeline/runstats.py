@@ -36,7 +36,9 @@ def record(job: str, run_id: str, dest: str, started: str, seconds: float, **fie
 
 def archive_fields(summary: Any, seconds: float) -> dict[str, Any]:
     t = summary.totals
-    return {"found": summary.found, "skipped": summary.skipped, "shards": summary.shards, "images": t.images,
+    return {"found": summary.found, "skipped": summary.skipped, "retried": summary.retried,
+            "still_rejected": summary.still_rejected, "hidden": summary.hidden, "shards": summary.shards,
+            "images": t.images,
             "done": t.done, "reused": t.reused, "rejected": t.rejected, "errors": t.errors, "failed": t.failed,
             "source_bytes": t.source_bytes, "archive_bytes": t.archive_bytes,
             "images_per_s": round(t.images / seconds, 3) if seconds > 0 else None,

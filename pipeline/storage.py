@@ -45,7 +45,10 @@ def safe_key(key: str) -> str:
 def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
     """Write ``data`` to a fresh temporary name beside ``path`` and fsync it."""
     os.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tag = uuid.uuid4().hex
+    tmp = f"{path}.tmp-{tag}"
+    if len(os.fsencode(posixpath.basename(tmp))) > 255:  # a long (but legal) name: a short temporary beside it
+        tmp = posixpath.join(posixpath.dirname(path), f"{tag[:16]}.tmp-{tag}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
