@@ -245,7 +245,9 @@ def test_training_cli_writes_weights_and_resumes(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, args + ["--steps", "5", "--resume"])
     assert res.exit_code == 0, res.output
-    entry = json.loads((out / "weights.json").read_text())["files"]["enhance-avif-c4-l3.pt"]
+    files = json.loads((out / "weights.json").read_text())["files"]
+    entry = files["enhance-avif-c4-l3-v2.pt"]  # a new file: bitstreams name the first one by its sha256
+    assert files["enhance-avif-c4-l3.pt"]["steps"] == 3
     assert entry["steps"] == 5 and entry["devices"] == ["cpu"] and len(entry["data_sha256"]) == 64
     assert [st["steps"] for st in entry["stages"]] == ["0-3", "3-5"]
     assert entry["arch"] == "enhance-cnn" and entry["base"] == "avif" and entry["rates"] == [20, 95]
@@ -254,8 +256,32 @@ def test_training_cli_writes_weights_and_resumes(tmp_path, monkeypatch):
     assert (out / "enhance-avif-c4-l3.pool.ckpt").exists()  # the resumed run decoded cached payloads
     from pixarc.weights import load_from_manifest
 
-    state, _ = load_from_manifest(out, "enhance-avif-c4-l3.pt")
+    state, _ = load_from_manifest(out, "enhance-avif-c4-l3-v2.pt")
     assert all(v.dtype == torch.float16 for v in state.values())
+
+    # without --resume (and with no checkpoint at all) a run continues the newest shipped filter:
+    # its cumulative steps, its stages, its minutes; the schedule follows the cumulative count
+    (out / "enhance-avif-c4-l3.ckpt").unlink()
+    res = CliRunner().invoke(main, args + ["--steps", "8"])
+    assert res.exit_code == 0, res.output
+    third = json.loads((out / "weights.json").read_text())["files"]["enhance-avif-c4-l3-v3.pt"]
+    assert third["continues"] == "enhance-avif-c4-l3-v2.pt" and third["steps"] == 8
+    assert [st["steps"] for st in third["stages"]] == ["0-3", "3-5", "5-8"]
+    assert third["minutes"] >= entry["minutes"]
+
+
+def test_the_learning_rate_is_a_function_of_the_cumulative_step():
+    """Runs stacked one after another follow one decay curve (no per-run sawtooth); only a
+    run that starts with a fresh optimizer warms up."""
+    from pixarc.training import cumulative_lr
+
+    one_run = [cumulative_lr(s, 1e-3, since=0) for s in range(1000, 3000)]
+    split = [cumulative_lr(s, 1e-3, since=0) for s in range(1000, 2000)] + \
+        [cumulative_lr(s, 1e-3, since=0) for s in range(2000, 3000)]
+    assert one_run == split
+    assert all(a >= b for a, b in zip(one_run, one_run[1:]))  # never rises again
+    assert cumulative_lr(5000, 1e-3, since=5000) < cumulative_lr(5199, 1e-3, since=5000) \
+        == cumulative_lr(5199, 1e-3, since=0)  # a continuation warms up, then rejoins the curve
 
 
 def test_lossy_policy_weighs_the_enhanced_codec_by_rd_cost(tiny_filter, with_enhance, tmp_path, monkeypatch):
