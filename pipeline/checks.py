@@ -64,6 +64,15 @@ def check_decoded(c: Container, decoded: Decoded, codec: Codec | None = None) ->
         raise VerificationError("lossy decode does not reproduce the recorded reconstruction (and its PSNR)")
 
 
+def stored_pins(c: Container) -> dict[str, str]:
+    """The weights a container's bitstream was made with, by component codec id: the header's
+    ``weights_sha256`` for its own codec, ``meta["weights"]`` for every learned component."""
+    pins = {str(k): str(v) for k, v in (c.meta.get("weights") or {}).items()}
+    if c.weights_sha256:
+        pins[c.codec_id] = c.weights_sha256
+    return pins
+
+
 def decode_with(c: Container, codec: Codec, device: "str | Device" = CPU) -> Decoded:
     """Decode a parsed container with ``codec`` on ``device`` and check the result."""
     if c.format_version != codec.format_version:
@@ -74,7 +83,7 @@ def decode_with(c: Container, codec: Codec, device: "str | Device" = CPU) -> Dec
     if not codec.has_weights(c.weights_sha256):
         raise MissingPluginError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}..., not installed here")
     try:
-        decoded = codec.decode_stored(c.payload, resolve(codec, device), c.weights_sha256)
+        decoded = codec.decode_stored(c.payload, resolve(codec, device), stored_pins(c))
     except PixarcError:
         raise
     except Exception as exc:  # a codec bug must not escape as an untyped crash

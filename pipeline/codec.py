@@ -198,10 +198,18 @@ class Codec(ABC):
     def decode(self, payload: bytes, device: Device = CPU) -> Decoded:
         """Decode a payload produced by :meth:`encode`. Raise :class:`CodecError` on bad input."""
 
-    def decode_stored(self, payload: bytes, device: Device, weights_sha256: str) -> Decoded:
-        """Decode a payload read back from an archive, whose container names the weights
-        (sha256, '' for none) it was encoded with. Codecs without weights just decode; a
-        learned codec decodes with exactly those weights, whatever it would encode with now."""
+    def weights_pins(self, params: Mapping[str, Any]) -> dict[str, str]:
+        """The weights of every learned component an encode with ``params`` uses, by codec id
+        (``{}`` without weights). A composite codec (a filter over a learned base) names its
+        base's too. The container records them all, and a decode gets them back as ``pins``."""
+        sha = self.weights_for(params)
+        return {self.codec_id: sha} if sha else {}
+
+    def decode_stored(self, payload: bytes, device: Device, pins: Mapping[str, str]) -> Decoded:
+        """Decode a payload read back from an archive. ``pins`` (codec id -> sha256, from the
+        container) names the weights each learned component encoded it with. Codecs without
+        weights just decode; a learned codec decodes with exactly those weights, whatever it
+        would encode with now, and passes its components' pins on."""
         return self.decode(payload, device)
 
     def decode_batch(self, payloads: list[bytes], device: Device = CPU) -> list[Decoded | Exception]:

@@ -82,6 +82,9 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         **src.extra.get("stamp", {}),
     }
+    pins = codec.weights_pins(params)
+    if set(pins) - {codec.codec_id}:  # a composite: its learned components are pinned too
+        meta["weights"] = pins
     sections = {"DATA": payload}
     if src.icc_profile:
         sections["ICCP"] = src.icc_profile
@@ -93,7 +96,7 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
     decoded_sha = src.pixels_sha256
     if not codec.lossless:
         # Decode once to learn what the bitstream reconstructs; record it in the header.
-        first = codec.decode_stored(payload, device, container.weights_sha256)
+        first = codec.decode_stored(payload, device, pins)
         recon = first.image
         if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
             raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")

@@ -65,6 +65,31 @@ class WeightsFile:
     origin: str = ""  # "shipped", the environment variable that named its directory, or another source
 
 
+_ONE_THREAD = threading.RLock()
+
+
+@contextlib.contextmanager
+def same_everywhere(device: Device):
+    """Run a CPU decode with one intra-op thread. Float kernels split their sums by thread
+    count, so a reconstruction decoded with 1 and with 2 threads can differ by ±1 in a few
+    sub-pixels; the recorded reconstruction hash (and PSNR) must reproduce on any machine
+    restore runs on. One process-wide (re-entrant) lock keeps concurrent decodes from
+    resetting each other's setting. What still differs between CPUs (instruction sets) and
+    from GPU to CPU is in docs/guarantees.md."""
+    if device.is_gpu:
+        yield
+        return
+    import torch
+
+    with _ONE_THREAD:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
 def torch_device(device: Device) -> str:
     """``device`` as torch names it; anything but a :class:`Device` is a caller's bug."""
     if not isinstance(device, Device):
@@ -213,19 +238,27 @@ class LearnedCodec(Codec):
 
     # ------------------------------------------------------------------ decoding
 
-    def decode_stored(self, payload: bytes, device: Device, weights_sha256: str):
-        """``decode`` with the weights named by the container (decode-only ones included),
-        not the ones a new encode would pick."""
-        if not weights_sha256:
-            return self.decode(payload, device)
-        weights = next((w for w in self.weights if w.sha256 == weights_sha256), None)
-        if weights is None:
-            raise CodecError(f"{self.codec_id}: bitstream needs weights {weights_sha256[:12]}..., not installed here")
-        token = _DECODING_WITH.set((self, weights))
+    def decode_stored(self, payload: bytes, device: Device, pins: Mapping[str, str]):
+        """``decode`` with the weights ``pins`` names for this codec (decode-only ones
+        included), not the ones a new encode would pick; on the CPU with one intra-op thread
+        (:func:`same_everywhere`). Composite codecs get every component's pin through
+        :meth:`decode_pinned`."""
+        sha = pins.get(self.codec_id, "")
+        weights = next((w for w in self.weights if w.sha256 == sha), None) if sha else None
+        if sha and weights is None:
+            raise CodecError(f"{self.codec_id}: bitstream needs weights {sha[:12]}..., not installed here")
+        token = _DECODING_WITH.set((self, weights)) if weights is not None else None
         try:
-            return self.decode(payload, device)
+            with same_everywhere(device):
+                return self.decode_pinned(payload, device, pins)
         finally:
-            _DECODING_WITH.reset(token)
+            if token is not None:
+                _DECODING_WITH.reset(token)
+
+    def decode_pinned(self, payload: bytes, device: Device, pins: Mapping[str, str]):
+        """The decode of :meth:`decode_stored` (this codec's own weights already pinned): a
+        codec built over other learned codecs overrides it to pass ``pins`` on to them."""
+        return self.decode(payload, device)
 
     @contextlib.contextmanager
     def refusing(self, what: str):

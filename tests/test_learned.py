@@ -309,7 +309,7 @@ def test_a_stored_bitstream_decodes_with_the_weights_it_was_made_with(toy):
 
         check_decoded(c, codec.decode(c.payload), codec)
     with pytest.raises(CodecError, match="not installed"):
-        codec.decode_stored(c.payload, CPU, "e" * 64)
+        codec.decode_stored(c.payload, CPU, {codec.codec_id: "e" * 64})
 
     class Picky(Tagged):  # its own rule for new encodes (as the enhancement filter has)
         def choose_weights(self, params=None):
@@ -318,3 +318,85 @@ def test_a_stored_bitstream_decodes_with_the_weights_it_was_made_with(toy):
     picky = Picky()
     assert picky.select_weights({"q": 1}).sha256 == new["sha256"]
     assert decode_with(c, picky, CPU).fingerprint == entries[1]["sha256"]  # the pin holds for it too
+
+
+def test_a_composite_bitstream_pins_the_weights_of_its_learned_base(toy, tmp_path, monkeypatch):
+    """``<base>-enhanced`` over a learned base: after better base weights ship (the old ones
+    kept decode_only), an old bitstream still decodes with the base weights it was made with
+    (issue 25.5). The container records every component's weights; the decode gets them."""
+    from pixarc.checks import decode_with, stored_pins
+    from pixarc.container import unpack
+    from pixarc.encode import encode_verified
+    from pixarc.images import probe_and_load
+    from pixarc_enhance import enhanced
+    from pixarc_enhance.model import EnhanceNet
+    from pixarc.weights import save_weights
+
+    _, entries, folder = toy
+    net = EnhanceNet(channels=4, layers=3)
+    filters = tmp_path / "filters"
+    save_weights(filters, "f.pt", net.state_dict(), {"arch": "enhance-cnn", "base": "avif", "channels": 4,
+                                                      "layers": 3, "cond": 2, "source": "test"})
+    monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(filters))
+    composite = enhanced("toy-learned")(base=Tagged())
+    params = composite.validate_params({"q": 1, "filter": "on", "adapters": "none", "rd_lambda": 1.0})
+    src = probe_and_load(encode_bytes(Image.new("RGB", (16, 12), (90, 40, 200)), "PNG"))
+    blob = encode_verified(composite, params, src, "natural", CPU).blob
+    c = unpack(blob)
+    assert stored_pins(c)["toy-learned"] == entries[1]["sha256"]
+
+    new = _save(folder, "toy-q1-v2.pt", 11)  # better base weights ship for q = 1 ...
+    doc = json.loads((folder / "weights.json").read_text())
+    doc["files"]["toy-q1-v2.pt"]["q"] = 1
+    doc["files"]["toy-q1.pt"]["decode_only"] = True  # ... the old ones kept for decoding only
+    (folder / "weights.json").write_text(json.dumps(doc))
+    later = enhanced("toy-learned")(base=Tagged())
+    assert later.base.weights_for({"q": 1}) == new["sha256"]
+    decoded = decode_with(c, later, CPU)  # raises VerificationError if the base used the new weights
+    assert decoded.image.size == (16, 12)
+
+
+def test_learned_decodes_run_with_one_thread_whatever_the_process_uses(toy):
+    """Float kernels sum in a thread-count-dependent order: a reconstruction must come out the
+    same on 1 and on many threads, so stored bitstreams decode on one intra-op thread (25.6)."""
+    seen = []
+
+    class Watching(Toy):
+        def decode(self, payload, device=CPU):
+            seen.append(torch.get_num_threads())
+            return super().decode(payload, device)
+
+    codec = Watching()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        codec.decode_stored(b"x", CPU, {codec.codec_id: codec.weights_for({"q": 1})})
+        assert seen == [1] and torch.get_num_threads() == 2  # and the process's setting is back
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_shipped_svr_reconstruction_is_the_same_on_one_and_two_threads():
+    """A real learned decode, through the archive's path, at 1 and 2 torch threads."""
+    from pixarc.checks import decode_with
+    from pixarc.container import unpack
+    from pixarc.encode import encode_verified
+    from pixarc.images import pixels_sha256
+    from pixarc_svr import SVRCodec
+
+    codec = SVRCodec()
+    if codec.unsupported_reason(RGB):
+        pytest.skip(codec.unsupported_reason(RGB))
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    src = probe_and_load(encode_bytes(image, "PNG"))
+    before = torch.get_num_threads()
+    hashes = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            blob = encode_verified(codec, codec.validate_params({}), src, "natural", CPU).blob
+            hashes.append(pixels_sha256(decode_with(unpack(blob), codec, CPU).image))
+    finally:
+        torch.set_num_threads(before)
+    assert hashes[0] == hashes[1]

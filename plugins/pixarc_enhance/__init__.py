@@ -105,6 +105,17 @@ class EnhancedCodec(LearnedCodec):
         net.load_state_dict({k: v.float() for k, v in state.items()})
         return net
 
+    def weights_pins(self, params):
+        """The filter's weights, and the base's when the base is learned (its bitstreams must
+        decode with the base weights they were made with, whatever ships later)."""
+        pins = super().weights_pins(params)
+        if self.base is not None:
+            pins.update(self.base.weights_pins({k: params[k] for k in self.base.params_schema if k in params}))
+        return pins
+
+    def decode_pinned(self, payload, device, pins):
+        return self.decode(payload, device, pins)
+
     def version(self) -> str:
         import torch
 
@@ -133,8 +144,9 @@ class EnhancedCodec(LearnedCodec):
         sub = str(params.get("subsampling", ""))
         return rate, int(sub in ("4:4:4", "0"))
 
-    def _base_decode(self, payload: bytes, device=CPU):
-        d = self.base.decode(payload, device)
+    def _base_decode(self, payload: bytes, device=CPU, pins=None):
+        # a stored bitstream (pins given): the base decodes with the weights it was made with
+        d = self.base.decode(payload, device) if pins is None else self.base.decode_stored(payload, device, pins)
         if d.image is None:
             raise CodecError(f"{self.codec_id}: base codec returned no pixels")
         im = d.image if d.image.mode == "RGB" else d.image.convert("RGB")
@@ -234,14 +246,14 @@ class EnhancedCodec(LearnedCodec):
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, payload, device=CPU):
+    def decode(self, payload, device=CPU, pins=None):
         torch_device(device)
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
         if not payload or payload[0] > 3:
             raise CodecError(f"{self.codec_id}: empty payload or unknown flags")
         if payload[0] == 0:
-            base_im, base_fp = self._base_decode(payload[1:], device)
+            base_im, base_fp = self._base_decode(payload[1:], device, pins)
             h = hashlib.sha256(b"\0" + (base_fp.encode() if base_fp else base_im.tobytes()))
             return Decoded(image=base_im, fingerprint=h.hexdigest())
         with self.refusing("malformed payload"):
@@ -252,7 +264,7 @@ class EnhancedCodec(LearnedCodec):
             coded = payload[pos:]
         if flags & 1 == 0 or mode not in (0, 1, 2) or cond_pm > 1000 or (mode == 0 and coded):
             raise CodecError(f"{self.codec_id}: implausible header values")
-        base_im, base_fp = self._base_decode(base_payload, device)
+        base_im, base_fp = self._base_decode(base_payload, device, pins)
         h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
         h.update(base_fp.encode() if base_fp else base_im.tobytes())
         with self.refusing("cannot decode"):  # rANS on corrupt bytes, shape mismatches...
