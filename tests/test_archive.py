@@ -206,7 +206,8 @@ def test_fsspec_memory_and_zip_sources_and_memory_dest(small_collection, tmp_pat
     za = rows_by_key(f"memory://dest-zip-{tmp_path.name}")
     zb = rows_by_key(tmp_path / "dest-mem")
     assert za.keys() == zb.keys()
-    assert {k: r["bitstream_sha256"] for k, r in za.items()} == {k: r["bitstream_sha256"] for k, r in zb.items()}
+    same = ("codec_id", "params", "pixels_sha256", "decoded_sha256")  # bitstream bytes differ: their header dates them
+    assert {k: [r[c] for c in same] for k, r in za.items()} == {k: [r[c] for c in same] for k, r in zb.items()}
     first = next(iter(za.values()))  # named relative to DEST, found in the memory DEST
     assert first["bitstream_uri"] == first["key"] + ".pxa"
     assert fsspec.filesystem("memory").isfile(f"/dest-zip-{tmp_path.name}/{first['bitstream_uri']}")

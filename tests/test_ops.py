@@ -283,7 +283,7 @@ def test_run_stats_beside_the_manifest(small_collection, tmp_path):
 
     dest = tmp_path / "d"
     doc = jdoc("archive", str(small_collection), str(dest), "--policy", "png", "--json")
-    invoke("verify", str(dest), "--full")
+    invoke("verify", str(dest), "--full", "--record")  # verify writes into DEST only when asked
     recs = runstats.read_all(str(dest))
     assert [r["job"] for r in recs] == ["archive", "verify"]
     a, v = recs
@@ -304,7 +304,7 @@ def test_report_shows_route_low_confidence_errors_runs_and_verify(examples_dir, 
     invoke("archive", str(src), str(dest), "--policy", "lossy", code=1)  # exit 1: broken.png ended in error
     text = invoke("report", str(dest))
     assert "verify: never run" in text
-    invoke("verify", str(dest))
+    invoke("verify", str(dest), "--record")
     doc = jdoc("report", str(dest), "--json")
     rows = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
     unknown = [k for k, r in rows.items() if r["status"] == "done" and r["route"] == "unknown"]

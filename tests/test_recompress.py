@@ -80,7 +80,7 @@ def test_recompress_flow_and_deployments(small_collection, tmp_path):
     assert set(by_flow) == {"verify", "archive", "recompress"}
     crons = {k: d.schedules[0].schedule.cron for k, d in by_flow.items()}
     assert crons == {"verify": "0 3 * * 0", "archive": "0 * * * *", "recompress": "0 4 1 * *"}
-    assert by_flow["verify"].parameters == {"dest": str(dest), "full": True}
+    assert by_flow["verify"].parameters == {"dest": str(dest), "full": True, "record": True}
     assert by_flow["recompress"].parameters["apply"] is True
 
 
@@ -97,15 +97,23 @@ def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection
         runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
     assert current(dest) == before
     check = runs.verify_local(str(dest), full=True)
-    assert check.totals.done == 5 and not check.problems  # every current row's bitstream is intact
+    assert check.totals.done == 5  # every current row's bitstream is intact
+    # ... and what the killed run wrote is named by no row: reported, never silently kept
+    orphans = {p.key for p in check.problems}
+    assert orphans and {p.problem for p in check.problems} == {"orphan_bitstream"}
+    assert all(k.endswith(".pxa") and k not in {r["bitstream_uri"] for r in before.values()} for k in orphans)
+    from pixarc.repair import repair
+
+    assert repair(str(dest)).rows_rebuilt == len(orphans)  # their rows come back from their headers
+    assert not runs.verify_local(str(dest), full=True).problems
     monkeypatch.undo()
-    done = runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
-    assert sum(s.applied for s in done) >= 1
     after = current(dest)
-    for key, r in after.items():
-        if r["job"] == "recompress":
-            assert r["bitstream_uri"] != before[key]["bitstream_uri"]
-            assert not (dest / (key + ".pxa")).exists(), "the replaced bitstream is removed after the commit"
+    adopted = {k for k, r in after.items() if r["bitstream_uri"] in orphans}
+    assert adopted and all(after[k]["job"] == "repair" for k in adopted)  # the verified re-encodes are current
+    done = runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
+    assert not any(d.key in adopted and d.action == "recompress" for s in done for d in s.decisions)
+    for key in adopted:  # the version it replaced stays until prune
+        assert (dest / before[key]["bitstream_uri"]).exists()
     assert not runs.verify_local(str(dest), full=True).problems
     restored = runs.restore_local(str(dest), str(tmp_path / "out"))
     assert restored.totals.done == 5 and not restored.problems
