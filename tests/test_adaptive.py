@@ -347,7 +347,9 @@ def test_encode_batch_honours_a_single_scale(tiny_weights):
     c = codec()
     srcs = [probe_and_load(encode_bytes(smooth_image(96, 80, seed=i), "PNG")) for i in range(2)]
     params = c.validate_params({"quality": 1, "latent_iters": 3, "adapter_iters": 0, "scales": [0.5]})
-    for payload in c.encode_batch(srcs, params):
+    payloads = c.encode_batch(srcs, params)
+    assert len(payloads) == 2 and all(isinstance(p, bytes) for p in payloads)  # one payload per image
+    for payload in payloads:
         assert _HEAD.unpack_from(payload, 0)[1] == 500
         assert c.decode(payload).image.size == (96, 80)
 

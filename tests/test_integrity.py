@@ -54,7 +54,9 @@ def flip_a_bit(path: Path) -> None:
 def test_manifest_names_bitstreams_relative_to_dest(small_collection, tmp_path):
     dest = tmp_path / "dest"
     runs.archive_local(str(small_collection), str(dest))
-    for key, r in rows_by_key(dest).items():
+    rows = rows_by_key(dest)
+    assert len(rows) == 5  # the loop below checks every image, not none
+    for key, r in rows.items():
         assert r["bitstream_uri"] == key + ".pxa", r["bitstream_uri"]
         assert (dest / r["bitstream_uri"]).is_file()
 
