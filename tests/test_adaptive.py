@@ -432,3 +432,47 @@ def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp
     attempts = [a for a in json.loads(row["attempts"]) if a["codec"] == "adaptive-mbt2018-mean"]
     assert [a["result"] for a in attempts] == ["target", "verified"], attempts
     assert "quality=1" in attempts[0]["reason"]
+
+
+def test_a_genuine_zoo_checkpoint_in_the_hub_cache_is_found_checked_and_used(monkeypatch, tmp_path):
+    """The path a user with internet takes: CompressAI's zoo downloads
+    ``mbt2018-mean-<q>-<sha256 prefix>.pth.tar`` (a state dict with its entropy tables) into
+    the torch hub cache. Built here in that format from a model; the codec finds it there,
+    checks the hash prefix in its name, and codes and decodes with it. A file whose bytes do
+    not match its name's prefix is ignored."""
+    import hashlib
+    import io
+
+    from pixarc import compressai_compat
+    from pixarc.checks import decode_with
+    from pixarc.container import unpack
+    from pixarc.device import CPU
+    from pixarc.encode import encode_verified
+
+    compressai_compat.load()
+    from compressai.models import MeanScaleHyperprior
+    from pixarc_adaptive import AdaptiveCodec
+
+    torch.manual_seed(0)
+    model = MeanScaleHyperprior(128, 192)  # the zoo's N, M for qualities 1-4
+    model.update(force=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    data = buf.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / f"mbt2018-mean-2-{sha[:8]}.pth.tar").write_bytes(data)
+    (cache / "mbt2018-mean-3-00000000.pth.tar").write_bytes(data)  # its name lies about its hash
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("PIXARC_ADAPTIVE_WEIGHTS", raising=False)
+    monkeypatch.setattr(AdaptiveCodec, "weights_dir", tmp_path / "none-shipped")
+
+    c = AdaptiveCodec()
+    zoo = [w for w in c.find_weights() if w.origin == "compressai-zoo"]
+    assert [(int(w.entry["quality"]), w.sha256) for w in zoo] == [(2, sha)] and c.rate_values() == [2]
+    src = probe_and_load(encode_bytes(smooth_image(64, 48), "PNG"))
+    params = c.validate_params({"quality": 2, "latent_iters": 0, "adapter_iters": 0})
+    blob = encode_verified(c, params, src, "natural", CPU).blob
+    assert unpack(blob).weights_sha256 == sha  # the container names the zoo file by its full hash
+    assert decode_with(unpack(blob), AdaptiveCodec(), CPU).image.size == (64, 48)
