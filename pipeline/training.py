@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -140,3 +141,124 @@ def continuation(out_dir: Path, arch: str, match: dict) -> tuple[Path, dict] | N
     found = [(Path(out_dir) / name, e) for name, e in read_manifest(manifest).items()
              if e.get("arch") == arch and not e.get("decode_only") and all(e.get(k) == v for k, v in match.items())]
     return max(found, key=lambda f: int(f[1].get("steps", 0)), default=None)
+
+
+class TrainingRun:
+    """One invocation of a trainer, in the shape every pixarc trainer shares, so that the
+    minutes of many runs, on any device, add up to one model.
+
+    Where it starts: ``resume`` continues ``<out>/<stem>.ckpt`` exactly (optimizer, weight
+    average, step count); otherwise, unless ``fresh``, the newest shipped weights of
+    ``out``'s ``weights.json`` whose entry matches ``match`` (same architecture and shape):
+    their fp16 weights, their cumulative steps, minutes, devices and stages, with a fresh
+    optimizer that warms up. The learning rate is :func:`cumulative_lr` of the cumulative
+    step; what ships is the :class:`WeightAverage`. :meth:`ship` writes a new file
+    ``<stem>[-vN].pt`` (stored bitstreams name the old one by its sha256) whose entry
+    records every stage and the file it continues.
+
+    A trainer's loop::
+
+        run = TrainingRun(model, opt, out=..., stem=..., arch=..., match={...}, ...)
+        while run.next_step():
+            loss = ...; opt.zero_grad(); loss.backward(); opt.step()
+            run.after_step()            # average, checkpoint when due
+        run.finish_stage(batch=..., final=...)
+        entry = run.ship(run.average.state_dict(), {...})
+    """
+
+    def __init__(self, model, opt, *, out, stem: str, arch: str, match: dict, device: str, lr: float,
+                 minutes: float, steps: int = 10**9, checkpoint_minutes: float = 3.0, resume: bool = False,
+                 fresh: bool = False, half_life: int = 20_000, warmup: int = 200, ema_decay: float = 0.999,
+                 log=print):
+        import torch
+
+        from .weights import load_weights
+
+        self.model, self.opt, self.lr, self.device = model, opt, lr, device
+        self.out_dir = Path(out)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.stem, self.arch, self.log = stem, arch, log
+        self.ckpt_path = self.out_dir / f"{stem}.ckpt"
+        self.budget_s, self.max_steps, self.every_s = minutes * 60, steps, checkpoint_minutes * 60
+        self.half_life, self.warmup = half_life, warmup
+        self.step, self.minutes_done, self.devices, self.stages = 0, 0.0, [], []
+        self.since, self.parent, self.extra = 0, None, {}
+        average = None
+        if resume and self.ckpt_path.exists():
+            ck = torch.load(self.ckpt_path, map_location=device, weights_only=True)
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            self.step, self.minutes_done, self.devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
+            self.stages, average, self.parent = list(ck.get("stages", [])), ck.get("ema"), ck.get("parent")
+            self.since, self.extra = int(ck.get("since", 0)), dict(ck.get("extra", {}))
+            log(f"resumed {self.ckpt_path} at step {self.step} ({self.minutes_done:.1f} min)")
+        elif resume:
+            raise SystemExit(f"--resume: no checkpoint {self.ckpt_path}")
+        elif not fresh and (found := continuation(self.out_dir, arch, match)):
+            path, entry = found
+            state = load_weights(path, entry["sha256"], map_location=device)
+            model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
+            self.step, self.minutes_done = int(entry.get("steps", 0)), float(entry.get("minutes", 0.0))
+            self.devices, self.stages = list(entry.get("devices", [])), list(entry.get("stages", []))
+            self.since, self.parent = self.step, path.name
+            log(f"continuing from the shipped {path.name} at cumulative step {self.step} "
+                f"({self.minutes_done:.1f} min); fresh optimizer, {warmup} warm-up steps")
+        if device not in self.devices:
+            self.devices.append(device)
+        self.average = WeightAverage(model, ema_decay, average)
+        self.start_step = self.step
+        self.t0 = self._last_ckpt = time.time()
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.time() - self.t0
+
+    def next_step(self) -> bool:
+        """Start the next step (False when the step or time budget is spent): set its
+        learning rate from the cumulative step count."""
+        if self.step >= self.max_steps or self.elapsed_s >= self.budget_s:
+            return False
+        self.step += 1
+        for g in self.opt.param_groups:
+            g["lr"] = cumulative_lr(self.step, self.lr, since=self.since, half_life=self.half_life,
+                                    warmup=self.warmup)
+        return True
+
+    def after_step(self) -> bool:
+        """Update the weight average; write a checkpoint when one is due (True then)."""
+        self.average.update(self.model)
+        if time.time() - self._last_ckpt > self.every_s:
+            self.save_checkpoint()
+            self._last_ckpt = time.time()
+            return True
+        return False
+
+    def save_checkpoint(self) -> None:
+        atomic_save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                     "ema": self.average.state_dict(), "step": self.step, "since": self.since,
+                     "parent": self.parent, "minutes": self.minutes_done + self.elapsed_s / 60,
+                     "devices": self.devices, "stages": self.stages, "extra": self.extra}, self.ckpt_path)
+
+    def finish_stage(self, **fields) -> dict:
+        """Record this invocation (steps, device, minutes, schedule and ``fields``) and checkpoint."""
+        stage = {"steps": f"{self.start_step}-{self.step}", "device": self.device,
+                 "minutes": round(self.elapsed_s / 60, 1), "lr": self.lr,
+                 "schedule": f"cumulative_lr(half_life={self.half_life}), ema {self.average.decay}", **fields}
+        self.stages.append(stage)
+        self.save_checkpoint()
+        return stage
+
+    def ship(self, state: dict, entry: dict) -> dict:
+        """Save ``state`` (fp16) as a new file beside the old ones, with the cumulative
+        provenance (steps, minutes, devices, stages, the file it continues) in ``entry``."""
+        from .weights import read_manifest, save_weights
+
+        manifest = self.out_dir / "weights.json"
+        taken = set(read_manifest(manifest)) if manifest.exists() else set()
+        n = 1
+        while (name := f"{self.stem}.pt" if n == 1 else f"{self.stem}-v{n}.pt") in taken:
+            n += 1
+        entry = {"arch": self.arch, **entry, "steps": self.step, "devices": self.devices, "stages": self.stages,
+                 "minutes": round(self.minutes_done + self.elapsed_s / 60, 1),
+                 **({"continues": self.parent} if self.parent else {})}
+        return save_weights(self.out_dir, name, state, entry)

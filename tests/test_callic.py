@@ -213,8 +213,15 @@ def test_trainer_budget_resume_and_manifest(tmp_path):
     assert len(second["sha256"]) == 64 and len(second["data_sha256"]) == 64 and second["devices"] == ["cpu"]
     from pixarc.weights import load_from_manifest
 
-    state, sha = load_from_manifest(tmp_path / "w", "callic-d8-l1-k5-m2.pt")
+    state, sha = load_from_manifest(tmp_path / "w", "callic-d8-l1-k5-m2-v2.pt")  # a new file per run
     assert sha == second["sha256"] and all(v.dtype == torch.float16 for v in state.values())
+    # a run without --resume (no checkpoint: another machine) continues the newest shipped file
+    (tmp_path / "w" / "callic-d8-l1-k5-m2.ckpt").unlink()
+    third = train(str(tmp_path / "data"), str(tmp_path / "w"), minutes=5, steps=5, **kw)
+    assert third["continues"] == "callic-d8-l1-k5-m2-v2.pt" and third["steps"] == 5
+    assert [st["steps"] for st in third["stages"]] == ["0-2", "2-3", "3-5"]
+    fresh = train(str(tmp_path / "data"), str(tmp_path / "w"), minutes=5, steps=1, fresh=True, **kw)
+    assert fresh["steps"] == 1 and "continues" not in fresh
 
 
 def test_integer_tables_are_pinned():

@@ -189,63 +189,40 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
     import numpy as np
     import torch
 
-    from pixarc.training import WeightAverage, continuation, cumulative_lr
-    from pixarc.weights import load_weights, read_manifest, save_weights
+    from pixarc.training import TrainingRun
 
     from . import ARCH
     from .model import EnhanceNet
+
+    def log(m: str) -> None:
+        print(m, flush=True)
 
     root = Path(data)
     files = training_images(root)
     data_hash = data_sha256(root, files)
     stem = f"enhance-{base}-c{channels}-l{layers}"
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / (stem + ".ckpt")
-
     net = EnhanceNet(channels, layers).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    step, minutes_done, devices, stages, since, parent = 0, 0.0, [], [], 0, None
-    ema_state = None
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, minutes_done, devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
-        stages, ema_state, parent = list(ck.get("stages", [])), ck.get("ema"), ck.get("parent")
-        since = int(ck.get("since", 0))
-        print(f"resumed {ckpt_path} at step {step} ({minutes_done:.1f} min)", flush=True)
-    elif resume:
-        raise SystemExit(f"--resume: no checkpoint {ckpt_path}")
-    elif not fresh and (found := continuation(out_dir, ARCH, {"base": base, "channels": channels, "layers": layers})):
-        path, entry = found
-        state = load_weights(path, entry["sha256"], map_location=device)
-        net.load_state_dict({k: v.float() for k, v in state.items()})
-        step, minutes_done = int(entry.get("steps", 0)), float(entry.get("minutes", 0.0))
-        devices, stages, since, parent = list(entry.get("devices", [])), list(entry.get("stages", [])), step, path.name
-        print(f"continuing from the shipped {path.name} at cumulative step {step} ({minutes_done:.1f} min); "
-              f"fresh optimizer, {200} warm-up steps", flush=True)
-    if device not in devices:
-        devices.append(device)
-    ema = WeightAverage(net, ema_decay, ema_state)
-
-    t0 = last_ckpt = time.time()
-    budget_s = minutes * 60
+    run = TrainingRun(net, opt, out=out, stem=stem, arch=ARCH, match={"base": base, "channels": channels,
+                      "layers": layers}, device=device, lr=lr, minutes=minutes, steps=steps,
+                      checkpoint_minutes=checkpoint_minutes, resume=resume, fresh=fresh, half_life=half_life,
+                      ema_decay=ema_decay, log=log)
     key = f"{data_hash}:{base}:{rates}:{variants}:{seed}:{chroma}"
-    pool = build_pool(files, base, rates, variants, seed, out_dir / (stem + ".pool.ckpt"), key,
-                      log=lambda m: print(m, flush=True), chroma=chroma)
+    pool = build_pool(files, base, rates, variants, seed, run.out_dir / (stem + ".pool.ckpt"), key, log=log,
+                      chroma=chroma)
     val = []
     if dev:
         dev_files = [f for d in sorted(p for p in Path(dev).iterdir() if p.is_dir())
                      for f in training_images(d)[:dev_per_domain]]
-        val = build_pool(dev_files, base, rates, 1, seed + 1, None, log=lambda m: print(m, flush=True),
-                         chroma=chroma, crop=256)
-        print(f"validation: {len(val)} dev centre crops (model selection only; never trained on)", flush=True)
-    best = (_score(ema.model, val, device), {k: v.clone() for k, v in ema.state_dict().items()}, step) if val else None
+        val = build_pool(dev_files, base, rates, 1, seed + 1, None, log=log, chroma=chroma, crop=256)
+        log(f"validation: {len(val)} dev centre crops (model selection only; never trained on)")
+    average = run.average.model
+    best = (_score(average, val, device), {k: v.clone() for k, v in average.state_dict().items()}, run.step) \
+        if val else None
     if best:
-        print(f"validation at step {step}: {best[0]:+.3f} dB over the base", flush=True)
-    torch.manual_seed(seed + step)
-    rng = random.Random(seed * 1_000_003 + step)  # a resumed run draws new batches, reproducibly
+        log(f"validation at step {run.step}: {best[0]:+.3f} dB over the base")
+    torch.manual_seed(seed + run.step)
+    rng = random.Random(seed * 1_000_003 + run.step)  # a continued run draws new batches, reproducibly
 
     def batch_tensors():
         xs, bs, cs = [], [], []
@@ -268,58 +245,44 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
 
         return t(xs), t(bs), torch.tensor(cs, dtype=torch.float32, device=device)
 
-    def save_checkpoint() -> None:
-        atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
-                     "since": since, "parent": parent, "minutes": minutes_done + (time.time() - t0) / 60,
-                     "devices": devices, "stages": stages}, ckpt_path)
-
     def validate() -> None:
         nonlocal best
         if not val:
             return
-        score = _score(ema.model, val, device)
+        score = _score(average, val, device)
         if score > best[0]:
-            best = (score, {k: v.clone() for k, v in ema.state_dict().items()}, step)
-        print(f"validation at step {step}: {score:+.3f} dB over the base (best {best[0]:+.3f} at {best[2]})", flush=True)
+            best = (score, {k: v.clone() for k, v in average.state_dict().items()}, run.step)
+        log(f"validation at step {run.step}: {score:+.3f} dB over the base (best {best[0]:+.3f} at {best[2]})")
 
     net.train()
-    start_step, history, gains = step, [], []
-    while step < steps and time.time() - t0 < budget_s:
-        step += 1
-        for g in opt.param_groups:
-            g["lr"] = cumulative_lr(step, lr, since=since, half_life=half_life)
+    history, gains = [], []
+    while run.next_step():
         x, xb, cond = batch_tensors()
         mse = torch.nn.functional.mse_loss(net(xb, cond), x)
         opt.zero_grad()
         mse.backward()
         opt.step()
-        ema.update(net)
         with torch.no_grad():
             base_mse = torch.nn.functional.mse_loss(xb, x)
         gains.append(float(10 * torch.log10(base_mse / mse.detach().clamp_min(1e-12))))
-        if step % log_every == 0:
+        if run.step % log_every == 0:
             gain = float(np.mean(gains))
             gains.clear()
-            history.append({"step": step, "mse": float(mse.detach()), "gain_db": round(gain, 3)})
-            print(f"step {step}: mse {float(mse.detach()):.6f} gain over base {gain:+.3f} dB "
-                  f"({time.time() - t0:.0f} s, lr {opt.param_groups[0]['lr']:.1e})", flush=True)
-        if time.time() - last_ckpt > checkpoint_minutes * 60:
-            save_checkpoint()
+            history.append({"step": run.step, "mse": float(mse.detach()), "gain_db": round(gain, 3)})
+            log(f"step {run.step}: mse {float(mse.detach()):.6f} gain over base {gain:+.3f} dB "
+                f"({run.elapsed_s:.0f} s, lr {opt.param_groups[0]['lr']:.1e})")
+        if run.after_step():
             validate()
-            last_ckpt = time.time()
     validate()
     # every invocation's settings and last log line, so a continued run's provenance stays whole
-    stages.append({"steps": f"{start_step}-{step}", "batch": batch, "patch": patch, "lr": lr, "device": device,
-                   "schedule": f"cumulative_lr(half_life={half_life}), ema {ema_decay}", "rates": list(rates),
-                   "chroma": chroma, "data": root.name, "data_sha256": data_hash, "images": len(files),
-                   "minutes": round((time.time() - t0) / 60, 1), "final": history[-1] if history else None,
-                   **({"validation": {"gain_db": round(best[0], 3), "step": best[2]}} if best else {})})
-    save_checkpoint()
-    shipped = ema.model
+    run.finish_stage(batch=batch, patch=patch, rates=list(rates), chroma=chroma, data=root.name,
+                     data_sha256=data_hash, images=len(files), final=history[-1] if history else None,
+                     **({"validation": {"gain_db": round(best[0], 3), "step": best[2]}} if best else {}))
+    shipped = average
     if best:
         shipped.load_state_dict(best[1])
     tail = {k: v.clone() for k, v in shipped.tail.state_dict().items()}
-    refit_info = refit_tail(shipped, pool, refit, patch, rng, device, log=lambda m: print(m, flush=True)) if refit else None
+    refit_info = refit_tail(shipped, pool, refit, patch, rng, device, log=log) if refit else None
     if refit_info and refit_info["kept"] and val:
         # the refit fits training patches exactly; it ships only if the validation set agrees
         after = _score(shipped, val, device)
@@ -327,23 +290,13 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
         if after <= best[0]:
             shipped.tail.load_state_dict(tail)
             refit_info["kept"] = False
-        print(f"validation after the tail refit: {after:+.3f} dB "
-              f"({'kept' if refit_info['kept'] else 'reverted'})", flush=True)
-    total_minutes = minutes_done + (time.time() - t0) / 60
+        log(f"validation after the tail refit: {after:+.3f} dB ({'kept' if refit_info['kept'] else 'reverted'})")
     shipped = shipped.to("cpu").eval()
-    manifest = out_dir / "weights.json"
-    taken = set(read_manifest(manifest)) if manifest.exists() else set()
-    n = 1
-    while (name := f"{stem}.pt" if n == 1 else f"{stem}-v{n}.pt") in taken:
-        n += 1
-    entry = {
-        "arch": ARCH, "base": base, "channels": channels, "layers": layers, "cond": shipped.cond, "steps": step,
-        "batch": batch, "patch": patch, "lr": lr, "seed": seed, "rates": list(rates), "variants": variants,
-        "images": len(files), "data": root.name, "data_sha256": data_hash, "minutes": round(total_minutes, 1),
-        "devices": devices, "params": sum(p.numel() for p in shipped.parameters()),
-        "final": next((st["final"] for st in reversed(stages) if st["final"]), None), "stages": stages,
-        "refit": refit_info, **({"continues": parent} if parent else {}),
+    return run.ship(shipped.state_dict(), {
+        "base": base, "channels": channels, "layers": layers, "cond": shipped.cond, "batch": batch, "patch": patch,
+        "lr": lr, "seed": seed, "rates": list(rates), "variants": variants, "images": len(files), "data": root.name,
+        "data_sha256": data_hash, "params": sum(p.numel() for p in shipped.parameters()),
+        "final": next((st["final"] for st in reversed(run.stages) if st.get("final")), None), "refit": refit_info,
         "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} "
-                  f"({step} cumulative steps)",
-    }
-    return save_weights(out, name, shipped.state_dict(), entry)
+                  f"(cumulative steps)",
+    })
