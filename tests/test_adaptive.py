@@ -182,7 +182,9 @@ def test_shipped_weights_cover_four_rate_points_and_decode(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
     c = codec()
     shipped = [w for w in c.find_weights() if w.origin == "shipped"]
-    assert sorted(int(w.entry["quality"]) for w in shipped) == [1, 2, 3, 4] == c.rate_values()
+    assert sorted(int(w.entry["quality"]) for w in shipped) == [1, 2, 3, 4]
+    # q2 and q3 broke the ladder (PSNR not rising with the rate on dev): decode-only now
+    assert c.rate_values() == [1, 4]
     for w in shipped:
         assert {"steps", "minutes", "devices", "data_sha256", "lambda", "N", "M"} <= set(w.entry)
         assert all(t.dtype == torch.float16 for t in torch.load(w.path, weights_only=True).values()
