@@ -69,16 +69,9 @@ _ONE_THREAD = threading.RLock()
 
 
 @contextlib.contextmanager
-def same_everywhere(device: Device):
-    """Run a CPU decode with one intra-op thread. Float kernels split their sums by thread
-    count, so a reconstruction decoded with 1 and with 2 threads can differ by ±1 in a few
-    sub-pixels; the recorded reconstruction hash (and PSNR) must reproduce on any machine
-    restore runs on. One process-wide (re-entrant) lock keeps concurrent decodes from
-    resetting each other's setting. What still differs between CPUs (instruction sets) and
-    from GPU to CPU is in docs/guarantees.md."""
-    if device.is_gpu:
-        yield
-        return
+def one_thread():
+    """Run the block on one torch intra-op thread, then restore the caller's setting. One
+    process-wide (re-entrant) lock keeps concurrent users from resetting each other's."""
     import torch
 
     with _ONE_THREAD:
@@ -88,6 +81,20 @@ def same_everywhere(device: Device):
             yield
         finally:
             torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def same_everywhere(device: Device):
+    """Run a CPU decode with one intra-op thread (:func:`one_thread`). Float kernels split
+    their sums by thread count, so a reconstruction decoded with 1 and with 2 threads can
+    differ by ±1 in a few sub-pixels; the recorded reconstruction hash (and PSNR) must
+    reproduce on any machine restore runs on. What still differs between CPUs (instruction
+    sets) and from GPU to CPU is in docs/guarantees.md."""
+    if device.is_gpu:
+        yield
+        return
+    with one_thread():
+        yield
 
 
 def torch_device(device: Device) -> str:

@@ -32,7 +32,7 @@ from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
 from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
-from pixarc.learned import LearnedCodec, torch_device
+from pixarc.learned import LearnedCodec, one_thread, torch_device
 
 ARCH = "mgcf"
 _HEAD = struct.Struct(">BBII")
@@ -41,20 +41,6 @@ _MODES = {"L": 1, "RGB": 3}
 
 def _digest(pixels) -> bytes:
     return hashlib.sha256(pixels.contiguous().numpy().tobytes()).digest()[:8]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """The coding pass runs on one torch thread: then the float reductions cannot depend on
-    how a caller configured torch's thread pool (and on a busy CPU one thread is faster)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def code_image(model, geom, channels: int, coder, pixels=None):
