@@ -1,6 +1,7 @@
 """AVIF + the learned enhancement filter vs the best AVIF, per domain of ../shared/data/dev.
 
-    .venv/bin/python benchmarks/enhance.py [DEV_DIR] [--limit 8] [--qualities 30,45,60,75,90]
+    .venv/bin/python benchmarks/enhance.py [DEV_DIR] [--limit 8] [--qualities 30,45,60,75,90] [--modes filter,adapted]
+                                           [--filters WEIGHTS_DIR,WEIGHTS_DIR]
                                            [--domains natural,comic] [--speed 6]
 
 Measured in this run, on the same images and quality points:
@@ -21,6 +22,8 @@ counted in the rates but not here). Rates are payload bytes of each codec.
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import struct
 import sys
 import time
@@ -67,13 +70,24 @@ def main() -> None:
     ap.add_argument("--qualities", default="30,45,60,75,90")
     ap.add_argument("--domains", default=",".join(DOMAINS))
     ap.add_argument("--speed", type=int, default=6)
+    ap.add_argument("--modes", default="filter,adapted", help="enhanced curves: filter (adapters none), adapted")
+    ap.add_argument("--filters", default="", help="comma-separated weights folders (each with a weights.json): "
+                    "measure each one's filter in this run, against the same AVIF curves (default: the installed)")
     args = ap.parse_args()
     reg = build_plugin_manager()
     avif, enh = reg.codec("avif"), reg.codec("avif-enhanced")
     qualities = [int(q) for q in args.qualities.split(",")]
-    f = enh.select_weights()
-    print(f"dev set {args.dev}; qualities {qualities}; speed {args.speed}; filter {f.path if f else None} "
-          f"({f.sha256[:12] if f else '-'}); limit {args.limit} images per domain")
+    variants = {"": enh}
+    for folder in filter(None, args.filters.split(",")):
+        os.environ["PIXARC_ENHANCE_WEIGHTS"] = folder  # searched first: its filter is the one chosen
+        codec = type(enh)(base=avif)
+        variants[f" [{Path(codec.select_weights().path).stem}]"] = codec
+    if args.filters:
+        del variants[""]
+    for tag, codec in variants.items():
+        f = codec.select_weights()
+        print(f"dev set {args.dev}; qualities {qualities}; speed {args.speed}; filter{tag} {f.path if f else None} "
+              f"({f.sha256[:12] if f else '-'}); limit {args.limit} images per domain")
     totals = {}
     for domain in args.domains.split(","):
         files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]
@@ -93,13 +107,14 @@ def main() -> None:
         ref = min(("avif 4:2:0", "avif 4:4:4"), key=lambda c: bd_rate(
             [(b, p) for b, p, _ in curves["avif 4:2:0"]], [(b, p) for b, p, _ in curves[c]]))
         sub = ref.split()[1]
-        for name, adapters in (("+filter", "none"), ("+adapted", "auto")):
-            label = f"avif {sub} {name}"
+        modes = [(f"+{m}", {"filter": "none", "adapted": "auto"}[m]) for m in args.modes.split(",")]
+        for (name, adapters), (tag, codec) in itertools.product(modes, variants.items()):
+            label = f"avif {sub} {name}{tag}"
             curves[label], t = [], []
             stats = {"images": 0, "on": 0, "adapted": 0, "per_colour": 0, "adapter_bytes": 0}
             for q in qualities:
-                pt, e, d = measure(enh, {"quality": q, "speed": args.speed, "subsampling": sub,
-                                         "adapters": adapters}, sources, stats)
+                pt, e, d = measure(codec, {"quality": q, "speed": args.speed, "subsampling": sub,
+                                           "adapters": adapters}, sources, stats)
                 curves[label].append(pt)
                 t.append((e, d))
             timing[label] = tuple(np.mean(t, axis=0))
@@ -119,7 +134,7 @@ def main() -> None:
             print(f"{name:26s} {bd_p:9.2f} {bd_m:12.2f} {e:7.2f} {d:7.2f} {use}  {shown}")
             totals[(domain, name.replace(sub, "best"))] = (bd_p, bd_m)
         base_e, base_d = timing[ref]
-        for name in (f"avif {sub} +filter", f"avif {sub} +adapted"):
+        for name in (n for n in timing if "+" in n):
             e, d = timing[name]
             print(f"  {name}: extra encode {e - base_e:+.2f} s/image, extra decode {d - base_d:+.2f} s/image")
     print("\n== summary: BD-rate vs the best AVIF setting per domain (PSNR / MS-SSIM), %")
