@@ -33,6 +33,7 @@ from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, WeightsFile
 from pixarc.metrics import psnr
+from pixarc.tensors import image_tensor, tensor_pixels
 
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
@@ -209,10 +210,10 @@ class AdaptiveCodec(LearnedCodec):
         w, h = images[0].size
         ws, hs = max(1, round(w * permille / 1000)), max(1, round(h * permille / 1000))
         work = [im if (ws, hs) == (w, h) else im.resize((ws, hs), Image.LANCZOS) for im in images]
-        x = torch.cat([_to_tensor(im) for im in work]).to(device.torch)
+        x = torch.cat([image_tensor(im) for im in work]).to(device.torch)
         x = F.pad(x, (0, (-ws) % 64, 0, (-hs) % 64), mode="replicate")
         # what is optimised is what the decoder delivers (cropped, upscaled) vs the original
-        target = x[..., :hs, :ws] if (ws, hs) == (w, h) else torch.cat([_to_tensor(im) for im in images]).to(device.torch)
+        target = x[..., :hs, :ws] if (ws, hs) == (w, h) else torch.cat([image_tensor(im) for im in images]).to(device.torch)
         view = adapt.View((ws, hs), (w, h), device.torch)
         synth = adapt.Synthesis(dev.g_s)
         latent_iters = 0 if search else params["latent_iters"]
@@ -286,7 +287,7 @@ class AdaptiveCodec(LearnedCodec):
             symbols = adapt.decode_adapter(blobs[2], n_sym) if n_sym else []
             theta = torch.tensor(symbols, dtype=torch.float32, device=device.torch) * adapt.W_STEP if symbols else None
             x_hat = adapt.Synthesis(dev.g_s)(y_hat.to(device.torch), theta).clamp(0, 1)[0, :, :hs, :ws]
-            pixels = (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            pixels = tensor_pixels(x_hat)
             medians = cpu.entropy_bottleneck._get_medians()
             fp = adapt.fingerprint(torch.round(y_hat - means), torch.round(z_hat - medians), symbols)
         image = Image.fromarray(pixels)
@@ -298,13 +299,6 @@ class AdaptiveCodec(LearnedCodec):
 def _permille(params) -> list[int]:
     """The resize factors as the bitstream codes them, largest first."""
     return sorted({round(1000 * s) for s in params["scales"]}, reverse=True)
-
-
-def _to_tensor(image):
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 @hookimpl

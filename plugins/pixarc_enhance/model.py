@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixarc.tensors import tensor_pixels
+
 TILE = 512  # output tile side; the halo covers the receptive field (one pixel per layer)
 
 
@@ -106,4 +108,4 @@ def apply(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor, tail_weight=None
 
 def to_uint8(x: torch.Tensor):
     """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8 numpy array (round half to even, as torch does)."""
-    return (x.clamp(0, 1)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return tensor_pixels(x)

@@ -29,6 +29,7 @@ from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec
+from pixarc.tensors import image_tensor, tensor_pixels
 
 ARCH = "svr"
 _HEAD = struct.Struct(">BHHHH")
@@ -100,7 +101,6 @@ class SVRCodec(LearnedCodec):
         return u * v * per
 
     def encode(self, src, params, device=CPU):
-        import numpy as np
         import torch
         import torch.nn.functional as F
 
@@ -110,7 +110,7 @@ class SVRCodec(LearnedCodec):
         m = params["m"]
         image = src.image
         w, h = image.size
-        x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None].to(device.torch)
+        x = image_tensor(image, device.torch)
         x = F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
         with torch.no_grad():
             idx, select, w_int = model.analyse(x, m)
@@ -186,7 +186,7 @@ class SVRCodec(LearnedCodec):
         masked, mask = cpu.masked_from_symbols(m, sel, w_int, (1, u, v))
         with torch.no_grad():
             x = model.synthesise(idx.to(device.torch), masked.to(device.torch), mask.to(device.torch))
-        pixels = (x[0, :, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        pixels = tensor_pixels(x[0, :, :h, :w])
         fp = hashlib.sha256(json.dumps([m, indices, select, weights]).encode()).hexdigest()
         return Decoded(image=Image.fromarray(pixels), fingerprint=fp)
 
