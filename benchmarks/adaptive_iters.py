@@ -53,7 +53,7 @@ def main() -> None:
     import torch
 
     from pixarc.plugins import build_plugin_manager
-    from pixarc_adaptive import _lam
+    from pixarc_adaptive import rd_lambda
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", default=str(ROOT.parent / "shared" / "data" / "dev"))
@@ -71,7 +71,7 @@ def main() -> None:
     codec = build_plugin_manager().codec("adaptive-mbt2018-mean")
     defaults = codec.validate_params({"quality": args.quality})
     ck = codec.require_weights({"quality": args.quality})
-    print(f"weights q{args.quality}: {Path(ck.path).name} (sha256 {ck.sha256[:12]}), λ={_lam(ck)}; "
+    print(f"weights q{args.quality}: {Path(ck.path).name} (sha256 {ck.sha256[:12]}), λ={rd_lambda(ck)}; "
           f"codec defaults {defaults}")
 
     def run(src, params):

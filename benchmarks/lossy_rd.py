@@ -208,7 +208,7 @@ def main_stages(args, reg) -> None:
     """Markdown tables: per domain, the RD points of every curve and the BD-rate (PSNR and
     MS-SSIM) of each learned stage against each conventional codec, all measured here."""
     import torch
-    from pixarc_adaptive import _lam
+    from pixarc_adaptive import rd_lambda
 
     torch.set_num_threads(args.threads)
     learned = reg.codec("adaptive-mbt2018-mean")
@@ -222,7 +222,7 @@ def main_stages(args, reg) -> None:
           f"resize search {shown['scales']}; torch threads {args.threads}; seconds are process CPU seconds")
     for q in qualities:
         ck = learned.require_weights({"quality": q})
-        print(f"  q{q}: {Path(ck.path).name} sha256 {ck.sha256[:12]}, λ={_lam(ck)}")
+        print(f"  q{q}: {Path(ck.path).name} sha256 {ck.sha256[:12]}, λ={rd_lambda(ck)}")
     conv = [c for c in WIDE if c in reg.codecs]
     for domain in args.domains.split(","):
         files = sorted(Path(args.dev, domain).glob("*"))[: args.limit]

@@ -101,16 +101,16 @@ def test_adapter_training_lowers_its_loss_and_travels_in_the_bitstream(tiny_weig
 
 
 def test_resize_search_codes_the_factor_exactly(tiny_weights):
-    from pixarc_adaptive import _HEAD
+    from pixarc_adaptive import Header
 
     c = codec()
     src = probe_and_load(encode_bytes(smooth_image(96, 80), "PNG"))
     payload = c.encode(src, c.validate_params({"quality": 1, "scales": [1.0, 0.5]}))
-    quality, permille, w, h, _, _ = _HEAD.unpack_from(payload, 0)
-    assert (quality, w, h) == (1, 96, 80) and permille in (1000, 500)
+    head = Header.parse(payload)
+    assert (head.quality, head.width, head.height) == (1, 96, 80) and head.permille in (1000, 500)
     assert c.decode(payload).image.size == (96, 80)
     half = c.encode(src, c.validate_params({"quality": 1, "scales": 0.5}))
-    assert _HEAD.unpack_from(half, 0)[1] == 500 and c.decode(half).image.size == (96, 80)
+    assert Header.parse(half).permille == 500 and c.decode(half).image.size == (96, 80)
 
 
 def test_archive_verify_and_fresh_process_decode(tiny_weights, tmp_path):
@@ -288,9 +288,9 @@ def test_adaptation_is_on_by_default(tiny_weights):
 
 def _payload_sections(payload):
     from pixarc.codec import unpack_sections
-    from pixarc_adaptive import _HEAD
+    from pixarc_adaptive import Header
 
-    blobs, _ = unpack_sections(payload, _HEAD.size, 3)
+    blobs, _ = unpack_sections(payload, Header.SIZE, 3)
     return blobs, int.from_bytes(payload[-4:], "big")
 
 
@@ -317,7 +317,7 @@ def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
     import struct
 
     from pixarc.codec import pack_sections
-    from pixarc_adaptive import _HEAD, adapt
+    from pixarc_adaptive import Header, adapt
 
     trained = []
     real = adapt.train_adapters
@@ -334,7 +334,7 @@ def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
     payload = c.encode(src, params)
     blobs, n_sym = _payload_sections(payload)
     assert len(trained) == 1 and any(trained[0])  # an adapter was trained and had something to say
-    head = payload[: _HEAD.size]
+    head = payload[: Header.SIZE]
     plain = head + pack_sections(blobs[0], blobs[1], b"") + struct.pack(">I", 0)
     adapted = head + pack_sections(blobs[0], blobs[1], adapt.encode_adapter(trained[0])) + \
         struct.pack(">I", len(trained[0]))
@@ -344,7 +344,7 @@ def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
 
 
 def test_encode_batch_honours_a_single_scale(tiny_weights):
-    from pixarc_adaptive import _HEAD
+    from pixarc_adaptive import Header
 
     c = codec()
     srcs = [probe_and_load(encode_bytes(smooth_image(96, 80, seed=i), "PNG")) for i in range(2)]
@@ -352,7 +352,7 @@ def test_encode_batch_honours_a_single_scale(tiny_weights):
     payloads = c.encode_batch(srcs, params)
     assert len(payloads) == 2 and all(isinstance(p, bytes) for p in payloads)  # one payload per image
     for payload in payloads:
-        assert _HEAD.unpack_from(payload, 0)[1] == 500
+        assert Header.parse(payload).permille == 500
         assert c.decode(payload).image.size == (96, 80)
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from pixarc import compressai_compat
 from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
@@ -39,6 +41,28 @@ LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 
 ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
 ARCH = "mbt2018-mean"
 _HEAD = struct.Struct(">BHIIHH")  # quality, scale permille, width, height, z rows, z cols
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed head of a payload (what benchmarks and tests may read of it): the rate
+    point, the resize factor in permille, the original size and the hyper-latent grid; the
+    three sections (z, y, adapters) follow at :attr:`SIZE`."""
+
+    quality: int
+    permille: int
+    width: int
+    height: int
+    z_rows: int
+    z_cols: int
+    SIZE: ClassVar[int] = _HEAD.size
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "Header":
+        return cls(*_HEAD.unpack_from(payload, 0))
+
+    def pack(self) -> bytes:
+        return _HEAD.pack(self.quality, self.permille, self.width, self.height, self.z_rows, self.z_cols)
 
 
 def _from_hub_cache() -> list[WeightsFile]:
@@ -63,7 +87,8 @@ def _from_hub_cache() -> list[WeightsFile]:
     return out
 
 
-def _lam(ck: WeightsFile) -> float:
+def rd_lambda(ck: WeightsFile) -> float:
+    """The rate-distortion weight a rate point was trained with (its entry's, else CompressAI's)."""
     return float(ck.entry.get("lambda", LAMBDAS.get(int(ck.entry["quality"]), 0.0067)))
 
 
@@ -147,7 +172,7 @@ class AdaptiveCodec(LearnedCodec):
             return scales[0]
         cpu, dev = self.model(ck), self.model(ck, device)
         return min(scales, key=lambda permille: self._rd_cost(
-            self._encode_at(cpu, dev, image, permille, ck, params, device, search=True), image, _lam(ck), device))
+            self._encode_at(cpu, dev, image, permille, ck, params, device, search=True), image, rd_lambda(ck), device))
 
     def encode_stages(self, src, params, device=CPU) -> dict[str, tuple[bytes, float]]:
         """For benchmarks: the payload after each stage of one adaptation, sharing the work,
@@ -217,7 +242,7 @@ class AdaptiveCodec(LearnedCodec):
         view = adapt.View((ws, hs), (w, h), device.torch)
         synth = adapt.Synthesis(dev.g_s)
         latent_iters = 0 if search else params["latent_iters"]
-        lat = adapt.refine_latents(dev, synth, x, target, view, _lam(ck), latent_iters, params["lr"])
+        lat = adapt.refine_latents(dev, synth, x, target, view, rd_lambda(ck), latent_iters, params["lr"])
         coded = []
         with torch.no_grad():
             for i in range(len(images)):  # entropy coding per image, on the CPU model
@@ -232,7 +257,7 @@ class AdaptiveCodec(LearnedCodec):
         symbols: list[list[int]] = [[] for _ in images]
         if params["adapter_iters"] and not search:
             y_hats = torch.cat([c[2] for c in coded]).to(device.torch)
-            symbols, _, _ = adapt.train_adapters(synth, y_hats, target, view, _lam(ck), params["adapter_iters"],
+            symbols, _, _ = adapt.train_adapters(synth, y_hats, target, view, rd_lambda(ck), params["adapter_iters"],
                                                  params["adapter_lr"], params["seed"])
         out = []
         for image, (z_str, y_str, _, z_shape), sym in zip(images, coded, symbols, strict=True):
@@ -240,7 +265,7 @@ class AdaptiveCodec(LearnedCodec):
             plain = chosen = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
             if any(sym):  # sent only if it pays: decoded bytes + λ·MSE, both payloads decoded
                 adapted = head + pack_sections(z_str, y_str, adapt.encode_adapter(sym)) + struct.pack(">I", len(sym))
-                chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, _lam(ck), device))  # tie: plain
+                chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, rd_lambda(ck), device))  # tie: plain
             out.append((plain, chosen) if both else chosen)
         return out
 
