@@ -34,6 +34,7 @@ import os
 import struct
 from typing import Any, ClassVar, Mapping
 
+from pixarc import memo
 from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
 from pixarc.device import CPU
 from pixarc.errors import CodecError
@@ -134,7 +135,7 @@ class EnhancedCodec(LearnedCodec):
         return rate, int(sub in ("4:4:4", "0"))
 
     def _base_decode(self, payload: bytes, device=CPU):
-        d = self.base.decode(payload, device)
+        d = memo.decode(self.base, payload, device)
         if d.image is None:
             raise CodecError(f"{self.codec_id}: base codec returned no pixels")
         im = d.image if d.image.mode == "RGB" else d.image.convert("RGB")
@@ -163,7 +164,9 @@ class EnhancedCodec(LearnedCodec):
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
         bp = {k: params[k] for k in self.base.params_schema}
-        base_payload = self.base.encode(src, bp, device)
+        # through the memo: RD selection's search of the base codec itself, and this
+        # codec's slope step, probe the very same base encodes (one encode serves all)
+        base_payload = memo.encode(self.base, src, bp, device)
         base_im, _ = self._base_decode(base_payload, device)
         f = self.select_weights()
         rate, chroma = self._cond(params)
@@ -184,15 +187,21 @@ class EnhancedCodec(LearnedCodec):
         # candidates: (cost, payload); the base alone is always one
         lam = params["rd_lambda"] or self._slope(src, bp, len(base_payload), sse(base_arr), sse, device)
         best_cost, best = 8 * len(off) + lam * sse(base_arr), off
-        offsets = params["strengths"]
-        tried: dict[int, tuple[float, list | None]] = {}  # permille -> (SSE, cached features)
+        offsets = tuple(params["strengths"])
+        # A rate search encodes the same image at several base rates: the conditioning
+        # offset that fits the image is found at the first one and reused at the others
+        # (one filter pass per probe instead of one per offset).
+        strength_key = ("enhance-strength", self.codec_id, src.sha256, offsets, chroma)
+        known = memo.get(strength_key)
+        tried: dict[int, tuple[float, list | None, float]] = {}  # permille -> (SSE, cached features, offset)
         keep = src.info.pixels <= CACHE_PIXELS
-        for off_s in offsets:
+        for off_s in (known,) if known is not None else offsets:
             pm = min(1000, max(0, round((rate + off_s) * 1000)))
             if pm not in tried:
                 parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
-                tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None)
+                tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None, off_s)
         pm = min(tried, key=lambda k: tried[k][0])
+        memo.put(strength_key, tried[pm][2])
         cond = torch.tensor([[pm / 1000, float(chroma)]])
         parts = tried[pm][1] or feature_tiles(net, xb, cond)
         tried = {}  # free the other strengths' features
@@ -226,7 +235,7 @@ class EnhancedCodec(LearnedCodec):
         other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
         if other < spec.min or other == bp[rp]:
             return 0.0
-        payload = self.base.encode(src, {**bp, rp: other}, device)
+        payload = memo.encode(self.base, src, {**bp, rp: other}, device)
         im, _ = self._base_decode(payload, device)
         d_bits = 8 * (len(payload) - base_bytes)
         d_sse = base_sse - sse(np.asarray(im))
