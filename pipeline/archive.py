@@ -46,7 +46,7 @@ from .plan import Shard, drop_plan, load_shard, write_plan
 from . import plugins
 from .plugins import Registry
 from .policy import Policy, Route, load_policy
-from .storage import get_fs, join
+from .storage import deferred_sync, get_fs, join
 
 
 @functools.lru_cache(maxsize=8)
@@ -198,6 +198,8 @@ def _versions(fs, root: str, key: str) -> list[str]:
     ``<key>.<sha12>.pxa`` written when that name was taken), those that exist."""
     rel = key + ".pxa"
     out = [rel]
+    if not fs.exists(join(root, rel)):
+        return []  # a later version is written only where this name was taken: nothing here
     parent, _, base = key.rpartition("/")
     pattern = re.compile(re.escape(base) + r"\.[0-9a-f]{12}\.pxa")
     try:
@@ -218,8 +220,6 @@ def try_reuse(fs, root: str, key: str, src: SourceImage, route: Route, registry:
     for rel in _versions(fs, root, key):
         path = join(root, rel)
         try:
-            if not fs.exists(path):
-                continue
             blob = fs.cat_file(path)
             head = unpack(blob, header_only=True)
             if wanted is None:
@@ -351,29 +351,35 @@ class ArchiveJob:
         columns = plugin_columns(registry)
         rows: list[ManifestRow] = []
         step = self.batch_size if self.uses_gpu(registry) else 1  # CPU: one image in memory at a time
-        for i in range(0, len(refs), step):
-            taken = [intake(ref, policy, registry, self.max_bytes) for ref in refs[i : i + step]]
-            ready = [k for k, it in enumerate(taken) if it.error is None]
-            payloads: list[Payloads] = [{} for _ in taken]
-            if step > 1 and ready:  # GPU: encode the batch together, then check each image
-                batched = batch_encode([(taken[k].src, taken[k].route) for k in ready], registry, self.device,
-                                       on_failure=lambda j, msg: taken[ready[j]].notes.append(msg))
-                for k, p in zip(ready, batched):
-                    payloads[k] = p
-            for it, p in zip(taken, payloads):
-                row = source_row(it, self.run_id, shard.index)
-                if it.error is None:
-                    archive_one(it, row, self.dest, self.device, registry, p)
-                if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
-                    row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
-                fill_plugin_columns(row, registry, columns)
-                rows.append(row)
-                progress.advance(self.run_id)
-                progress.add_bytes(self.run_id, row.source_bytes)
+        with deferred_sync():  # bitstreams made durable together, before the part that names them
+            for i in range(0, len(refs), step):
+                rows += self._archive_batch(refs[i : i + step], replaces, shard, registry, policy, columns)
         if self.lease:  # a run that lost its lease (stalled past expiry) must not commit
             check_held(self.dest, self.lease)
         write_part(self.dest, self.run_id, shard.index, rows_to_table(rows, columns))
         return shard_totals(shard.index, rows, time.perf_counter() - t0)
+
+    def _archive_batch(self, refs, replaces, shard, registry, policy, columns) -> list[ManifestRow]:
+        rows = []
+        taken = [intake(ref, policy, registry, self.max_bytes) for ref in refs]
+        ready = [k for k, it in enumerate(taken) if it.error is None]
+        payloads: list[Payloads] = [{} for _ in taken]
+        if len(refs) > 1 and ready:  # GPU: encode the batch together, then check each image
+            batched = batch_encode([(taken[k].src, taken[k].route) for k in ready], registry, self.device,
+                                   on_failure=lambda j, msg: taken[ready[j]].notes.append(msg))
+            for k, p in zip(ready, batched):
+                payloads[k] = p
+        for it, p in zip(taken, payloads):
+            row = source_row(it, self.run_id, shard.index)
+            if it.error is None:
+                archive_one(it, row, self.dest, self.device, registry, p)
+            if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
+                row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
+            fill_plugin_columns(row, registry, columns)
+            rows.append(row)
+            progress.advance(self.run_id)
+            progress.add_bytes(self.run_id, row.source_bytes)
+        return rows
 
     def finish(self, plan: ArchivePlan, results: Sequence[ArchiveTotals]) -> ArchiveSummary:
         totals = ArchiveTotals(-1)

@@ -46,10 +46,30 @@ def _starting_prefect() -> None:
                   "or --engine local)…")
 
 
+# Seconds between progress lines when the output is not a terminal (PIXARC_PROGRESS_INTERVAL).
+PROGRESS_INTERVAL = 10.0
+
+
+def _progress_lines() -> bool:
+    """Plain progress lines instead of a bar: a bar redrawn in place shows nothing in a log
+    file or a pipe until the command ends."""
+    return not (sys.stdout.isatty() and err.is_terminal)
+
+
 @contextlib.contextmanager
 def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
-    from .progress import Rate
+    from .progress import LineReporter, Rate
 
+    if enabled and not jsonout.active() and _progress_lines():
+        interval = float(os.environ.get("PIXARC_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
+        reporter = LineReporter(label, lambda text: print(text, file=sys.stderr, flush=True), interval)
+        progress.listen(run_id, reporter.on_event)
+        try:
+            with reporter:
+                yield
+        finally:
+            progress.forget(run_id)
+        return
     rate = Rate()
     bar = Progress(
         TextColumn(f"[bold]{label}"),
@@ -398,15 +418,30 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
                    meta.get("limit"))
     jsonout.put(dry_run=True, src=src, dest=dest, policy=plan.policy, found=plan.found, skipped=plan.skipped,
                 to_archive=plan.to_archive, bytes_to_archive=plan.bytes_to_archive, limited=plan.limited,
-                objects=plan.rows)
+                objects=plan.rows, cost_estimate=[{"codec": c.codec, "images": c.images, "megapixels": c.megapixels,
+                                                   "work": c.work, "seconds": c.seconds} for c in plan.costs.rows()])
     table = Table(title=f"plan for {src} -> {dest} (policy {plan.policy}) — nothing written")
-    for col in ("key", "action", "domain", "conf", "route", "first usable codec", "note"):
+    for col in ("key", "action", "domain", "conf", "route", "first codec tried", "note"):
         table.add_column(col)
     for r in plan.rows:
         table.add_row(r["key"], r["action"], r["domain"], r["confidence"], r["route"], r["codec"], r["note"])
     console.print(table)
     console.print(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
                   f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
+    costs = plan.costs.rows()
+    if costs:
+        from .dryrun import CROP, SEARCH_PROBES
+
+        est = Table(title=f"encode time estimate per codec (an estimate: one timed encode of a {CROP}-px crop per "
+                          f"codec x the megapixels routed to it; a rate search counted as {SEARCH_PROBES} encodes)")
+        for col in ("codec", "images", "MP", "work", "s/MP", "est. seconds"):
+            est.add_column(col)
+        for c in costs:
+            est.add_row(c.codec, str(c.images), f"{c.megapixels:.1f}", c.work, f"{c.seconds_per_mp:.2f}",
+                        f"{c.seconds:.0f}")
+        console.print(est)
+        total = sum(c.seconds for c in costs if c.seconds == c.seconds)
+        console.print(f"estimated encode time: about {total:.0f} s on one core (checks and I/O not included)")
 
 
 # --------------------------------------------------------------------------- restore / verify
@@ -524,8 +559,13 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     before = sum(d.old_bytes for d in todo)
     after = sum(d.new_bytes for d in todo)
     skipped = [d for d in decisions if d.action == "skip"]
-    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
+    estimated = [d for d in decisions if d.estimated]
+    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes"
+                  + (" (an estimate)" if any(d.estimated for d in todo) else "") + f"; "
                   f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+    if estimated:
+        console.print(f"{len(estimated)} of {len(decisions)} decision(s) estimated from {len(decisions) - len(estimated)} "
+                      f"sampled encode(s) of rows like them (same route, codec and parameters); --apply encodes each")
 
 
 @main.command()

@@ -22,6 +22,7 @@ from .policy import Policy, Route
 from .storage import check_size, get_fs, open_source, safe_key
 
 REJECT_REASONS = frozenset({"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file"})
+NO_CLASSIFIER = "none"  # policy ``classifier = "none"``: every image takes the unknown route
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a source is held in memory while it is archived
 
 
@@ -80,6 +81,8 @@ def classify_image(src: SourceImage, policy: Policy, registry: Registry, notes: 
     classifier degrades to the ``unknown`` route with a note, never fails the object."""
     if src.image is None:
         return Classification(UNKNOWN, 0.0, "")
+    if policy.classifier == NO_CLASSIFIER:  # a policy with one route for everything: nothing to decide
+        return Classification(UNKNOWN, 1.0, NO_CLASSIFIER)
     classifier, note = pick_classifier(registry, policy)
     if note:
         notes.append(note)

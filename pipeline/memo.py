@@ -19,7 +19,7 @@ import hashlib
 from contextvars import ContextVar
 from typing import Any, Iterator
 
-from .codec import Codec, Decoded, params_hash
+from .codec import Codec, Decoded
 from .device import CPU, Device
 from .images import SourceImage
 
@@ -70,7 +70,7 @@ def encode(codec: Codec, src: SourceImage, params: dict[str, Any], device: Devic
     t = _table()
     if t is None:
         return codec.encode(src, params, device)
-    key = ("enc", codec.codec_id, src.sha256, params_hash(params), str(device))
+    key = ("enc", codec.codec_id, src.sha256, repr(sorted(params.items())), str(device))
     if key in t:
         _count(t, "encode_hits")
         return t[key]
@@ -101,6 +101,19 @@ def decode(codec: Codec, payload: bytes, device: Device = CPU, weights_sha256: s
     if out.image is None or out.image.width * out.image.height <= MAX_PIXELS:
         t[key] = out
     return out
+
+
+def note_psnr(codec: Codec, payload: bytes, value: float) -> None:
+    """An encoder's own measure of the PSNR its payload decodes to (it reconstructed it to
+    choose it); a rate search's probe uses it instead of decoding."""
+    t = _table()
+    if t is not None:
+        t[("psnr", codec.codec_id, hashlib.sha256(payload).digest())] = float(value)
+
+
+def noted_psnr(codec: Codec, payload: bytes) -> float | None:
+    t = _table()
+    return None if t is None else t.get(("psnr", codec.codec_id, hashlib.sha256(payload).digest()))
 
 
 def get(key: tuple) -> Any:

@@ -186,7 +186,8 @@ class EnhancedCodec(LearnedCodec):
         xb = torch.from_numpy(base_arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
         # candidates: (cost, payload); the base alone is always one
         lam = params["rd_lambda"] or self._slope(src, bp, len(base_payload), sse(base_arr), sse, device)
-        best_cost, best = 8 * len(off) + lam * sse(base_arr), off
+        base_sse = sse(base_arr)
+        best_cost, best, best_sse = 8 * len(off) + lam * base_sse, off, base_sse
         offsets = tuple(params["strengths"])
         # A rate search encodes the same image at several base rates: the conditioning
         # offset that fits the image is found at the first one and reused at the others
@@ -204,9 +205,10 @@ class EnhancedCodec(LearnedCodec):
         memo.put(strength_key, tried[pm][2])
         cond = torch.tensor([[pm / 1000, float(chroma)]])
         parts = tried[pm][1] or feature_tiles(net, xb, cond)
-        tried = {}  # free the other strengths' features
         plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
-        cands = [(8 * len(plain) + lam * sse(to_uint8(finish(net, parts, xb.shape))), plain)]
+        plain_sse = tried[pm][0]  # the filter without adapters at this offset: measured above
+        tried = {}  # free the other strengths' features
+        cands = [(8 * len(plain) + lam * plain_sse, plain, plain_sse)]
         modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
         if modes and lam > 0 and adapt.coder_available():
             stats = adapt.statistics(net, parts, x)
@@ -216,10 +218,14 @@ class EnhancedCodec(LearnedCodec):
                     continue
                 w, b = adapt.merged_tail(net, mode, symbols)
                 payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload)
-                cands.append((8 * len(payload) + lam * sse(to_uint8(finish(net, parts, xb.shape, w, b))), payload))
-        cost, payload = min(cands, key=lambda c: c[0])
+                e = sse(to_uint8(finish(net, parts, xb.shape, w, b)))
+                cands.append((8 * len(payload) + lam * e, payload, e))
+        cost, payload, e = min(cands, key=lambda c: c[0])
         if params["filter"] == "on" or cost < best_cost:
-            best_cost, best = cost, payload
+            best_cost, best, best_sse = cost, payload, e
+        # what the encoder already measured: a rate search judges its probe by it instead of
+        # a decode (the one it keeps is decoded and checked in full)
+        memo.note_psnr(self, best, 10 * np.log10(255.0**2 * orig.size / best_sse) if best_sse else float("inf"))
         return best
 
     def _slope(self, src, bp, base_bytes: int, base_sse: float, sse, device) -> float:
