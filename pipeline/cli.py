@@ -473,6 +473,8 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
                   dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
                   overwrite=overwrite, device=device)
     console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
+                  + (f"; {s.totals.lossy} of them lossy: approximations of the originals, named <key>.lossy.png"
+                     if s.totals.lossy else "")
                   + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
     _print_problems(s.problems)
     if s.problems:

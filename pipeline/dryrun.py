@@ -16,7 +16,7 @@ from typing import Callable
 from .crawl import crawl
 from .intake import intake
 from .manifest import STATUS_FAILED, latest, read_manifest
-from .plugins import default_registry
+from . import plugins
 from .policy import load_policy
 from .storage import get_fs
 
@@ -45,7 +45,7 @@ def known_sources(dest: str) -> dict[str, tuple[int, str]]:
 def dry_run(src: str, dest: str, policy_path: str | None = None, select: Callable[[str], bool] | None = None,
             limit: int | None = None, follow_symlinks: bool = False) -> DryRun:
     policy = load_policy(policy_path)
-    registry = default_registry()
+    registry = plugins.default_registry()  # looked up per call (tests swap it)
     known = known_sources(dest)
     dfs, droot = get_fs(dest)
     dest_prefix = dfs.unstrip_protocol(droot).rstrip("/") + "/"
