@@ -15,7 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__, jsonout, layout, plan, progress, storageopts
-from .intake import DEFAULT_MAX_BYTES
+# = intake.DEFAULT_MAX_BYTES, not imported from there: intake pulls in pyarrow (about half
+# a second), and a command's first progress line must come at once (tests check they agree)
+DEFAULT_MAX_BYTES = 1 << 30
 from .errors import PixarcError
 
 # Tables are wide; when piped (no terminal to measure) use 120 columns, not rich's 80.
@@ -278,7 +280,7 @@ def _device_value(_ctx, _param, value):
 
 
 def _set_log_level(_ctx, _param, value):
-    from .runs import configure_logging
+    from .logs import configure_logging
 
     configure_logging(value, err)
     return value

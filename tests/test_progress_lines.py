@@ -40,3 +40,9 @@ def test_archive_off_a_terminal_logs_progress_lines(small_collection, tmp_path, 
     assert lines[0] == "archive: started"
     done = [ln for ln in lines if re.match(r"archive: \d/5 done", ln)]
     assert len(done) >= 3 and done[-1].startswith("archive: 5/5 done") and "ETA" in done[-1]
+
+
+def test_cli_default_size_limit_is_intakes():
+    from pixarc import cli, intake
+
+    assert cli.DEFAULT_MAX_BYTES == intake.DEFAULT_MAX_BYTES
