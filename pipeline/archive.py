@@ -46,7 +46,7 @@ from .plan import Shard, drop_plan, load_shard, write_plan
 from . import plugins
 from .plugins import Registry
 from .policy import Policy, Route, load_policy
-from .storage import deferred_sync, get_fs, join
+from .storage import deferring_sync, get_fs, join, sync_deferred
 
 
 @functools.lru_cache(maxsize=8)
@@ -340,6 +340,7 @@ class ArchiveJob:
         """Whether shards of this job can put work on a GPU (and so must hold a GPU slot)."""
         return may_use_gpu(self.device, list(registry.codecs.values()))
 
+    @deferring_sync  # the shard's bitstreams are made durable together (see sync_deferred below)
     def run_shard(self, shard: Shard, registry: Registry | None = None) -> ArchiveTotals:
         """Archive every object of a shard and commit its manifest part."""
         registry = registry or plugins.default_registry()  # looked up per call (tests swap it)
@@ -351,35 +352,30 @@ class ArchiveJob:
         columns = plugin_columns(registry)
         rows: list[ManifestRow] = []
         step = self.batch_size if self.uses_gpu(registry) else 1  # CPU: one image in memory at a time
-        with deferred_sync():  # bitstreams made durable together, before the part that names them
-            for i in range(0, len(refs), step):
-                rows += self._archive_batch(refs[i : i + step], replaces, shard, registry, policy, columns)
+        for i in range(0, len(refs), step):
+            taken = [intake(ref, policy, registry, self.max_bytes) for ref in refs[i : i + step]]
+            ready = [k for k, it in enumerate(taken) if it.error is None]
+            payloads: list[Payloads] = [{} for _ in taken]
+            if step > 1 and ready:  # GPU: encode the batch together, then check each image
+                batched = batch_encode([(taken[k].src, taken[k].route) for k in ready], registry, self.device,
+                                       on_failure=lambda j, msg: taken[ready[j]].notes.append(msg))
+                for k, p in zip(ready, batched):
+                    payloads[k] = p
+            for it, p in zip(taken, payloads):
+                row = source_row(it, self.run_id, shard.index)
+                if it.error is None:
+                    archive_one(it, row, self.dest, self.device, registry, p)
+                if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
+                    row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
+                fill_plugin_columns(row, registry, columns)
+                rows.append(row)
+                progress.advance(self.run_id)
+                progress.add_bytes(self.run_id, row.source_bytes)
+        sync_deferred()  # every bitstream reaches the disk before the part that names them
         if self.lease:  # a run that lost its lease (stalled past expiry) must not commit
             check_held(self.dest, self.lease)
         write_part(self.dest, self.run_id, shard.index, rows_to_table(rows, columns))
         return shard_totals(shard.index, rows, time.perf_counter() - t0)
-
-    def _archive_batch(self, refs, replaces, shard, registry, policy, columns) -> list[ManifestRow]:
-        rows = []
-        taken = [intake(ref, policy, registry, self.max_bytes) for ref in refs]
-        ready = [k for k, it in enumerate(taken) if it.error is None]
-        payloads: list[Payloads] = [{} for _ in taken]
-        if len(refs) > 1 and ready:  # GPU: encode the batch together, then check each image
-            batched = batch_encode([(taken[k].src, taken[k].route) for k in ready], registry, self.device,
-                                   on_failure=lambda j, msg: taken[ready[j]].notes.append(msg))
-            for k, p in zip(ready, batched):
-                payloads[k] = p
-        for it, p in zip(taken, payloads):
-            row = source_row(it, self.run_id, shard.index)
-            if it.error is None:
-                archive_one(it, row, self.dest, self.device, registry, p)
-            if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
-                row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
-            fill_plugin_columns(row, registry, columns)
-            rows.append(row)
-            progress.advance(self.run_id)
-            progress.add_bytes(self.run_id, row.source_bytes)
-        return rows
 
     def finish(self, plan: ArchivePlan, results: Sequence[ArchiveTotals]) -> ArchiveSummary:
         totals = ArchiveTotals(-1)

@@ -9,14 +9,13 @@ objects (a manifest part and its commit marker) uses the commit-marker protocol 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import functools
 import os
 import posixpath
 import stat
 import uuid
 from contextvars import ContextVar
-from typing import Iterator
 
 import fsspec
 import fsspec.config
@@ -57,29 +56,41 @@ def safe_key(key: str) -> str:
     return key
 
 
-# Inside :func:`deferred_sync`: the local files written so far, made durable together when
+# Inside :func:`deferring_sync`: the local files written so far, made durable together when
 # the block ends instead of one fsync (plus one of its folder) per file.
 _deferred: ContextVar[list | None] = ContextVar("pixarc_deferred_sync", default=None)
 
 
-@contextlib.contextmanager
-def deferred_sync() -> Iterator[None]:
-    """Write without an fsync per file; make everything durable once, when the block ends
-    normally (before what refers to the files, a manifest part, is committed).
+def deferring_sync(fn):
+    """Run ``fn`` writing local files without an fsync per file; :func:`sync_deferred`
+    (called by ``fn`` before it commits anything that refers to them, a manifest part)
+    makes them durable at once.
 
     Each fsync costs a disk flush (about 10 ms on the project machine): two per bitstream
     were most of the archive job's time on small images. Atomicity is unchanged (temp
-    name, then link or rename); what a crash before the block's end can leave is a file
-    whose bytes did not reach the disk, referenced by no committed row, and decode-checked
+    name, then link or rename); what a crash before the sync can leave is a file whose
+    bytes did not reach the disk, referenced by no committed row, and decode-checked
     before any reuse (:func:`pixarc.archive.try_reuse`), like any file an interrupted run
     leaves behind."""
-    pending: list = []
-    token = _deferred.set(pending)
-    try:
-        yield
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _deferred.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _deferred.reset(token)
+
+    return wrapper
+
+
+def sync_deferred() -> None:
+    """Make the files written so far under :func:`deferring_sync` durable, and write the
+    rest of the call (the manifest part, its commit marker) with an fsync each again."""
+    pending = _deferred.get()
+    if pending:
         _sync(pending)
-    finally:
-        _deferred.reset(token)
+    _deferred.set(None)
 
 
 def _sync(paths: list) -> None:
@@ -108,7 +119,7 @@ def _sync(paths: list) -> None:
 
 def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
     """Write ``data`` to a fresh temporary name beside ``path`` and fsync it (later, inside
-    :func:`deferred_sync`)."""
+    :func:`deferring_sync`)."""
     os.makedirs(posixpath.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
