@@ -5,6 +5,11 @@ bytes are decoded again and checked on the encoding device and, when that is not
 device restore uses (:attr:`pixarc.codec.Codec.restore_device`), there too. A failing
 candidate costs only itself: the next one in the route is tried, and the row's attempts
 say what happened to each.
+
+Rate searches (``target_psnr``/``target_bpp``, :mod:`pixarc.ratesearch`) judge their probes
+by PSNR or bytes alone; the probe they keep goes through the same full check. Within one
+image's route, encodes and decodes are shared through :mod:`pixarc.memo`; the check never
+reads from it.
 """
 
 from __future__ import annotations
@@ -77,8 +82,8 @@ def _container(codec: Codec, params: dict[str, Any], src: SourceImage, domain: s
 
 
 def _reconstruct(codec: Codec, src: SourceImage, payload: bytes, device: Device, weights_sha256: str):
-    """Decode a lossy payload once, on the encoding device: (decoded, PSNR, MS-SSIM or None).
-    Probes stop at PSNR; MS-SSIM is computed for the kept encoding only."""
+    """Decode a lossy payload once, on the encoding device: (decoded, PSNR). Probes stop at
+    PSNR; MS-SSIM is computed for the kept encoding only."""
     first = memo.decode(codec, payload, device, weights_sha256)
     recon = first.image
     if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
