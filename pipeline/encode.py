@@ -195,8 +195,12 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
         return ratesearch.Probe(index, values[index], quality, size, (p, payload, spent))
 
     fixed = {k: v for k, v in params.items() if k != rp}
-    out = ratesearch.search(values, kind, goal, pixels, measure, (codec.codec_id, params_hash(fixed), kind, goal),
-                            bound if kind == "psnr" else None)
+    model_key = (codec.codec_id, params_hash(fixed), kind, goal)
+    anchor = memo.get(("rate-anchor", kind, goal))  # the first search on this image, if any
+    out = ratesearch.search(values, kind, goal, pixels, measure, model_key, bound if kind == "psnr" else None,
+                            anchor)
+    if anchor is None and out.kept is not None and out.reached:
+        memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
     if out.kept is None:
         by = out.pruned_by
         return None, (f"cannot undercut {bound} bytes at {kind} {goal}: {rp}={by.value} has {by.bytes} bytes "

@@ -11,7 +11,8 @@ monotone in the rate value, but in fewer probes:
 
 1. it starts where the codec's earlier searches in this process ended for the same
    target (a per-codec model of which rate value reaches it; the middle of the range
-   at first);
+   at first), or, when another codec was searched on the same image already, at that
+   codec's result plus the offset between the two seen on earlier images;
 2. from one probe it steps by the measure's slope (dB or log-bytes per rate step: learned
    from this codec's earlier searches, a generic slope at first);
 3. once the boundary is bracketed, it interpolates between the bracket's ends (a secant
@@ -64,6 +65,7 @@ class Outcome:
 class _History:
     ends: list[int] = field(default_factory=list)  # indices where searches ended
     slopes: list[float] = field(default_factory=list)  # measure per index step
+    offsets: dict[tuple, list[int]] = field(default_factory=dict)  # anchor key -> end - anchor's end
 
 
 _model: dict[tuple, _History] = {}
@@ -76,11 +78,14 @@ def _measure(kind: str, p: Probe) -> float:
 
 
 def search(values: list[int], kind: str, goal: float, pixels: int, measure: Callable[[int], Probe],
-           model_key: tuple, bound: int | None = None) -> Outcome:
+           model_key: tuple, bound: int | None = None, anchor: tuple[tuple, int] | None = None) -> Outcome:
     """Find the boundary described above. ``measure(index)`` probes ``values[index]``.
 
     ``kind``: ``psnr`` (keep the lowest value with PSNR >= goal) or ``bpp`` (keep the
-    highest value with 8 * bytes / pixels <= goal)."""
+    highest value with 8 * bytes / pixels <= goal). ``anchor``: (model key, index) where
+    another codec's search on the same image ended; this codec then starts at that index
+    plus the offset it showed against that codec before (images differ far more than
+    codecs do: the offset is steadier than the index itself)."""
     n = len(values)
     probes: dict[int, Probe] = {}
     target = goal if kind == "psnr" else math.log(goal * max(1, pixels) / 8)
@@ -96,6 +101,9 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
     with _lock:
         hist = _model.setdefault(model_key, _History())
         start = sorted(hist.ends)[len(hist.ends) // 2] if hist.ends else n // 2
+        offsets = hist.offsets.get(anchor[0], []) if anchor else []
+        if offsets:
+            start = anchor[1] + sorted(offsets)[len(offsets) // 2]
         slope = sorted(hist.slopes)[len(hist.slopes) // 2] if hist.slopes else PRIOR_SPAN[kind] / max(1, n - 1)
     lo, hi = -1, n  # ok(lo) is False, ok(hi) is True (virtual ends)
     i = min(max(start, 0), n - 1)
@@ -108,7 +116,7 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
         else:
             lo = i
         if kind == "psnr" and bound is not None and not ok(p) and p.bytes >= bound:
-            _remember(model_key, None, probes, kind)
+            _remember(model_key, None, probes, kind, anchor)
             return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p)
         if hi - lo <= 1:
             break
@@ -154,11 +162,12 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
             kept, reached = probe(0), False
         else:
             kept = probes[lo]
-    _remember(model_key, kept.index if reached else None, probes, kind)
+    _remember(model_key, kept.index if reached else None, probes, kind, anchor)
     return Outcome(kept, sorted(probes.values(), key=lambda q: q.index), reached)
 
 
-def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind: str) -> None:
+def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind: str,
+              anchor: tuple[tuple, int] | None = None) -> None:
     """Add this search to the model: where it ended and the slope its probes showed."""
     idx = sorted(probes)
     slope = None
@@ -170,6 +179,8 @@ def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind:
         hist = _model.setdefault(model_key, _History())
         if end is not None:
             hist.ends = (hist.ends + [end])[-HISTORY:]
+            if anchor is not None and anchor[0] != model_key:
+                hist.offsets[anchor[0]] = (hist.offsets.get(anchor[0], []) + [end - anchor[1]])[-HISTORY:]
         if slope is not None:
             hist.slopes = (hist.slopes + [slope])[-HISTORY:]
 
