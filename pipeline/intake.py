@@ -58,7 +58,7 @@ def read_source(ref: ImageRef, policy: Policy, max_bytes: int, notes: list[str])
         with open_source(sfs, spath, max_bytes) as f:
             head = f.read(HEADER_PREFIX)
             check_header(head, max_pixels=policy.max_pixels, formats=policy.formats)
-            data = head + f.read(max_bytes + 1 - len(head)) if max_bytes else head + f.read()
+            data = head + _read_rest(f, len(head), ref.size, max_bytes)
         check_size(len(data), max_bytes)  # grew since it was opened
     except (OSError, ValueError) as exc:
         raise InputError("io_error", f"cannot read source: {exc}") from None
@@ -67,6 +67,22 @@ def read_source(ref: ImageRef, policy: Policy, max_bytes: int, notes: list[str])
     elif ref.mtime and _stamp_now(sfs, spath) not in ("", ref.mtime):
         notes.append("modified while being archived: the bytes read are what is archived and hashed")
     return probe_and_load(data, max_pixels=policy.max_pixels, formats=policy.formats)
+
+
+def _read_rest(f, have: int, expected: int, max_bytes: int) -> bytes:
+    """The rest of a source after its header: what the crawl said is there, plus whatever
+    it grew by, at most ``max_bytes`` + 1 in all (one byte over tells it is too large).
+    Asking for the whole limit in one read would make Python allocate a buffer of that
+    size (1 GiB by default) per object: milliseconds per small image."""
+    limit = max_bytes + 1 - have if max_bytes else None
+    first = max(0, expected + 1 - have)
+    if limit is not None:
+        first = min(first, limit)
+    chunks = [f.read(first)] if first else []
+    if not chunks or len(chunks[0]) == first:  # the file may be longer than the crawl saw
+        rest = f.read(limit - first) if limit is not None else f.read()
+        chunks.append(rest)
+    return b"".join(chunks)
 
 
 def _stamp_now(fs, path: str) -> str:

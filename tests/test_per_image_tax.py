@@ -39,3 +39,32 @@ def test_png_policy_pays_no_fsync_classification_or_url_parsing_per_image(tmp_pa
     assert counts["fsync"] < n
     assert counts["url_to_fs"] < n  # local paths skip fsspec's URL parser
     assert counts["classify"] == 0  # one route for everything: nothing to classify
+
+
+def test_reading_a_source_asks_for_its_size_not_the_byte_limit(tmp_path):
+    """A read of the whole 1 GiB limit makes Python allocate that much per object; the
+    rest after the header is read at the crawl's size (+1 byte to notice growth), and a
+    file that grew since is still read whole, or refused past the limit."""
+    import io
+
+    from pixarc.intake import _read_rest
+
+    class Counting(io.BytesIO):
+        asked: list = []
+
+        def read(self, n=-1):
+            self.asked.append(n)
+            return super().read(n)
+
+    body = bytes(range(256)) * 400  # 102 400 bytes
+    f = Counting(body)
+    f.read(100)
+    Counting.asked.clear()
+    assert _read_rest(f, 100, len(body), 1 << 30) == body[100:]
+    assert max(Counting.asked) <= len(body)  # never the 1 GiB limit
+    grown = Counting(body + b"more")  # grew by 4 bytes after the crawl
+    grown.read(100)
+    assert _read_rest(grown, 100, len(body), 1 << 30) == body[100:] + b"more"
+    capped = Counting(body)
+    capped.read(100)
+    assert len(_read_rest(capped, 100, 1000, 5000)) == 5000 + 1 - 100  # one byte over: refused by the caller
