@@ -285,3 +285,31 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
     unmet = run("unmet", "target_bpp = 0.001", 25.0)  # nobody fits 0.001 bpp: no ground to skip it
     assert "encode" in calls and "ceiling" not in calls
     assert all(("test-screened", "target") in [(c, r) for c, r, _ in a] for a in unmet.values())
+
+
+def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch):
+    """RD selection with both: every AVIF bitstream (a probe of ``avif``, the enhanced
+    codec's base, its slope step) is encoded once per image, whoever asks first."""
+    from pixarc.encode import encode_route
+    from pixarc.images import probe_and_load
+    from pixarc.policy import Candidate, Route
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
+    reg = build_plugin_manager()
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)  # the enhanced codec's base comes from it
+    enhanced = reg.codec("avif-enhanced")
+    src = probe_and_load((images / "smooth.png").read_bytes())
+    if enhanced.unsupported_reason(src.info):
+        pytest.skip(enhanced.unsupported_reason(src.info))
+    avif_cls = type(reg.codec("avif"))
+    encoded = []
+    real = avif_cls.encode
+    monkeypatch.setattr(avif_cls, "encode",
+                        lambda self, s, p, d=devices.CPU: (encoded.append(p["quality"]), real(self, s, p, d))[1])
+    params = {"speed": 8, "subsampling": "4:4:4"}
+    route = Route("unknown", False, (Candidate("avif", params, ("psnr", 34.0)),
+                                     Candidate("avif-enhanced", params, ("psnr", 34.0))), "rd")
+    chosen, attempts = encode_route(src, route, reg, "cpu")
+    assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
+        "avif", "avif-enhanced"}
+    assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice
