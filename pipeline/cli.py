@@ -336,7 +336,7 @@ def main() -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dest")
-@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, png, lossy.")
+@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, fast, png, lossy, lowrate.")
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
 @runner_options
 @click.option("--engine", "engine_name", type=click.Choice(["auto", "prefect", "local"]), default="auto", show_default=True,
