@@ -1,8 +1,13 @@
 """Throughput of the archive job and what Prefect orchestration costs per shard.
 
-    .venv/bin/python benchmarks/archive_throughput.py [SRC] [--repeats N]
+    .venv/bin/python benchmarks/archive_throughput.py [SRC] [--repeats N] [--small 1000] [--tax-only]
 
 Measures, in one run on this machine:
+0. the per-image tax: ``--small`` generated 64x64 images through ``--policy png``
+   (in-process, one shard) against a plain Pillow loop over the same files (read, decode,
+   PNG encode at the same level, decode again): the ratio, and the pipeline's own time per
+   image (everything but the codec's encode and decode), best of ``--repeats`` each,
+   alternated so both see the same machine load;
 1. images/s of the whole archive job (read, hash, classify, route, encode, decode-check,
    atomic write, manifest) with the PNG-only policy, in-process (`archive_local`);
 2. the same job through the Prefect flow (temporary local API, warmed up first), with
@@ -38,12 +43,66 @@ def timed(fn, *a, **kw):
     return time.perf_counter() - t0, out
 
 
+def small_images(folder: Path, n: int) -> list[Path]:
+    """``n`` distinct 64x64 RGB PNGs (a gradient plus noise: PNG works a little on each)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 64)[None, :, None]
+    paths = []
+    for i in range(n):
+        a = (rng.random((64, 64, 3)) * 40 + ramp).astype(np.uint8)
+        paths.append(folder / f"s{i:05d}.png")
+        Image.fromarray(a).save(paths[-1])
+    return paths
+
+
+def pillow_loop(paths: list[Path]) -> float:
+    """What any archiver must do per image at the least: read, decode, PNG encode (level 6,
+    as the png policy), decode the result."""
+    import io
+
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    for p in paths:
+        im = Image.open(io.BytesIO(p.read_bytes()))
+        im.load()
+        buf = io.BytesIO()
+        im.save(buf, "PNG", compress_level=6)
+        Image.open(io.BytesIO(buf.getvalue())).load()
+    return time.perf_counter() - t0
+
+
+def per_image_tax(tmp: Path, n: int, repeats: int) -> None:
+    paths = small_images(tmp / "small", n)
+    runs.archive_local(str(tmp / "small"), str(tmp / "tax-warm"), policy="png", shard_size=n)  # imports, caches
+    plain, piped = [], []
+    for i in range(repeats):  # alternated: both see the same load (a training shares the machine)
+        plain.append(pillow_loop(paths))
+        t, s = timed(runs.archive_local, str(tmp / "small"), str(tmp / f"tax-{i}"), policy="png", shard_size=n)
+        assert s.totals.done == n
+        piped.append(t)
+    tp, ta = min(plain), min(piped)
+    print(f"per-image tax on {n} images of 64x64 (best of {repeats}): Pillow loop {tp:.2f} s "
+          f"({1000 * tp / n:.2f} ms/img), archive --policy png {ta:.2f} s ({1000 * ta / n:.2f} ms/img): "
+          f"ratio {ta / tp:.2f}, pipeline overhead {1000 * (ta - tp) / n:.2f} ms per image")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("src", nargs="?", default=str(ROOT / "examples" / "images"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--small", type=int, default=1000, help="images for the per-image tax (0: skip it)")
+    ap.add_argument("--tax-only", action="store_true", help="only the per-image tax")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pixarc-bench-"))
+    if args.small:
+        per_image_tax(tmp, args.small, args.repeats)
+    if args.tax_only:
+        return
     n = sum(1 for _ in crawl(args.src))
     print(f"source: {args.src} ({n} objects), cpu count {os.cpu_count()}")
 

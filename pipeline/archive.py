@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -46,7 +47,7 @@ from .plan import Shard, drop_plan, load_shard, write_plan
 from . import plugins
 from .plugins import Registry
 from .policy import Policy, Route, load_policy
-from .storage import get_fs, join
+from .storage import deferring_sync, get_fs, join, sync_deferred
 
 
 @functools.lru_cache(maxsize=8)
@@ -179,25 +180,77 @@ def fill_plugin_columns(row: ManifestRow, registry: Registry, columns: dict[str,
                 row.extra[name] = value
 
 
-def try_reuse(fs, path: str, src: SourceImage, route: Route, registry: Registry) -> Encoded | None:
-    """A bitstream left by an interrupted run for the same source and route: decode-check it
-    (on the CPU: the path restore uses, whatever encoded it)."""
+def _route_keys(route: Route, registry: Registry) -> set[tuple[str, str]]:
+    """(codec id, params hash) of what the route may store. A rate-searched candidate's
+    params are matched without its rate parameter: the search chose that per image."""
+    keys = set()
+    for c in route.candidates:
+        if c.codec_id not in registry.codecs:
+            continue
+        codec = registry.codec(c.codec_id)
+        try:
+            params = codec.validate_params(c.params)
+        except PixarcError:
+            continue
+        if c.target and codec.rate_param and not codec.lossless:
+            params = {k: v for k, v in params.items() if k != codec.rate_param}
+        keys.add((c.codec_id, params_hash(params)))
+    return keys
+
+
+def _stored_keys(head, registry: Registry) -> set[tuple[str, str]]:
+    """(codec id, params hash) of a stored bitstream, with and without its rate parameter
+    (:func:`_route_keys` has the latter for rate-searched candidates only)."""
+    params = dict(head.meta.get("params", {}))
+    keys = {(head.codec_id, params_hash(params))}
+    codec = registry.codec(head.codec_id) if head.codec_id in registry.codecs else None
+    if codec is not None and codec.rate_param and codec.rate_param in params:
+        keys.add((head.codec_id, params_hash({k: v for k, v in params.items() if k != codec.rate_param})))
+    return keys
+
+
+def _versions(fs, root: str, key: str) -> list[str]:
+    """DEST-relative names a bitstream of ``key`` can have (``<key>.pxa``, then the
+    ``<key>.<sha12>.pxa`` written when that name was taken), those that exist."""
+    rel = key + ".pxa"
+    out = [rel]
+    if not fs.exists(join(root, rel)):
+        return []  # a later version is written only where this name was taken: nothing here
+    parent, _, base = key.rpartition("/")
+    pattern = re.compile(re.escape(base) + r"\.[0-9a-f]{12}\.pxa")
     try:
-        if not fs.exists(path):
-            return None
-        blob = fs.cat_file(path)
-        head = unpack(blob, header_only=True)
-        wanted = {(c.codec_id, params_hash(registry.codec(c.codec_id).validate_params(c.params)))
-                  for c in route.candidates if c.codec_id in registry.codecs}
-        if head.source_sha256 != src.sha256 or (head.codec_id, params_hash(head.meta.get("params", {}))) not in wanted:
-            return None
-        t0 = time.perf_counter()
-        c, _ = decode_container(blob, registry)
-        decode_s = time.perf_counter() - t0
-    except (PixarcError, OSError):
-        return None  # unusable: it will be overwritten by a fresh, verified encode
-    codec = registry.codec(c.codec_id)
-    return Encoded.from_container(codec, c, blob, decode_s, codec.restore_device)
+        names = fs.ls(join(root, parent) if parent else root, detail=False)
+    except (OSError, FileNotFoundError):
+        names = []
+    out += sorted((f"{parent}/{n}" if parent else n) for n in (x.rstrip("/").rsplit("/", 1)[-1] for x in names)
+                  if pattern.fullmatch(n))
+    return out
+
+
+def try_reuse(fs, root: str, key: str, src: SourceImage, route: Route, registry: Registry
+              ) -> tuple[Encoded, str] | None:
+    """A bitstream left by an interrupted run for the same source and route, under either
+    name a new version can take: decode-check it (on the CPU: the path restore uses,
+    whatever encoded it). Returns it with its DEST-relative name."""
+    wanted = None
+    for rel in _versions(fs, root, key):
+        path = join(root, rel)
+        try:
+            blob = fs.cat_file(path)
+            head = unpack(blob, header_only=True)
+            if wanted is None:
+                wanted = _route_keys(route, registry)
+            if (head.source_sha256 != src.sha256 or head.meta.get("domain", route.domain) != route.domain
+                    or not _stored_keys(head, registry) & wanted):
+                continue
+            t0 = time.perf_counter()
+            c, _ = decode_container(blob, registry)
+            decode_s = time.perf_counter() - t0
+        except (PixarcError, OSError):
+            continue  # unusable: a fresh, verified encode is written under another name
+        codec = registry.codec(c.codec_id)
+        return Encoded.from_container(codec, c, blob, decode_s, codec.restore_device), rel
+    return None
 
 
 def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, registry: Registry,
@@ -207,9 +260,11 @@ def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, r
     dfs, droot = get_fs(dest)
     rel = bitstream_stem(it.key) + ".pxa"
     notes = it.notes
-    chosen = try_reuse(dfs, join(droot, rel), it.src, it.route, registry)
+    reused = try_reuse(dfs, droot, it.key, it.src, it.route, registry)
+    chosen = None
     attempts: list[Attempt]
-    if chosen is not None:
+    if reused is not None:
+        chosen, rel = reused
         notes.append("reused the verified bitstream of an interrupted run")
         attempts = [Attempt(chosen.codec.codec_id, "reused")]
     else:
@@ -318,6 +373,7 @@ class ArchiveJob:
         """Whether shards of this job can put work on a GPU (and so must hold a GPU slot)."""
         return may_use_gpu(self.device, list(registry.codecs.values()))
 
+    @deferring_sync  # the shard's bitstreams are made durable together (see sync_deferred below)
     def run_shard(self, shard: Shard, registry: Registry | None = None) -> ArchiveTotals:
         """Archive every object of a shard and commit its manifest part."""
         registry = registry or plugins.default_registry()  # looked up per call (tests swap it)
@@ -358,6 +414,7 @@ class ArchiveJob:
                 rows.append(row)
                 progress.advance(self.run_id)
                 progress.add_bytes(self.run_id, row.source_bytes)
+        sync_deferred()  # every bitstream reaches the disk before the part that names them
         if self.lease:  # a run that lost its lease (stalled past expiry) must not commit
             check_held(self.dest, self.lease)
         rows, table = manifest_table(rows, columns)

@@ -15,7 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__, jsonout, layout, plan, progress, storageopts
-from .intake import DEFAULT_MAX_BYTES
+# = intake.DEFAULT_MAX_BYTES, not imported from there: intake pulls in pyarrow (about half
+# a second), and a command's first progress line must come at once (tests check they agree)
+DEFAULT_MAX_BYTES = 1 << 30
 from .errors import PixarcError
 
 # Tables are wide; when piped (no terminal to measure) use 120 columns, not rich's 80.
@@ -46,10 +48,30 @@ def _starting_prefect() -> None:
                   "or --engine local)…")
 
 
+# Seconds between progress lines when the output is not a terminal (PIXARC_PROGRESS_INTERVAL).
+PROGRESS_INTERVAL = 10.0
+
+
+def _progress_lines() -> bool:
+    """Plain progress lines instead of a bar: a bar redrawn in place shows nothing in a log
+    file or a pipe until the command ends."""
+    return not (sys.stdout.isatty() and err.is_terminal)
+
+
 @contextlib.contextmanager
 def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
-    from .progress import Rate
+    from .progress import LineReporter, Rate
 
+    if enabled and not jsonout.active() and _progress_lines():
+        interval = float(os.environ.get("PIXARC_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
+        reporter = LineReporter(label, lambda text: print(text, file=sys.stderr, flush=True), interval)
+        progress.listen(run_id, reporter.on_event)
+        try:
+            with reporter:
+                yield
+        finally:
+            progress.forget(run_id)
+        return
     rate = Rate()
     bar = Progress(
         TextColumn(f"[bold]{label}"),
@@ -258,7 +280,7 @@ def _device_value(_ctx, _param, value):
 
 
 def _set_log_level(_ctx, _param, value):
-    from .runs import configure_logging
+    from .logs import configure_logging
 
     configure_logging(value, err)
     return value
@@ -314,7 +336,7 @@ def main() -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dest")
-@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, png, lossy.")
+@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, fast, png, lossy, lowrate.")
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
 @runner_options
 @click.option("--engine", "engine_name", type=click.Choice(["auto", "prefect", "local"]), default="auto", show_default=True,
@@ -402,15 +424,30 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
                    meta.get("limit"))
     jsonout.put(dry_run=True, src=src, dest=dest, policy=plan.policy, found=plan.found, skipped=plan.skipped,
                 to_archive=plan.to_archive, bytes_to_archive=plan.bytes_to_archive, limited=plan.limited,
-                objects=plan.rows)
+                objects=plan.rows, cost_estimate=[{"codec": c.codec, "images": c.images, "megapixels": c.megapixels,
+                                                   "work": c.work, "seconds": c.seconds} for c in plan.costs.rows()])
     table = Table(title=f"plan for {src} -> {dest} (policy {plan.policy}) — nothing written")
-    for col in ("key", "action", "domain", "conf", "route", "first usable codec", "note"):
+    for col in ("key", "action", "domain", "conf", "route", "first codec tried", "note"):
         table.add_column(col)
     for r in plan.rows:
         table.add_row(r["key"], r["action"], r["domain"], r["confidence"], r["route"], r["codec"], r["note"])
     console.print(table)
     console.print(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
                   f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
+    costs = plan.costs.rows()
+    if costs:
+        from .dryrun import CROP, SEARCH_PROBES
+
+        est = Table(title=f"encode time estimate per codec (an estimate: one timed encode of a {CROP}-px crop per "
+                          f"codec x the megapixels routed to it; a rate search counted as {SEARCH_PROBES} encodes)")
+        for col in ("codec", "images", "MP", "work", "s/MP", "est. seconds"):
+            est.add_column(col)
+        for c in costs:
+            est.add_row(c.codec, str(c.images), f"{c.megapixels:.1f}", c.work, f"{c.seconds_per_mp:.2f}",
+                        f"{c.seconds:.0f}")
+        console.print(est)
+        total = sum(c.seconds for c in costs if c.seconds == c.seconds)
+        console.print(f"estimated encode time: about {total:.0f} s on one core (checks and I/O not included)")
 
 
 # --------------------------------------------------------------------------- restore / verify
@@ -442,6 +479,8 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
                   dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
                   overwrite=overwrite, device=device)
     console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
+                  + (f"; {s.totals.lossy} of them lossy: approximations of the originals, named <key>.lossy.png"
+                     if s.totals.lossy else "")
                   + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
     _print_problems(s.problems)
     if s.problems:
@@ -531,8 +570,13 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     before = sum(d.old_bytes for d in todo)
     after = sum(d.new_bytes for d in todo)
     skipped = [d for d in decisions if d.action == "skip"]
-    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
+    estimated = [d for d in decisions if d.estimated]
+    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes"
+                  + (" (an estimate)" if any(d.estimated for d in todo) else "") + f"; "
                   f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+    if estimated:
+        console.print(f"{len(estimated)} of {len(decisions)} decision(s) estimated from {len(decisions) - len(estimated)} "
+                      f"sampled encode(s) of rows like them (same route, codec and parameters); --apply encodes each")
     from .checks import Problem
 
     damaged = [Problem(d.key, d.problem, d.reason) for d in decisions if d.problem in INTEGRITY_PROBLEMS]

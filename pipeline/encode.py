@@ -5,6 +5,11 @@ bytes are decoded again and checked on the encoding device and, when that is not
 device restore uses (:attr:`pixarc.codec.Codec.restore_device`), there too. A failing
 candidate costs only itself: the next one in the route is tried, and the row's attempts
 say what happened to each.
+
+Rate searches (``target_psnr``/``target_bpp``, :mod:`pixarc.ratesearch`) judge their probes
+by PSNR or bytes alone; the probe they keep goes through the same full check. Within one
+image's route, encodes and decodes are shared through :mod:`pixarc.memo`; the check never
+reads from it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ import math
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from . import __version__, faults
-from .checks import decode_with
+from . import __version__, faults, memo, ratesearch
+from .checks import decode_with, stored_pins
 from .codec import Codec, params_hash
 from .container import Container, pack, unpack
 from .device import Device, resolve, unavailable_reason
@@ -56,16 +61,7 @@ class Encoded:
                    c.pixels_sha256 if lossless else c.meta.get("decoded_sha256", ""), 0.0, decode_s, device)
 
 
-def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
-                    payload: bytes | None = None) -> Encoded:
-    """Encode (unless ``payload`` was batch-encoded already), pack, decode the packed bytes
-    again and check them, on ``device`` and on the codec's restore device."""
-    faults.point("encode")
-    t0 = time.perf_counter()
-    if payload is None:
-        payload = codec.encode(src, params, device)
-    encode_s = time.perf_counter() - t0
-    faults.point("encoded")
+def _container(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, payload: bytes) -> Container:
     info = src.info
     meta: dict[str, Any] = {
         "params": params,
@@ -90,25 +86,55 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
         sections["ICCP"] = src.icc_profile
     if src.exif:
         sections["EXIF"] = src.exif
-    container = Container(codec.codec_id, codec.format_version, info.width, info.height, info.mode, info.bit_depth,
-                          src.sha256, src.pixels_sha256, codec.weights_for(params), meta, sections)
+    return Container(codec.codec_id, codec.format_version, info.width, info.height, info.mode, info.bit_depth,
+                     src.sha256, src.pixels_sha256, codec.weights_for(params), meta, sections)
+
+
+def _reconstruct(codec: Codec, src: SourceImage, payload: bytes, device: Device, pins: Mapping[str, str]):
+    """Decode a lossy payload once, on the encoding device: (decoded, PSNR). Probes stop at
+    PSNR; MS-SSIM is computed for the kept encoding only."""
+    first = memo.decode(codec, payload, device, pins)
+    recon = first.image
+    if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
+        raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")
+    return first, psnr(src.image, recon)
+
+
+def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
+                    payload: bytes | None = None, encode_s: float | None = None) -> Encoded:
+    """Encode (unless ``payload`` was encoded already: a batch, or the probe a rate search
+    keeps), pack, decode the packed bytes again and check them, on ``device`` and on the
+    codec's restore device."""
+    faults.point("encode")
+    t0 = time.perf_counter()
+    if payload is None:
+        payload = memo.encode(codec, src, params, device)
+    if encode_s is None:
+        encode_s = time.perf_counter() - t0
+    faults.point("encoded")
+    container = _container(codec, params, src, domain, payload)
     quality = (math.inf, 1.0)
     decoded_sha = src.pixels_sha256
     if not codec.lossless:
-        # Decode once to learn what the bitstream reconstructs; record it in the header.
-        first = codec.decode_stored(payload, device, pins)
-        recon = first.image
-        if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
-            raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")
-        quality = (psnr(src.image, recon), ms_ssim(src.image, recon))
-        decoded_sha = pixels_sha256(recon)
-        meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
+        # Decode once to learn what the bitstream reconstructs; record it in the header
+        # (a rate search's probe of this payload already did: the memo hands it over).
+        first, p = _reconstruct(codec, src, payload, device, stored_pins(container))
+        quality = (p, ms_ssim(src.image, first.image))
+        decoded_sha = pixels_sha256(first.image)
+        container.meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
         if first.fingerprint:
-            meta["decoded_fingerprint"] = first.fingerprint
+            container.meta["decoded_fingerprint"] = first.fingerprint
         elif codec.determinism == "integers":
             raise VerificationError(f"{codec.codec_id} declares integer determinism but its decode has no fingerprint")
     blob = pack(container)
     t0 = time.perf_counter()
+    with memo.off():  # the check decodes every byte again, nothing taken from the memo
+        _check_stored(codec, blob, device)
+    decode_s = time.perf_counter() - t0
+    return Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s, device)
+
+
+def _check_stored(codec: Codec, blob: bytes, device: Device) -> None:
     decode_with(unpack(blob), codec, device)  # the check on the very bytes that will be stored
     if device != codec.restore_device:
         # Restore decodes on the codec's restore device (the CPU: any machine, no GPU needed):
@@ -118,8 +144,6 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
         except PixarcError as exc:
             raise VerificationError(f"encoded on {device}, but the {codec.restore_device.kind.upper()} decode restore "
                                     f"uses fails its check: {exc}") from None
-    decode_s = time.perf_counter() - t0
-    return Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s, device)
 
 
 def meets(enc: Encoded, target: Target, pixels: int) -> bool:
@@ -142,40 +166,73 @@ def rd_key(enc: Encoded, target: Target | None, pixels: int) -> tuple:
 
 
 def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
-                     target: Target) -> tuple[Encoded, str]:
-    """Bisect the codec's rate parameter: the fewest bits with PSNR >= target, or the most
-    bits with bpp <= target. Every probe is a full, decode-checked encode."""
+                     target: Target, bound: int | None = None) -> tuple[Encoded | None, str]:
+    """Search the codec's rate parameter (:mod:`pixarc.ratesearch`): the fewest bits with
+    PSNR >= target, or the most bits with bpp <= target. Probes are judged by PSNR (resp.
+    bytes) alone; the one kept is then fully decode-checked (:func:`encode_verified`).
+    ``bound``: bytes another candidate met the PSNR target with; None is returned (and
+    the note says why) as soon as a probe shows this codec cannot undercut them."""
     kind, goal = target
     values = codec.rate_values()  # increasing rate; a learned codec: the rate points it has weights for
     if not values:
         raise CodecError(f"{codec.codec_id}: no {codec.rate_param} value to search")
-    lo, hi = 0, len(values) - 1
     pixels = max(1, src.info.pixels)
-    probed: dict[int, Encoded] = {}
+    rp = codec.rate_param
 
-    def probe(value: int) -> Encoded:
-        if value not in probed:
-            probed[value] = encode_verified(codec, {**params, codec.rate_param: value}, src, domain, device)
-        return probed[value]
-
-    best: Encoded | None = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        enc = probe(values[mid])
-        if meets(enc, target, pixels):
-            best = enc
-            if kind == "psnr":
-                hi = mid - 1  # fewer bits may still reach the PSNR
-            else:
-                lo = mid + 1  # more bits may still fit the budget
+    def measure(index: int) -> ratesearch.Probe:
+        p = {**params, rp: values[index]}
+        t0 = time.perf_counter()
+        payload = memo.encode(codec, src, p, device)
+        spent = time.perf_counter() - t0
+        c = _container(codec, p, src, domain, payload)
+        quality = math.nan
+        noted = memo.noted_psnr(codec, payload) if kind == "psnr" else None
+        if noted is not None:  # the encoder measured it while choosing the payload: no decode
+            quality = noted
+            c.meta.update(psnr=_PLACEHOLDER, decoded_sha256="0" * 64, decoded_fingerprint="0" * 64)
         elif kind == "psnr":
-            lo = mid + 1
-        else:
-            hi = mid - 1
-    if best is None:  # unreachable target: the closest end of the range (already probed last)
-        best = probe(values[-1] if kind == "psnr" else values[0])
-        return best, f"{kind} target {goal} not reachable; used {codec.rate_param}={best.params[codec.rate_param]}"
-    return best, f"{kind} target {goal}: {codec.rate_param}={best.params[codec.rate_param]} after {len(probed)} probes"
+            first, quality = _reconstruct(codec, src, payload, device, stored_pins(c))
+            c.meta.update(psnr=quality, decoded_sha256=pixels_sha256(first.image))
+            if first.fingerprint:
+                c.meta["decoded_fingerprint"] = first.fingerprint
+        else:  # bytes only: what the kept one's header will add, at its usual length
+            c.meta.update(psnr=_PLACEHOLDER, decoded_sha256="0" * 64)
+            if codec.determinism == "integers":
+                c.meta["decoded_fingerprint"] = "0" * 64
+        c.meta["ms_ssim"] = _PLACEHOLDER  # computed for the kept one only
+        size = len(pack(c))  # bytes as stored: the header counts against a bpp budget too
+        return ratesearch.Probe(index, values[index], quality, size, (p, payload, spent))
+
+    fixed = {k: v for k, v in params.items() if k != rp}
+    model_key = (codec.codec_id, params_hash(fixed), kind, goal)
+    anchor = memo.get(("rate-anchor", kind, goal))  # the first search on this image, if any
+    out = ratesearch.search(values, kind, goal, pixels, measure, model_key, bound if kind == "psnr" else None,
+                            anchor)
+    if anchor is None and out.kept is not None and out.reached:
+        memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
+    if out.kept is None:
+        by = out.pruned_by
+        return None, (f"cannot undercut {bound} bytes at {kind} {goal}: {rp}={by.value} has {by.bytes} bytes "
+                      f"at {by.psnr:.2f} dB, {out.note}")
+    p, payload, spent = out.kept.data
+    enc = encode_verified(codec, p, src, domain, device, payload, encode_s=spent)
+    index = out.kept.index
+    while kind == "bpp" and out.reached and index > 0 and not meets(enc, target, pixels):
+        index -= 1  # the real header came out a byte or two over the budget: one step down
+        p = {**params, rp: values[index]}
+        enc = encode_verified(codec, p, src, domain, device)
+    while kind == "psnr" and out.reached and index < len(values) - 1 and not meets(enc, target, pixels):
+        index += 1  # the encoder's own PSNR was a hair above what the decode gives: one step up
+        p = {**params, rp: values[index]}
+        enc = encode_verified(codec, p, src, domain, device)
+    if not out.reached:
+        return enc, f"{kind} target {goal} not reachable; used {rp}={enc.params[rp]} {out.note}"
+    return enc, f"{kind} target {goal}: {rp}={enc.params[rp]} {out.note}"
+
+
+# Stands in, in a probe's header, for values only the kept encoding computes, so probe
+# sizes match the stored size to a byte or two (a float's JSON is 16-19 characters).
+_PLACEHOLDER = 0.123456789012345678
 
 
 def encode_route(src: SourceImage, route: Route, registry: Registry, device: str | Device,
@@ -188,6 +245,11 @@ def encode_route(src: SourceImage, route: Route, registry: Registry, device: str
     codec. Returns the chosen verified encoding (or None) and a record of every attempt.
     ``payloads`` holds encodings already made in a batch; they are packed and checked
     exactly like fresh ones."""
+    with memo.scope():  # one image: candidates share encodes (avif and avif-enhanced)
+        return _encode_route(src, route, registry, device, exclude, payloads)
+
+
+def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Encoded | None, list[Attempt]]:
     chosen: Encoded | None = None
     attempts: list[Attempt] = []
     target = next((c.target for c in route.candidates if c.target), None)
@@ -213,7 +275,13 @@ def encode_route(src: SourceImage, route: Route, registry: Registry, device: str
                     attempts.append(Attempt(cand.codec_id, "screened", why))
                     continue
             if cand.target and codec.rate_param and not codec.lossless:
-                enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target)
+                # RD selection: a search may stop once it cannot undercut what met the target
+                bound = (len(chosen.blob) if route.selection == "rd" and chosen is not None
+                         and meets(chosen, cand.target, src.info.pixels) else None)
+                enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target, bound)
+                if enc is None:
+                    attempts.append(Attempt(cand.codec_id, "pruned", note))
+                    continue
                 attempts.append(Attempt(cand.codec_id, "target", note))
             else:
                 ready = (payloads or {}).get((codec.codec_id, params_hash(params)))

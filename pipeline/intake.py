@@ -23,6 +23,7 @@ from .storage import check_size, get_fs, open_source, safe_key
 
 REJECT_REASONS = frozenset({"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file",
                             "duplicate_key"})
+NO_CLASSIFIER = "none"  # policy ``classifier = "none"``: every image takes the unknown route
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a source is held in memory while it is archived
 
 
@@ -61,7 +62,7 @@ def read_source(ref: ImageRef, policy: Policy, max_bytes: int, notes: list[str])
         with open_source(sfs, spath, max_bytes) as f:
             head = f.read(HEADER_PREFIX)
             check_header(head, max_pixels=policy.max_pixels, formats=policy.formats)
-            data = head + f.read(max_bytes + 1 - len(head)) if max_bytes else head + f.read()
+            data = head + _read_rest(f, len(head), ref.size, max_bytes)
         check_size(len(data), max_bytes)  # grew since it was opened
     except (OSError, ValueError) as exc:
         raise InputError("io_error", f"cannot read source: {exc}") from None
@@ -70,6 +71,22 @@ def read_source(ref: ImageRef, policy: Policy, max_bytes: int, notes: list[str])
     elif ref.mtime and _stamp_now(sfs, spath) not in ("", ref.mtime):
         notes.append("modified while being archived: the bytes read are what is archived and hashed")
     return probe_and_load(data, max_pixels=policy.max_pixels, formats=policy.formats)
+
+
+def _read_rest(f, have: int, expected: int, max_bytes: int) -> bytes:
+    """The rest of a source after its header: what the crawl said is there, plus whatever
+    it grew by, at most ``max_bytes`` + 1 in all (one byte over tells it is too large).
+    Asking for the whole limit in one read would make Python allocate a buffer of that
+    size (1 GiB by default) per object: milliseconds per small image."""
+    limit = max_bytes + 1 - have if max_bytes else None
+    first = max(0, expected + 1 - have)
+    if limit is not None:
+        first = min(first, limit)
+    chunks = [f.read(first)] if first else []
+    if not chunks or len(chunks[0]) == first:  # the file may be longer than the crawl saw
+        rest = f.read(limit - first) if limit is not None else f.read()
+        chunks.append(rest)
+    return b"".join(chunks)
 
 
 def _stamp_now(fs, path: str) -> str:
@@ -84,6 +101,8 @@ def classify_image(src: SourceImage, policy: Policy, registry: Registry, notes: 
     classifier degrades to the ``unknown`` route with a note, never fails the object."""
     if src.image is None:
         return Classification(UNKNOWN, 0.0, "")
+    if policy.classifier == NO_CLASSIFIER:  # a policy with one route for everything: nothing to decide
+        return Classification(UNKNOWN, 1.0, NO_CLASSIFIER)
     classifier, note = pick_classifier(registry, policy)
     if note:
         notes.append(note)

@@ -20,6 +20,7 @@ from .errors import PolicyError
 from .images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 STORE = "store"
+BUILTIN = ("default", "fast", "png", "lossy", "lowrate")  # pixarc/policies/<name>.toml
 SELECTIONS = ("first", "smallest", "rd")  # rd: see encode.rd_key
 
 
@@ -105,8 +106,8 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
 
 
 def load_policy(path: str | None = None) -> Policy:
-    """Load a policy from a path/URL, a built-in name (``default``, ``png``, ``lossy``, ``lowrate``), or the default."""
-    if path is None or path in ("default", "png", "lossy", "lowrate"):
+    """Load a policy from a path/URL, a built-in name (:data:`BUILTIN`), or the default."""
+    if path is None or path in BUILTIN:
         name = path or "default"
         text = resources.files("pixarc.policies").joinpath(f"{name}.toml").read_text()
     else:

@@ -84,3 +84,53 @@ class Rate:
         if self.bytes:
             out += f" {self.bytes / seconds / 1e6:.1f} MB/s"
         return out
+
+
+class LineReporter:
+    """Progress as plain lines, for a stream that is not a terminal (a log file, a pipe, CI):
+    a bar redrawn in place shows nothing there until the end. One line at start, then one
+    at least every ``interval`` seconds: done/total, images/s, ETA. A thread writes them,
+    so a long image (a minute of encode) still leaves a line every ``interval``."""
+
+    def __init__(self, label: str, write: Callable[[str], None], interval: float = 10.0, rate: "Rate | None" = None):
+        import time
+
+        self.label, self._write, self.interval = label, write, interval
+        self.rate = rate or Rate()
+        self.total: int | None = None
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pixarc-progress-{label}", daemon=True)
+
+    def on_event(self, event: str, n: int) -> None:
+        if event == "total":
+            self.total = n
+        else:
+            self.rate.update(event, n)
+
+    def line(self) -> str:
+        elapsed = self._clock() - self._t0
+        done = self.rate.items
+        total = "?" if self.total is None else str(self.total)
+        out = f"{self.label}: {done}/{total} done, {self.rate.text()}, {elapsed:.0f} s elapsed"
+        if self.total is not None and done:
+            left = max(0, self.total - done) * elapsed / done
+            out += f", ETA {left:.0f} s"
+        elif self.total is not None:
+            out += ", ETA unknown (nothing finished yet)"
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write(self.line())
+
+    def __enter__(self) -> "LineReporter":
+        self._write(f"{self.label}: started")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._write(self.line() + (" (stopped)" if exc[0] else " (finished)"))

@@ -1,10 +1,15 @@
 """Recompression: re-encode what is outdated or what the current policy stores smaller.
 
-Plan (the default, nothing written): for every current ``done`` row decide whether it is
+Plan (the default, nothing written, cheap): for every current ``done`` row decide whether it is
 * ``outdated`` — its codec's implementation version, format version or weights differ
   from the installed plugin's (the bitstream still decodes; a re-encode refreshes it), or
 * ``policy`` — the current policy routes the image to another codec or parameters, and a
   trial encode saves at least ``min_saving`` of the bytes.
+
+A plan encodes only a sample: per group of rows with the same route, codec and parameters
+(and outdatedness), the first ``sample`` rows of a shard are encoded as ``--apply`` would;
+the others are estimated from them (their bytes ratio; ``Decision.estimated``), with no
+decode and no encode. ``--apply`` decides every row by encoding it.
 
 Apply: the new bitstream is encoded, decoded again and checked, then written under a new
 name (``<key>.<sha12>.pxa``); the old bitstream is deleted only after the manifest part
@@ -63,6 +68,7 @@ class Decision:
     old_bytes: int = 0
     new_bytes: int = 0
     problem: str = ""  # the reason code when the row was skipped because its bitstream is damaged
+    estimated: bool = False  # a plan's estimate from the sampled rows of its group, not an encode
 
     @property
     def saving(self) -> float:
@@ -159,6 +165,7 @@ class RecompressJob:
     device: str = "cpu"
     shard_size: int = 256
     lease: str = ""  # token of the one-writer lease (checked before each commit)
+    sample: int = 2  # a plan encodes this many rows per group (route, codec, params) and estimates the rest
 
     @property
     def writes(self) -> bool:
@@ -189,11 +196,48 @@ class RecompressJob:
         progress.set_total(self.run_id, len(items))
         return RecompressPlan(self.run_id, write_plan(self.dest, self.run_id, self.name, items, self.shard_size)[0])
 
-    def decide(self, item: Item, registry: Registry) -> tuple[Decision, ManifestRow | None]:
+    def decide(self, item: Item, registry: Registry, sampled: dict | None = None) -> tuple[Decision, ManifestRow | None]:
+        """``sampled`` (a plan): group -> decisions made by encoding; once a group has
+        :attr:`sample` of them, its other rows are estimated from them, not encoded."""
+        row = item.row
+        outdated = outdated_reason(row, registry)
+        if sampled is not None and not self.apply:
+            group = (row.route, row.codec_id, row.params_hash, bool(outdated))
+            seen = sampled.setdefault(group, [])
+            if len(seen) >= max(1, self.sample):
+                return self._estimate(row, seen, outdated), None
+            decision, new = self._decide(item, registry, outdated)
+            seen.append(decision)
+            return decision, new
+        return self._decide(item, registry, outdated)
+
+    def _estimate(self, row: ManifestRow, seen: list[Decision], outdated: str) -> Decision:
+        """A plan's decision for a row like ``seen`` (same route, codec, parameters): their
+        bytes ratio applied to this row's bytes; nothing decoded or encoded."""
+        d = Decision(row.key, "keep", "", row.codec_id, old_bytes=row.bitstream_bytes, estimated=True)
+        measured = [x for x in seen if x.new_bytes and x.old_bytes]
+        basis = f"estimated from {len(seen)} sampled row(s) like it"
+        if not measured:
+            first = seen[0]
+            d.action = first.action if first.action != "recompress" else "keep"
+            d.reason = f"{first.reason} ({basis})"
+            return d
+        ratio = sum(x.new_bytes for x in measured) / sum(x.old_bytes for x in measured)
+        codecs = [x.new_codec for x in measured]
+        d.new_codec = max(set(codecs), key=codecs.count)
+        d.new_bytes = max(1, round(row.bitstream_bytes * ratio))
+        if outdated:
+            d.action, d.reason = "recompress", f"outdated: {outdated} ({basis})"
+        elif d.saving >= self.min_saving:
+            d.action, d.reason = "recompress", f"policy saves about {100 * d.saving:.1f} % ({basis})"
+        else:
+            d.reason = f"policy would save about {100 * d.saving:.1f} % ({basis})"
+        return d
+
+    def _decide(self, item: Item, registry: Registry, outdated: str) -> tuple[Decision, ManifestRow | None]:
         row = item.row
         policy = cached_policy(self.policy)
         decision = Decision(row.key, "keep", "", row.codec_id, old_bytes=row.bitstream_bytes)
-        outdated = outdated_reason(row, registry)
         classification = Classification(row.domain, row.domain_confidence, row.classifier_id)
         try:
             if item.unsafe:
@@ -251,8 +295,9 @@ class RecompressJob:
         columns = plugin_columns(registry)
         out = RecompressSummary(shard.index)
         rows, replaced = [], []
+        sampled: dict = {}  # a plan: what each group's sampled rows gave
         for item in (Item.from_json(d) for d in load_shard(shard)):
-            decision, new = self.decide(item, registry)
+            decision, new = self.decide(item, registry, None if self.apply else sampled)
             out.decisions.append(decision)
             if new is not None:
                 new.shard = shard.index

@@ -42,6 +42,7 @@ class Item:
     plugin_dist: str = ""
     name: str = ""  # restore: the file name under OUT
     unsafe: str = ""  # why the row's bitstream path was refused (outside DEST)
+    lossy: bool = False  # restores an approximation (a lossy codec's reconstruction)
 
     @classmethod
     def of(cls, dest: str, row: ManifestRow, name: str = "") -> "Item":
@@ -50,7 +51,8 @@ class Item:
         except InputError as exc:
             uri, unsafe = "", str(exc)
         return cls(row.key, uri, row.bitstream_bytes, row.bitstream_sha256, row.source_format, row.source_uri,
-                   row.source_sha256, row.plugin_dist, name, unsafe)
+                   row.source_sha256, row.plugin_dist, name, unsafe,
+                   lossy=not row.lossless and row.codec_id != "store")
 
     def check_safe(self) -> None:
         if self.unsafe:
@@ -65,10 +67,15 @@ def load_items(shard: Shard) -> list[Item]:
     return [Item(**d) for d in load_shard(shard)]
 
 
+# A restore of a lossy row is an approximation of the original, never to be mistaken for
+# it: its file is named ``<key>.lossy.png`` (and counted in the summary).
+LOSSY_SUFFIX = ".lossy.png"
+
+
 def restored_key(key: str, source_format: str, lossless: bool, codec_id: str) -> str:
     if codec_id == "store" or (lossless and source_format in RESTORE_AS_IS):
         return key
-    return key + ".png"
+    return key + (".png" if lossless else LOSSY_SUFFIX)
 
 
 def restored_names(rows: list[ManifestRow]) -> dict[str, str]:
@@ -82,10 +89,10 @@ def restored_names(rows: list[ManifestRow]) -> dict[str, str]:
     for key in sorted(natural):
         name = natural[key]
         if name != key:
-            n = 0
+            n, suffix = 0, LOSSY_SUFFIX if name.endswith(LOSSY_SUFFIX) else ".png"
             while name in taken:
                 n += 1
-                name = f"{key}.{n}.png"
+                name = f"{key}.{n}{suffix}"
             taken.add(name)
         names[key] = name
     return names
@@ -97,6 +104,7 @@ class RestoreTotals:
 
     shard: int = -1
     done: int = 0  # images written
+    lossy: int = 0  # of them, approximations from lossy rows (named <key>.lossy.png)
     skipped: int = 0  # files already in OUT, kept
     bytes_written: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -189,6 +197,7 @@ class RestoreJob:
                     progress.advance(self.run_id)
                     continue
                 s.done += 1
+                s.lossy += item.lossy and decoded.original is None
                 s.bytes_written += len(data)
             except (PixarcError, OSError) as exc:
                 s.problems.append(Problem(item.key, getattr(exc, "reason", "io_error"), str(exc)))
@@ -199,6 +208,7 @@ class RestoreJob:
         totals, problems = RestoreTotals(-1), []  # the run's problems are listed once, in the summary
         for r in results:
             totals.done += r.done
+            totals.lossy += r.lossy
             totals.skipped += r.skipped
             totals.bytes_written += r.bytes_written
             problems.extend(r.problems)

@@ -238,19 +238,4 @@ def prefect_api_configured() -> bool:
         return False
 
 
-def configure_logging(level: str, console: Any = None) -> None:
-    """``--log-level``: pixarc's loggers (one line per shard at INFO) to stderr, and the same
-    level for Prefect's console handler (its run loggers still send INFO to the API)."""
-    import os
-
-    level = level.upper()
-    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
-    logger = logging.getLogger("pixarc")
-    logger.setLevel(level)
-    if not any(getattr(h, "_pixarc", False) for h in logger.handlers):
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=console, show_path=False)
-        handler._pixarc = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
+from .logs import configure_logging  # noqa: E402,F401  (its home; kept importable from here)

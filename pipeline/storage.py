@@ -9,19 +9,33 @@ objects (a manifest part and its commit marker) uses the commit-marker protocol 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import posixpath
 import stat
 import uuid
+from contextvars import ContextVar
 
 import fsspec
+import fsspec.config
 from fsspec.implementations.local import LocalFileSystem
 
 from . import faults
 from .errors import InputError
 
 
+_LOCAL = LocalFileSystem()  # fsspec caches instances: this is the one url_to_fs returns
+
+
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    # A plain local path or file:// URL (no chaining, no glob, no options LocalFileSystem
+    # takes from config) skips url_to_fs's parsing: called twice per image, it was a
+    # measurable share of the archive job's own time on small images.
+    rest = url[7:] if url.startswith("file://") else url
+    if rest.startswith("/") and "::" not in rest and not fsspec.config.conf.get("file"):
+        path = _LOCAL._strip_protocol(url)
+        return _LOCAL, path.rstrip("/") if path not in ("/", "") else path
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
@@ -42,8 +56,70 @@ def safe_key(key: str) -> str:
     return key
 
 
+# Inside :func:`deferring_sync`: the local files written so far, made durable together when
+# the block ends instead of one fsync (plus one of its folder) per file.
+_deferred: ContextVar[list | None] = ContextVar("pixarc_deferred_sync", default=None)
+
+
+def deferring_sync(fn):
+    """Run ``fn`` writing local files without an fsync per file; :func:`sync_deferred`
+    (called by ``fn`` before it commits anything that refers to them, a manifest part)
+    makes them durable at once.
+
+    Each fsync costs a disk flush (about 10 ms on the project machine): two per bitstream
+    were most of the archive job's time on small images. Atomicity is unchanged (temp
+    name, then link or rename); what a crash before the sync can leave is a file whose
+    bytes did not reach the disk, referenced by no committed row, and decode-checked
+    before any reuse (:func:`pixarc.archive.try_reuse`), like any file an interrupted run
+    leaves behind."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _deferred.set([])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _deferred.reset(token)
+
+    return wrapper
+
+
+def sync_deferred() -> None:
+    """Make the files written so far under :func:`deferring_sync` durable, and write the
+    rest of the call (the manifest part, its commit marker) with an fsync each again."""
+    pending = _deferred.get()
+    if pending:
+        _sync(pending)
+    _deferred.set(None)
+
+
+def _sync(paths: list) -> None:
+    """Make ``paths`` (files, then their folders) durable: one ``syncfs`` of their
+    filesystem where the C library has it, else an fsync each."""
+    if not paths:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(posixpath.dirname(paths[0]), os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0 and all(os.stat(p).st_dev == os.stat(paths[0]).st_dev for p in paths
+                                             if os.path.exists(p)):
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    for p in dict.fromkeys(paths):
+        if os.path.isdir(p):
+            _fsync_dir(p)
+        elif os.path.exists(p):
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
 def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
-    """Write ``data`` to a fresh temporary name beside ``path`` and fsync it."""
+    """Write ``data`` to a fresh temporary name beside ``path`` and fsync it (later, inside
+    :func:`deferring_sync`)."""
     os.makedirs(posixpath.dirname(path), exist_ok=True)
     tag = uuid.uuid4().hex
     tmp = f"{path}.tmp-{tag}"
@@ -53,7 +129,8 @@ def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if _deferred.get() is None:
+                os.fsync(f.fileno())
         if fault_site:
             faults.point(fault_site)
     except BaseException:  # disk full, an injected fault: no half-written temp file stays behind
@@ -63,8 +140,18 @@ def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
     return tmp
 
 
+def _note_written(path: str) -> None:
+    pending = _deferred.get()
+    if pending is not None:
+        pending.insert(0, path)  # files before folders: _sync fsyncs in this order
+
+
 def _fsync_dir(parent: str) -> None:
     """Make a rename or link in ``parent`` durable."""
+    pending = _deferred.get()
+    if pending is not None:
+        pending.append(parent)
+        return
     try:
         dfd = os.open(parent, os.O_RDONLY)
         try:
@@ -82,6 +169,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_si
         try:
             tmp = _durable_temp(path, data, fault_site)
             os.replace(tmp, path)
+            _note_written(path)
         finally:
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
@@ -106,12 +194,14 @@ def write_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site:
             tmp = _durable_temp(path, data, fault_site)
             try:
                 os.link(tmp, path)
+                _note_written(path)
             except FileExistsError:
                 return False
             except OSError:  # no hard links on this filesystem: check, then rename
                 if os.path.lexists(path):
                     return False
                 os.replace(tmp, path)
+                _note_written(path)
         finally:
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)

@@ -73,24 +73,90 @@ def verified(row):
     return [a for a in json.loads(row["attempts"]) if a["result"] == "verified"]
 
 
+def bisected(codec_id, image_path, target, row=None):
+    """The selection before the fast search, as a reference: a bisection of the quality
+    where every probe is a full, decode-checked encode (bytes of the one it keeps; with
+    ``row``, its header stamped as the archive stamps it: key, run, predecessor)."""
+    from pixarc.encode import encode_verified
+    from pixarc.images import probe_and_load
+
+    codec = plugins.default_registry().codec(codec_id)
+    src = probe_and_load(image_path.read_bytes())
+    if row is not None:
+        src.extra["stamp"] = {"key": row["key"], "run_id": row["run_id"], "previous_sha256": ""}
+    values = codec.rate_values()
+    lo, hi, best = 0, len(values) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        enc = encode_verified(codec, codec.validate_params({"quality": values[mid]}), src, "unknown", devices.CPU)
+        if enc.psnr >= target:
+            best, hi = enc, mid - 1
+        else:
+            lo = mid + 1
+    return None if best is None else len(best.blob)
+
+
 def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tmp_path):
     rows = archive(images, tmp_path, "rd", "target_psnr = 33.0")
     assert len(rows) == 3
     for r in rows:
+        attempts = json.loads(r["attempts"])
         tried = verified(r)
-        assert {a["codec"] for a in tried} == set(CODECS) | {"store"}
+        # every candidate was either searched to the end and verified, or given up as soon
+        # as a probe showed it could not undercut the bytes already kept
+        searched = {a["codec"] for a in tried} | {a["codec"] for a in attempts if a["result"] == "pruned"}
+        assert searched == set(CODECS) | {"store"}
+        for a in attempts:
+            if a["result"] == "pruned":
+                assert "cannot undercut" in a["reason"]
         reaching = [a for a in tried if a["met"]]
         assert reaching and all(a["met"] == (a.get("psnr", math.inf) >= 33.0) for a in tried)
         assert r["bitstream_bytes"] == min(a["bytes"] for a in reaching)
         assert r["psnr"] >= 33.0
+        # as few bytes as the bisection of every candidate would have kept (within 1 %)
+        reference = [b for c in CODECS if (b := bisected(c, images / r["key"], 33.0, r)) is not None]
+        assert reference and r["bitstream_bytes"] <= 1.01 * min(reference)
     (s,) = rd_summary([row_from_record(r) for r in rows])  # one route
     assert s.route == "unknown" and s.images == 3 and sum(s.wins.values()) == 3
     assert s.kept_bytes == sum(r["bitstream_bytes"] for r in rows)
+    everywhere = [c for c in CODECS + ["store"] if all(any(a["codec"] == c for a in verified(r)) for r in rows)]
     assert s.best_bytes == min(sum(a["bytes"] for r in rows for a in verified(r) if a["codec"] == c)
-                               for c in CODECS + ["store"]
+                               for c in everywhere
                                if all(a["met"] for r in rows for a in verified(r) if a["codec"] == c))
     assert s.kept_bytes <= s.best_bytes  # per image never more than any codec meeting the target
     assert "won on" in s.text() and f"{s.best_codec} alone" in s.text()
+
+
+def test_rate_search_probes_fewer_times_than_bisection_and_checks_only_what_it_keeps(images, monkeypatch):
+    """Probes are judged by PSNR alone (one decode each); only the kept encoding is packed
+    and decode-checked again; an RD bound stops a codec that cannot win early."""
+    from pixarc import checks, ratesearch
+    from pixarc.encode import encode_route
+    from pixarc.images import probe_and_load
+    from pixarc.policy import Candidate, Route
+
+    ratesearch.forget()
+    reg = plugins.default_registry()
+    counts = {"encode": 0, "check": 0}
+    webp = reg.codec("webp")
+    real_encode, real_check = webp.encode, checks.decode_with
+    monkeypatch.setattr(webp, "encode", lambda *a, **k: (counts.__setitem__("encode", counts["encode"] + 1),
+                                                          real_encode(*a, **k))[1])
+    monkeypatch.setattr(checks, "decode_with", lambda *a, **k: (counts.__setitem__("check", counts["check"] + 1),
+                                                                 real_check(*a, **k))[1])
+    import pixarc.encode as enc_mod
+    monkeypatch.setattr(enc_mod, "decode_with", checks.decode_with)
+    srcs = [probe_and_load((images / f"{n}.png").read_bytes()) for n in ("smooth", "edges")]  # reach 33 dB
+    route = Route("unknown", False, (Candidate("webp", {}, ("psnr", 33.0)),), "rd")
+    per_image = []
+    for src in srcs:
+        before = dict(counts)
+        chosen, attempts = encode_route(src, route, reg, "cpu")
+        assert chosen is not None and chosen.psnr >= 33.0
+        per_image.append((counts["encode"] - before["encode"], counts["check"] - before["check"]))
+    # bisection over webp's 101 qualities: 7 full encodes each; every one decode-checked
+    assert all(checks_ == 1 for _, checks_ in per_image)
+    assert sum(e for e, _ in per_image) < 7 * len(srcs)
 
 
 def test_rd_selection_keeps_the_best_psnr_within_the_bpp_budget(images, tmp_path):
@@ -216,9 +282,37 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
         assert screened[1] == "screened" and "at most 25.0 dB" in screened[2] and screened[2].endswith(f"{kept} reached")
 
     high = run("high", "target_psnr = 30.0", 1000.0)  # the ceiling allows a win: searched as usual
-    assert "encode" in calls
-    assert all(("test-screened", "target") in [(c, r) for c, r, _ in a] for a in high.values())
+    assert "encode" in calls  # searched (to the end, or until it could not undercut webp)
+    assert all({r for c, r, _ in a if c == "test-screened"} & {"target", "pruned"} for a in high.values())
 
     unmet = run("unmet", "target_bpp = 0.001", 25.0)  # nobody fits 0.001 bpp: no ground to skip it
     assert "encode" in calls and "ceiling" not in calls
     assert all(("test-screened", "target") in [(c, r) for c, r, _ in a] for a in unmet.values())
+
+
+def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch):
+    """RD selection with both: every AVIF bitstream (a probe of ``avif``, the enhanced
+    codec's base, its slope step) is encoded once per image, whoever asks first."""
+    from pixarc.encode import encode_route
+    from pixarc.images import probe_and_load
+    from pixarc.policy import Candidate, Route
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
+    reg = build_plugin_manager()
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)  # the enhanced codec's base comes from it
+    enhanced = reg.codec("avif-enhanced")
+    src = probe_and_load((images / "smooth.png").read_bytes())
+    if enhanced.unsupported_reason(src.info):
+        pytest.skip(enhanced.unsupported_reason(src.info))
+    avif_cls = type(reg.codec("avif"))
+    encoded = []
+    real = avif_cls.encode
+    monkeypatch.setattr(avif_cls, "encode",
+                        lambda self, s, p, d=devices.CPU: (encoded.append(p["quality"]), real(self, s, p, d))[1])
+    params = {"speed": 8, "subsampling": "4:4:4"}
+    route = Route("unknown", False, (Candidate("avif", params, ("psnr", 34.0)),
+                                     Candidate("avif-enhanced", params, ("psnr", 34.0))), "rd")
+    chosen, attempts = encode_route(src, route, reg, "cpu")
+    assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
+        "avif", "avif-enhanced"}
+    assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice

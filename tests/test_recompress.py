@@ -117,3 +117,32 @@ def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection
     assert not runs.verify_local(str(dest), full=True).problems
     restored = runs.restore_local(str(dest), str(tmp_path / "out"))
     assert restored.totals.done == 5 and not restored.problems
+
+
+def test_plan_encodes_a_sample_and_estimates_the_rest(tmp_path, monkeypatch):
+    """A plan must stay cheap on a large archive: per group of alike rows (route, codec,
+    parameters) it encodes ``sample`` rows and estimates the others, and says so."""
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    yy, xx = np.mgrid[0:40, 0:56]
+    for i in range(7):
+        a = np.stack([100 + 60 * np.sin(xx / (5 + i) + c) for c in range(3)], -1)
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(src / f"i{i}.png")
+    dest = tmp_path / "d"
+    runs.archive_local(str(src), str(dest), policy="png")
+    encodes = []
+    real = recompress.encode_route
+    monkeypatch.setattr(recompress, "encode_route", lambda *a, **k: (encodes.append(1), real(*a, **k))[1])
+    plan = runs.recompress_local(str(dest), policy="default", min_saving=0.0)
+    decisions = [d for s in plan for d in s.decisions]
+    assert len(decisions) == 7
+    groups = {(r["route"], r["codec_id"], r["params_hash"]) for r in current(dest).values()}
+    assert len(encodes) == 2 * len(groups) < 7  # two sampled rows per group, not one encode per row
+    estimated = [d for d in decisions if d.estimated]
+    assert len(estimated) == 7 - len(encodes)
+    assert all("estimated from 2 sampled" in d.reason and d.new_bytes > 0 for d in estimated)
+    applied = runs.recompress_local(str(dest), policy="default", min_saving=0.0, apply=True)
+    assert not any(d.estimated for s in applied for d in s.decisions)  # --apply encodes every row

@@ -34,6 +34,7 @@ import os
 import struct
 from typing import Any, ClassVar, Mapping
 
+from pixarc import memo
 from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
 from pixarc.device import CPU
 from pixarc.errors import CodecError
@@ -146,7 +147,7 @@ class EnhancedCodec(LearnedCodec):
 
     def _base_decode(self, payload: bytes, device=CPU, pins=None):
         # a stored bitstream (pins given): the base decodes with the weights it was made with
-        d = self.base.decode(payload, device) if pins is None else self.base.decode_stored(payload, device, pins)
+        d = memo.decode(self.base, payload, device, pins)
         if d.image is None:
             raise CodecError(f"{self.codec_id}: base codec returned no pixels")
         im = d.image if d.image.mode == "RGB" else d.image.convert("RGB")
@@ -175,7 +176,9 @@ class EnhancedCodec(LearnedCodec):
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
         bp = {k: params[k] for k in self.base.params_schema}
-        base_payload = self.base.encode(src, bp, device)
+        # through the memo: RD selection's search of the base codec itself, and this
+        # codec's slope step, probe the very same base encodes (one encode serves all)
+        base_payload = memo.encode(self.base, src, bp, device)
         base_im, _ = self._base_decode(base_payload, device)
         f = self.select_weights()
         rate, chroma = self._cond(params)
@@ -195,21 +198,29 @@ class EnhancedCodec(LearnedCodec):
         xb = torch.from_numpy(base_arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
         # candidates: (cost, payload); the base alone is always one
         lam = params["rd_lambda"] or self._slope(src, bp, len(base_payload), sse(base_arr), sse, device)
-        best_cost, best = 8 * len(off) + lam * sse(base_arr), off
-        offsets = params["strengths"]
-        tried: dict[int, tuple[float, list | None]] = {}  # permille -> (SSE, cached features)
+        base_sse = sse(base_arr)
+        best_cost, best, best_sse = 8 * len(off) + lam * base_sse, off, base_sse
+        offsets = tuple(params["strengths"])
+        # A rate search encodes the same image at several base rates: the conditioning
+        # offset that fits the image is found at the first one and reused at the others
+        # (one filter pass per probe instead of one per offset).
+        strength_key = ("enhance-strength", self.codec_id, src.sha256, offsets, chroma)
+        known = memo.get(strength_key)
+        tried: dict[int, tuple[float, list | None, float]] = {}  # permille -> (SSE, cached features, offset)
         keep = src.info.pixels <= CACHE_PIXELS
-        for off_s in offsets:
+        for off_s in (known,) if known is not None else offsets:
             pm = min(1000, max(0, round((rate + off_s) * 1000)))
             if pm not in tried:
                 parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
-                tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None)
+                tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None, off_s)
         pm = min(tried, key=lambda k: tried[k][0])
+        memo.put(strength_key, tried[pm][2])
         cond = torch.tensor([[pm / 1000, float(chroma)]])
         parts = tried[pm][1] or feature_tiles(net, xb, cond)
-        tried = {}  # free the other strengths' features
         plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
-        cands = [(8 * len(plain) + lam * sse(to_uint8(finish(net, parts, xb.shape))), plain)]
+        plain_sse = tried[pm][0]  # the filter without adapters at this offset: measured above
+        tried = {}  # free the other strengths' features
+        cands = [(8 * len(plain) + lam * plain_sse, plain, plain_sse)]
         modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
         if modes and lam > 0 and adapt.coder_available():
             stats = adapt.statistics(net, parts, x)
@@ -219,10 +230,14 @@ class EnhancedCodec(LearnedCodec):
                     continue
                 w, b = adapt.merged_tail(net, mode, symbols)
                 payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload)
-                cands.append((8 * len(payload) + lam * sse(to_uint8(finish(net, parts, xb.shape, w, b))), payload))
-        cost, payload = min(cands, key=lambda c: c[0])
+                e = sse(to_uint8(finish(net, parts, xb.shape, w, b)))
+                cands.append((8 * len(payload) + lam * e, payload, e))
+        cost, payload, e = min(cands, key=lambda c: c[0])
         if params["filter"] == "on" or cost < best_cost:
-            best_cost, best = cost, payload
+            best_cost, best, best_sse = cost, payload, e
+        # what the encoder already measured: a rate search judges its probe by it instead of
+        # a decode (the one it keeps is decoded and checked in full)
+        memo.note_psnr(self, best, 10 * np.log10(255.0**2 * orig.size / best_sse) if best_sse else float("inf"))
         return best
 
     def _slope(self, src, bp, base_bytes: int, base_sse: float, sse, device) -> float:
@@ -238,7 +253,7 @@ class EnhancedCodec(LearnedCodec):
         other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
         if other < spec.min or other == bp[rp]:
             return 0.0
-        payload = self.base.encode(src, {**bp, rp: other}, device)
+        payload = memo.encode(self.base, src, {**bp, rp: other}, device)
         im, _ = self._base_decode(payload, device)
         d_bits = 8 * (len(payload) - base_bytes)
         d_sse = base_sse - sse(np.asarray(im))

@@ -1,0 +1,159 @@
+"""The ``lossy`` policy against plain AVIF, on the same images, in one run.
+
+    .venv/bin/python benchmarks/lossy_policy.py [DEV_DIR] [--quality 60] [--reference 2] [--domains natural,comic]
+
+Measures, in this process, one domain folder of DEV_DIR after another (``archive_local``,
+one worker, the same for both):
+1. ``--policy lossy`` (RD selection at ``target_psnr`` on natural/comic, lossless elsewhere);
+2. plain AVIF at one fixed quality (``--quality``, speed 6, 4:4:4: the lossy policy's AVIF
+   settings) on every image, ``selection = "first"``;
+and prints per domain: seconds per image, bytes, mean PSNR / MS-SSIM, wins per codec, and
+the ratio of the two times.
+
+``--reference N``: on N images per lossy domain, also today's selection before the fast
+rate search (a bisection of every lossy candidate's rate parameter in which every probe is
+a full, decode-checked encode; the screened adaptive codec left out, as it is screened
+out on these images), to compare bytes and time with the selection the policy made.
+Nothing here is a pass/fail threshold: it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from pixarc import runs  # noqa: E402
+from pixarc.classify import DOMAINS  # noqa: E402
+from pixarc.device import CPU  # noqa: E402
+from pixarc.encode import encode_verified  # noqa: E402
+from pixarc.images import probe_and_load  # noqa: E402
+from pixarc.manifest import latest, read_manifest  # noqa: E402
+from pixarc.plugins import default_registry  # noqa: E402
+from pixarc.policy import load_policy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT.parent / "shared" / "data" / "dev"
+
+
+def avif_policy(path: Path, quality: int) -> str:
+    path.write_text(f'selection = "first"\nclassifier = "stats"\nmin_confidence = 1.1\n'
+                    f'[params.avif]\nquality = {quality}\nspeed = 6\nsubsampling = "4:4:4"\n'
+                    f'[routes.unknown]\nlossless = false\ncodecs = ["avif"]\n')
+    return str(path)
+
+
+def run(src: Path, dest: Path, policy: str) -> tuple[float, list[dict]]:
+    t0 = time.perf_counter()
+    runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000)
+    seconds = time.perf_counter() - t0
+    return seconds, [r for r in latest(read_manifest(str(dest))).to_pylist() if r["status"] == "done"]
+
+
+def bisected_selection(path: Path, domain: str) -> tuple[int, str, float]:
+    """Today's selection before this change, for one image: every lossy candidate of the
+    lossy policy's route bisected with full encodes; (bytes, codec, seconds)."""
+    policy, reg = load_policy("lossy"), default_registry()
+    route = policy.routes[domain]
+    src = probe_and_load(path.read_bytes())
+    kind, goal = route.target
+    best: tuple[int, str] | None = None
+    t0 = time.perf_counter()
+    for cid in route.codecs:
+        if cid not in reg.codecs:
+            continue
+        codec = reg.codec(cid)
+        if codec.screened or codec.unsupported_reason(src.info):
+            continue
+        params = codec.validate_params(policy.params_for(cid, route))
+        values = codec.rate_values()
+        lo, hi, kept = 0, len(values) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            enc = encode_verified(codec, {**params, codec.rate_param: values[mid]}, src, domain, CPU)
+            if enc.psnr >= goal:
+                kept, hi = enc, mid - 1
+            else:
+                lo = mid + 1
+        if kept is not None and (best is None or len(kept.blob) < best[0]):
+            best = (len(kept.blob), cid)
+    return (*(best or (0, "-")), time.perf_counter() - t0)
+
+
+def mean(xs) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dev", nargs="?", default=str(DEV))
+    ap.add_argument("--quality", type=int, default=60, help="plain AVIF's fixed quality")
+    ap.add_argument("--reference", type=int, default=2, help="images per lossy domain for today's bisection (0: none)")
+    ap.add_argument("--domains", default=",".join(DOMAINS))
+    args = ap.parse_args()
+    dev, tmp = Path(args.dev), Path(tempfile.mkdtemp(prefix="pixarc-lossy-"))
+    plain = avif_policy(tmp / "avif.toml", args.quality)
+    lossy_routes = {d for d, r in load_policy("lossy").routes.items() if not r.lossless}
+    print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; plain AVIF q{args.quality}")
+    hdr = (f"{'domain':10s} {'n':>2s} | {'lossy s/img':>11s} {'avif s/img':>10s} {'ratio':>5s} | "
+           f"{'lossy bytes':>11s} {'avif bytes':>10s} | {'lossy dB':>8s} {'avif dB':>7s} | "
+           f"{'lossy MS-SSIM':>13s} {'avif MS-SSIM':>12s} | wins")
+    print(hdr)
+    totals = defaultdict(float)
+    all_wins: Counter = Counter()
+    lossy_rows: dict[str, dict] = {}
+    for domain in args.domains.split(","):
+        folder = dev / domain
+        n = sum(1 for _ in folder.iterdir())
+        t_lossy, rows = run(folder, tmp / f"lossy-{domain}", "lossy")
+        t_avif, arows = run(folder, tmp / f"avif-{domain}", plain)
+        wins = Counter(r["codec_id"] for r in rows)
+        all_wins.update(wins)
+        for r in rows:
+            lossy_rows[f"{domain}/{r['key']}"] = r
+        lb, ab = sum(r["bitstream_bytes"] for r in rows), sum(r["bitstream_bytes"] for r in arows)
+        for k, v in (("lossy_s", t_lossy), ("avif_s", t_avif), ("lossy_b", lb), ("avif_b", ab), ("n", n)):
+            totals[k] += v
+        print(f"{domain:10s} {n:2d} | {t_lossy / n:11.2f} {t_avif / n:10.2f} {t_lossy / t_avif:5.1f} | "
+              f"{lb:11d} {ab:10d} | {mean(r['psnr'] for r in rows):8.2f} {mean(r['psnr'] for r in arows):7.2f} | "
+              f"{mean(r['ms_ssim'] for r in rows):13.4f} {mean(r['ms_ssim'] for r in arows):12.4f} | "
+              + ", ".join(f"{c} {k}" for c, k in wins.most_common()), flush=True)
+    n = totals["n"]
+    print(f"{'all':10s} {int(n):2d} | {totals['lossy_s'] / n:11.2f} {totals['avif_s'] / n:10.2f} "
+          f"{totals['lossy_s'] / totals['avif_s']:5.1f} | {int(totals['lossy_b']):11d} {int(totals['avif_b']):10d} | "
+          f"wins: " + ", ".join(f"{c} {k}" for c, k in all_wins.most_common()))
+    print("(lossy dB: mean over lossy rows; lossless rows count as exact and are left out of the mean)")
+
+    if args.reference:
+        print(f"\ntoday's selection (bisection, every probe fully encoded and checked) on {args.reference} "
+              f"images per lossy domain, against the policy's rows above:")
+        kept_new = kept_old = 0
+        t_old = 0.0
+        for domain in sorted(lossy_routes & set(args.domains.split(","))):
+            for path in sorted((dev / domain).iterdir())[: args.reference]:
+                row = lossy_rows.get(f"{domain}/{path.name}")
+                if row is None or row["route"] != domain:
+                    print(f"  {domain}/{path.name}: routed to {row and row['route']}, not compared")
+                    continue
+                old_bytes, old_codec, old_s = bisected_selection(path, domain)
+                kept_new += row["bitstream_bytes"]
+                kept_old += old_bytes
+                t_old += old_s
+                print(f"  {domain}/{path.name}: policy {row['codec_id']} {row['bitstream_bytes']} B "
+                      f"({row['psnr']:.2f} dB); bisection {old_codec} {old_bytes} B in {old_s:.1f} s")
+        if kept_old:
+            print(f"  bytes: policy {kept_new} vs bisection {kept_old} -> {100 * (kept_new / kept_old - 1):+.2f} %; "
+                  f"bisection {t_old:.1f} s for those images (their policy time is in the table above)")
+
+
+if __name__ == "__main__":
+    main()
