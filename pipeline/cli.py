@@ -10,13 +10,13 @@ import sys
 from typing import Iterator
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__, jsonout, layout, plan, progress, storageopts
-from .cliopts import ENGINE_HELP, engine_option, json_flag, no_progress_option, runner_options, storage_options
-from .console import console, err, styled, warn_text
-from .intake import DEFAULT_MAX_BYTES
+from . import __version__, jsonout, progress, storageopts
+from .cliopts import (ENGINE_HELP, engine_option, json_flag, no_progress_option, policy_help, runner_options,
+                      storage_options)
+from .console import console, err, say, styled, warn_text
+from .limits import DEFAULT_MAX_BYTES
 from .errors import PixarcError
 
 
@@ -45,6 +45,8 @@ def _starting_prefect() -> None:
 
 @contextlib.contextmanager
 def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     from .progress import Rate
 
     rate = Rate()
@@ -100,7 +102,9 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
     problems still returns its summary (the caller reports them)."""
     from . import runs
 
-    run_id = plan.new_run_id()
+    from .plan import new_run_id
+
+    run_id = new_run_id()
     ctx = click.get_current_context()
     try:
         choice = _engine(ctx.meta.get("pixarc.engine"), runner)
@@ -136,9 +140,7 @@ EXIT_INTEGRITY = 3  # the archive is damaged: bitstreams or manifest parts missi
 EXIT_UNAVAILABLE = 4  # could not run: DEST locked by another writer, disk full, permission denied, missing plugin
 
 
-# problems of verify/restore that mean the archive is damaged (else: environment or OUT)
-INTEGRITY_PROBLEMS = {"missing", "size_mismatch", "hash_mismatch", "corrupt_container", "verification_failed",
-                      "codec_error", "outside_dest", "corrupt_manifest_part"}
+from .remedy import INTEGRITY_PROBLEMS  # noqa: E402  (problems that mean the archive is damaged)
 
 
 def _problems_exit(problems) -> int:
@@ -177,8 +179,10 @@ def _explain(exc: BaseException) -> tuple[str, int]:
 
 def _require_archive(dest: str) -> None:
     """Stop with "not a pixarc archive" (exit 2) before any flow starts."""
+    from .layout import require_archive
+
     try:
-        layout.require_archive(dest)
+        require_archive(dest)
     except PixarcError as exc:
         _fail(exc)
 
@@ -308,7 +312,7 @@ def main() -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dest")
-@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, png, lossy.")
+@click.option("--policy", default=None, help=policy_help("Routing policy [default: default]"))
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
 @runner_options
 @storage_options("src", "dest")
@@ -338,15 +342,16 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
     try:
         if dry_run:
             return _dry_run(src, policy, dest)
-        run_id = plan.new_run_id()
+        from .plan import new_run_id
+
+        run_id = new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
                                    device, batch_size, follow_symlinks, wait, max_bytes)
     except (PixarcError, OSError) as exc:
         _fail(exc)
     t = summary.totals
-    console.print(
-        f"run {summary.run_id}: {summary.found} found, {summary.skipped} already archived, "
+    say(f"run {summary.run_id}: {summary.found} found, {summary.skipped} already archived, "
         f"{t.images} processed in {summary.shards} shard(s): {t.done} done"
         + (f" ({t.reused} reused)" if t.reused else "")
         + f", {t.rejected} rejected, {t.errors} errors, {t.failed} failed"
@@ -398,7 +403,7 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
     for r in plan.rows:
         table.add_row(r["key"], r["action"], r["domain"], r["confidence"], r["route"], r["codec"], r["note"])
     console.print(table)
-    console.print(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
+    say(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
                   f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
 
 
@@ -431,9 +436,9 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
     s = _run_flow(restore_flow, "restore", not no_progress, runner, workers, dask_address,
                   dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
                   overwrite=overwrite, device=device)
-    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
+    say(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
                   + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
-    _exit_on_problems(s.problems)
+    _exit_on_problems(s.problems, dest)
 
 
 @main.command()
@@ -458,25 +463,34 @@ def verify(dest, full, sources, json_out, workers, runner, dask_address, device,
     s = _run_flow(verify_flow, "verify" + (" --full" if full else ""), not no_progress, runner, workers,
                   dask_address, dest=dest, full=full, sources=sources, device=device)
     mode = "full" if full else "fast"
-    console.print(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
+    say(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
     _print_problems(s.problems)
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"run_id": s.run_id, "mode": mode, "checked": s.found, "ok": s.totals.done,
                        "problems": [p.__dict__ for p in s.problems]}, f, indent=2)
-    _exit_on_problems(s.problems)
+    _exit_on_problems(s.problems, dest)
 
 
-def _exit_on_problems(problems) -> None:
-    """Print the problems a run found and end with the exit status they call for."""
+def _exit_on_problems(problems, dest: str) -> None:
+    """Print the problems a run found and what to do next; end with the exit status they call for."""
     _print_problems(problems)
     code = _problems_exit(problems)
     if code:
+        from .remedy import next_step
+
+        step = next_step(problems, dest)
+        err.print(styled(("next:", "bold"), " ", step), soft_wrap=True)
+        jsonout.put(next_step=step)
         counts = {}
         for p in problems:
             counts[p.problem] = counts.get(p.problem, 0) + 1
         what = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        from .remedy import SOURCE_PROBLEMS
+
         reason = {EXIT_INTEGRITY: "integrity", EXIT_UNAVAILABLE: "missing_plugin"}.get(code, "not_written")
+        if code == EXIT_FAILED and set(counts) <= SOURCE_PROBLEMS:
+            reason = "source_problems"
         jsonout.fail(f"{len(problems)} problem(s): {what}", reason)
         sys.exit(code)
 
@@ -497,7 +511,7 @@ def _print_problems(problems) -> None:
 
 @main.command()
 @click.argument("dest")
-@click.option("--policy", default=None, help="The policy to recompress towards (default: the built-in default).")
+@click.option("--policy", default=None, help=policy_help("The policy to recompress towards [default: default]"))
 @click.option("--min-saving", default=0.1, show_default=True, help="Re-encode when the policy saves at least this fraction.")
 @click.option("--apply", is_flag=True, help="Write the new bitstreams (without it: print the plan only).")
 @click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
@@ -531,7 +545,7 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     before = sum(d.old_bytes for d in todo)
     after = sum(d.new_bytes for d in todo)
     skipped = [d for d in decisions if d.action == "skip"]
-    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
+    say(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
                   f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
 
 
@@ -551,8 +565,8 @@ def prune(dest, dry_run, wait):
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     for rel in s.paths:
-        console.print(("would delete " if dry_run else "deleted ") + rel)
-    console.print(f"{len(s.paths)} old-version bitstream(s), {s.bytes} bytes" + (" (dry run)" if dry_run else ""))
+        say(("would delete " if dry_run else "deleted ") + rel)
+    say(f"{len(s.paths)} old-version bitstream(s), {s.bytes} bytes" + (" (dry run)" if dry_run else ""))
     jsonout.put(dest=dest, dry_run=dry_run, paths=list(s.paths), bytes=s.bytes)
 
 
@@ -571,10 +585,10 @@ def repair(dest, wait):
         s = run(dest, wait=wait)
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
-    console.print(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
+    say(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
                   f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
     for key, why in s.unrepairable:
-        console.print(styled(("not repaired:", "red"), f" {key}: {why}"))
+        say(styled(("not repaired:", "red"), f" {key}: {why}"))
     jsonout.put(run_id=s.run_id, parts_rebuilt=s.parts_rebuilt, rows_rebuilt=s.rows_rebuilt,
                 reencoded=list(s.reencoded), unrepairable=[{"key": k, "reason": why} for k, why in s.unrepairable])
     if s.unrepairable:
@@ -590,8 +604,7 @@ def repair(dest, wait):
               help="Seconds between archive runs (instead of --archive-cron).")
 @click.option("--verify-cron", default="0 3 * * 0", show_default=True, help="Cron for full verify runs ('' to disable).")
 @click.option("--recompress-cron", default=None, help="Cron for recompress --apply runs.")
-@click.option("--policy", default=None,
-              help="Policy of the archive and recompress runs: TOML path/URL or built-in name (see archive --policy).")
+@click.option("--policy", default=None, help=policy_help("Policy of the archive and recompress runs"))
 @click.option("--min-saving", default=0.1, show_default=True,
               help="Recompress runs re-encode rows the policy stores at least this fraction smaller.")
 @click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Images per shard of each run.")
@@ -607,7 +620,9 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
 
         cached_policy(policy)
         if src:
-            layout.claim_dest(src, dest)
+            from .layout import claim_dest
+
+            claim_dest(src, dest)
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     _prefect_defaults()
@@ -625,7 +640,7 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
     for d in deployments:
         sched = d.schedules[0].schedule if d.schedules else None
         when = getattr(sched, "cron", None) or (f"every {sched.interval}" if sched is not None else "manual")
-        console.print(f"serving {d.name}: {when}")
+        say(f"serving {d.name}: {when}")
 
     def stop(*_args):  # SIGTERM (systemd, docker stop, kill) ends like Ctrl-C
         os.kill(os.getpid(), signal.SIGINT)
@@ -637,6 +652,12 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
 
     Runner.handle_sigterm = lambda self, *args, **kwargs: stop()
     signal.signal(signal.SIGTERM, stop)
+    # A background job of a script starts with SIGINT ignored (the shell does that), and then
+    # neither Python nor asyncio installs its Ctrl-C handling: the SIGINT that stop() sends
+    # would be dropped and serve would go on scheduling runs. Restore the default handler so
+    # SIGTERM stops serve however it was started.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         prefect_serve(*deployments)
     except KeyboardInterrupt:
@@ -668,7 +689,7 @@ def report(dest, html_out):
                      for sec in answer]
             with open(html_out, "w") as f:
                 f.write(html_report(dest, rows_from_table(table), extra))
-            console.print(f"wrote {html_out}")
+            say(f"wrote {html_out}")
             jsonout.put(html=html_out)
         from .state import manifest_problems
 
@@ -704,7 +725,7 @@ def _print_report(dest: str, details: bool = False) -> None:
         )
     console.print(table)
     if statuses:
-        console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+        say("status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
     best = best_of_savings(rows)
     if best:
         t = Table(title="per-image best-of: what each codec alone would have stored")
@@ -716,7 +737,7 @@ def _print_report(dest: str, details: bool = False) -> None:
     from .report import rd_summary
 
     for s in rd_summary(rows):
-        console.print("per-image selection: " + s.text())
+        say("per-image selection: " + s.text())
     if not details:
         return
     if data["low_confidence"]:
@@ -735,7 +756,7 @@ def _print_report(dest: str, details: bool = False) -> None:
             t.add_row(r["key"], r["status"], r["reason"], r["message"])
         console.print(t)
     for line in run_lines(data):
-        console.print(line)
+        say(line)
 
 
 @main.command()
@@ -766,7 +787,7 @@ def plugins():
                             "classifiers": list(p.classifiers), "unavailable_reason": why})
     console.print(table)
     if missing:
-        console.print(f"learned codecs unavailable: {', '.join(missing)} not installed ({LEARNED_HINT})")
+        say(f"learned codecs unavailable: {', '.join(missing)} not installed ({LEARNED_HINT})")
     codecs = Table(title="codecs")
     for col in ("codec", "lossless", "modes", "version", "params", "available"):
         codecs.add_column(col)
@@ -791,7 +812,7 @@ def plugins():
         classifier_docs.append({"classifier": name, "plugin": reg.owner.get(name, ""), "available": why is None,
                                 "unavailable_reason": why})
         if why:
-            console.print(styled(f"classifier {name}: ", ("unavailable", "yellow"), ": ", why))
+            say(styled(f"classifier {name}: ", ("unavailable", "yellow"), ": ", why))
     jsonout.put(plugins=plugin_docs, codecs=codec_docs, classifiers=classifier_docs,
                 learned_dependencies_missing=missing)
 
@@ -811,7 +832,7 @@ def _codec_version(reg, cid: str) -> tuple[str, str | None]:
 
 @main.command()
 @click.argument("src")
-@click.option("--policy", default=None, help="Policy whose classifier to use.")
+@click.option("--policy", default=None, help=policy_help("Policy whose classifier to use"))
 @click.option("--jsonl", "as_json", is_flag=True, help="One JSON object per line, as each image is classified.")
 @storage_options("src")
 @json_flag("classify")
@@ -871,22 +892,28 @@ def train():
 @click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
 @click.option("--domain", default=None, help="Only this domain.")
 @click.option("--workers", default=2, show_default=True, help="Shards restored concurrently.")
+@click.option("--originals", is_flag=True,
+              help="Bag the original files (read from their archived URIs, checked against their sha256) "
+                   "instead of restored images.")
 @storage_options("dest")
 @json_flag("export-bagit")
-def export_bagit(dest, out, pattern, domain, workers):
-    """Restore DEST's images (checked) into OUT and make OUT a BagIt bag (sha256 + sha512)."""
+def export_bagit(dest, out, pattern, domain, workers, originals):
+    """Restore DEST's images (checked) into OUT, or with --originals copy the originals, and make
+    OUT a BagIt bag (sha256 + sha512); pixarc-sources.tsv gives each file's original sha256."""
     from .bagexport import export_bagit as run
 
     try:
-        res = run(dest, out, pattern, domain, workers)
+        res = run(dest, out, pattern, domain, workers, originals=originals)
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
-    jsonout.put(out=res.out, run_id=res.run_id, images=res.images, payload_bytes=res.payload_bytes,
-                problems=res.problems, bag=not res.problems)
+    jsonout.put(out=res.out, run_id=res.run_id, payload=res.payload, images=res.images,
+                payload_bytes=res.payload_bytes, identical_to_sources=res.identical, problems=res.problems,
+                bag=not res.problems)
     if res.problems:
         err.print(styled(("no bag made", "red"), f": {len(res.problems)} problem(s) restoring {dest}"))
-        _exit_on_problems(res.problems)
-    console.print(f"bag {out}: {res.images} image(s), {res.payload_bytes} bytes, restore run {res.run_id}")
+        _exit_on_problems(res.problems, dest)
+    say(f"bag {out}: {res.images} {res.payload} image(s), {res.payload_bytes} bytes, "
+        f"{res.identical} byte-identical to their originals (pixarc-sources.tsv), run {res.run_id}")
 
 
 def run() -> None:

@@ -13,7 +13,7 @@ import functools
 import click
 
 from . import jsonout, storageopts
-from .console import console
+from .console import console, err
 
 
 def json_flag(command: str):
@@ -49,6 +49,10 @@ def storage_options(*url_params: str):
         @functools.wraps(fn)
         def applied_first(*args, **kwargs):
             storageopts.apply([kwargs.get(p) for p in url_params])
+            for p in ("dest", "out"):
+                if p in url_params and str(kwargs.get(p) or "").startswith("memory://"):
+                    err.print(f"note: {p.upper()} {kwargs[p]} is in this process's memory: whatever is written "
+                              "there is gone when pixarc exits (use a path or an object-store URL to keep it)")
             return fn(*args, **kwargs)
 
         return click.option(
@@ -59,6 +63,12 @@ def storage_options(*url_params: str):
                    "the protocols of the URLs given).")(applied_first)
 
     return decorate
+
+
+def policy_help(what: str) -> str:
+    from .policies import builtin_policies
+
+    return f"{what}: a built-in name ({', '.join(builtin_policies())}) or a policy TOML file (path/URL)."
 
 
 def runner_options(fn):

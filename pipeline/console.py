@@ -27,3 +27,9 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 
 def warn_text(text: str) -> Text:
     return Text(text, style="yellow")
+
+
+def say(*objects) -> None:
+    """A line of results on stdout, never wrapped by Rich: a narrow terminal folds it, and a
+    script reading the output gets it whole ("... 0 failed", not "... 0" and "failed")."""
+    console.print(*objects, soft_wrap=True)

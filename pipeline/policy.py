@@ -105,8 +105,11 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
 
 
 def load_policy(path: str | None = None) -> Policy:
-    """Load a policy from a path/URL, a built-in name (``default``, ``png``, ``lossy``, ``lowrate``), or the default."""
-    if path is None or path in ("default", "png", "lossy", "lowrate"):
+    """Load a policy from a path/URL, a built-in name (:func:`builtin_policies`), or the default."""
+    from .policies import builtin_policies
+
+    builtins = builtin_policies()
+    if path is None or path in builtins:
         name = path or "default"
         text = resources.files("pixarc.policies").joinpath(f"{name}.toml").read_text()
     else:
@@ -115,7 +118,8 @@ def load_policy(path: str | None = None) -> Policy:
             with fsspec.open(path, "r") as f:
                 text = f.read()
         except FileNotFoundError:
-            raise PolicyError(f"policy file not found: {path}") from None
+            raise PolicyError(f"policy {path!r} is neither a built-in policy ({', '.join(builtins)}) "
+                              "nor a policy file that exists") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -19,8 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from .errors import PixarcError
 
 
@@ -48,6 +46,8 @@ def load_weights(uri: str | os.PathLike, sha256: str, map_location: str = "cpu")
     if not sha256 or len(sha256) != 64:
         raise WeightsError(f"refusing to load {uri} without a sha256 to check it against")
     try:
+        import fsspec  # here, not at import: plugins load this module for `pixarc --help`
+
         with fsspec.open(str(uri), "rb") as f:
             data = f.read()
     except (OSError, ValueError) as exc:

@@ -47,6 +47,19 @@ def forty(tmp_path):
     return src
 
 
+def test_a_temporary_prefect_api_is_announced(monkeypatch, capsys):
+    """--engine prefect without a server starts Prefect's temporary API (seconds): say so."""
+    from pixarc import cli
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(runs, "prefect_api_configured", lambda: False)
+    cli._starting_prefect()
+    assert "starting Prefect" in capsys.readouterr().err
+    monkeypatch.setattr(runs, "prefect_api_configured", lambda: True)
+    cli._starting_prefect()
+    assert "starting Prefect" not in capsys.readouterr().err
+
+
 def test_local_engine_is_the_default_without_a_server(small_collection, tmp_path, monkeypatch):
     """No PREFECT_API_URL: no Prefect API is started (Prefect is not even imported)."""
     code = (
