@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import fsspec
 
 from .classify import DOMAINS, UNKNOWN
 from .errors import PolicyError
@@ -113,6 +112,8 @@ def load_policy(path: str | None = None) -> Policy:
         name = path or "default"
         text = resources.files("pixarc.policies").joinpath(f"{name}.toml").read_text()
     else:
+        import fsspec  # here: the router plugin imports this module for `pixarc --help`
+
         name = path
         try:
             with fsspec.open(path, "r") as f:
