@@ -109,7 +109,9 @@ class LearnedCodec(Codec):
     def shipped_weights(cls) -> Path:
         if cls.weights_dir is not None:
             return Path(cls.weights_dir)
-        return Path(sys.modules[cls.__module__].__file__).parent / "weights"
+        from .weights import shipped_weights_dir
+
+        return shipped_weights_dir(sys.modules[cls.__module__].__file__)
 
     def find_weights(self) -> list[WeightsFile]:
         """Every usable weights file, in search order (the first match wins). Reads JSON
