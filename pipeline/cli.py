@@ -839,6 +839,8 @@ def _codec_version(reg, cid: str) -> tuple[str, str | None]:
 @json_flag("classify")
 def classify(src, policy, as_json):
     """Print the domain and confidence of every image under SRC."""
+    if as_json and jsonout.active():  # one JSON document per command, or a stream of lines: not both
+        raise click.UsageError("--jsonl and --json exclude each other")
     from .classify import pick_classifier
     from .crawl import crawl
     from .intake import intake

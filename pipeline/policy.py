@@ -119,8 +119,8 @@ def load_policy(path: str | None = None) -> Policy:
             with fsspec.open(path, "r") as f:
                 text = f.read()
         except FileNotFoundError:
-            raise PolicyError(f"policy {path!r} is neither a built-in policy ({', '.join(builtins)}) "
-                              "nor a policy file that exists") from None
+            raise PolicyError(f"policy {path!r} not found: it is neither a built-in policy "
+                              f"({', '.join(builtins)}) nor an existing policy file") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
