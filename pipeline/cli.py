@@ -16,8 +16,9 @@ from . import __version__, jsonout, progress, storageopts
 from .cliopts import (ENGINE_HELP, engine_option, json_flag, no_progress_option, policy_help, runner_options,
                       storage_options)
 from .console import console, err, say, styled, warn_text
-from .limits import DEFAULT_MAX_BYTES
 from .errors import PixarcError
+from .limits import DEFAULT_MAX_BYTES
+from .remedy import INTEGRITY_PROBLEMS  # (re-exported: problems that mean the archive is damaged)
 
 
 def _prefect_defaults() -> None:
@@ -138,9 +139,6 @@ EXIT_FAILED = 1  # the run finished, but some objects ended in error (see their 
 EXIT_USAGE = 2  # bad arguments or policy, not a pixarc archive, missing source
 EXIT_INTEGRITY = 3  # the archive is damaged: bitstreams or manifest parts missing, corrupt or altered
 EXIT_UNAVAILABLE = 4  # could not run: DEST locked by another writer, disk full, permission denied, missing plugin
-
-
-from .remedy import INTEGRITY_PROBLEMS  # noqa: E402  (problems that mean the archive is damaged)
 
 
 def _problems_exit(problems) -> int:
@@ -404,7 +402,7 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
         table.add_row(r["key"], r["action"], r["domain"], r["confidence"], r["route"], r["codec"], r["note"])
     console.print(table)
     say(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
-                  f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
+        f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
 
 
 # --------------------------------------------------------------------------- restore / verify
@@ -437,7 +435,7 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
                   dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
                   overwrite=overwrite, device=device)
     say(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
-                  + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
+        + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
     _exit_on_problems(s.problems, dest)
 
 
@@ -546,7 +544,7 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     after = sum(d.new_bytes for d in todo)
     skipped = [d for d in decisions if d.action == "skip"]
     say(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes; "
-                  f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+        f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
 
 
 @main.command()
@@ -586,7 +584,7 @@ def repair(dest, wait):
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     say(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
-                  f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
+        f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
     for key, why in s.unrepairable:
         say(styled(("not repaired:", "red"), f" {key}: {why}"))
     jsonout.put(run_id=s.run_id, parts_rebuilt=s.parts_rebuilt, rows_rebuilt=s.rows_rebuilt,
