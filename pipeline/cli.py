@@ -613,6 +613,9 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
     """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped (SIGTERM or Ctrl-C)."""
     import signal
 
+    # The runs execute in other processes, maybe other folders, and their artifacts are read
+    # elsewhere: local paths go into the deployments absolute.
+    dest, src = (os.path.abspath(p) if p and "://" not in p else p for p in (dest, src))
     try:  # what a run would refuse, refused now: a bad policy, a DEST that archives another source
         from .archive import cached_policy
 
