@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	# CPU build of torch first (a local wheel on the project machines; from PyPI elsewhere),
 	# so the dependency resolver never pulls the multi-GB CUDA build for a CPU host.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	# The weights are their own distribution (the core wheel has none), built from this tree.
+	$(PY) -m pip install -q --disable-pip-version-check ./packaging/pixarc-weights
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,learned]'
 	# CompressAI without its declared torchvision / torch-geometric / numpy<2 (unused by the
 	# model code pixarc loads; proven by tests/test_compressai_compat.py).

@@ -6,8 +6,12 @@ its UI and can also be triggered from there or with ``prefect deployment run``. 
 fleet, register the same flows on a work pool (``prefect deploy``) and run
 ``prefect worker start --pool NAME`` on each host instead.
 
-Every deployment of a DEST has a concurrency limit of one (later runs wait in the queue):
-two archive runs, or two recompress runs, never write the same DEST at once.
+Every deployment of a DEST has a concurrency limit of one: two archive runs, or two
+recompress runs, never write the same DEST at once. A run that comes due while the
+previous one is still running is skipped (Cancelled, "Deployment concurrency limit
+reached."), not queued: Prefect re-schedules queued runs each at "now + a wait", so a
+backlog ran out of order (03:36 after 03:37 and 03:38). Each run does all the work there
+is, so the next one due catches up on what a skipped one would have done.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def _slug(text: str) -> str:
 def _one_at_a_time():
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
 def build_deployments(

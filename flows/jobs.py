@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixarc import progress, recompress, runs
+from pixarc import progress, recompress, remedy, runs
 from pixarc.archive import ArchiveJob, ArchiveSummary
 from pixarc import device as devices
 from pixarc.intake import DEFAULT_MAX_BYTES
@@ -160,9 +160,13 @@ def publish_summary(dest: str, summary: ArchiveSummary) -> None:
                              description=f"pixarc archive summary of {dest}")
 
 
-def problems_markdown(kind: str, where: str, summary: RestoreSummary | VerifySummary) -> str:
+def problems_markdown(kind: str, dest: str, where: str, summary: RestoreSummary | VerifySummary) -> str:
+    """The problems artifact: DEST as an absolute URI, what to run next, then each problem."""
+    dest_uri = remedy.absolute_uri(dest)
     lines = [f"# pixarc {kind} run `{summary.run_id}`: {len(summary.problems)} problem(s)", "",
-             f"`{where}`: {summary.totals.done} of {summary.found} OK.", "",
+             f"Archive `{dest_uri}`" + (f", restoring into `{remedy.absolute_uri(where)}`" if where != dest else "")
+             + f": {summary.totals.done} of {summary.found} OK.", "",
+             f"**Next:** `{remedy.next_step(summary.problems, dest)}`", "",
              "| key | problem | detail |", "| --- | --- | --- |"]
     for p in summary.problems:
         lines.append(f"| {p.key} | {p.problem} | {p.detail.replace('|', '/')} |")
@@ -170,19 +174,22 @@ def problems_markdown(kind: str, where: str, summary: RestoreSummary | VerifySum
 
 
 def _checked(kind: str, dest: str, where: str, summary: Any) -> Any:
-    """The summary; when the run found problems, a problems artifact and ``ProblemsFound``
-    (carrying the summary), so the flow run ends Failed: the operator sees red in the UI,
-    and callers (the CLI) still get the summary from the exception."""
+    """The summary; when the run found problems, a problems artifact and a Failed state
+    carrying ``ProblemsFound`` (with the summary): the operator sees red in the UI, callers
+    (the CLI) still get the summary, and no traceback is logged, since nothing crashed:
+    the run did its job and found damage."""
     if not summary.problems:
         return summary
     from prefect.artifacts import create_markdown_artifact
+    from prefect.states import Failed
 
-    create_markdown_artifact(markdown=problems_markdown(kind, where, summary),
+    create_markdown_artifact(markdown=problems_markdown(kind, dest, where, summary),
                              key=f"pixarc-{kind}-problems-{dest_key(dest)}",
-                             description=f"pixarc {kind} problems in {dest}")
-    message = f"{len(summary.problems)} problem(s) in {summary.found} item(s) of {dest}"
+                             description=f"pixarc {kind} problems in {remedy.absolute_uri(dest)}")
+    message = (f"{len(summary.problems)} problem(s) in {summary.found} item(s) of {remedy.absolute_uri(dest)}; "
+               f"next: {remedy.next_step(summary.problems, dest)}")
     get_run_logger().error(f"{kind}: {message}")
-    raise runs.ProblemsFound(message, summary)
+    return Failed(message=message, data=runs.ProblemsFound(message, summary))
 
 
 @flow(name="pixarc-restore", task_runner=ThreadPoolTaskRunner(max_workers=2))

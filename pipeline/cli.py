@@ -10,19 +10,15 @@ import sys
 from typing import Iterator
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__, jsonout, layout, plan, progress, storageopts
-# = intake.DEFAULT_MAX_BYTES, not imported from there: intake pulls in pyarrow (about half
-# a second), and a command's first progress line must come at once (tests check they agree)
-DEFAULT_MAX_BYTES = 1 << 30
+from . import __version__, jsonout, progress, storageopts
+from .cliopts import (ENGINE_HELP, engine_option, json_flag, no_progress_option, policy_help, runner_options,
+                      storage_options)
+from .console import console, err, say, styled, warn_text
 from .errors import PixarcError
-
-# Tables are wide; when piped (no terminal to measure) use 120 columns, not rich's 80.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True)
+from .limits import DEFAULT_MAX_BYTES
+from .remedy import INTEGRITY_PROBLEMS  # (re-exported: problems that mean the archive is damaged)
 
 
 def _prefect_defaults() -> None:
@@ -60,6 +56,8 @@ def _progress_lines() -> bool:
 
 @contextlib.contextmanager
 def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     from .progress import LineReporter, Rate
 
     if enabled and not jsonout.active() and _progress_lines():
@@ -101,62 +99,6 @@ def _progress(run_id: str, label: str, enabled: bool = True) -> Iterator[None]:
         progress.forget(run_id)
 
 
-def _remember_engine(ctx, _param, value):
-    ctx.meta["pixarc.engine"] = value
-    return value
-
-
-def engine_option(fn):
-    """--engine for the commands that run a flow (archive has its own, same choices)."""
-    return click.option("--engine", type=click.Choice(["auto", "prefect", "local"]), default="auto",
-                        show_default=True, expose_value=False, callback=_remember_engine,
-                        help="prefect: a Prefect flow run; local: the same job in this process (no API to start); "
-                             "auto: prefect when a Prefect server is configured (PREFECT_API_URL or profile), "
-                             "else local.")(fn)
-
-
-def _json_flag(command: str):
-    """--json: one JSON document on stdout instead of tables (see pixarc.jsonout)."""
-
-    def callback(ctx, _param, value):
-        if value:
-            jsonout.start(command)
-            console.quiet = True
-            ctx.call_on_close(_emit_json)
-        else:
-            jsonout.stop()
-            console.quiet = False
-        return value
-
-    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=callback, is_eager=True,
-                        help="Print one JSON document on stdout (fields: docs/operations.md, Scripting).")
-
-
-def _emit_json() -> None:
-    if jsonout.active():
-        click.echo(jsonout.dumps())
-        jsonout.stop()
-        console.quiet = False
-
-
-def _remember_storage(ctx, _param, value):
-    storageopts.add(value)
-    return value
-
-
-def runner_options(fn):
-    """--runner/--workers/--dask-address, shared by the commands that run a flow."""
-    fn = click.option("--storage-option", "storage_options", multiple=True, expose_value=False,
-                      callback=_remember_storage, metavar="[PROTOCOL.]KEY=VALUE",
-                      help="fsspec option for SRC/DEST storage, e.g. s3.endpoint_url=http://localhost:9000 "
-                           "(repeatable; without PROTOCOL it applies to the protocols of the URLs given).")(fn)
-    fn = click.option("--dask-address", default=None, help="Existing Dask scheduler (tcp://host:8786) for --runner dask.")(fn)
-    fn = click.option("--runner", type=click.Choice(["threads", "dask"]), default="threads", show_default=True,
-                      help="Task runner: a thread pool here, or Dask (a local cluster, or --dask-address).")(fn)
-    fn = click.option("--workers", default=2, show_default=True, help="Shards processed concurrently.")(fn)
-    return fn
-
-
 def _with_runner(flow, runner: str, workers: int, address: str | None):
     from .flows.runners import make_task_runner
 
@@ -181,10 +123,11 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
     problems still returns its summary (the caller reports them)."""
     from . import runs
 
-    run_id = plan.new_run_id()
+    from .plan import new_run_id
+
+    run_id = new_run_id()
     ctx = click.get_current_context()
     try:
-        storageopts.apply([params.get("dest"), params.get("out"), params.get("src")])
         choice = _engine(ctx.meta.get("pixarc.engine"), runner)
         with _progress(run_id, label, show):
             if choice == "local":
@@ -201,7 +144,7 @@ def _run_flow(flow, label: str, show: bool, runner: str, workers: int, address: 
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     if hasattr(result, "problems"):
-        jsonout.put(**jsonout.summary_fields(result), ok=not result.problems)
+        jsonout.put(**jsonout.summary_fields(result, flow.name.removeprefix("pixarc-")))
     elif isinstance(result, list):  # recompress: one summary per shard
         decisions = [d for r in result for d in r.decisions]
         todo = [d for d in decisions if d.action == "recompress"]
@@ -218,11 +161,6 @@ EXIT_INTEGRITY = 3  # the archive is damaged: bitstreams or manifest parts missi
 EXIT_UNAVAILABLE = 4  # could not run: DEST locked by another writer, disk full, permission denied, missing plugin
 
 
-# problems of verify/restore that mean the archive is damaged (else: environment or OUT)
-INTEGRITY_PROBLEMS = {"missing", "size_mismatch", "hash_mismatch", "corrupt_container", "verification_failed",
-                      "codec_error", "outside_dest", "corrupt_manifest_part", "orphan_bitstream", "rows_missing"}
-
-
 def _problems_exit(problems) -> int:
     reasons = {p.problem for p in problems}
     if reasons & INTEGRITY_PROBLEMS:
@@ -236,7 +174,7 @@ def _explain(exc: BaseException) -> tuple[str, int]:
     """One line a person can act on, and the exit status, for an error that ends a command."""
     import errno
 
-    from .errors import ManifestError, MissingPluginError
+    from .errors import ManifestError, MissingPluginError, storage_error
     from .lock import LockedError
 
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
@@ -251,22 +189,34 @@ def _explain(exc: BaseException) -> tuple[str, int]:
         return str(exc), EXIT_UNAVAILABLE
     if isinstance(exc, ManifestError):
         return f"{exc}; run pixarc repair DEST", EXIT_INTEGRITY
+    if storage_error(exc):
+        return (f"storage error: {type(exc).__name__}: {exc}; check the URL and --storage-option "
+                "(endpoint_url, credentials)"), EXIT_UNAVAILABLE
     return str(exc), EXIT_USAGE
 
 
 def _require_archive(dest: str) -> None:
     """Stop with "not a pixarc archive" (exit 2) before any flow starts."""
+    from .layout import require_archive
+
     try:
-        layout.require_archive(dest)
+        require_archive(dest)
     except PixarcError as exc:
         _fail(exc)
 
 
 def _fail(exc: BaseException) -> None:
+    sys.exit(_say_error(exc))
+
+
+def _say_error(exc: BaseException) -> int:
+    """Print the one line for ``exc``, record it for --json; the exit status it calls for."""
+    from .errors import storage_error
+
     text, code = _explain(exc)
-    jsonout.put(ok=False, error=text, reason=getattr(exc, "reason", type(exc).__name__))
-    err.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
-    sys.exit(code)
+    jsonout.fail(text, "storage_error" if storage_error(exc) else getattr(exc, "reason", type(exc).__name__))
+    err.print(styled(("error:", "red"), " ", text), soft_wrap=True)
+    return code
 
 
 def _device_value(_ctx, _param, value):
@@ -304,10 +254,8 @@ class PluginGroup(click.Group):
             groups = [root.command, *(c for c in root.command.commands.values() if isinstance(c, PluginGroup))]
             core = {g.plugin_group: set(g.commands) for g in groups if isinstance(g, PluginGroup)}
             commands, problems = plugin_commands(core)
-            from rich.markup import escape
-
-            for plugin, why in problems:  # escaped: a reason may hold brackets ("pixarc[learned]")
-                err.print(f"[yellow]plugin {escape(repr(plugin))} skipped[/yellow]: {escape(why)}", highlight=False)
+            for plugin, why in problems:
+                err.print(styled((f"plugin {plugin!r} skipped", "yellow"), ": ", why))
             found = root.meta["pixarc.plugin_commands"] = {}
             for c in commands:
                 found.setdefault(c.group, {})[c.command.name] = c.command
@@ -320,7 +268,53 @@ class PluginGroup(click.Group):
         return super().get_command(ctx, cmd_name) or self._plugin_commands(ctx).get(cmd_name)
 
 
-@click.group(cls=PluginGroup)
+class RootGroup(PluginGroup):
+    """The ``pixarc`` group: however a command ends (a return, ``sys.exit``, a usage error, a
+    crash), its ``--json`` document is printed once, with ``ok`` matching the exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            result = super().invoke(ctx)
+        except SystemExit as exc:
+            _end_json(_exit_code(exc.code), str(exc.code) if isinstance(exc.code, str) else None)
+            raise
+        except click.exceptions.Exit as exc:
+            _end_json(exc.exit_code)
+            raise
+        except click.ClickException as exc:
+            _end_json(exc.exit_code, exc.format_message(), "usage")
+            raise
+        except click.exceptions.Abort:
+            _end_json(1, "aborted", "aborted")
+            raise
+        except Exception as exc:
+            from .errors import storage_error
+
+            if storage_error(exc):  # the store refused or could not be reached: no bug, one line
+                code = _say_error(exc)
+                _end_json(code)
+                raise SystemExit(code) from None
+            _end_json(1, f"unexpected {type(exc).__name__}: {exc} (a pixarc bug; the traceback is on stderr)",
+                      "crash")
+            raise
+        _end_json(0)
+        return result
+
+
+def _exit_code(code) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def _end_json(code: int, error: str | None = None, reason: str | None = None) -> None:
+    if jsonout.active():
+        click.echo(jsonout.finish(code, error, reason))
+        jsonout.stop()
+        console.quiet = False
+
+
+@click.group(cls=RootGroup)
 @click.version_option(__version__, prog_name="pixarc")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, expose_value=False, callback=_set_log_level,
@@ -336,20 +330,19 @@ def main() -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dest")
-@click.option("--policy", default=None, help="Policy TOML (path/URL) or built-in name: default, fast, png, lossy, lowrate.")
+@click.option("--policy", default=None, help=policy_help("Routing policy [default: default]"))
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Prefect task each).")
 @runner_options
-@click.option("--engine", "engine_name", type=click.Choice(["auto", "prefect", "local"]), default="auto", show_default=True,
-              help="prefect: a Prefect flow run (local temporary API unless PREFECT_API_URL is set); "
-                   "local: the same job in this process, no orchestration; "
-                   "auto: prefect when a Prefect server is configured, else local.")
+@storage_options("src", "dest")
+@click.option("--engine", "engine_name", type=click.Choice(["auto", "prefect", "local"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
 @click.option("--include", multiple=True, expose_value=False, callback=lambda c, p, v: c.meta.update(include=v),
               help="Only keys matching this glob (repeatable; * crosses /).")
 @click.option("--exclude", multiple=True, expose_value=False, callback=lambda c, p, v: c.meta.update(exclude=v),
               help="Leave out keys matching this glob (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, expose_value=False,
               callback=lambda c, p, v: c.meta.update(limit=v), help="Archive at most this many new objects.")
-@_json_flag("archive")
+@json_flag("archive")
 @click.option("--dry-run", is_flag=True, help="Print the plan (domain -> codec) without writing anything.")
 @click.option("--device", default="auto", show_default=True, callback=_device_value,
               help="Device for codecs that use one: auto (a GPU when the worker has one), cpu, cuda, cuda:N.")
@@ -360,22 +353,23 @@ def main() -> None:
                    "instead of stopping.")
 @click.option("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, show_default=True,
               help="Refuse (rejected row) sources larger than this, from their size, before reading them; 0: no limit.")
-@click.option("--no-progress", is_flag=True)
+@no_progress_option
 def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine_name, dry_run, device, batch_size,
             follow_symlinks, wait, max_bytes, no_progress):
     """Archive every image under SRC into DEST (paths or fsspec URLs)."""
     try:
         if dry_run:
             return _dry_run(src, policy, dest)
-        run_id = plan.new_run_id()
+        from .plan import new_run_id
+
+        run_id = new_run_id()
         with _progress(run_id, "archive", not no_progress):
             summary = _run_archive(src, dest, policy, shard_size, (runner, workers, dask_address), engine_name, run_id,
                                    device, batch_size, follow_symlinks, wait, max_bytes)
     except (PixarcError, OSError) as exc:
         _fail(exc)
     t = summary.totals
-    console.print(
-        f"run {summary.run_id}: {summary.found} found, {summary.skipped} already archived, "
+    say(f"run {summary.run_id}: {summary.found} found, {summary.skipped} already archived, "
         + (f"{summary.still_rejected} rejected or unreadable earlier (same settings, not archived), "
            if summary.still_rejected else "")
         + (f"{summary.retried} rejected earlier, retried, " if summary.retried else "")
@@ -386,6 +380,8 @@ def archive(src, dest, policy, shard_size, workers, runner, dask_address, engine
     )
     _print_report(dest)
     if t.failed or t.errors:
+        jsonout.fail(f"{t.errors} object(s) ended in error, {t.failed} failed (their manifest rows say why)",
+                     "objects_failed")
         sys.exit(EXIT_FAILED)
 
 
@@ -396,7 +392,6 @@ def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, dev
     meta = click.get_current_context().meta
     select = {"include": list(meta.get("include") or ()), "exclude": list(meta.get("exclude") or ()),
               "limit": meta.get("limit")}
-    storageopts.apply([src, dest])
     kind, workers, address = runner
     if _engine(engine_name, kind) == "local":
         summary = runs.archive_job(runs.local_runner(workers), src, dest, policy, shard_size, run_id, device,
@@ -410,7 +405,7 @@ def _run_archive(src, dest, policy, shard_size, runner, engine_name, run_id, dev
         summary = flow(src=src, dest=dest, policy=policy, shard_size=shard_size, run_id=run_id, device=device,
                        batch_size=batch_size, follow_symlinks=follow_symlinks, wait=wait, max_bytes=max_bytes,
                        **select)
-    jsonout.put(**jsonout.summary_fields(summary), ok=not (summary.totals.failed or summary.totals.errors))
+    jsonout.put(**jsonout.summary_fields(summary, "archive"))
     return summary
 
 
@@ -419,7 +414,6 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
     from .crawl import key_filter
 
     meta = click.get_current_context().meta
-    storageopts.apply([src, dest])
     plan = dry_run(src, dest, policy_path, key_filter(meta.get("include") or (), meta.get("exclude") or ()),
                    meta.get("limit"))
     jsonout.put(dry_run=True, src=src, dest=dest, policy=plan.policy, found=plan.found, skipped=plan.skipped,
@@ -432,8 +426,8 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
     for r in plan.rows:
         table.add_row(r["key"], r["action"], r["domain"], r["confidence"], r["route"], r["codec"], r["note"])
     console.print(table)
-    console.print(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
-                  f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
+    say(f"{plan.found} found, {plan.skipped} already archived (skipped), {plan.to_archive} to archive "
+        f"({plan.bytes_to_archive / 1e6:.2f} MB)" + (" — stopped at --limit" if plan.limited else ""))
     costs = plan.costs.rows()
     if costs:
         from .dryrun import CROP, SEARCH_PROBES
@@ -445,9 +439,9 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
         for c in costs:
             est.add_row(c.codec, str(c.images), f"{c.megapixels:.1f}", c.work, f"{c.seconds_per_mp:.2f}",
                         f"{c.seconds:.0f}")
-        console.print(est)
+        say(est)
         total = sum(c.seconds for c in costs if c.seconds == c.seconds)
-        console.print(f"estimated encode time: about {total:.0f} s on one core (checks and I/O not included)")
+        say(f"estimated encode time: about {total:.0f} s on one core (checks and I/O not included)")
 
 
 # --------------------------------------------------------------------------- restore / verify
@@ -463,12 +457,13 @@ def _dry_run(src: str, policy_path: str | None, dest: str) -> None:
 @click.option("--as-of", default=None, help="Restore what the archive held at this ISO time (UTC unless stated).")
 @click.option("--overwrite", is_flag=True, help="Replace files already in OUT (default: keep them, report skipped).")
 @runner_options
+@storage_options("dest", "out")
 @engine_option
-@_json_flag("restore")
+@json_flag("restore")
 @click.option("--device", default="cpu", show_default=True, callback=_device_value,
               help="Device for decoding with codecs that use one: cpu (what every bitstream was checked on), "
                    "auto, cuda, cuda:N.")
-@click.option("--no-progress", is_flag=True)
+@no_progress_option
 def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runner, dask_address, device, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
     _prefect_defaults()
@@ -478,13 +473,11 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
     s = _run_flow(restore_flow, "restore", not no_progress, runner, workers, dask_address,
                   dest=dest, out=out, pattern=pattern, domain=domain, version=version, as_of=as_of,
                   overwrite=overwrite, device=device)
-    console.print(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
-                  + (f"; {s.totals.lossy} of them lossy: approximations of the originals, named <key>.lossy.png"
-                     if s.totals.lossy else "")
-                  + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
-    _print_problems(s.problems)
-    if s.problems:
-        sys.exit(_problems_exit(s.problems))
+    say(f"restored {s.totals.done} of {s.found} image(s) into {out} ({s.totals.bytes_written} bytes)"
+        + (f"; {s.totals.lossy} of them lossy: approximations of the originals, named <key>.lossy.png"
+           if s.totals.lossy else "")
+        + (f"; {s.skipped} already in OUT, kept (--overwrite to replace)" if s.skipped else ""))
+    _exit_on_problems(s.problems, dest)
 
 
 @main.command()
@@ -493,12 +486,13 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
 @click.option("--sources", is_flag=True, help="Also re-hash the originals against their archived sha256.")
 @click.option("--json-out", default=None, help="Write the result as JSON to this path.")
 @runner_options
+@storage_options("dest")
 @engine_option
-@_json_flag("verify")
+@json_flag("verify")
 @click.option("--device", default="cpu", show_default=True, callback=_device_value,
               help="Device for decoding with codecs that use one: cpu (what every bitstream was checked on), "
                    "auto, cuda, cuda:N.")
-@click.option("--no-progress", is_flag=True)
+@no_progress_option
 @click.option("--record", is_flag=True,
               help="Add this verify's outcome to DEST's run records (shown by pixarc report). Without it "
                    "verify writes nothing into DEST (read-only archives are verified too).")
@@ -511,14 +505,36 @@ def verify(dest, full, sources, json_out, workers, runner, dask_address, device,
     s = _run_flow(verify_flow, "verify" + (" --full" if full else ""), not no_progress, runner, workers,
                   dask_address, dest=dest, full=full, sources=sources, device=device, record=record)
     mode = "full" if full else "fast"
-    console.print(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
+    say(f"verify ({mode}): {s.totals.done} of {s.found} bitstream(s) OK, {len(s.problems)} problem(s)")
     _print_problems(s.problems)
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"run_id": s.run_id, "mode": mode, "checked": s.found, "ok": s.totals.done,
                        "problems": [p.__dict__ for p in s.problems]}, f, indent=2)
-    if s.problems:
-        sys.exit(_problems_exit(s.problems))
+    _exit_on_problems(s.problems, dest)
+
+
+def _exit_on_problems(problems, dest: str) -> None:
+    """Print the problems a run found and what to do next; end with the exit status they call for."""
+    _print_problems(problems)
+    code = _problems_exit(problems)
+    if code:
+        from .remedy import next_step
+
+        step = next_step(problems, dest)
+        err.print(styled(("next:", "bold"), " ", step), soft_wrap=True)
+        jsonout.put(next_step=step)
+        counts = {}
+        for p in problems:
+            counts[p.problem] = counts.get(p.problem, 0) + 1
+        what = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        from .remedy import SOURCE_PROBLEMS
+
+        reason = {EXIT_INTEGRITY: "integrity", EXIT_UNAVAILABLE: "missing_plugin"}.get(code, "not_written")
+        if code == EXIT_FAILED and set(counts) <= SOURCE_PROBLEMS:
+            reason = "source_problems"
+        jsonout.fail(f"{len(problems)} problem(s): {what}", reason)
+        sys.exit(code)
 
 
 def _print_problems(problems) -> None:
@@ -537,18 +553,19 @@ def _print_problems(problems) -> None:
 
 @main.command()
 @click.argument("dest")
-@click.option("--policy", default=None, help="The policy to recompress towards (default: the built-in default).")
+@click.option("--policy", default=None, help=policy_help("The policy to recompress towards [default: default]"))
 @click.option("--min-saving", default=0.1, show_default=True, help="Re-encode when the policy saves at least this fraction.")
 @click.option("--apply", is_flag=True, help="Write the new bitstreams (without it: print the plan only).")
 @click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
               help="With --apply, when another run writes DEST: wait for it (up to SECONDS).")
 @runner_options
+@storage_options("dest")
 @engine_option
-@_json_flag("recompress")
+@json_flag("recompress")
 @click.option("--device", default="cpu", show_default=True, callback=_device_value,
               help="Device for codecs that use one (decoding lossless rows, trial and new encodes): cpu, auto, "
                    "cuda, cuda:N. New bitstreams are decode-checked on the CPU too.")
-@click.option("--no-progress", is_flag=True)
+@no_progress_option
 def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_address, device, no_progress):
     """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
     _prefect_defaults()
@@ -571,20 +588,18 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
     after = sum(d.new_bytes for d in todo)
     skipped = [d for d in decisions if d.action == "skip"]
     estimated = [d for d in decisions if d.estimated]
-    console.print(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes"
-                  + (" (an estimate)" if any(d.estimated for d in todo) else "") + f"; "
-                  f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
+    say(f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {before} -> {after} bytes"
+        + (" (an estimate)" if any(d.estimated for d in todo) else "") + "; "
+        f"{len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))
     if estimated:
-        console.print(f"{len(estimated)} of {len(decisions)} decision(s) estimated from {len(decisions) - len(estimated)} "
-                      f"sampled encode(s) of rows like them (same route, codec and parameters); --apply encodes each")
+        say(f"{len(estimated)} of {len(decisions)} decision(s) estimated from {len(decisions) - len(estimated)} "
+            f"sampled encode(s) of rows like them (same route, codec and parameters); --apply encodes each")
     from .checks import Problem
 
     damaged = [Problem(d.key, d.problem, d.reason) for d in decisions if d.problem in INTEGRITY_PROBLEMS]
     if damaged:  # damage found by any command is damage: say so, and in the exit status
-        err.print(f"{len(damaged)} bitstream(s) are damaged and were not re-encoded; "
-                  f"run pixarc verify {dest} --full, then pixarc repair {dest}")
-        _print_problems(damaged)
-        sys.exit(_problems_exit(damaged))
+        err.print(f"{len(damaged)} bitstream(s) are damaged and were not re-encoded")
+        _exit_on_problems(damaged, dest)
 
 
 @main.command()
@@ -592,6 +607,8 @@ def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_addr
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, delete nothing.")
 @click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
               help="When another run writes DEST: wait for it (up to SECONDS).")
+@storage_options("dest")
+@json_flag("prune")
 def prune(dest, dry_run, wait):
     """Delete the bitstreams of old versions (the only command that deletes archived data)."""
     from .prune import prune as run
@@ -601,14 +618,17 @@ def prune(dest, dry_run, wait):
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     for rel in s.paths:
-        console.print(("would delete " if dry_run else "deleted ") + rel)
-    console.print(f"{len(s.paths)} old-version bitstream(s), {s.bytes} bytes" + (" (dry run)" if dry_run else ""))
+        say(("would delete " if dry_run else "deleted ") + rel)
+    say(f"{len(s.paths)} old-version bitstream(s), {s.bytes} bytes" + (" (dry run)" if dry_run else ""))
+    jsonout.put(dest=dest, dry_run=dry_run, paths=list(s.paths), bytes=s.bytes)
 
 
 @main.command()
 @click.argument("dest")
 @click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0,
               help="When another run writes DEST: wait for it (up to SECONDS).")
+@storage_options("dest")
+@json_flag("repair")
 def repair(dest, wait):
     """Rebuild damaged manifest parts from the bitstreams' headers; re-encode missing or damaged
     bitstreams from originals that still match their sha256. Exit 3 if something stays broken."""
@@ -618,11 +638,14 @@ def repair(dest, wait):
         s = run(dest, wait=wait)
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
-    console.print(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
-                  f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
+    say(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
+        f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
     for key, why in s.unrepairable:
-        console.print(f"[red]not repaired:[/red] {key}: {why}", highlight=False)
+        say(styled(("not repaired:", "red"), f" {key}: {why}"))
+    jsonout.put(run_id=s.run_id, parts_rebuilt=s.parts_rebuilt, rows_rebuilt=s.rows_rebuilt,
+                reencoded=list(s.reencoded), unrepairable=[{"key": k, "reason": why} for k, why in s.unrepairable])
     if s.unrepairable:
+        jsonout.fail(f"{len(s.unrepairable)} item(s) could not be repaired", "unrepairable")
         sys.exit(EXIT_INTEGRITY)
 
 
@@ -634,22 +657,28 @@ def repair(dest, wait):
               help="Seconds between archive runs (instead of --archive-cron).")
 @click.option("--verify-cron", default="0 3 * * 0", show_default=True, help="Cron for full verify runs ('' to disable).")
 @click.option("--recompress-cron", default=None, help="Cron for recompress --apply runs.")
-@click.option("--policy", default=None)
-@click.option("--min-saving", default=0.1, show_default=True)
+@click.option("--policy", default=None, help=policy_help("Policy of the archive and recompress runs"))
+@click.option("--min-saving", default=0.1, show_default=True,
+              help="Recompress runs re-encode rows the policy stores at least this fraction smaller.")
 @click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Images per shard of each run.")
 @runner_options
+@storage_options("src", "dest")
 def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cron, policy, min_saving, shard_size,
           workers, runner, dask_address):
     """Serve scheduled deployments (archive, verify, recompress) for DEST until stopped (SIGTERM or Ctrl-C)."""
     import signal
 
+    # The runs execute in other processes, maybe other folders, and their artifacts are read
+    # elsewhere: local paths go into the deployments absolute.
+    dest, src = (os.path.abspath(p) if p and "://" not in p else p for p in (dest, src))
     try:  # what a run would refuse, refused now: a bad policy, a DEST that archives another source
         from .archive import cached_policy
 
         cached_policy(policy)
-        storageopts.apply([src, dest])
         if src:
-            layout.claim_dest(src, dest)
+            from .layout import claim_dest
+
+            claim_dest(src, dest)
     except (PixarcError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     _prefect_defaults()
@@ -667,7 +696,7 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
     for d in deployments:
         sched = d.schedules[0].schedule if d.schedules else None
         when = getattr(sched, "cron", None) or (f"every {sched.interval}" if sched is not None else "manual")
-        console.print(f"serving {d.name}: {when}")
+        say(f"serving {d.name}: {when}")
 
     def stop(*_args):  # SIGTERM (systemd, docker stop, kill) ends like Ctrl-C
         os.kill(os.getpid(), signal.SIGINT)
@@ -679,6 +708,12 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
 
     Runner.handle_sigterm = lambda self, *args, **kwargs: stop()
     signal.signal(signal.SIGTERM, stop)
+    # A background job of a script starts with SIGINT ignored (the shell does that), and then
+    # neither Python nor asyncio installs its Ctrl-C handling: the SIGINT that stop() sends
+    # would be dropped and serve would go on scheduling runs. Restore the default handler so
+    # SIGTERM stops serve however it was started.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         prefect_serve(*deployments)
     except KeyboardInterrupt:
@@ -692,8 +727,10 @@ def serve(dest, src, archive_cron, archive_interval, verify_cron, recompress_cro
 
 @main.command()
 @click.argument("dest")
-@click.option("--html", "html_out", default=None, help="Also write a self-contained HTML report (tables + plots) here.")
-@_json_flag("report")
+@click.option("--html", "html_out", default=None, help="Also write a self-contained HTML report here: per domain the bytes against the originals and "
+                   "the best single codec and a table of every image; errors; low confidence; operating points.")
+@storage_options("dest")
+@json_flag("report")
 def report(dest, html_out):
     """Tables by domain guess, route taken and codec (bytes, bpp, PSNR, MS-SSIM); low-confidence
     images; what is not archived and why; last run (date, policy) and last verify."""
@@ -702,14 +739,14 @@ def report(dest, html_out):
         if html_out:
             from .manifest import latest, read_manifest, rows_from_table
             from .plugins import default_registry
-            from .report import html_report
+            from .htmlreport import html_report
 
             table = latest(read_manifest(dest, damaged=[]))
             extra = [sec for answer in default_registry().pm.hook.report_sections(rows=table) if answer
                      for sec in answer]
             with open(html_out, "w") as f:
                 f.write(html_report(dest, rows_from_table(table), extra))
-            console.print(f"wrote {html_out}")
+            say(f"wrote {html_out}")
             jsonout.put(html=html_out)
         from .state import manifest_problems
 
@@ -717,9 +754,9 @@ def report(dest, html_out):
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     for p in damaged:
-        err.print(f"[red]warning:[/red] {p.key}: {p.detail} (its rows are left out of this report)", highlight=False)
+        err.print(styled(("warning:", "red"), f" {p.key}: {p.detail} (its rows are left out of this report)"))
     if damaged:
-        jsonout.put(ok=False, error=f"{len(damaged)} damaged manifest part(s)", reason="corrupt_manifest_part")
+        jsonout.fail(f"{len(damaged)} damaged manifest part(s); run pixarc repair {dest}", "corrupt_manifest_part")
         sys.exit(EXIT_INTEGRITY)
 
 
@@ -745,7 +782,7 @@ def _print_report(dest: str, details: bool = False) -> None:
         )
     console.print(table)
     if statuses:
-        console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+        say("status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
     best = best_of_savings(rows)
     if best:
         t = Table(title="per-image best-of: what each codec alone would have stored")
@@ -757,7 +794,7 @@ def _print_report(dest: str, details: bool = False) -> None:
     from .report import rd_summary
 
     for s in rd_summary(rows):
-        console.print("per-image selection: " + s.text())
+        say("per-image selection: " + s.text())
     if not details:
         return
     if data["low_confidence"]:
@@ -776,11 +813,11 @@ def _print_report(dest: str, details: bool = False) -> None:
             t.add_row(r["key"], r["status"], r["reason"], r["message"])
         console.print(t)
     for line in run_lines(data):
-        console.print(line)
+        say(line)
 
 
 @main.command()
-@_json_flag("plugins")
+@json_flag("plugins")
 def plugins():
     """List loaded plugins, their hooks, codecs and classifiers, and which cannot run here and why."""
     from .plugins import default_registry
@@ -801,13 +838,13 @@ def plugins():
             why = f"nothing registered: {', '.join(missing)} not installed ({LEARNED_HINT})" if missing else \
                 "nothing registered"
         table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks),
-                      provides or f"[yellow]{why}[/yellow]")
+                      provides or warn_text(why or ""))
         plugin_docs.append({"name": p.name, "module": p.module, "distribution": p.distribution,
                             "version": p.version, "hooks": list(p.hooks), "codecs": list(p.codecs),
                             "classifiers": list(p.classifiers), "unavailable_reason": why})
     console.print(table)
     if missing:
-        console.print(f"learned codecs unavailable: {', '.join(missing)} not installed ({LEARNED_HINT})")
+        say(f"learned codecs unavailable: {', '.join(missing)} not installed ({LEARNED_HINT})")
     codecs = Table(title="codecs")
     for col in ("codec", "lossless", "modes", "version", "params", "available"):
         codecs.add_column(col)
@@ -815,12 +852,12 @@ def plugins():
     for cid in sorted(reg.codecs):
         cls = reg.codecs[cid]
         why = reg.unavailable_reason("codec", cid)
-        c = reg.codec(cid) if why is None or "unavailable" not in why else None
+        version, broken = _codec_version(reg, cid)
+        why = why or broken
         params = ", ".join(f"{k}={v.default}" for k, v in cls.params_schema.items())
-        version = c.version() if c is not None else "-"
         modes = " ".join(sorted(cls.modes)) if cid != "store" else "any"
         codecs.add_row(cid, "yes" if cls.lossless else "no", modes, version, params,
-                       "yes" if why is None else f"[yellow]no[/yellow]: {why}")
+                       "yes" if why is None else styled(("no", "yellow"), ": ", why))
         codec_docs.append({"codec": cid, "plugin": reg.owner.get(cid, ""), "lossless": bool(cls.lossless),
                            "modes": modes.split(), "version": version, "params": {k: v.default for k, v in
                                                                                    cls.params_schema.items()},
@@ -832,18 +869,34 @@ def plugins():
         classifier_docs.append({"classifier": name, "plugin": reg.owner.get(name, ""), "available": why is None,
                                 "unavailable_reason": why})
         if why:
-            console.print(f"classifier {name}: [yellow]unavailable[/yellow]: {why}")
+            say(styled(f"classifier {name}: ", ("unavailable", "yellow"), ": ", why))
     jsonout.put(plugins=plugin_docs, codecs=codec_docs, classifiers=classifier_docs,
                 learned_dependencies_missing=missing)
 
 
+def _codec_version(reg, cid: str) -> tuple[str, str | None]:
+    """A codec's version, or ("-", why) when it cannot be made or asked here (a learned
+    codec asks torch for its version: without torch that is an ImportError)."""
+    from .plugins import missing_dependency
+
+    try:
+        return reg.codec(cid).version(), None
+    except PixarcError as exc:
+        return "-", str(exc)
+    except ImportError as exc:
+        return "-", f"{cid}: {missing_dependency(exc)}"
+
+
 @main.command()
 @click.argument("src")
-@click.option("--policy", default=None, help="Policy whose classifier to use.")
+@click.option("--policy", default=None, help=policy_help("Policy whose classifier to use"))
 @click.option("--jsonl", "as_json", is_flag=True, help="One JSON object per line, as each image is classified.")
-@_json_flag("classify")
+@storage_options("src")
+@json_flag("classify")
 def classify(src, policy, as_json):
     """Print the domain and confidence of every image under SRC."""
+    if as_json and jsonout.active():  # one JSON document per command, or a stream of lines: not both
+        raise click.UsageError("--jsonl and --json exclude each other")
     from .classify import pick_classifier
     from .crawl import crawl
     from .intake import intake
@@ -898,22 +951,28 @@ def train():
 @click.option("--filter", "pattern", default="*", show_default=True, help="Glob on archived keys.")
 @click.option("--domain", default=None, help="Only this domain.")
 @click.option("--workers", default=2, show_default=True, help="Shards restored concurrently.")
-@_json_flag("export-bagit")
-def export_bagit(dest, out, pattern, domain, workers):
-    """Restore DEST's images (checked) into OUT and make OUT a BagIt bag (sha256 + sha512)."""
+@click.option("--originals", is_flag=True,
+              help="Bag the original files (read from their archived URIs, checked against their sha256) "
+                   "instead of restored images.")
+@storage_options("dest")
+@json_flag("export-bagit")
+def export_bagit(dest, out, pattern, domain, workers, originals):
+    """Restore DEST's images (checked) into OUT, or with --originals copy the originals, and make
+    OUT a BagIt bag (sha256 + sha512); pixarc-sources.tsv gives each file's original sha256."""
     from .bagexport import export_bagit as run
 
     try:
-        res = run(dest, out, pattern, domain, workers)
+        res = run(dest, out, pattern, domain, workers, originals=originals)
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
-    jsonout.put(out=res.out, run_id=res.run_id, images=res.images, payload_bytes=res.payload_bytes,
-                problems=res.problems, ok=not res.problems, bag=not res.problems)
+    jsonout.put(out=res.out, run_id=res.run_id, payload=res.payload, images=res.images,
+                payload_bytes=res.payload_bytes, identical_to_sources=res.identical, problems=res.problems,
+                bag=not res.problems)
     if res.problems:
-        _print_problems(res.problems)
-        err.print(f"[red]no bag made[/red]: {len(res.problems)} problem(s) restoring {dest}")
-        sys.exit(_problems_exit(res.problems))
-    console.print(f"bag {out}: {res.images} image(s), {res.payload_bytes} bytes, restore run {res.run_id}")
+        err.print(styled(("no bag made", "red"), f": {len(res.problems)} problem(s) restoring {dest}"))
+        _exit_on_problems(res.problems, dest)
+    say(f"bag {out}: {res.images} {res.payload} image(s), {res.payload_bytes} bytes, "
+        f"{res.identical} byte-identical to their originals (pixarc-sources.tsv), run {res.run_id}")
 
 
 def run() -> None:

@@ -64,3 +64,19 @@ class NotAnArchiveError(PixarcError):
     """The path given as DEST holds no pixarc archive."""
 
     reason = "not_an_archive"
+
+
+# Packages whose exceptions mean "the object store refused or could not be reached"
+# (a wrong endpoint, missing credentials, a network failure): an environment problem the
+# operator fixes with the URL or --storage-option, not a pixarc bug.
+_STORAGE_PACKAGES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "google", "azure")
+
+
+def storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) comes from an object-store backend."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if type(exc).__module__.split(".")[0] in _STORAGE_PACKAGES:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import pluggy
 
-from .classify import Classification, Classifier
-from .codec import Codec
-from .images import ImageInfo
-from .manifest import ManifestRow
-from .policy import Policy, Route
+if TYPE_CHECKING:  # records for the signatures only: a plugin imports this module cheaply
+    import click  # (the CLI lists plugin commands for --help without pyarrow or numpy)
 
-if TYPE_CHECKING:  # click is only needed to type the command hook; the CLI imports it
-    import click
+    from .classify import Classification, Classifier
+    from .codec import Codec
+    from .images import ImageInfo
+    from .manifest import ManifestRow
+    from .policy import Policy, Route
 
 hookspec = pluggy.HookspecMarker("pixarc")
 hookimpl = pluggy.HookimplMarker("pixarc")

@@ -24,7 +24,7 @@ from .storage import check_size, get_fs, open_source, safe_key
 REJECT_REASONS = frozenset({"too_large", "format_not_allowed", "unsafe_key", "key_collision", "not_regular_file",
                             "duplicate_key"})
 NO_CLASSIFIER = "none"  # policy ``classifier = "none"``: every image takes the unknown route
-DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a source is held in memory while it is archived
+from .limits import DEFAULT_MAX_BYTES  # noqa: E402,F401  (re-exported: callers import it from here)
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """``--json``: one JSON document on stdout per command, for scripts.
 
-The document always has ``pixarc`` (version), ``command`` and ``ok`` (false when the
-command's exit status is non-zero for a reason it knows: problems found, images failed,
-an error); the rest depends on the command and is documented in docs/operations.md
-("Scripting"). Tables and messages are not printed in this mode; errors still go to
-stderr as text.
+The document always has ``pixarc`` (version), ``command`` and ``ok``: ``ok`` is true
+exactly when the command's exit status is 0, and when it is false the document also has
+``error`` (one line a person can act on) and ``reason`` (a stable code). The rest depends
+on the command and is documented in docs/operations.md ("Scripting"). Tables and
+messages are not printed in this mode; errors still go to stderr as text.
 
-A command collects its fields with :func:`put` while it runs; the CLI prints the
-document once when the command ends (also after ``sys.exit``), so there is exactly one
-document even on failure.
+A command collects its fields with :func:`put` (and :func:`fail` for why it failed) while
+it runs; the CLI's top-level group calls :func:`finish` with the exit status once the
+command has ended, however it ended (a normal return, ``sys.exit``, a usage error, a
+crash), so there is exactly one document and it never says ``ok`` beside a failure.
 """
 
 from __future__ import annotations
@@ -56,12 +57,44 @@ def plain(value: Any) -> Any:
     return value
 
 
+def fail(error: str, reason: str) -> None:
+    """Say why the command is about to end with a non-zero exit status (the first reason
+    given wins: it is the one closest to the cause)."""
+    if _doc is not None and "error" not in _doc:
+        _doc.update(ok=False, error=error, reason=reason)
+
+
+def finish(code: int, error: str | None = None, reason: str | None = None) -> str:
+    """The document for a command that ended with exit status ``code``; ``ok`` follows the
+    status, and a failure without a recorded cause gets ``error``/``reason`` from here."""
+    assert _doc is not None
+    if code:
+        fail(error or f"exit status {code}", reason or "failed")
+        _doc["ok"] = False
+    else:
+        _doc["ok"] = True
+        _doc.pop("error", None)
+        _doc.pop("reason", None)
+    return dumps()
+
+
 def dumps() -> str:
     return json.dumps(_doc, indent=2, sort_keys=False)
 
 
-def summary_fields(summary: Any) -> dict[str, Any]:
-    """A RunSummary as fields of the document (problems listed, totals flattened once)."""
+# The documented ``totals`` of each job (docs/operations.md): per-shard bookkeeping (the
+# shard index, the problems listed once at the top level) is not part of a run's totals.
+_TOTALS = {
+    "archive": ("images", "done", "reused", "rejected", "errors", "failed", "source_bytes", "archive_bytes",
+                "seconds", "workers"),
+    "restore": ("done", "skipped", "bytes_written"),
+    "verify": ("done",),
+}
+
+
+def summary_fields(summary: Any, job: str) -> dict[str, Any]:
+    """A run summary as fields of the document: the run's totals (archive: ``seconds`` is
+    the run's wall-clock time), its problems listed once."""
     d = plain(summary)
     return {"run_id": d["run_id"], "found": d["found"], "skipped": d["skipped"], "shards": d["shards"],
-            "totals": d["totals"], "problems": d.get("problems", [])}
+            "totals": {k: d["totals"][k] for k in _TOTALS[job]}, "problems": d.get("problems", [])}

@@ -128,6 +128,7 @@ class LearnedCodec(Codec):
     restore_device = CPU
     batch_hint = 8
     memory_hint_mb = 1024
+    requires: ClassVar[tuple[str, ...]] = ("torch",)  # modules the codec cannot run without
 
     def __init__(self) -> None:
         self.weights: list[WeightsFile] = self.find_weights()
@@ -140,7 +141,9 @@ class LearnedCodec(Codec):
     def shipped_weights(cls) -> Path:
         if cls.weights_dir is not None:
             return Path(cls.weights_dir)
-        return Path(sys.modules[cls.__module__].__file__).parent / "weights"
+        from .weights import shipped_weights_dir
+
+        return shipped_weights_dir(sys.modules[cls.__module__].__file__)
 
     def find_weights(self) -> list[WeightsFile]:
         """Every usable weights file, in search order (the first match wins). Reads JSON
@@ -213,10 +216,22 @@ class LearnedCodec(Codec):
         return any(w.sha256 == sha256 for w in self.weights)
 
     def unsupported_reason(self, info):
+        missing = self.missing_requirements()
+        if missing:  # said before anything imports them (``version()`` would import torch)
+            from .plugins import LEARNED_HINT
+
+            return f"{self.codec_id}: needs {', '.join(missing)}, which is not installed ({LEARNED_HINT})"
         reason = super().unsupported_reason(info)
         if reason is None and not self.encoding_weights:
             reason = self.missing_weights()
         return reason
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """Which of :attr:`requires` are not installed (looked up, not imported)."""
+        import importlib.util
+
+        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
     # ------------------------------------------------------------------ models
 

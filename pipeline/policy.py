@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import fsspec
 
 from .classify import DOMAINS, UNKNOWN
 from .errors import PolicyError
 from .images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 STORE = "store"
-BUILTIN = ("default", "fast", "png", "lossy", "lowrate")  # pixarc/policies/<name>.toml
 SELECTIONS = ("first", "smallest", "rd")  # rd: see encode.rd_key
 
 
@@ -106,17 +104,23 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
 
 
 def load_policy(path: str | None = None) -> Policy:
-    """Load a policy from a path/URL, a built-in name (:data:`BUILTIN`), or the default."""
-    if path is None or path in BUILTIN:
+    """Load a policy from a path/URL, a built-in name (:func:`builtin_policies`), or the default."""
+    from .policies import builtin_policies
+
+    builtins = builtin_policies()
+    if path is None or path in builtins:
         name = path or "default"
         text = resources.files("pixarc.policies").joinpath(f"{name}.toml").read_text()
     else:
+        import fsspec  # here: the router plugin imports this module for `pixarc --help`
+
         name = path
         try:
             with fsspec.open(path, "r") as f:
                 text = f.read()
         except FileNotFoundError:
-            raise PolicyError(f"policy file not found: {path}") from None
+            raise PolicyError(f"policy {path!r} not found: it is neither a built-in policy "
+                              f"({', '.join(builtins)}) nor an existing policy file") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -82,7 +82,7 @@ class Rate:
         seconds = max(self._clock() - self._t0, 1e-6)
         out = f"{self.items / seconds:.1f} img/s"
         if self.bytes:
-            out += f" {self.bytes / seconds / 1e6:.1f} MB/s"
+            out += " " + byte_rate(self.bytes / seconds)
         return out
 
 
@@ -134,3 +134,11 @@ class LineReporter:
         self._stop.set()
         self._thread.join()
         self._write(self.line() + (" (stopped)" if exc[0] else " (finished)"))
+
+
+def byte_rate(per_second: float) -> str:
+    """Bytes per second in a unit that shows them (a slow lossy run is kB/s, not "0.0 MB/s")."""
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if per_second >= scale:
+            return f"{per_second / scale:.1f} {unit}"
+    return f"{per_second:.0f} B/s"

@@ -135,6 +135,8 @@ def archive_job(run: ShardRunner, src: str, dest: str, policy: str | None = None
     pol = cached_policy(policy)  # fail fast on a bad policy, before taking the lease
     summary = run_job(job, run, workers, wait)
     seconds = time.perf_counter() - t0
+    # A run's time is its wall-clock time; the shards' times added up count parallel work twice.
+    summary.totals.seconds = round(seconds, 3)
     runstats.write(dest, runstats.record(
         "archive", job.run_id, dest, started, seconds, engine=_engine_of(run), workers=workers, src=src,
         policy=pol.name, policy_source=policy or "default", include=list(include), exclude=list(exclude),

@@ -13,9 +13,6 @@ import json
 import os
 from typing import Iterable
 
-import fsspec.config
-from fsspec.core import split_protocol
-
 _pending: list[tuple[str | None, str, object]] = []
 
 
@@ -47,6 +44,9 @@ def reset() -> None:
 
 def apply(urls: Iterable[str | None]) -> dict[str, dict[str, object]]:
     """Set the remembered options for their protocol, or for the protocols of ``urls``."""
+    import fsspec.config
+    from fsspec.core import split_protocol
+
     protocols = sorted({split_protocol(u)[0] or "file" for u in urls if u})
     applied: dict[str, dict[str, object]] = {}
     for protocol, name, value in _pending:

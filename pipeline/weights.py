@@ -19,8 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from .errors import PixarcError
 
 
@@ -48,6 +46,8 @@ def load_weights(uri: str | os.PathLike, sha256: str, map_location: str = "cpu")
     if not sha256 or len(sha256) != 64:
         raise WeightsError(f"refusing to load {uri} without a sha256 to check it against")
     try:
+        import fsspec  # here, not at import: plugins load this module for `pixarc --help`
+
         with fsspec.open(str(uri), "rb") as f:
             data = f.read()
     except (OSError, ValueError) as exc:
@@ -106,3 +106,20 @@ def save_weights(out_dir: str | os.PathLike, name: str, state: dict, entry: dict
     doc["files"][name] = entry
     manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
     return entry
+
+
+def shipped_weights_dir(plugin_file: str | os.PathLike) -> Path:
+    """Where the weights a plugin ships live: ``weights/`` beside the plugin's module in a
+    checkout (where training writes them), else the plugin's folder of the
+    ``pixarc-weights`` distribution (what ``pip install 'pixarc[learned]'`` brings; the core
+    wheel carries no weights)."""
+    here = Path(plugin_file).resolve().parent
+    beside = here / "weights"
+    if (beside / "weights.json").exists():
+        return beside
+    try:
+        import pixarc_weights
+    except ImportError:
+        return beside  # none installed: the plugin says so (no weights; pip install 'pixarc[learned]')
+    packaged = Path(pixarc_weights.__file__).resolve().parent / here.name
+    return packaged if (packaged / "weights.json").exists() else beside

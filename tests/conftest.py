@@ -1,12 +1,27 @@
 """Shared fixtures. Prefect runs against a throw-away home; no installed third-party
-plugin is loaded (the allowlist names the built-ins)."""
+plugin is loaded (the allowlist names the built-ins).
+
+Prefect: every test that runs a flow is marked ``prefect`` and talks to one real API
+server for the whole session (:func:`prefect_server`), started once with a patient
+start-up timeout and stopped (its whole process group) when the session ends. Prefect's
+temporary per-process API is switched off: each one is a server start that times out on
+a busy machine ("Timed out while attempting to connect to ephemeral Prefect API server")
+and a process that can outlive the test that started it.
+"""
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="pixarc-prefect-")
@@ -16,6 +31,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # run loggers reach the 
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # a quiet console
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"  # a flow outside the `prefect` fixture fails loudly
 os.environ["PIXARC_PLUGINS"] = "png,webp,jpeg,jxl,avif,store,stats_classifier,default_router"  # + adaptive where a test sets weights
 os.environ.pop("PIXARC_DISABLE_PLUGINS", None)
 
@@ -25,6 +41,94 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
+
+
+# Seconds the session's Prefect server may take to answer /health: it is started once, and
+# a loaded 2-core machine was seen to need over a minute.
+PREFECT_SERVER_START_TIMEOUT = float(os.environ.get("PIXARC_TEST_PREFECT_START_TIMEOUT", "600"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to the process group of ``proc`` (a server and its workers), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for_health(api: str, proc: subprocess.Popen, seconds: float, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(api + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"prefect server not healthy after {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api: str  # http://127.0.0.1:PORT/api
+    log: Path  # the server's stdout and stderr
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> PrefectServer:
+    """One real ``prefect server`` (SQLite, its own home) for the session."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_LOGGING_LEVEL": "WARNING",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = home / "server.log"
+    with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the server
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    atexit.register(stop_process_group, proc, 10)  # also when the session ends without teardown
+    try:
+        wait_for_health(api, proc, PREFECT_SERVER_START_TIMEOUT, log)
+        yield PrefectServer(api, log)
+    finally:
+        stop_process_group(proc)
+
+
+@pytest.fixture(autouse=True)
+def _prefect_api(request):
+    """Tests marked ``prefect`` run against the session's server: in this process (Prefect's
+    settings) and in the processes they start (``PREFECT_API_URL`` in the environment)."""
+    if request.node.get_closest_marker("prefect") is None:
+        yield None
+        return
+    api = request.getfixturevalue("prefect_server").api
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PREFECT_API_URL", api)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield api
+    finally:
+        mp.undo()
 
 
 @pytest.fixture(scope="session")

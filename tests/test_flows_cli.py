@@ -29,7 +29,7 @@ def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_pa
     dest, out = tmp_path / "dest", tmp_path / "out"
     text = invoke(runner, "archive", str(small_collection), str(dest), "--shard-size", "2", "--no-progress",
                   "--engine", "prefect")
-    assert "starting Prefect" in text  # no server configured: the operator is told why it takes seconds
+    assert "starting Prefect" not in text  # a server is configured (the session's): no temporary API
     assert "5 found" in text and "5 done" in text
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert len(rows) == 5 and all(r["status"] == "done" for r in rows)
@@ -97,6 +97,28 @@ def test_archive_verify_restore_through_prefect(runner, small_collection, tmp_pa
         keyed = [a for a in arts if a.key]  # (Prefect adds an unkeyed one describing the exception)
         assert [a.key for a in keyed] == [f"pixarc-verify-problems-{dest_key(str(dest))}"]
         assert "size_mismatch" in keyed[0].data and victim.stem.split(".")[0] in keyed[0].data
+        # what to run next, with DEST as an absolute URI (the artifact is read far from the run)
+        assert f"pixarc repair {dest.resolve().as_uri()}" in keyed[0].data, keyed[0].data
+        assert f"pixarc repair {dest.resolve().as_uri()}" in runs[0].state.message
+
+
+@pytest.mark.prefect
+def test_a_verify_that_finds_damage_fails_without_a_traceback(small_collection, tmp_path):
+    """Damage found is a result, not a crash: exit 3, a Failed run, the next step; no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    dest = tmp_path / "dest"
+    invoke(CliRunner(), "archive", str(small_collection), str(dest), "--engine", "local", "--no-progress")
+    victim = next(dest.rglob("*.pxa"))
+    victim.write_bytes(victim.read_bytes()[:-5])
+    res = subprocess.run([sys.executable, "-m", "pixarc.cli", "verify", str(dest), "--engine", "prefect",
+                          "--no-progress"], capture_output=True, text=True, timeout=600, env=dict(os.environ),
+                         cwd=tmp_path)
+    assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert f"next: pixarc repair {dest.resolve().as_uri()}" in res.stderr, res.stderr[-3000:]
 
 
 def test_tasks_take_only_small_records():

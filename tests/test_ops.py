@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,19 @@ def forty(tmp_path):
         (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         rng_image("RGB", (24, 20), seed=i).save(src / f"d{i % 4}" / f"im{i:02d}.png")
     return src
+
+
+def test_a_temporary_prefect_api_is_announced(monkeypatch, capsys):
+    """--engine prefect without a server starts Prefect's temporary API (seconds): say so."""
+    from pixarc import cli
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(runs, "prefect_api_configured", lambda: False)
+    cli._starting_prefect()
+    assert "starting Prefect" in capsys.readouterr().err
+    monkeypatch.setattr(runs, "prefect_api_configured", lambda: True)
+    cli._starting_prefect()
+    assert "starting Prefect" not in capsys.readouterr().err
 
 
 def test_local_engine_is_the_default_without_a_server(small_collection, tmp_path, monkeypatch):
@@ -120,7 +134,7 @@ def test_progress_rate_counts_items_once_and_shows_rates():
     assert r.items == 3 and r.bytes == 3_000_000
     r.update("shard", 2)  # a shard from another process: no per-item events came
     assert r.items == 5
-    assert "img/s" in r.text() and "MB/s" in r.text()
+    assert re.fullmatch(r"[0-9.]+ img/s [0-9.]+ (B|kB|MB|GB)/s", r.text()), r.text()  # items and bytes
 
 
 def test_json_documents(small_collection, tmp_path):

@@ -15,26 +15,6 @@ from pixarc.flows.deployments import _slug
 
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:2]} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -44,24 +24,11 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_server(tmp_path: Path) -> tuple[subprocess.Popen, str, dict]:
-    """A real ``prefect server`` on a free port with its own SQLite home."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    return server, api, env
-
-
 @pytest.mark.prefect
-def test_served_archive_deployment_runs_on_a_real_server(small_collection, tmp_path):
-    server, api, env = start_server(tmp_path)
+def test_served_archive_deployment_runs_on_a_real_server(small_collection, tmp_path, prefect_server):
+    api, env = prefect_server.api, dict(os.environ)
     served = None
     try:
-        wait_for(api + "/health", server)
         dest = tmp_path / "dest"
         served = subprocess.Popen([sys.executable, "-m", "pixarc.cli", "serve", str(dest), "--src", str(small_collection),
                                    "--verify-cron", ""], env=env, stdout=subprocess.PIPE,
@@ -97,7 +64,6 @@ def test_served_archive_deployment_runs_on_a_real_server(small_collection, tmp_p
     finally:
         if served is not None:
             stop(served)
-        stop(server)
 
 
 def _deployment_runs(client, deployment_id) -> list:
@@ -108,15 +74,14 @@ def _deployment_runs(client, deployment_id) -> list:
 
 @pytest.mark.prefect
 @pytest.mark.schedule
-def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
+def test_schedule_fires_without_a_trigger(small_collection, tmp_path, prefect_server):
     """`pixarc serve` with a one-minute cron: the server's scheduler creates the run, the
     served process executes it, and nobody calls run_deployment. This fails when the
     installed SQLAlchemy breaks Prefect's scheduler (SQLAlchemy 2.1: "Can't evaluate bulk
     DML statement" every loop, no run ever scheduled)."""
-    server, api, env = start_server(tmp_path)
+    api, env = prefect_server.api, dict(os.environ)
     served = None
     try:
-        wait_for(api + "/health", server)
         dest = tmp_path / "dest"
         served = subprocess.Popen([sys.executable, "-m", "pixarc.cli", "serve", str(dest), "--src", str(small_collection),
                                    "--archive-cron", "* * * * *", "--verify-cron", "", "--shard-size", "2",
@@ -143,7 +108,7 @@ def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
                 if any(r.state.is_completed() for r in runs):
                     break
                 time.sleep(2)
-            log = (tmp_path / "server.log").read_text()
+            log = prefect_server.log.read_text()
             assert deployment is not None, log[-3000:]
             done = [r for r in runs if r.state.is_completed()]
             assert done, f"no completed scheduled run; runs: {[(r.name, r.state_name) for r in runs]}\n{log[-3000:]}"
@@ -161,7 +126,39 @@ def test_schedule_fires_without_a_trigger(small_collection, tmp_path):
     finally:
         if served is not None:
             stop(served)
-        stop(server)
+
+
+@pytest.mark.prefect
+def test_serve_stops_on_sigterm_when_started_as_a_background_job(small_collection, tmp_path):
+    """A script starts `pixarc serve` as a background job (the shell starts it with SIGINT
+    ignored) and later sends SIGTERM: serve stops, exit status 0, no traceback."""
+    log, pidfile, rcfile = tmp_path / "serve.log", tmp_path / "serve.pid", tmp_path / "serve.rc"
+    script = tmp_path / "start.sh"
+    probe = tmp_path / "sigint.txt"
+    script.write_text(  # first a probe: how does a background job of this script find SIGINT?
+        f'"{sys.executable}" -c "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)" > "{probe}" &\nwait\n'
+        f'"{sys.executable}" -m pixarc.cli serve "{tmp_path / "dest"}" --src "{small_collection}" '
+        f'--archive-interval 5 --verify-cron "" > "{log}" 2>&1 &\n'
+        f'echo $! > "{pidfile}"\nwait $!\necho $? > "{rcfile}"\n')
+    shell = subprocess.Popen(["bash", str(script)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # registration against the server, on a busy machine
+        while "serving archive" not in (log.read_text() if log.exists() else ""):
+            assert shell.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        pid = int(pidfile.read_text())
+        assert probe.read_text().strip() == "True", probe.read_text()  # SIGINT ignored: the case reported
+        time.sleep(3)  # let it get into the runner's loop
+        os.kill(pid, signal.SIGTERM)
+        shell.wait(120)  # the old serve never stopped here: it went on scheduling runs
+        assert rcfile.read_text().strip() == "0", log.read_text()[-3000:]
+        text = log.read_text()
+        assert "pixarc serve: stopped" in text and "Traceback" not in text, text[-3000:]
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)  # the script and the serve job it started
+            shell.wait(10)
 
 
 def test_serve_refuses_a_dest_claimed_by_another_source_at_start(small_collection, tmp_path):

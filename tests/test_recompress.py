@@ -82,6 +82,11 @@ def test_recompress_flow_and_deployments(small_collection, tmp_path):
     assert crons == {"verify": "0 3 * * 0", "archive": "0 * * * *", "recompress": "0 4 1 * *"}
     assert by_flow["verify"].parameters == {"dest": str(dest), "full": True, "record": True}
     assert by_flow["recompress"].parameters["apply"] is True
+    # one run at a time per DEST; a run due meanwhile is skipped with Prefect's reason, not
+    # queued (queued runs were re-scheduled each at "now + a wait" and ran out of order)
+    for d in deps:
+        assert d.concurrency_limit == 1
+        assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW", d.name
 
 
 def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection, tmp_path, monkeypatch):

@@ -24,10 +24,11 @@ from PIL import Image
 
 from pixarc.classify import DOMAINS, Classification, Classifier, to_rgb8
 from pixarc.hookspecs import hookimpl
+from pixarc.weights import shipped_weights_dir
 
 ARCH = "domainnet"
 FORMAT = 2  # weights layout: 2 = statistics → MLP ensemble + temperature
-WEIGHTS_DIR = Path(__file__).parent / "weights"  # the shipped weights
+WEIGHTS_DIR = shipped_weights_dir(__file__)  # beside this module, or in the pixarc-weights distribution
 
 
 def find_weights() -> tuple[Path, dict] | None:

@@ -124,6 +124,8 @@ class EnhancedCodec(LearnedCodec):
         return f"{self.base_id} ({base}); torch {torch.__version__}"
 
     def unsupported_reason(self, info):
+        if self.missing_requirements():  # the first thing to fix: torch (the install line)
+            return super().unsupported_reason(info)
         if self.base is None:
             return f"{self.codec_id}: base codec {self.base_id!r} is not installed"
         if self.base.lossless:
