@@ -317,3 +317,21 @@ def test_lossy_policy_weighs_the_enhanced_codec_by_rd_cost(tiny_filter, with_enh
         assert reaching and r.bitstream_bytes == min(a.bytes for a in reaching)
     (s,) = rd_summary(rows)
     assert sum(s.wins.values()) == 2 and set(s.wins) <= {"avif-enhanced", "avif", "store"}
+
+
+def test_a_filter_trained_on_444_bases_serves_444_only(tmp_path, monkeypatch):
+    """A filter whose entry says ``"chroma": "444"`` (trained on 4:4:4 bases only) is the
+    one chosen for 4:4:4 encodes; 4:2:0 and bases without the setting keep the general one."""
+    from pixarc_enhance.model import EnhanceNet
+
+    folder = tmp_path / "w"
+    general = _save(folder, EnhanceNet(channels=4, layers=3), "general.pt")
+    only444 = _save(folder, EnhanceNet(channels=4, layers=3), "only444.pt")
+    doc = json.loads((folder / "weights.json").read_text())
+    doc["files"]["only444.pt"]["chroma"] = "444"
+    (folder / "weights.json").write_text(json.dumps(doc))
+    monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(folder))
+    c = codec()
+    assert c.weights_for(c.validate_params({"quality": 60, "subsampling": "4:4:4"})) == only444["sha256"]
+    assert c.weights_for(c.validate_params({"quality": 60, "subsampling": "4:2:0"})) == general["sha256"]
+    assert codec("webp").weights_for(codec("webp").validate_params({"quality": 60})) == general["sha256"]

@@ -93,10 +93,17 @@ class EnhancedCodec(LearnedCodec):
 
     def choose_weights(self, params=None):
         """The filter trained on this base, else the AVIF one (the on/off decision keeps it
-        from losing); the same for every parameter."""
+        from losing); among those, the one trained for the chroma setting of ``params`` (an
+        entry's ``"chroma": "444"``: trained on 4:4:4 bases only, what the lossy policy
+        uses), else one trained on both."""
         own = [w for w in self.encoding_weights if w.entry.get("base", "avif") == self.base_id]
         generic = [w for w in self.encoding_weights if w.entry.get("base", "avif") == "avif"]
-        return (own or generic or [None])[0]
+        pool = own or generic
+        pool = [w for w in pool if w.origin == pool[0].origin]  # $PIXARC_ENHANCE_WEIGHTS first, as ever
+        chroma = "444" if str((params or {}).get("subsampling", "")) in ("4:4:4", "0") else "420"
+        fit = [w for w in pool if w.entry.get("chroma", "both") == chroma]
+        both = [w for w in pool if w.entry.get("chroma", "both") == "both"]
+        return (fit or both or pool or [None])[0]
 
     def build_model(self, weights, state):
         from .model import EnhanceNet
@@ -182,7 +189,7 @@ class EnhancedCodec(LearnedCodec):
         # codec's slope step, probe the very same base encodes (one encode serves all)
         base_payload = memo.encode(self.base, src, bp, device)
         base_im, _ = self._base_decode(base_payload, device)
-        f = self.select_weights()
+        f = self.select_weights(params)
         rate, chroma = self._cond(params)
         off = self._pack(0, 0, 0, 0, [], "", base_payload)
         if params["filter"] == "off" or f is None:

@@ -295,6 +295,7 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
     return run.ship(shipped.state_dict(), {
         "base": base, "channels": channels, "layers": layers, "cond": shipped.cond, "batch": batch, "patch": patch,
         "lr": lr, "seed": seed, "rates": list(rates), "variants": variants, "images": len(files), "data": root.name,
+        "chroma": chroma,  # "444": chosen for 4:4:4 bases only (EnhancedCodec.choose_weights)
         "data_sha256": data_hash, "params": sum(p.numel() for p in shipped.parameters()),
         "final": next((st["final"] for st in reversed(run.stages) if st.get("final")), None), "refit": refit_info,
         "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} "
