@@ -639,10 +639,14 @@ def repair(dest, wait):
     except (PixarcError, OSError, ValueError) as exc:
         _fail(exc)
     say(f"repair {s.run_id}: {s.parts_rebuilt} damaged manifest part(s) set aside, {s.rows_rebuilt} row(s) "
-        f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals")
+        f"rebuilt from bitstream headers, {len(s.reencoded)} bitstream(s) re-encoded from their originals"
+        + (f"; removed {len(s.swept.temporaries)} temporary file(s) and {len(s.swept.uncommitted_parts)} "
+           f"uncommitted manifest part(s) left by killed runs" if s.swept.temporaries or s.swept.uncommitted_parts
+           else ""))
     for key, why in s.unrepairable:
         say(styled(("not repaired:", "red"), f" {key}: {why}"))
     jsonout.put(run_id=s.run_id, parts_rebuilt=s.parts_rebuilt, rows_rebuilt=s.rows_rebuilt,
+                swept=s.swept.temporaries + s.swept.uncommitted_parts,
                 reencoded=list(s.reencoded), unrepairable=[{"key": k, "reason": why} for k, why in s.unrepairable])
     if s.unrepairable:
         jsonout.fail(f"{len(s.unrepairable)} item(s) could not be repaired", "unrepairable")
