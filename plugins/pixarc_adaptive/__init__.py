@@ -37,9 +37,8 @@ from pixarc.learned import LearnedCodec, WeightsFile
 from pixarc.metrics import psnr
 from pixarc.tensors import image_tensor, tensor_pixels
 
-LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
-ZOO_NM = {q: (128, 192) if q <= 4 else (192, 320) for q in range(1, 9)}
-ARCH = "mbt2018-mean"
+from .constants import ARCH, LAMBDAS, ZOO_NM
+
 _HEAD = struct.Struct(">BHIIHH")  # quality, scale permille, width, height, z rows, z cols
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pixarc.training import atomic_save, data_sha256, training_images
 
-from . import LAMBDAS, ZOO_NM
+from .constants import LAMBDAS, ZOO_NM
 
 
 def _load_state(path: str, device: str) -> dict:

@@ -34,7 +34,8 @@ from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, one_thread, torch_device
 
-ARCH = "mgcf"
+from .constants import ARCH
+
 _HEAD = struct.Struct(">BBII")
 _MODES = {"L": 1, "RGB": 3}
 
@@ -104,7 +105,7 @@ class CallicCodec(LearnedCodec):
         return f"callic-{tag} torch-{version('torch')} constriction-{version('constriction')}"
 
     def build_model(self, weights, state):
-        from .coder import COEF_Q_FIRST
+        from .constants import COEF_Q_FIRST
         from .model import MGCF
 
         e = weights.entry

@@ -33,14 +33,13 @@ from decimal import ROUND_HALF_EVEN, Decimal, getcontext
 import numpy as np
 import torch
 
+from .constants import COEF_Q, COEF_Q_FIRST  # noqa: F401  (COEF_Q_FIRST: importable from here too)
+
 MEAN_Q = 16          # mean grid: 1/16 pixel
 LS_Q = 8             # log-scale grid: 1/8
 LS_MIN, LS_MAX = -24, 40  # log-scale range on the grid (e^-3 .. e^5 pixels), as in model.py
 LOGIT_Q = 8          # mixture logit grid: 1/8
 LOGIT_SPAN = 88      # logits more than 11 below the largest get weight 0
-COEF_Q = 4096        # channel coefficient grid for weights trained now: 1/4096 (≤ 0.016 px of mean error)
-COEF_Q_FIRST = 64    # the grid of the first shipped weights, whose entries name no "coef_q" (≤ 1 px of
-                     # error: too coarse once a model learns sharp scales, e.g. G ≈ R on line art)
 Z = 1024             # sigmoid table steps per unit
 Z_MAX = 16           # table covers [-16, 16]
 T_BITS = 20          # sigmoid table fixed point

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coder import COEF_Q
+from .constants import COEF_Q
 
 SLOPE = 2        # scan slope: pixel (i, j) is coded at step SLOPE·i + j
 LOG_SCALE_MIN = -3.0   # logistic scale bounds, pixel units (the integer grid in coder.py covers them)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pixarc.training import data_sha256, training_images
 
-from . import ARCH
+from .constants import ARCH
 
 
 def weights_name(dim: int, depth: int, kernel: int, mixtures: int) -> str:

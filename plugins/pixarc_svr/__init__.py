@@ -31,7 +31,8 @@ from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec
 from pixarc.tensors import image_tensor, tensor_pixels
 
-ARCH = "svr"
+from .constants import ARCH
+
 _HEAD = struct.Struct(">BHHHH")
 
 

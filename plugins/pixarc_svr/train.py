@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pixarc.training import atomic_save, data_sha256, training_images
 
-from . import ARCH
+from .constants import ARCH
 
 LOSSES = {1: {"l1": 1.0, "codebook": 1.0, "commit": 0.25}, 2: {"l1": 1.0, "ms_ssim": 0.3}}
 REVIVE_EVERY = 50
