@@ -173,7 +173,7 @@ def test_a_row_the_manifest_cannot_hold_becomes_an_error_row_and_the_shard_commi
 # --------------------------------------------------------------------------- 7. read-only commands
 
 
-def test_verify_restore_and_report_never_write_into_dest(small_collection, tmp_path):
+def test_verify_restore_report_and_export_bagit_never_write_into_dest(small_collection, tmp_path):
     dest = tmp_path / "dest"
     runs.archive_local(str(small_collection), str(dest))
     before = snapshot(dest)
@@ -181,6 +181,8 @@ def test_verify_restore_and_report_never_write_into_dest(small_collection, tmp_p
     assert invoke("verify", str(dest), "--full", "--no-progress")[0] == 0
     assert invoke("restore", str(dest), str(tmp_path / "out"), "--no-progress")[0] == 0
     assert invoke("report", str(dest))[0] == 0
+    code, out = invoke("export-bagit", str(dest), str(tmp_path / "bag"))
+    assert code == 0 and (tmp_path / "bag" / "bagit.txt").is_file(), out
     assert snapshot(dest) == before
 
 
