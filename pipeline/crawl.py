@@ -84,6 +84,9 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False, hidden: b
     seen: set[str] = set()
     stack = [root]
     prefix = root.rstrip("/") + "/" if root not in ("", "/") else root
+
+    def key_of(name: str) -> str:
+        return name[len(prefix) :] if name.startswith(prefix) else name.lstrip("/")
     while stack:
         d = stack.pop()
         if local:
@@ -100,8 +103,8 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False, hidden: b
                 continue
             if base.startswith(".") and base != "..":
                 if hidden:  # not archived, but counted: never silently
-                    key = name[len(prefix) :] if name.startswith(prefix) else name.lstrip("/")
-                    yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), stamp(e), "hidden")
+                    yield ImageRef(object_uri(src, fs, name), key_of(name), int(e.get("size") or 0), stamp(e),
+                                   "hidden")
                 continue  # '..' (only in archives) is entered so its members surface with
                 # unsafe keys and get a 'rejected' row
             if e.get("islink"):  # local only: describe the target, not the link
@@ -117,9 +120,8 @@ def crawl(src: str, include: str = "*", follow_symlinks: bool = False, hidden: b
                 files.append(e)
         for e in reversed(files):
             name = e["name"]
-            key = name[len(prefix) :] if name.startswith(prefix) else name.lstrip("/")
             kind = e.get("type") or "file"
-            yield ImageRef(object_uri(src, fs, name), key, int(e.get("size") or 0), stamp(e),
+            yield ImageRef(object_uri(src, fs, name), key_of(name), int(e.get("size") or 0), stamp(e),
                            "file" if kind == "file" else str(kind))
 
 

@@ -163,7 +163,8 @@ def sweep_leftovers(dest: str, older_than_s: float) -> Swept:
 
     def old(path: str) -> bool:
         try:
-            m = fs.info(path).get("mtime") or fs.info(path).get("LastModified")
+            info = fs.info(path)
+            m = info.get("mtime") or info.get("LastModified")
             t = m.timestamp() if hasattr(m, "timestamp") else float(m)
         except (OSError, TypeError, ValueError):
             return False

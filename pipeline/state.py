@@ -23,6 +23,11 @@ def manifest_problems(dest: str) -> list[Problem]:
     """Damaged manifest parts (left out by every reader), one problem each."""
     damaged: list[tuple[str, str]] = []
     read_manifest(dest, columns=[], damaged=damaged)
+    return damaged_part_problems(damaged)
+
+
+def damaged_part_problems(damaged: list[tuple[str, str]]) -> list[Problem]:
+    """One problem per damaged manifest part (name, why) a read left out."""
     return [Problem(f"manifest/{name}", "corrupt_manifest_part", why + "; run pixarc repair DEST")
             for name, why in damaged]
 
@@ -41,10 +46,11 @@ def bitstream_files(dest: str) -> list[str]:
     return sorted(out)
 
 
-def named_bitstreams(dest: str) -> set[str]:
-    """The bitstreams committed rows name (every version, history included)."""
+def named_bitstreams(records: list[dict]) -> set[str]:
+    """The bitstreams committed rows (records with ``key`` and ``bitstream_uri``) name:
+    every version, history included."""
     named = set()
-    for r in read_manifest(dest, columns=["bitstream_uri"], damaged=[]).to_pylist():
+    for r in records:
         if r["bitstream_uri"]:
             try:
                 named.add(bitstream_rel(r["bitstream_uri"], r["key"]))
@@ -53,10 +59,13 @@ def named_bitstreams(dest: str) -> set[str]:
     return named
 
 
-def orphan_bitstreams(dest: str) -> list[str]:
+def orphan_bitstreams(dest: str, records: list[dict] | None = None) -> list[str]:
     """Bitstreams under DEST that no committed row names: rows lost with a deleted or
-    damaged manifest part, or written by a run that was killed before its commit."""
-    named = named_bitstreams(dest)
+    damaged manifest part, or written by a run that was killed before its commit.
+    ``records``: the committed rows (``key``, ``bitstream_uri``) when the caller read them."""
+    if records is None:
+        records = read_manifest(dest, columns=["bitstream_uri"], damaged=[]).to_pylist()
+    named = named_bitstreams(records)
     return [rel for rel in bitstream_files(dest) if rel not in named]
 
 
@@ -67,15 +76,17 @@ def archive_problems(dest: str) -> list[Problem]:
     from . import runstats
     from .lock import is_stale, read_lease
 
-    problems = manifest_problems(dest)
+    damaged: list[tuple[str, str]] = []  # one read of the manifest serves all three checks
+    records = read_manifest(dest, columns=["bitstream_uri", "run_id", "status"], damaged=damaged).to_pylist()
+    problems = damaged_part_problems(damaged)
     lease = read_lease(dest)
     if lease is None or is_stale(lease):
         problems += [Problem(rel, "orphan_bitstream", "no committed manifest row names this bitstream (a deleted "
                                                       "or lost manifest part, or a killed run); pixarc repair DEST "
                                                       "rebuilds its row from the bitstream's own header")
-                     for rel in orphan_bitstreams(dest)]
+                     for rel in orphan_bitstreams(dest, records)]
     done: dict[str, int] = {}
-    for r in read_manifest(dest, columns=["run_id", "status"], damaged=[]).to_pylist():
+    for r in records:
         if r["status"] == STATUS_DONE:
             done[r["run_id"]] = done.get(r["run_id"], 0) + 1
     for rec in runstats.read_all(dest):

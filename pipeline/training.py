@@ -109,18 +109,17 @@ class WeightAverage:
     def __init__(self, model, decay: float = 0.999, state: dict | None = None):
         import copy
 
-        import torch
-
         self.decay = decay
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         if state is not None:
             self.model.load_state_dict(state)
-        self._torch = torch
 
     def update(self, model) -> None:
-        with self._torch.no_grad():
+        import torch
+
+        with torch.no_grad():
             for a, p in zip(self.model.parameters(), model.parameters()):
                 a.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
             for a, b in zip(self.model.buffers(), model.buffers()):
@@ -182,7 +181,7 @@ class TrainingRun:
         self.budget_s, self.max_steps, self.every_s = minutes * 60, steps, checkpoint_minutes * 60
         self.half_life, self.warmup = half_life, warmup
         self.step, self.minutes_done, self.devices, self.stages = 0, 0.0, [], []
-        self.since, self.parent, self.extra = 0, None, {}
+        self.since, self.parent = 0, None
         average = None
         if resume and self.ckpt_path.exists():
             ck = torch.load(self.ckpt_path, map_location=device, weights_only=True)
@@ -190,7 +189,7 @@ class TrainingRun:
             opt.load_state_dict(ck["opt"])
             self.step, self.minutes_done, self.devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
             self.stages, average, self.parent = list(ck.get("stages", [])), ck.get("ema"), ck.get("parent")
-            self.since, self.extra = int(ck.get("since", 0)), dict(ck.get("extra", {}))
+            self.since = int(ck.get("since", 0))
             log(f"resumed {self.ckpt_path} at step {self.step} ({self.minutes_done:.1f} min)")
         elif resume:
             raise SystemExit(f"--resume: no checkpoint {self.ckpt_path}")
@@ -237,7 +236,7 @@ class TrainingRun:
         atomic_save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                      "ema": self.average.state_dict(), "step": self.step, "since": self.since,
                      "parent": self.parent, "minutes": self.minutes_done + self.elapsed_s / 60,
-                     "devices": self.devices, "stages": self.stages, "extra": self.extra}, self.ckpt_path)
+                     "devices": self.devices, "stages": self.stages}, self.ckpt_path)
 
     def finish_stage(self, **fields) -> dict:
         """Record this invocation (steps, device, minutes, schedule and ``fields``) and checkpoint."""
