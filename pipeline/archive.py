@@ -211,12 +211,15 @@ def _stored_keys(head, registry: Registry) -> set[tuple[str, str]]:
 
 def _versions(fs, root: str, key: str) -> list[str]:
     """DEST-relative names a bitstream of ``key`` can have (``<key>.pxa``, then the
-    ``<key>.<sha12>.pxa`` written when that name was taken), those that exist."""
-    rel = key + ".pxa"
+    ``<key>.<sha12>.pxa`` written when that name was taken; ``<key>`` as
+    :func:`~pixarc.layout.bitstream_stem` makes it, as :func:`write_version` does), those
+    that exist."""
+    stem = bitstream_stem(key)
+    rel = stem + ".pxa"
     out = [rel]
     if not fs.exists(join(root, rel)):
         return []  # a later version is written only where this name was taken: nothing here
-    parent, _, base = key.rpartition("/")
+    parent, _, base = stem.rpartition("/")
     pattern = re.compile(re.escape(base) + r"\.[0-9a-f]{12}\.pxa")
     try:
         names = fs.ls(join(root, parent) if parent else root, detail=False)
@@ -258,7 +261,6 @@ def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, r
     """Encode, store and record one object that intake accepted; never raises for bad
     input (the row says what happened)."""
     dfs, droot = get_fs(dest)
-    rel = bitstream_stem(it.key) + ".pxa"
     notes = it.notes
     reused = try_reuse(dfs, droot, it.key, it.src, it.route, registry)
     chosen = None

@@ -149,6 +149,23 @@ def test_undecodable_and_overlong_file_names_get_rows_and_restore_under_their_na
         assert (out / name).is_file(), name
 
 
+def test_a_hashed_bitstream_name_is_reused_after_a_killed_run(tmp_path):
+    """The rerun after a run killed before its commit finds the bitstream of a key whose
+    name was hashed (too long here) and reuses it, instead of writing a second version
+    beside it and leaving the first one an orphan."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / ("y" * 226 + ".png")).write_bytes(png_bytes(3))
+    runs.archive_local(str(src), str(dest), policy="png")
+    for folder in ("commits", "parts", "runs"):  # as if killed before the commit (and its run record)
+        for f in (dest / "manifest" / folder).iterdir():
+            f.unlink()
+    again = runs.archive_local(str(src), str(dest), policy="png")
+    assert again.totals.done == 1 and again.totals.reused == 1
+    assert len(list(dest.rglob("*.pxa"))) == 1
+    assert not runs.verify_local(str(dest), full=True).problems
+
+
 def test_a_row_the_manifest_cannot_hold_becomes_an_error_row_and_the_shard_commits(tmp_path, monkeypatch):
     from pixarc import archive
 
