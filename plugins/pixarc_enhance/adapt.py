@@ -156,30 +156,40 @@ class Stats:
     sse0: float  # SSE of the filter without adapters (unclamped, unrounded)
 
 
+CHUNK = 1 << 16  # pixels per float32 product; sums of chunks accumulate in float64
+
+
 @torch.no_grad()
 def statistics(net: EnhanceNet, parts, x: torch.Tensor) -> Stats:
     """Gram matrices of the per-channel contribution maps (and a constant, for the bias)
-    against the residual, from :func:`model.feature_tiles` output."""
+    against the residual, from :func:`model.feature_tiles` output.
+
+    All three colours' maps come from one grouped convolution (channel ``3c + o`` is
+    ``W[o, c] * h[c]``); products run in float32 over chunks of :data:`CHUNK` pixels (the
+    fit needs a few significant digits, not the last float bit) and add up in float64."""
     C = net.channels
     gram = np.zeros((3, C + 1, C + 1))
     corr = np.zeros((3, C + 1))
     sse0 = 0.0
     W = net.tail.weight
+    grouped = W.permute(1, 0, 2, 3).reshape(3 * C, 1, 3, 3)
     for ob, ib, xi, h in parts:
         y0 = crop_out(xi + F.conv2d(h, W, net.tail.bias, padding=1), ob, ib)
-        t = ((x[..., ob[0] : ob[1], ob[2] : ob[3]] - y0) * 255).double()
-        sse0 += float((t**2).sum())
-        n = t.shape[2] * t.shape[3]
+        t = ((x[..., ob[0] : ob[1], ob[2] : ob[3]] - y0) * 255)[0].reshape(3, -1)
+        sse0 += float((t.double() ** 2).sum())
+        n = t.shape[1]
+        maps = (crop_out(F.conv2d(h, grouped, groups=C, padding=1), ob, ib)[0] * 255).reshape(C, 3, n)
         for o in range(3):
-            B = (crop_out(F.conv2d(h, W[o][:, None], groups=C, padding=1), ob, ib)[0] * 255).reshape(C, -1).double()
-            s = B.sum(1) * 255
-            to = t[0, o].reshape(-1)
-            gram[o, :C, :C] += (B @ B.T).numpy()
-            gram[o, :C, C] += s.numpy()
-            gram[o, C, :C] += s.numpy()
+            B, to = maps[:, o], t[o]
+            for a in range(0, n, CHUNK):
+                Bc = B[:, a : a + CHUNK].contiguous()
+                gram[o, :C, :C] += (Bc @ Bc.T).double().numpy()
+                corr[o, :C] += (Bc @ to[a : a + CHUNK]).double().numpy()
+            s = B.double().sum(1).numpy() * 255
+            gram[o, :C, C] += s
+            gram[o, C, :C] += s
             gram[o, C, C] += 255.0**2 * n
-            corr[o, :C] += (B @ to).numpy()
-            corr[o, C] += 255.0 * float(to.sum())
+            corr[o, C] += 255.0 * float(to.double().sum())
     return Stats(gram, corr, sse0)
 
 
