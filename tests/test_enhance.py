@@ -124,7 +124,7 @@ def test_a_filter_that_loses_is_switched_off(tmp_path, monkeypatch):
     assert sse(src.image, forced) > sse(src.image, base)
 
 
-def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filter):
+def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filter, monkeypatch):
     from pixarc_enhance import adapt
     from pixarc_enhance.model import feature_tiles, finish
 
@@ -149,6 +149,16 @@ def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filte
         assert real < plain
     # a tiny λ (bits are dear): nothing is worth sending
     assert not any(adapt.fit(stats, 1, lam=1e-9)[0])
+    # a big image's statistics sample every second row and column, scaled to the whole image
+    monkeypatch.setattr(adapt, "SUBSAMPLE_PIXELS", 1000)
+    sampled = adapt.statistics(net, parts, x)
+    assert sampled.sse0 == stats.sse0
+    off = np.linalg.norm(sampled.gram - stats.gram) / np.linalg.norm(stats.gram)
+    assert 0 < off < 0.05
+    symbols, predicted, _ = adapt.fit(sampled, 2, lam=1.0)
+    w, b = adapt.merged_tail(net, 2, symbols)
+    real = float((((finish(net, parts, xb.shape, w, b) - x) * 255).double() ** 2).sum())
+    assert real < plain and real == pytest.approx(predicted, rel=0.02)
 
 
 def test_adapters_travel_in_the_payload(tiny_filter):
