@@ -212,6 +212,9 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
         memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
     if out.kept is None:
         by = out.pruned_by
+        if out.interpolated is not None:
+            return None, (f"cannot undercut {bound} bytes at {kind} {goal}: its probes give "
+                          f"{out.interpolated:.2f} dB at {bound} bytes, {out.note}")
         return None, (f"cannot undercut {bound} bytes at {kind} {goal}: {rp}={by.value} has {by.bytes} bytes "
                       f"at {by.psnr:.2f} dB, {out.note}")
     p, payload, spent = out.kept.data

@@ -316,3 +316,33 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
     assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
         "avif", "avif-enhanced"}
     assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice
+
+
+def test_a_bracket_far_from_the_bound_prunes_and_a_near_miss_searches_on():
+    """Two probes bracketing RD selection's bound in bytes prune the codec when the line
+    through them stays well below the goal at the bound; within the margin, the search
+    goes on to its boundary."""
+    import math as m
+
+    from pixarc import ratesearch
+
+    values = list(range(101))
+
+    def measure(i):  # PSNR linear in log-bytes: 20 dB at 1 kB, +6 dB per doubling
+        b = int(1000 * 2 ** (i / 10))
+        return ratesearch.Probe(i, values[i], 20 + 6 * m.log2(b / 1000), b)
+
+    goal = 44.0  # reached at 16 kB (index 40)
+    ratesearch.forget()
+    full = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "none"))
+    assert full.kept.index == 40 and full.kept.bytes == 16_000
+    ratesearch.forget()
+    far = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "far"), bound=8_000)  # 6 dB short
+    assert far.kept is None and far.interpolated is not None and far.interpolated < goal - 5
+    assert len(far.probes) < len(full.probes) or len(far.probes) <= 3
+    ratesearch.forget()
+    near = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "near"), bound=15_500)  # 0.3 dB short
+    assert near.kept is not None and near.kept.index == 40  # searched to its boundary (the caller compares)
+    ratesearch.forget()
+    wins = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "wins"), bound=17_000)
+    assert wins.kept is not None and wins.kept.index == 40

@@ -260,14 +260,30 @@ class EnhancedCodec(LearnedCodec):
 
     def _slope(self, src, bp, base_bytes: int, base_sse: float, sse, device) -> float:
         """Bits per unit SSE at the base's operating point: one more base encode, one rate
-        step up (down at the top of the range). 0 when the step shows no trade-off."""
-        import numpy as np
+        step up (down at the top of the range). 0 when the step shows no trade-off.
 
+        A rate search probes the same image at several rates: a slope measured within one
+        step of this rate on this image is reused (the RD slope changes slowly with the
+        rate; the adapters' on/off choices it weighs are not sensitive to a few per cent)."""
         rp = self.rate_param
         if rp is None:
             return 0.0
         spec = self.params_schema[rp]
         step = max(1, round((spec.max - spec.min) / 20))
+        key = ("enhance-slope", self.codec_id, src.sha256, tuple(sorted((k, str(v)) for k, v in bp.items() if k != rp)))
+        known = memo.get(key) or {}
+        near = [r for r in known if abs(r - bp[rp]) <= step]
+        if near:
+            return known[min(near, key=lambda r: abs(r - bp[rp]))]
+        lam = self._measure_slope(src, bp, base_bytes, base_sse, sse, device, step)
+        memo.put(key, {**known, bp[rp]: lam})
+        return lam
+
+    def _measure_slope(self, src, bp, base_bytes, base_sse, sse, device, step) -> float:
+        import numpy as np
+
+        rp = self.rate_param
+        spec = self.params_schema[rp]
         other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
         if other < spec.min or other == bp[rp]:
             return 0.0

@@ -157,7 +157,7 @@ class Stats:
 
 
 CHUNK = 1 << 16  # pixels per float32 product; sums of chunks accumulate in float64
-SUBSAMPLE_PIXELS = 1 << 18  # above this many pixels the Gram matrices sample every 2nd row and column
+SUBSAMPLE_PIXELS = 1 << 16  # above this many pixels the Gram matrices sample every 2nd row and column
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def statistics(net: EnhanceNet, parts, x: torch.Tensor) -> Stats:
     fit needs a few significant digits, not the last float bit) and add up in float64.
     Images over :data:`SUBSAMPLE_PIXELS` pixels: the Gram matrices come from every second
     row and column (a stride-2 convolution, a quarter of the work), scaled to the whole
-    image; 35 or 99 parameters are estimated as well from a quarter of a million pixels,
+    image; 35 or 99 parameters are estimated as well from sixteen thousand pixels or more,
     and the encoder measures the chosen adapters' SSE exactly afterwards."""
     C = net.channels
     gram = np.zeros((3, C + 1, C + 1))
