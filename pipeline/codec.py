@@ -136,6 +136,14 @@ class Codec(ABC):
         bound costs the archive a candidate that might have won."""
         return None
 
+    def bytes_floor(self, src: SourceImage, params: Mapping[str, Any], psnr_goal: float,
+                    device: Device = CPU) -> int | None:
+        """An optimistic bound on the bytes of any encode of ``src`` with ``params`` that
+        reaches ``psnr_goal`` dB, for far less work than one encode (None: no bound). RD
+        selection skips a screened codec whose floor is not below the bytes another
+        candidate already reached the goal with. Same caveat as :meth:`psnr_ceiling`."""
+        return None
+
     def weights_for(self, params: Mapping[str, Any]) -> str:
         """sha256 of the weights an encode with ``params`` uses ('' for codecs without weights).
 

@@ -334,6 +334,11 @@ def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: D
     if kind == "psnr" and ceiling < goal:
         return (f"cannot reach psnr target {goal}: at most {ceiling:.1f} dB on this image, "
                 f"which {chosen.codec.codec_id} reached")
+    if kind == "psnr":
+        floor = codec.bytes_floor(src, params, goal, device)
+        if floor is not None and floor >= len(chosen.blob):
+            return (f"cannot undercut {len(chosen.blob)} bytes at psnr {goal}: at least {floor} bytes on this "
+                    f"image ({chosen.codec.codec_id} reached it)")
     if kind == "bpp" and ceiling <= chosen.psnr:
         return f"at most {ceiling:.1f} dB on this image, {chosen.codec.codec_id} has {chosen.psnr:.1f} dB within bpp {goal}"
     return ""

@@ -251,11 +251,16 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
     class Screened(Palette):
         codec_id = "test-screened"
         screened = True
-        params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0)}
+        params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0),
+                         "floor": Param(int, 0, 0, 10**9)}
 
         def psnr_ceiling(self, src, params, device="cpu"):
             calls.append("ceiling")
             return params["ceiling"]
+
+        def bytes_floor(self, src, params, psnr_goal, device="cpu"):
+            calls.append("floor")
+            return params["floor"] or None
 
         def encode(self, src, params, device="cpu"):
             calls.append("encode")
@@ -263,9 +268,10 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
 
     use_plugin(monkeypatch, "screened", Screened)
 
-    def run(name, target, ceiling):
+    def run(name, target, ceiling, floor=0):
         p = tmp_path / f"{name}.toml"
         p.write_text(f'selection = "rd"\nmin_confidence = 1.1\n[params.test-screened]\nceiling = {ceiling}\n'
+                     f'floor = {floor}\n'
                      f'[routes.unknown]\nlossless = false\ncodecs = ["test-screened", "webp"]\n{target}\n')
         calls.clear()
         runs.archive_local(str(images), str(tmp_path / name), policy=str(p))
@@ -284,6 +290,14 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
     high = run("high", "target_psnr = 30.0", 1000.0)  # the ceiling allows a win: searched as usual
     assert "encode" in calls  # searched (to the end, or until it could not undercut webp)
     assert all({r for c, r, _ in a if c == "test-screened"} & {"target", "pruned"} for a in high.values())
+
+    dear = run("dear", "target_psnr = 30.0", 1000.0, floor=10**8)  # may reach 30 dB, never in fewer bytes
+    assert "encode" not in calls and {"ceiling", "floor"} <= set(calls)
+    for (_, kept), attempts in dear.items():
+        (screened,) = [a for a in attempts if a[0] == "test-screened"]
+        assert screened[1] == "screened" and f"at least {10**8} bytes" in screened[2]
+    cheap = run("cheap", "target_psnr = 30.0", 1000.0, floor=1)  # a floor below webp's bytes: searched
+    assert "encode" in calls
 
     unmet = run("unmet", "target_bpp = 0.001", 25.0)  # nobody fits 0.001 bpp: no ground to skip it
     assert "encode" in calls and "ceiling" not in calls
