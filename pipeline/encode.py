@@ -256,10 +256,20 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
     chosen: Encoded | None = None
     attempts: list[Attempt] = []
     target = next((c.target for c in route.candidates if c.target), None)
-    for cand in _in_rd_order(route, registry):
+    covered = _covered(src, route, registry, device, exclude)
+    order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
+    for by in {v for v in covered.values()}:  # a covered candidate right after the one covering it
+        at = next(i for i, c in enumerate(order) if c.codec_id == by)
+        order[at + 1 : at + 1] = [c for c in route.candidates if covered.get(c.codec_id) == by]
+    for cand in order:
         if cand.codec_id in exclude:
             attempts.append(Attempt(cand.codec_id, "skipped", "excluded"))
             continue
+        by = covered.get(cand.codec_id)
+        if by and any(a.codec == by and a.result in ("verified", "pruned") for a in attempts):
+            attempts.append(Attempt(cand.codec_id, "skipped", f"covered by {by} (it may code this codec's "
+                                    f"payload alone, chosen by RD cost)"))
+            continue  # (tried as usual where the covering codec failed on this image)
         try:
             codec = registry.codec(cand.codec_id)
         except PluginError:
@@ -306,6 +316,35 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
         if route.selection == "first":
             break
     return chosen, attempts
+
+
+def _covered(src: SourceImage, route: Route, registry: Registry, device, exclude: frozenset[str]) -> dict[str, str]:
+    """Candidates another usable candidate of the route reproduces (:meth:`Codec.reproduces`)
+    with the same parameters (the rate parameter aside when the route has a target): codec
+    id -> the covering codec's id. Only where every candidate is tried (``rd``, ``smallest``)."""
+    if route.selection not in ("rd", "smallest"):
+        return {}
+    listed = {c.codec_id: c for c in route.candidates}
+    out: dict[str, str] = {}
+    for cand in route.candidates:
+        if cand.codec_id in exclude or cand.codec_id not in registry.codecs:
+            continue
+        try:
+            codec = registry.codec(cand.codec_id)
+            if codec.unsupported_reason(src.info) or unavailable_reason(codec, device):
+                continue
+            rep = codec.reproduces(codec.validate_params(cand.params))
+            if rep is None or rep[0] not in listed or rep[0] in exclude or rep[0] not in registry.codecs:
+                continue
+            other = registry.codec(rep[0])
+            theirs = other.validate_params(listed[rep[0]].params)
+        except PixarcError:
+            continue
+        free = {other.rate_param} if (cand.target and listed[rep[0]].target == cand.target) else set()
+        if all(theirs.get(k) == v for k, v in rep[1].items() if k not in free) and \
+                all(k in rep[1] or k in free for k in theirs):
+            out[rep[0]] = cand.codec_id
+    return out
 
 
 def _in_rd_order(route: Route, registry: Registry) -> list:

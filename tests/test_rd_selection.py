@@ -324,12 +324,48 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
     monkeypatch.setattr(avif_cls, "encode",
                         lambda self, s, p, d=devices.CPU: (encoded.append(p["quality"]), real(self, s, p, d))[1])
     params = {"speed": 8, "subsampling": "4:4:4"}
+    # filter "on": the enhanced codec cannot code plain AVIF, so both are searched
     route = Route("unknown", False, (Candidate("avif", params, ("psnr", 34.0)),
-                                     Candidate("avif-enhanced", params, ("psnr", 34.0))), "rd")
+                                     Candidate("avif-enhanced", {**params, "filter": "on"}, ("psnr", 34.0))), "rd")
     chosen, attempts = encode_route(src, route, reg, "cpu")
     assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
         "avif", "avif-enhanced"}
     assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice
+
+
+def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monkeypatch):
+    """``avif-enhanced`` (filter auto) may code plain AVIF with one more byte: with the same
+    AVIF settings in the route, plain AVIF is skipped as covered; with other settings, or
+    where the enhanced codec fails on the image, it is searched as usual."""
+    from pixarc.encode import encode_route
+    from pixarc.images import probe_and_load
+    from pixarc.policy import Candidate, Route
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
+    reg = build_plugin_manager()
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    enhanced = reg.codec("avif-enhanced")
+    src = probe_and_load((images / "smooth.png").read_bytes())
+    if enhanced.unsupported_reason(src.info):
+        pytest.skip(enhanced.unsupported_reason(src.info))
+    params = {"speed": 8, "subsampling": "4:4:4"}
+    target = ("psnr", 34.0)
+
+    def results(avif_params):
+        route = Route("unknown", False, (Candidate("avif", avif_params, target),
+                                         Candidate("avif-enhanced", params, target)), "rd")
+        chosen, attempts = encode_route(src, route, reg, "cpu")
+        assert chosen is not None and chosen.psnr >= 34.0
+        return {(a.codec, a.result): a.reason for a in attempts}
+
+    same = results(params)
+    assert ("avif", "skipped") in same and "covered by avif-enhanced" in same[("avif", "skipped")]
+    assert ("avif", "target") not in same and ("avif-enhanced", "target") in same
+    other = results({**params, "speed": 9})  # other AVIF settings: a different candidate
+    assert ("avif", "target") in other and ("avif", "skipped") not in other
+    monkeypatch.setattr(type(enhanced), "encode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    failed = results(params)
+    assert ("avif-enhanced", "failed") in failed and ("avif", "target") in failed
 
 
 def test_a_bracket_far_from_the_bound_prunes_and_a_near_miss_searches_on():

@@ -125,6 +125,13 @@ class EnhancedCodec(LearnedCodec):
             pins.update(self.base.weights_pins({k: params[k] for k in self.base.params_schema if k in params}))
         return pins
 
+    def reproduces(self, params):
+        """The base codec with the same base parameters: with ``filter`` auto or off every
+        encode may be the base payload alone (one flag byte more), chosen by RD cost."""
+        if self.base is None or params.get("filter", "auto") == "on":
+            return None
+        return self.base_id, {k: params[k] for k in self.base.params_schema if k in params}
+
     def decode_pinned(self, payload, device, pins):
         return self.decode(payload, device, pins)
 
