@@ -43,7 +43,7 @@ def main() -> None:
     weights = codec.select_weights(params)
     net = codec.model(weights)
     cond = torch.tensor([[codec._cond(params)[0], 1.0]])
-    print(f"filter {weights.name} ({weights.sha256[:12]}), {model.workers()} tile thread(s) for layout 1, "
+    print(f"filter {weights.path.name} ({weights.sha256[:12]}), {model.workers()} tile thread(s) for layout 1, "
           f"load {os.getloadavg()[0]:.1f}")
     totals = {0: 0.0, 1: 0.0}
     pixels = 0
