@@ -30,7 +30,7 @@ from .images import SourceImage, pixels_sha256
 from .manifest import Attempt
 from .metrics import ms_ssim, psnr
 from .plugins import Registry
-from .policy import Route
+from .policy import STORE, Route
 
 Target = tuple[str, float]  # ("psnr", dB) or ("bpp", bits per pixel)
 Payloads = dict[tuple[str, str], bytes]  # (codec id, params hash) -> payload encoded in a batch
@@ -265,6 +265,10 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
         if cand.codec_id in exclude:
             attempts.append(Attempt(cand.codec_id, "skipped", "excluded"))
             continue
+        if cand.fallback and chosen is not None and (target is None or meets(chosen, target, src.info.pixels)):
+            attempts.append(Attempt(cand.codec_id, "skipped", f"fallback, not needed: {chosen.codec.codec_id} "
+                                    f"{'met the target' if target else 'encoded the image'}"))
+            continue
         by = covered.get(cand.codec_id)
         if by and any(a.codec == by and a.result in ("verified", "pruned") for a in attempts):
             attempts.append(Attempt(cand.codec_id, "skipped", f"covered by {by} (it may code this codec's "
@@ -349,15 +353,18 @@ def _covered(src: SourceImage, route: Route, registry: Registry, device, exclude
 
 def _in_rd_order(route: Route, registry: Registry) -> list:
     """The route's candidates, for RD selection with the screened codecs (those with a cheap
-    :meth:`~pixarc.codec.Codec.psnr_ceiling`) last, so the others' results can rule them out
-    before their costly search; otherwise as listed."""
+    :meth:`~pixarc.codec.Codec.psnr_ceiling`) after the others, so their results can rule
+    them out before their costly search, and the fallbacks last; otherwise as listed."""
     if route.selection != "rd":
         return list(route.candidates)
 
     def screened(cand) -> bool:
         return cand.codec_id in registry.codecs and registry.codec(cand.codec_id).screened
 
-    return sorted(route.candidates, key=screened)  # stable: route order within each group
+    # stable: route order within each group; then the fallbacks, then ``store`` (the last
+    # resort keeps the original bytes: it always "meets" a PSNR target, so it must not
+    # stand in for a real candidate when the fallbacks are weighed)
+    return sorted(route.candidates, key=lambda c: (c.codec_id == STORE, c.fallback, screened(c)))
 
 
 def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: Device, chosen: Encoded,

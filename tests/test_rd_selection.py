@@ -277,25 +277,37 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
         runs.archive_local(str(images), str(tmp_path / name), policy=str(p))
         rows = latest(read_manifest(str(tmp_path / name))).to_pylist()
         assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+        met_target.update({r["key"]: any(a["codec"] == "webp" and a.get("met") for a in json.loads(r["attempts"]))
+                           for r in rows})
         return {(r["key"], r["codec_id"]): [(a["codec"], a["result"], a.get("reason", "")) for a in json.loads(r["attempts"])]
                 for r in rows}
 
-    low = run("low", "target_psnr = 30.0", 25.0)  # webp reaches 30 dB on these; 25 dB cannot
-    assert calls and set(calls) == {"ceiling"}  # never encoded
-    for (_, kept), attempts in low.items():
+    met_target: dict[str, bool] = {}  # per image: did webp's verified encode meet the target
+    low = run("low", "target_psnr = 30.0", 25.0)  # webp reaches 30 dB on two of these; 25 dB cannot
+    met = 0
+    for (key, kept), attempts in low.items():
         assert [c for c, _, _ in attempts][:2] == ["webp", "webp"]  # target search + verified, then the screened one
-        (screened,) = [a for a in attempts if a[0] == "test-screened"]
-        assert screened[1] == "screened" and "at most 25.0 dB" in screened[2] and screened[2].endswith(f"{kept} reached")
+        searched = [a for a in attempts if a[0] == "test-screened"]
+        if met_target[key]:
+            met += 1
+            (screened,) = searched
+            assert screened[1] == "screened" and "at most 25.0 dB" in screened[2] and screened[2].endswith("webp reached")
+        else:  # webp missed the target (noise): no real candidate met it, so the screened one is searched
+            assert searched[0][1] == "target", attempts  # (``store``, the last resort, is tried after it)
+    assert met == 2 and "encode" in calls
 
     high = run("high", "target_psnr = 30.0", 1000.0)  # the ceiling allows a win: searched as usual
     assert "encode" in calls  # searched (to the end, or until it could not undercut webp)
     assert all({r for c, r, _ in a if c == "test-screened"} & {"target", "pruned"} for a in high.values())
 
     dear = run("dear", "target_psnr = 30.0", 1000.0, floor=10**8)  # may reach 30 dB, never in fewer bytes
-    assert "encode" not in calls and {"ceiling", "floor"} <= set(calls)
-    for (_, kept), attempts in dear.items():
-        (screened,) = [a for a in attempts if a[0] == "test-screened"]
-        assert screened[1] == "screened" and f"at least {10**8} bytes" in screened[2]
+    assert {"ceiling", "floor"} <= set(calls)
+    for (key, kept), attempts in dear.items():
+        screened = [a for a in attempts if a[0] == "test-screened"]
+        if met_target[key]:
+            assert len(screened) == 1 and screened[0][1] == "screened" and f"at least {10**8} bytes" in screened[0][2]
+        else:
+            assert screened[0][1] == "target"
     cheap = run("cheap", "target_psnr = 30.0", 1000.0, floor=1)  # a floor below webp's bytes: searched
     assert "encode" in calls
 
@@ -396,3 +408,38 @@ def test_a_bracket_far_from_the_bound_prunes_and_a_near_miss_searches_on():
     ratesearch.forget()
     wins = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "wins"), bound=17_000)
     assert wins.kept is not None and wins.kept.index == 40
+
+
+def test_fallbacks_are_searched_only_where_no_candidate_met_the_target(images, tmp_path):
+    """``fallbacks``: after every other candidate, and only where none of them reached the
+    target (the lossy policy's JPEG XL and WebP behind AVIF)."""
+    def run(name, target):
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f'selection = "rd"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
+                     f'codecs = ["jpeg"]\nfallbacks = ["webp"]\n{target}\n')
+        runs.archive_local(str(images), str(tmp_path / name), policy=str(p))
+        rows = latest(read_manifest(str(tmp_path / name))).to_pylist()
+        assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+        return [({(a["codec"], a["result"]): a.get("reason", "") for a in json.loads(r["attempts"])},
+                 any(a["codec"] == "jpeg" and a.get("met") for a in json.loads(r["attempts"]))) for r in rows]
+
+    skipped = 0
+    for attempts, jpeg_met in run("met", "target_psnr = 25.0"):  # JPEG reaches 25 dB on the smooth images
+        assert ("jpeg", "target") in attempts
+        if jpeg_met:  # WebP never searched
+            skipped += 1
+            assert "fallback, not needed: jpeg met the target" in attempts[("webp", "skipped")]
+            assert ("webp", "target") not in attempts
+        else:  # (noise: JPEG misses it) WebP searched
+            assert ("webp", "target") in attempts and ("webp", "skipped") not in attempts
+    assert skipped == 2
+    for attempts, _ in run("unmet", "target_psnr = 200.0"):  # nobody reaches 200 dB: WebP is searched too
+        assert ("webp", "target") in attempts and ("webp", "skipped") not in attempts
+    from pixarc.policy import load_policy
+    from pixarc.errors import PolicyError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[routes.unknown]\ncodecs = ["png"]\nfallbacks = "webp"\n')
+    with pytest.raises(PolicyError, match="fallbacks must be a list"):
+        load_policy(str(bad))
+    assert load_policy("lossy").routes["natural"].fallbacks == ("jxl", "webp")
