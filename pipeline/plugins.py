@@ -149,6 +149,11 @@ class Registry:
                 raise PluginError(f"{kind} {item_id!r} is unavailable: {missing_dependency(exc)}") from exc
         return self._instances[key]
 
+    def make(self, cls: "type[Codec]") -> "Codec":
+        """A new instance of a codec class, registered here or not (a trainer's composite over
+        any base), with its components from this registry, as :meth:`codec` makes them."""
+        return self._make(cls, cls.codec_id)
+
     def _make(self, cls: "type[Codec]", codec_id: str) -> "Codec":
         """A codec instance, its components (``Codec.components``) made first, from this
         registry, and passed to its constructor (None where this registry cannot make one)."""

@@ -53,7 +53,7 @@ def codec(base="avif"):
     from pixarc.plugins import build_plugin_manager
     from pixarc_enhance import enhanced
 
-    return enhanced(base)(base=build_plugin_manager().codec(base))
+    return build_plugin_manager().make(enhanced(base))
 
 
 def sse(a: Image.Image, b: Image.Image) -> float:
