@@ -419,3 +419,34 @@ def test_device_is_a_checked_value_on_every_job(small_collection, tmp_path):
     from pixarc.device import CPU, Device
 
     assert Device.parse("cuda:1").torch == "cuda:1" and Device.parse("CPU") == CPU and str(CPU) == "cpu"
+
+
+def test_devices_are_resolved_once_per_shard_into_a_map(small_collection, tmp_path, monkeypatch):
+    """A shard resolves the job's request once into codec id -> Device (not per image and
+    candidate); only Device values go deeper, and a string there is a clear error."""
+    from pixarc import device as devices
+    from pixarc.device import CPU, Device, DeviceMap
+    from pixarc.encode import encode_route
+    from pixarc.errors import InputError
+    from pixarc.images import probe_and_load
+    from pixarc.plugins import build_plugin_manager
+    from pixarc.policy import Candidate, Route
+
+    class Accelerated:
+        prefers_gpu, needs_gpu = True, False
+
+    reg = build_plugin_manager()
+    assert DeviceMap.resolve("cuda:1", {"png": type(reg.codec("png")), "x": Accelerated}).devices == {
+        "png": CPU, "x": Device("cuda", 1)}  # codecs without an accelerator run on the CPU
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)
+    assert not DeviceMap.resolve("auto", {"x": Accelerated}).uses_gpu
+    calls = []
+    real = devices.resolve
+    monkeypatch.setattr(devices, "resolve", lambda codec, request: (calls.append(codec), real(codec, request))[1])
+    s = runs.archive_local(str(small_collection), str(tmp_path / "d"), registry=reg)  # 5 images, 1 shard
+    assert s.totals.done == 5 and len(calls) == len(reg.codecs)
+    src = probe_and_load((small_collection / "line/ocal_galicia_01.png").read_bytes())
+    with pytest.raises(TypeError, match="DeviceMap"):
+        encode_route(src, Route("line", True, (Candidate("png"),)), reg, "cpu")
+    with pytest.raises(InputError, match="not one of"):
+        ArchiveJob("src", "dest", "run", device="gpu0")  # a job record parses its request

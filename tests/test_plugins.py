@@ -238,6 +238,51 @@ def test_registering_a_non_codec_is_refused(allow_testplug):
         build_plugin_manager({"bad": mod})
 
 
+def test_a_composite_gets_its_components_from_the_registry_that_makes_it(monkeypatch, allow_testplug):
+    """``Codec.components``: the registry makes the base first, from itself, and passes it to
+    the composite's constructor; one it cannot make is passed as None; a cycle is refused."""
+    import os
+
+    class Wrapper(ReverseCodec):
+        codec_id = "test-wrapper"
+        components = {"inner": "test-reverse"}
+
+        def __init__(self, inner=None):
+            self.inner = inner
+
+    class Loop(ReverseCodec):
+        codec_id = "test-loop"
+        components = {"other": "test-loop"}
+
+        def __init__(self, other=None):
+            self.other = other
+
+    mod = types.ModuleType("pixarc_test_wrap")
+    mod.register_codecs = hookimpl(lambda register: [register(Wrapper), register(Loop)])
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",wrap")
+    reg = build_plugin_manager({"testplug": third_party_plugin(), "wrap": mod})
+    assert reg.codec("test-wrapper").inner is reg.codec("test-reverse")
+    made = reg.make(Wrapper)  # a class made outside the codec table gets the same components
+    assert made is not reg.codec("test-wrapper") and made.inner is reg.codec("test-reverse")
+    with pytest.raises(PluginError, match="built on itself"):
+        reg.codec("test-loop")
+    assert build_plugin_manager({"wrap": mod}).codec("test-wrapper").inner is None  # test-reverse not installed
+
+
+def test_a_registry_travels_as_its_allowlist(allow_testplug):
+    """A job record carries its registry; to another process (a Dask worker) it goes as its
+    allow/deny lists and is rebuilt there once. In-process plugins cannot go: it says so."""
+    import pickle
+
+    reg = build_plugin_manager()
+    sent = pickle.dumps(reg)
+    back = pickle.loads(sent)
+    assert len(sent) < 500 and back.selection == reg.selection and set(back.codecs) == set(reg.codecs)
+    assert pickle.loads(sent) is back  # once per process and selection: models load once per worker
+    with pytest.raises(PluginError, match="in-process plugins"):
+        pickle.dumps(build_plugin_manager({"testplug": third_party_plugin()}))
+
+
 def test_allowlist_and_denylist(monkeypatch):
     monkeypatch.setenv("PIXARC_PLUGINS", "png,store,stats_classifier,default_router")
     reg = build_plugin_manager({"testplug": third_party_plugin()})
