@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from .. import jsonout
 from ..console import console, say
 from ..errors import PixarcError
 from ..limits import DEFAULT_MAX_BYTES
-from . import running
+from . import jsonout, running
 from .options import (device_option, engine_option, json_flag, no_progress_option, policy_help, runner_options,
                       storage_options, wait_option)
 from .render import fail, fail_objects, show

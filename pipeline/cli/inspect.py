@@ -7,9 +7,9 @@ import json
 import click
 from rich.table import Table
 
-from .. import jsonout
 from ..console import console, err, say, styled, warn_text
 from ..errors import PixarcError
+from . import jsonout
 from .options import json_flag, policy_help, storage_options
 from .root import main, registry
 

@@ -13,12 +13,13 @@ import functools
 
 import click
 
-from .. import jsonout, storageopts
+from .. import storageopts
 from ..console import console, err
+from . import jsonout
 
 
 def json_flag(command: str):
-    """--json: one JSON document on stdout instead of tables (see pixarc.jsonout). The
+    """--json: one JSON document on stdout instead of tables (see pixarc.cli.jsonout). The
     document is printed by the top-level group when the command ends (``pixarc.cli.root.RootGroup``)."""
 
     def callback(ctx, _param, value):

@@ -6,11 +6,10 @@ import json
 
 import click
 
-from .. import jsonout
 from ..console import err, say, styled
 from ..engine import prefect_defaults
 from ..errors import PixarcError
-from . import running
+from . import jsonout, running
 from .options import (DECODE_DEVICE_HELP, device_option, engine_option, json_flag, no_progress_option, runner_options,
                       storage_options)
 from .render import exit_on_problems, fail, print_problems, require_archive, show

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 import click
 from rich.table import Table
 
-from .. import jsonout
 from ..console import console, err, say, styled
 from ..errors import PixarcError
 from ..jobs import Table as TableData
 from ..remedy import INTEGRITY_PROBLEMS, SOURCE_PROBLEMS
+from . import jsonout
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..checks import Problem

@@ -6,9 +6,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from .. import jsonout
 from ..console import console, err, say, styled
 from ..errors import PixarcError
+from . import jsonout
 from .options import json_flag, storage_options
 from .render import EXIT_INTEGRITY, fail, fail_objects
 from .root import main, registry

@@ -11,8 +11,9 @@ from typing import Any, Iterator
 
 import click
 
-from .. import engine, jsonout, progress
+from .. import engine, progress
 from ..console import err
+from . import jsonout
 
 # Seconds between progress lines when the output is not a terminal (PIXARC_PROGRESS_INTERVAL).
 PROGRESS_INTERVAL = 10.0

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .. import jsonout
 from ..console import err, say, styled
 from ..engine import prefect_defaults
 from ..errors import PixarcError
 from ..remedy import INTEGRITY_PROBLEMS
-from . import running
+from . import jsonout, running
 from .options import (device_option, engine_option, json_flag, no_progress_option, policy_help, runner_options,
                       storage_options, wait_option)
 from .render import EXIT_INTEGRITY, exit_on_problems, fail, fail_objects, require_archive, show

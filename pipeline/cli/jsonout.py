@@ -19,7 +19,7 @@ import json
 import math
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 _doc: dict[str, Any] | None = None
 
