@@ -3,8 +3,9 @@
 Each flow makes its job's record (:mod:`pixarc.jobs`) from its parameters, with a registry
 of the plugins this process's environment allows, and runs it with
 :func:`pixarc.runs.run_job`, as the local engine does; here each shard becomes a task run
-named ``<job>-shard-<n>`` that logs one line through Prefect's run logger. Verify and restore runs that find problems end in a
-``Failed`` state with a problems artifact; artifact keys are per DEST.
+named ``<job>-shard-<n>`` that logs one line through Prefect's run logger. Verify and
+restore runs that find problems end in a ``Failed`` state with a problems artifact;
+artifact keys are per DEST.
 
 Run with no server configured and Prefect starts a temporary local API for the run.
 Point ``PREFECT_API_URL`` at a server to see runs in its UI, or serve these flows as

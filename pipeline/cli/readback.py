@@ -7,12 +7,11 @@ import json
 import click
 
 from ..console import err, say, styled
-from ..engine import prefect_defaults
 from ..errors import PixarcError
 from . import jsonout, running
 from .options import (DECODE_DEVICE_HELP, device_option, engine_option, json_flag, no_progress_option, runner_options,
                       storage_options)
-from .render import exit_on_problems, fail, print_problems, require_archive, show
+from .render import exit_on_problems, fail, print_problems, show
 from .root import main, registry
 
 
@@ -33,17 +32,11 @@ from .root import main, registry
 @no_progress_option
 def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runner, dask_address, device, no_progress):
     """Decode every archived image of DEST (matching the filters) into OUT."""
-    prefect_defaults()
-    require_archive(dest)
-    from ..plan import new_run_id
     from ..restore import RestoreJob
 
-    try:
-        job = RestoreJob(dest, out, new_run_id(), pattern=pattern, domain=domain, version=version, as_of=as_of,
-                         overwrite=overwrite, device=device, registry=registry())
-        s = running.run(job, "restore", not no_progress, runner, workers, dask_address)
-    except (PixarcError, OSError, ValueError) as exc:
-        fail(exc)
+    s = running.run_on_archive(RestoreJob, dest, "restore", not no_progress, runner, workers, dask_address, out=out,
+                               pattern=pattern, domain=domain, version=version, as_of=as_of, overwrite=overwrite,
+                               device=device)
     show(s)
     exit_on_problems(s.problems, dest)
 
@@ -64,17 +57,10 @@ def restore(dest, out, pattern, domain, version, as_of, overwrite, workers, runn
                    "verify writes nothing into DEST (read-only archives are verified too).")
 def verify(dest, full, sources, json_out, workers, runner, dask_address, device, no_progress, record):
     """Fixity check of DEST. Exit status 3 when anything is damaged, 4 when a plugin is missing."""
-    prefect_defaults()
-    require_archive(dest)
-    from ..plan import new_run_id
     from ..verify import VerifyJob
 
-    try:
-        job = VerifyJob(dest, new_run_id(), full=full, sources=sources, device=device, record=record,
-                        registry=registry())
-        s = running.run(job, "verify" + (" --full" if full else ""), not no_progress, runner, workers, dask_address)
-    except (PixarcError, OSError, ValueError) as exc:
-        fail(exc)
+    s = running.run_on_archive(VerifyJob, dest, "verify" + (" --full" if full else ""), not no_progress, runner,
+                               workers, dask_address, full=full, sources=sources, device=device, record=record)
     show(s)
     print_problems(s.problems)
     if json_out:

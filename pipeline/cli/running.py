@@ -43,6 +43,24 @@ def run(job: Any, label: str, show: bool, runner: str, workers: int, address: st
         return engine.run(job, choice, runner, workers, address, wait)
 
 
+def run_on_archive(job_cls: type, dest: str, label: str, show: bool, runner: str, workers: int,
+                   address: str | None, wait: float = 0.0, **fields: Any) -> Any:
+    """A job over the archive DEST (restore, verify, recompress): refused before any work
+    when DEST is not an archive; an error ends the command with its line and exit status."""
+    from ..errors import PixarcError
+    from ..plan import new_run_id
+    from .render import fail, require_archive
+    from .root import registry
+
+    engine.prefect_defaults()
+    require_archive(dest)
+    try:
+        job = job_cls(dest, run_id=new_run_id(), registry=registry(), **fields)
+        return run(job, label, show, runner, workers, address, wait=wait)
+    except (PixarcError, OSError, ValueError) as exc:
+        fail(exc)
+
+
 def _progress_lines() -> bool:
     """Plain progress lines instead of a bar: a bar redrawn in place shows nothing in a log
     file or a pipe until the command ends."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 import click
 
 from ..console import err, say, styled
-from ..engine import prefect_defaults
 from ..errors import PixarcError
 from ..remedy import INTEGRITY_PROBLEMS
 from . import jsonout, running
 from .options import (device_option, engine_option, json_flag, no_progress_option, policy_help, runner_options,
                       storage_options, wait_option)
-from .render import EXIT_INTEGRITY, exit_on_problems, fail, fail_objects, require_archive, show
+from .render import EXIT_INTEGRITY, exit_on_problems, fail, fail_objects, show
 from .root import main, registry
 
 
@@ -30,18 +29,11 @@ from .root import main, registry
 @no_progress_option
 def recompress(dest, policy, min_saving, apply, wait, workers, runner, dask_address, device, no_progress):
     """Plan (default) or apply re-encoding of outdated rows and rows the policy stores smaller."""
-    prefect_defaults()
-    require_archive(dest)
-    from ..plan import new_run_id
     from ..recompress import RecompressJob
 
-    try:
-        job = RecompressJob(dest, new_run_id(), policy=policy, min_saving=min_saving, apply=apply, device=device,
-                            registry=registry())
-        s = running.run(job, "recompress" + (" --apply" if apply else " (plan)"), not no_progress, runner, workers,
-                        dask_address, wait=wait)
-    except (PixarcError, OSError, ValueError) as exc:
-        fail(exc)
+    s = running.run_on_archive(RecompressJob, dest, "recompress" + (" --apply" if apply else " (plan)"), not no_progress,
+                               runner, workers, dask_address, wait=wait, policy=policy, min_saving=min_saving,
+                               apply=apply, device=device)
     show(s)
     damaged = [p for p in s.problems if p.problem in INTEGRITY_PROBLEMS]
     if damaged:  # damage found by any command is damage: say so, and in the exit status
