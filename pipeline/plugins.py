@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Callable
@@ -118,7 +119,10 @@ class Registry:
                 register=functools.partial(self._add, self.classifiers, Classifier, "classifier_id", impl.plugin_name)
             )
         self._instances: dict[str, object] = {}
-        self._making: list[str] = []  # codecs being made (a component cycle is refused)
+        # Shards share a registry across threads: one thread makes an instance (and its
+        # components) at a time, and sees only its own chain (a component cycle is refused).
+        self._lock = threading.RLock()
+        self._making: list[str] = []
 
     def __reduce__(self):
         if self.in_process:
@@ -141,13 +145,14 @@ class Registry:
         if item_id not in table:
             raise PluginError(f"no plugin provides {kind} {item_id!r} (known: {sorted(table)})")
         key = f"{kind}:{item_id}"
-        if key not in self._instances:
-            cls = table[item_id]
-            try:
-                self._instances[key] = self._make(cls, item_id) if kind == "codec" else cls()
-            except ImportError as exc:  # e.g. a learned codec without torch: skipped with this reason
-                raise PluginError(f"{kind} {item_id!r} is unavailable: {missing_dependency(exc)}") from exc
-        return self._instances[key]
+        with self._lock:
+            if key not in self._instances:
+                cls = table[item_id]
+                try:
+                    self._instances[key] = self._make(cls, item_id) if kind == "codec" else cls()
+                except ImportError as exc:  # e.g. a learned codec without torch: skipped with this reason
+                    raise PluginError(f"{kind} {item_id!r} is unavailable: {missing_dependency(exc)}") from exc
+            return self._instances[key]
 
     def make(self, cls: "type[Codec]") -> "Codec":
         """A new instance of a codec class, registered here or not (a trainer's composite over
@@ -157,21 +162,23 @@ class Registry:
     def _make(self, cls: "type[Codec]", codec_id: str) -> "Codec":
         """A codec instance, its components (``Codec.components``) made first, from this
         registry, and passed to its constructor (None where this registry cannot make one)."""
-        if codec_id in self._making:
-            raise ComponentCycle(f"codec {codec_id!r} is built on itself ({' -> '.join([*self._making, codec_id])})")
-        self._making.append(codec_id)
-        try:
-            parts: dict[str, Codec | None] = {}
-            for keyword, part_id in cls.components.items():
-                try:
-                    parts[keyword] = self.codec(part_id)
-                except ComponentCycle:
-                    raise
-                except PluginError:
-                    parts[keyword] = None  # not installed or disabled here: the codec says why
-            return cls(**parts)
-        finally:
-            self._making.pop()
+        with self._lock:
+            if codec_id in self._making:
+                chain = " -> ".join([*self._making, codec_id])
+                raise ComponentCycle(f"codec {codec_id!r} is built on itself ({chain})")
+            self._making.append(codec_id)
+            try:
+                parts: dict[str, Codec | None] = {}
+                for keyword, part_id in cls.components.items():
+                    try:
+                        parts[keyword] = self.codec(part_id)
+                    except ComponentCycle:
+                        raise
+                    except PluginError:
+                        parts[keyword] = None  # not installed or disabled here: the codec says why
+                return cls(**parts)
+            finally:
+                self._making.pop()
 
     def unavailable_reason(self, kind: str, item_id: str) -> str | None:
         """Why a registered codec/classifier cannot be used here (a missing dependency such as
