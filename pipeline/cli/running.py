@@ -27,14 +27,13 @@ def starting_prefect() -> None:
                   "or --engine local)…")
 
 
-def run(job: Any, label: str, show: bool, runner: str, workers: int, address: str | None,
-        engine_name: str | None = None, wait: float = 0.0) -> Any:
-    """Run ``job`` on the engine the command asked for (``engine_name``, else its
-    ``--engine`` option), showing progress under ``label``; returns its summary."""
+def run(job: Any, label: str, show: bool, runner: str, workers: int, address: str | None, wait: float = 0.0) -> Any:
+    """Run ``job`` on the engine the command's ``--engine`` asks for, showing progress under
+    ``label``; returns its summary."""
     from ..engine import EngineChoiceError
 
     try:
-        choice = engine.choose(engine_name or click.get_current_context().meta.get("pixarc.engine"), runner)
+        choice = engine.choose(click.get_current_context().meta.get("pixarc.engine"), runner)
     except EngineChoiceError as exc:
         raise click.UsageError(str(exc)) from None
     with progress_shown(job.run_id, label, show):
