@@ -63,10 +63,11 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
 
     from pixarc.device import CPU
     from pixarc.images import probe_and_load
+    from pixarc.plugins import build_plugin_manager
 
     from . import enhanced
 
-    codec = enhanced(base)()
+    codec = build_plugin_manager().make(enhanced(base))  # its base from the allowed plugins
     if codec.base is None or codec.rate_param is None:
         raise SystemExit(f"base codec {base!r} is not installed or has no rate parameter")
     schema = codec.base.params_schema
