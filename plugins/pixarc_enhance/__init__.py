@@ -220,13 +220,16 @@ class EnhancedCodec(LearnedCodec):
         known = memo.get(strength_key)
         tried: dict[int, tuple[float, list | None, float]] = {}  # permille -> (SSE, cached features, offset)
         keep = src.info.pixels <= CACHE_PIXELS
-        blocks = sample_blocks(xb.shape[2], xb.shape[3], net.halo) if known is None and len(offsets) > 1 else None
+        def permille(offset: float) -> int:
+            return min(1000, max(0, round((rate + offset) * 1000)))
+
+        blocks = sample_blocks(xb.shape[2], xb.shape[3], net.halo, SAMPLE_BLOCK, SAMPLE_BLOCKS) \
+            if known is None and len(offsets) > 1 else None
         if blocks:  # compare the offsets on a few blocks, then run the one chosen on the whole image
-            pms = dict.fromkeys(min(1000, max(0, round((rate + o) * 1000))) for o in offsets)
-            pick = min(pms, key=lambda pm: sampled_sse(net, xb, orig, blocks, torch.tensor([[pm / 1000, float(chroma)]])))
-            known = next(o for o in offsets if min(1000, max(0, round((rate + o) * 1000))) == pick)
+            known = min(offsets, key=lambda o: sampled_sse(net, xb, orig, blocks,
+                                                           torch.tensor([[permille(o) / 1000, float(chroma)]])))
         for off_s in (known,) if known is not None else offsets:
-            pm = min(1000, max(0, round((rate + off_s) * 1000)))
+            pm = permille(off_s)
             if pm not in tried:
                 parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
                 tried[pm] = (sse(to_uint8(finish(net, parts, xb.shape))), parts if keep else None, off_s)
