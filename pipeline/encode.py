@@ -259,7 +259,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
     target = next((c.target for c in route.candidates if c.target), None)
     covered = _covered(src, route, registry, devices, exclude)
     order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
-    for by in {v for v in covered.values()}:  # a covered candidate right after the one covering it
+    for by in dict.fromkeys(covered.values()):  # a covered candidate right after the one covering it
         at = next(i for i, c in enumerate(order) if c.codec_id == by)
         order[at + 1 : at + 1] = [c for c in route.candidates if covered.get(c.codec_id) == by]
     for cand in order:
