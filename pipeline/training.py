@@ -307,7 +307,8 @@ class TrainingRun:
                  half_life: int = 20_000, warmup: int = 200, ema_decay: float | None = 0.999, seed: int = 0,
                  data: Path | None = None, files: list[Path] | None = None, data_hash: str | None = None,
                  dev_score: Callable[[Any], float] | None = None, dev_metric: str = "dev score",
-                 start_from: tuple[str, Mapping[str, Any]] | None = None, checkpoints: bool = True, log=print):
+                 track_best: bool = True, start_from: tuple[str, Mapping[str, Any]] | None = None,
+                 checkpoints: bool = True, started: float | None = None, log=print):
         import torch
 
         from .weights import load_weights
@@ -320,6 +321,7 @@ class TrainingRun:
         self.budget_s, self.max_steps, self.every_s = minutes * 60, steps, checkpoint_minutes * 60
         self.half_life, self.warmup, self.seed, self.checkpoints = half_life, warmup, seed, checkpoints
         self.dev_score, self.dev_metric = dev_score, dev_metric
+        self.track_best = dev_score is not None and track_best
         self.data = Path(data) if data is not None else None
         self.files = files if files is not None or data is None else training_images(self.data)
         self.data_hash = data_hash or (data_sha256(self.data, self.files) if self.data is not None else None)
@@ -327,6 +329,7 @@ class TrainingRun:
         self.since, self.parent, self.init_from, self.continued = 0, None, None, None
         self.extra: dict[str, Any] = {}  # the trainer's own state, carried by checkpoints (e.g. svr's stage)
         self.history: list[dict] = []
+        self.minutes_total: float | None = None  # set by finish_stage: the training time of all runs
         self.best: tuple[float, dict, int] | None = None  # (dev score, state, step)
         self.optimizers: dict[str, Any] = {}
         self.opt = None
@@ -365,10 +368,10 @@ class TrainingRun:
         self.average = WeightAverage(model, ema_decay, average) if ema_decay else None
         self.start_step = self.step
         self.rng = seeded(seed, self.step)
-        self.t0 = self._last_ckpt = time.time()
+        self.t0, self._last_ckpt = started or time.time(), time.time()
         if opt is not None:
             self.attach(opt)
-        if dev_score is not None and self.best is None:
+        if self.track_best and self.best is None:
             self.validate()
 
     # ------------------------------------------------------------------ optimizers
@@ -415,7 +418,8 @@ class TrainingRun:
         if self.average is not None:
             self.average.update(self.model)
         if time.time() - self._last_ckpt > self.every_s:
-            self.validate()
+            if self.track_best:
+                self.validate()
             self.save_checkpoint()
             self._last_ckpt = time.time()
             return True
@@ -425,25 +429,21 @@ class TrainingRun:
         """Run ``step`` (one training step; it returns the numbers to log, or None for a
         step it skipped) until the step or time budget is spent. Every ``log_every`` steps
         (and after the last) the running means go to the log and to :attr:`history`."""
-        sums: dict[str, float] = {}
-        count = 0
+        sums: dict[str, list[float]] = {}  # name -> [sum, count]
 
         def flush() -> None:
-            nonlocal count
-            if count:
-                rec = {"step": self.step, **{k: float(f"{v / count:.5g}") for k, v in sums.items()}}
+            if sums:
+                rec = {"step": self.step, **{k: float(f"{v / n:.5g}") for k, (v, n) in sums.items()}}
                 self.history.append(rec)
                 self.log(f"step {self.step}: " + " ".join(f"{k} {v:g}" for k, v in rec.items() if k != "step")
                          + f" ({self.elapsed_s:.0f} s, lr {self.lr_now:.1e})")
             sums.clear()
-            count = 0
 
         while self.next_step():
-            metrics = step()
-            if metrics:
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
+            for k, v in (step() or {}).items():
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += float(v)
+                acc[1] += 1
             if self.step % log_every == 0:
                 flush()
             self.after_step()
@@ -461,7 +461,7 @@ class TrainingRun:
         """Score the weights that would ship on dev; keep them if they are the best so far."""
         if self.dev_score is None:
             return None
-        score = float(self.dev_score(self.shipping))
+        score = self._score(self.shipping)
         if self.best is None or score > self.best[0]:
             self.best = (score, {k: v.detach().clone() for k, v in self.shipping.state_dict().items()}, self.step)
         self.log(f"dev at step {self.step}: {self.dev_metric} {score:.4f} (best {self.best[0]:.4f} at {self.best[2]})")
@@ -482,7 +482,7 @@ class TrainingRun:
     def final_model(self):
         """The model to ship: the weight average (or the model), holding the best dev
         weights of the run when there is a dev score."""
-        if self.dev_score is not None:
+        if self.track_best:
             self.validate()
             self.shipping.load_state_dict(self.best[1])
         return self.shipping
@@ -502,6 +502,7 @@ class TrainingRun:
                  **fields}
         self.stages.append(stage)
         self.save_checkpoint()
+        self.minutes_total = round(self.minutes_done + self.elapsed_s / 60, 1)  # training time, as resumed from
         return stage
 
     def _data_fields(self) -> dict:
@@ -512,12 +513,24 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ shipping
 
+    def _score(self, model) -> float:
+        """``dev_score`` of ``model`` in eval mode, without gradients (its mode restored)."""
+        import torch
+
+        was = model.training
+        try:
+            with torch.no_grad():
+                return float(self.dev_score(model.eval()))
+        finally:
+            model.train(was)
+
     def _scored(self, state: Mapping[str, Any]) -> float:
+        """The dev score of ``state`` as it ships (fp16)."""
         from .weights import as_shipped
 
         model = copy.deepcopy(self.shipping).to(self.device)
         model.load_state_dict(_float_state(as_shipped(state)))
-        return float(self.dev_score(model.eval()))
+        return self._score(model)
 
     def ship(self, state: Mapping[str, Any], entry: Mapping[str, Any]) -> dict | None:
         """Save ``state`` (fp16) as a new file beside the old ones, with the cumulative
@@ -547,7 +560,7 @@ class TrainingRun:
         entry = {"arch": self.arch, "seed": self.seed, **self._data_fields(),
                  "final": next((st["final"] for st in reversed(self.stages) if st.get("final")), None),
                  **entry, "steps": self.step, "devices": self.devices, "stages": self.stages,
-                 "minutes": round(self.minutes_done + self.elapsed_s / 60, 1),
+                 "minutes": self.minutes_total or round(self.minutes_done + self.elapsed_s / 60, 1),
                  **({"continues": self.parent} if self.parent else {}),
                  **({"init_from": self.init_from} if self.init_from else {}),
                  **({"dev": dev} if dev else {}), **({"supersedes": rival[0].name} if rival else {})}

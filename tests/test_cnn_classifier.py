@@ -87,15 +87,24 @@ def test_training_learns_and_the_classifier_loads(trained):
     assert hits >= 3  # of 5; chance is 1 (the exact count moves with the torch thread count)
 
 
-def test_retraining_replaces_the_previous_entry(trained, tmp_path):
+def test_retraining_supersedes_the_classifier_in_use(trained, tmp_path):
+    """One classifier in use per folder: a new one (here of another shape, so trained from
+    scratch) marks the previous one decode_only; its file stays (the classifications it
+    made remain reproducible) and the plugin loads the new one."""
+    from pixarc_cnn_classifier import CNNClassifier
     from pixarc_cnn_classifier.train import train
 
     entry, out, _ = trained
+    before = json.loads((out / "weights.json").read_text())["files"]
+    (old,) = before
     again = train(str(tmp_path / "whole"), str(out), augment_rounds=0, epochs=10, members=1, folds=2,
                   candidates=((0, 1e-2),), log=lambda _: None)
     files = json.loads((out / "weights.json").read_text())["files"]
-    assert list(files) == [f"domainnet-f{again['n_features']}-h0.pt"] and files[list(files)[0]]["sha256"] == again["sha256"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "weights.json"])
+    new = f"domainnet-f{again['n_features']}-h0.pt"
+    assert set(files) == {old, new} and files[new]["sha256"] == again["sha256"] and "continues" not in files[new]
+    assert files[old] == {**before[old], "decode_only": True, "superseded_by": new}
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "weights.json"])  # no checkpoint left behind
+    assert CNNClassifier().version() == again["sha256"][:12]
 
 
 def test_temperature_fixes_overconfident_logits():

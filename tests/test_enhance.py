@@ -82,13 +82,14 @@ def test_registered_for_several_bases_with_the_base_rate_parameter(tiny_filter, 
 
 
 def test_filter_on_round_trips_deterministically(tiny_filter):
-    from pixarc_enhance import _HEAD
+    from pixarc_enhance import HEADER
 
     c = codec()
     src = probe_and_load(encode_bytes(textured(), "PNG"))
     payload = c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "none"}))
-    flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
-    assert (flags, mode) == (1, 0) and cond_pm <= 1000
+    head = HEADER.read(payload, c.codec_id).head
+    assert (head.flags, head.mode) == (1, 0) and head.cond_permille <= 1000
+    assert head.tag == bytes.fromhex(c.weights_for(c.validate_params({"quality": 40})))[: len(head.tag)]
     a, b = c.decode(payload), c.decode(payload)
     assert a.image.size == (72, 56) and a.image.mode == "RGB"
     assert a.image.tobytes() == b.image.tobytes() and a.fingerprint == b.fingerprint
@@ -152,14 +153,14 @@ def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filte
 
 
 def test_adapters_travel_in_the_payload(tiny_filter):
-    from pixarc_enhance import _HEAD, adapt
+    from pixarc_enhance import HEADER, adapt
 
     c = codec()
     src = probe_and_load(encode_bytes(textured(80, 64, seed=3), "PNG"))
     p = {"quality": 30, "filter": "on", "rd_lambda": 1.0}
     none = c.encode(src, c.validate_params({**p, "adapters": "none"}))
     shared = c.encode(src, c.validate_params({**p, "adapters": "shared"}))
-    assert _HEAD.unpack_from(shared, 0)[1] == 1 and _HEAD.unpack_from(none, 0)[1] == 0
+    assert HEADER.parse(shared).mode == 1 and HEADER.parse(none).mode == 0
     assert len(shared) > len(none)
     assert sse(src.image, c.decode(shared).image) < sse(src.image, c.decode(none).image)
     symbols = list(range(-adapt.K, adapt.K + 1)) + [0] * 9
