@@ -388,6 +388,8 @@ class TrainingRun:
             self._pending.pop(name, None)
             if name == "opt":
                 self.since = self.step
+                if self.step > self.start_step:  # mid-step: this step already runs on the new optimizer
+                    self._set_lr()
         elif name in self._pending:
             opt.load_state_dict(self._pending.pop(name))
 
@@ -407,11 +409,15 @@ class TrainingRun:
         if self.step >= self.max_steps or self.elapsed_s >= self.budget_s:
             return False
         self.step += 1
+        self._set_lr()
+        return True
+
+    def _set_lr(self) -> None:
         lr = cumulative_lr(self.step, self.lr, since=self.since, half_life=self.half_life, warmup=self.warmup)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self._lr_range = [self._lr_range[0] if self._lr_range else lr, lr]
-        return True
+        first = self._lr_range[0] if self._lr_range and self.step > self.start_step + 1 else lr
+        self._lr_range = [first, lr]
 
     def after_step(self) -> bool:
         """Update the weight average; when a checkpoint is due, score dev and write one (True then)."""
