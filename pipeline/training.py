@@ -283,12 +283,17 @@ class TrainingRun:
     ships is the :class:`WeightAverage` (``ema_decay`` None: the model itself).
 
     With ``dev_score`` (the model → a number, higher is better), the average is scored at
-    every checkpoint and the best one is what :meth:`final_model` holds, and :meth:`ship`
-    writes nothing unless it beats the newest shipped weights of the same shape (scored
-    as shipped, fp16), which it then supersedes (``decode_only``). :meth:`ship` writes a
-    new file ``<stem>[-vN].pt`` (stored bitstreams name the old one by its sha256) whose
-    entry records every stage (steps, device, minutes, learning rates, data sha256) and
-    the file it continues.
+    the start and at every checkpoint and the best one is what :meth:`final_model` holds
+    (``track_best`` False: the last one), and :meth:`ship` writes nothing unless it beats
+    the newest shipped weights of the same shape (scored as shipped, fp16), which it then
+    supersedes (``decode_only``). :meth:`ship` writes a new file ``<stem>[-vN].pt`` (stored
+    bitstreams name the old one by its sha256) whose entry records every stage (steps,
+    device, minutes, learning rates, data sha256) and the file it continues.
+
+    Budgets: ``minutes`` of this run (from ``started``, when the invocation began before
+    the run), ``steps`` cumulative, ``run_steps`` of this run. ``data`` (a folder; its
+    images are :attr:`files` unless given, hashed unless ``data_hash`` is) goes into every
+    stage. ``checkpoints`` False: nothing written but the weights (trainers of seconds).
 
     A trainer::
 

@@ -163,7 +163,7 @@ def test_policy_falls_back_to_stats_without_weights(monkeypatch, tmp_path):
 def test_held_out_folds_keep_source_groups_together(tmp_path):
     """With a MANIFEST.tsv (as in ../shared/data/train), files from one source directory
     share a group, hence a fold: a redraw of a held-out portrait is never trained on."""
-    from pixarc_cnn_classifier.train import _fold, collect
+    from pixarc_cnn_classifier.train import collect, group_fold
 
     rows = ["set\tdomain\tfile\tsource_package\tsource_path"]
     for d in ("comic", "line"):
@@ -177,7 +177,7 @@ def test_held_out_folds_keep_source_groups_together(tmp_path):
     groups = [s.group for s in samples]
     assert groups == ["comic:debian:x:/usr/share/elves"] * 2 + ["comic:debian:x:/usr/share/orcs"] * 2 \
         + ["line:debian:x:/usr/share/elves"] * 2 + ["line:debian:x:/usr/share/orcs"] * 2
-    assert all(_fold(groups[i], 5) == _fold(groups[i + 1], 5) for i in (0, 2, 4, 6))
+    assert all(group_fold(groups[i], 5) == group_fold(groups[i + 1], 5) for i in (0, 2, 4, 6))
     # without a manifest each file is its own group
     (tmp_path / "train" / "MANIFEST.tsv").unlink()
     assert len({s.group for s in collect(str(tmp_path / "train" / "whole"))}) == 8

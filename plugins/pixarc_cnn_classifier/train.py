@@ -124,7 +124,8 @@ def augment(image, rng: random.Random):
     return image
 
 
-def _fold(group: str, folds: int) -> int:
+def group_fold(group: str, folds: int) -> int:
+    """The held-out fold of a source group (the same on every machine)."""
     return zlib.crc32(group.encode()) % folds
 
 
@@ -242,7 +243,7 @@ def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minut
     samples, images = load(collect(data, tuple(extra)))
     if len({s.label for s in samples if s.whole}) < 2:
         raise SystemExit(f"need images of several domains under {data}/<domain>/")
-    fold_of = [_fold(s.group, folds) for s in samples]
+    fold_of = [group_fold(s.group, folds) for s in samples]
     if len({f for f, s in zip(fold_of, samples) if s.whole}) < 2:  # few groups: fall back to files
         fold_of = [i % folds for i in range(len(samples))]
     log(f"{len(samples)} images ({sum(s.whole for s in samples)} whole), {len({s.group for s in samples})} source groups, "
