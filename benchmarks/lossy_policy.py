@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/lossy_policy.py [DEV_DIR] [--quality 60] [--reference 2] [--domains natural,comic]
 
 Measures, in this process, one domain folder of DEV_DIR after another (``archive_local``,
-one worker, the same for both):
+one worker, the same for both), each image archived alone by one then the other, so both
+see the same machine load (after one warm-up image each, not counted):
 1. ``--policy lossy`` (RD selection at ``target_psnr`` on natural/comic, lossless elsewhere);
 2. plain AVIF at one fixed quality (``--quality``, speed 6, 4:4:4: the lossy policy's AVIF
    settings) on every image, ``selection = "first"``;
 and prints per domain: seconds per image, bytes, mean PSNR / MS-SSIM, wins per codec, and
-the ratio of the two times.
+the ratio of the two times (wall clock, and process CPU seconds).
 
 ``--reference N``: on N images per lossy domain, also today's selection before the fast
 rate search (a bisection of every lossy candidate's rate parameter in which every probe is
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,11 +53,29 @@ def avif_policy(path: Path, quality: int) -> str:
     return str(path)
 
 
-def run(src: Path, dest: Path, policy: str) -> tuple[float, list[dict]]:
-    t0 = time.perf_counter()
+def run(src: Path, dest: Path, policy: str) -> tuple[float, float, list[dict]]:
+    """(wall seconds, process CPU seconds, done rows) of one archive run."""
+    t0, c0 = time.perf_counter(), time.process_time()
     runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000)
-    seconds = time.perf_counter() - t0
-    return seconds, [r for r in latest(read_manifest(str(dest))).to_pylist() if r["status"] == "done"]
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return seconds, cpu, [r for r in latest(read_manifest(str(dest))).to_pylist() if r["status"] == "done"]
+
+
+def alternated(folder: Path, tmp: Path, policies: dict[str, str]) -> dict[str, tuple[float, float, list[dict]]]:
+    """Each image of ``folder`` archived alone with each policy in turn, so every policy sees
+    the same machine load (a training or a test suite may share the machine): per policy,
+    summed wall and CPU seconds and the rows."""
+    out = {name: [0.0, 0.0, []] for name in policies}
+    for i, path in enumerate(sorted(folder.iterdir())):
+        one = tmp / f"src-{folder.name}-{i}"
+        one.mkdir()
+        shutil.copy2(path, one / path.name)
+        for name, policy in policies.items():
+            t, c, rows = run(one, tmp / f"{name}-{folder.name}-{i}", policy)
+            out[name][0] += t
+            out[name][1] += c
+            out[name][2] += rows
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
 def bisected_selection(path: Path, domain: str) -> tuple[int, str, float]:
@@ -104,7 +124,16 @@ def main() -> None:
     plain = avif_policy(tmp / "avif.toml", args.quality)
     lossy_routes = {d for d, r in load_policy("lossy").routes.items() if not r.lossless}
     print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; plain AVIF q{args.quality}")
-    hdr = (f"{'domain':10s} {'n':>2s} | {'lossy s/img':>11s} {'avif s/img':>10s} {'ratio':>5s} | "
+    # warm-up (imports, model loads, first plugin calls), not counted
+    first = next(p for d in args.domains.split(",") for p in sorted((dev / d).iterdir()))
+    (tmp / "warm").mkdir()
+    shutil.copy2(first, tmp / "warm" / first.name)
+    for name, policy in (("lossy", "lossy"), ("avif", plain)):
+        run(tmp / "warm", tmp / f"warm-{name}", policy)
+    from pixarc import ratesearch
+
+    ratesearch.forget()  # the rate search's model starts empty, as in a fresh process
+    hdr = (f"{'domain':10s} {'n':>2s} | {'lossy s/img':>11s} {'avif s/img':>10s} {'ratio':>5s} {'cpu':>5s} | "
            f"{'lossy bytes':>11s} {'avif bytes':>10s} | {'lossy dB':>8s} {'avif dB':>7s} | "
            f"{'lossy MS-SSIM':>13s} {'avif MS-SSIM':>12s} | wins")
     print(hdr)
@@ -114,24 +143,29 @@ def main() -> None:
     for domain in args.domains.split(","):
         folder = dev / domain
         n = sum(1 for _ in folder.iterdir())
-        t_lossy, rows = run(folder, tmp / f"lossy-{domain}", "lossy")
-        t_avif, arows = run(folder, tmp / f"avif-{domain}", plain)
+        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain})
+        (t_lossy, c_lossy, rows), (t_avif, c_avif, arows) = res["lossy"], res["avif"]
         wins = Counter(r["codec_id"] for r in rows)
         all_wins.update(wins)
         for r in rows:
             lossy_rows[f"{domain}/{r['key']}"] = r
         lb, ab = sum(r["bitstream_bytes"] for r in rows), sum(r["bitstream_bytes"] for r in arows)
-        for k, v in (("lossy_s", t_lossy), ("avif_s", t_avif), ("lossy_b", lb), ("avif_b", ab), ("n", n)):
+        for k, v in (("lossy_s", t_lossy), ("avif_s", t_avif), ("lossy_c", c_lossy), ("avif_c", c_avif),
+                     ("lossy_b", lb), ("avif_b", ab), ("n", n)):
             totals[k] += v
-        print(f"{domain:10s} {n:2d} | {t_lossy / n:11.2f} {t_avif / n:10.2f} {t_lossy / t_avif:5.1f} | "
+        print(f"{domain:10s} {n:2d} | {t_lossy / n:11.2f} {t_avif / n:10.2f} {t_lossy / t_avif:5.1f} "
+              f"{c_lossy / c_avif:5.1f} | "
               f"{lb:11d} {ab:10d} | {mean(r['psnr'] for r in rows):8.2f} {mean(r['psnr'] for r in arows):7.2f} | "
               f"{mean(r['ms_ssim'] for r in rows):13.4f} {mean(r['ms_ssim'] for r in arows):12.4f} | "
               + ", ".join(f"{c} {k}" for c, k in wins.most_common()), flush=True)
     n = totals["n"]
     print(f"{'all':10s} {int(n):2d} | {totals['lossy_s'] / n:11.2f} {totals['avif_s'] / n:10.2f} "
-          f"{totals['lossy_s'] / totals['avif_s']:5.1f} | {int(totals['lossy_b']):11d} {int(totals['avif_b']):10d} | "
+          f"{totals['lossy_s'] / totals['avif_s']:5.1f} {totals['lossy_c'] / totals['avif_c']:5.1f} | "
+          f"{int(totals['lossy_b']):11d} {int(totals['avif_b']):10d} | "
           f"wins: " + ", ".join(f"{c} {k}" for c, k in all_wins.most_common()))
-    print("(lossy dB: mean over lossy rows; lossless rows count as exact and are left out of the mean)")
+    print("(ratio: wall-clock lossy / plain AVIF; cpu: the same for process CPU seconds. Each image is archived "
+          "alone by one policy then the other, so both see the same load; lossy dB: mean over lossy rows; "
+          "lossless rows count as exact and are left out of the mean)")
 
     if args.reference:
         print(f"\ntoday's selection (bisection, every probe fully encoded and checked) on {args.reference} "

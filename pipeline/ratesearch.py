@@ -22,7 +22,11 @@ monotone in the rate value, but in fewer probes:
 ``bound``: RD selection's current best bytes (a candidate that already met the PSNR
 target). The search stops as soon as a probe shows this codec cannot undercut it: a
 probe that misses the target with at least ``bound`` bytes means every value reaching the
-target costs more (bytes grow with the rate value).
+target costs more (bytes grow with the rate value). It also stops once two probes
+bracket ``bound`` in bytes (one below it missing the target, one above it reaching it)
+and the line through them in (log bytes, PSNR) gives at most ``goal − BOUND_MARGIN_DB``
+at ``bound`` bytes: a codec's PSNR is close to linear in log-bytes across one such
+bracket, and the margin keeps the near misses searching to the end.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Callable
 # JPEG/WebP/AVIF/JXL quality 0..100 span roughly 20 dB and a factor of 30 in bytes.
 PRIOR_SPAN = {"psnr": 20.0, "bpp": math.log(30.0)}
 HISTORY = 16  # searches remembered per (codec, target)
+BOUND_MARGIN_DB = 0.5  # an interpolated PSNR this far below the goal at ``bound`` bytes prunes
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Outcome:
     kept: Probe | None  # None: pruned by ``bound``
     probes: list[Probe] = field(default_factory=list)
     pruned_by: Probe | None = None  # the probe that showed the bound cannot be undercut
+    interpolated: float | None = None  # pruned by the bracket: the PSNR it gives at ``bound`` bytes
     reached: bool = True  # False: the target is out of the codec's range (kept = closest end)
 
     @property
@@ -118,6 +124,12 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
         if kind == "psnr" and bound is not None and not ok(p) and p.bytes >= bound:
             _remember(model_key, None, probes, kind, anchor)
             return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p)
+        if kind == "psnr" and bound is not None:
+            at_bound = _psnr_at(probes.values(), bound, goal)
+            if at_bound is not None and at_bound <= goal - BOUND_MARGIN_DB:
+                _remember(model_key, None, probes, kind, anchor)
+                return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p,
+                               interpolated=at_bound)
         if hi - lo <= 1:
             break
         if lo >= 0 and hi < n:  # bracketed
@@ -164,6 +176,21 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
             kept = probes[lo]
     _remember(model_key, kept.index if reached else None, probes, kind, anchor)
     return Outcome(kept, sorted(probes.values(), key=lambda q: q.index), reached)
+
+
+def _psnr_at(probes, bound: int, goal: float) -> float | None:
+    """PSNR at ``bound`` bytes on the line through the closest bracket of it: the probe
+    with the most bytes below ``bound`` missing ``goal`` and the one with the fewest bytes
+    above it reaching ``goal`` (None without such a pair)."""
+    below = [p for p in probes if p.bytes < bound and p.psnr < goal]
+    above = [p for p in probes if p.bytes > bound and p.psnr >= goal]
+    if not below or not above:
+        return None
+    a, b = max(below, key=lambda p: p.bytes), min(above, key=lambda p: p.bytes)
+    la, lb = math.log(max(1, a.bytes)), math.log(b.bytes)
+    if lb <= la or not math.isfinite(b.psnr):
+        return None
+    return a.psnr + (b.psnr - a.psnr) * (math.log(bound) - la) / (lb - la)
 
 
 def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind: str,

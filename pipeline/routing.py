@@ -27,6 +27,7 @@ def route(info: ImageInfo, classification: Classification, policy: Policy) -> Ro
         domain = UNKNOWN
     spec = policy.routes[domain]
     candidates = [Candidate(c, policy.params_for(c, spec), spec.target) for c in spec.codecs]
-    if STORE not in spec.codecs:  # last resort for every route: keep the original bytes
+    candidates += [Candidate(c, policy.params_for(c, spec), spec.target, fallback=True) for c in spec.fallbacks]
+    if STORE not in spec.codecs + spec.fallbacks:  # last resort for every route: keep the original bytes
         candidates.append(Candidate(STORE))
     return Route(domain, spec.lossless, tuple(candidates), policy.selection, reason)

@@ -102,9 +102,9 @@ def _sync(paths: list) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(posixpath.dirname(paths[0]), os.O_RDONLY)
         try:
-            if libc.syncfs(fd) == 0 and all(os.stat(p).st_dev == os.stat(paths[0]).st_dev for p in paths
-                                             if os.path.exists(p)):
-                return
+            dev = os.stat(paths[0]).st_dev
+            if libc.syncfs(fd) == 0 and all(_device_of(p) in (dev, None) for p in dict.fromkeys(paths)):
+                return  # one stat per path: all on the filesystem just synced
         finally:
             os.close(fd)
     except (OSError, AttributeError):
@@ -115,6 +115,13 @@ def _sync(paths: list) -> None:
         elif os.path.exists(p):
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def _device_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except FileNotFoundError:
+        return None
 
 
 def _durable_temp(path: str, data: bytes, fault_site: str) -> str:

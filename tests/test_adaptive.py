@@ -207,8 +207,16 @@ def test_psnr_ceiling_is_the_base_model_at_the_top_rate_point_plus_the_margin(ti
     params = c.validate_params({"quality": 1, "ceiling_margin_db": 2.5})
     ceiling = c.psnr_ceiling(src, params)
     assert ceiling == pytest.approx(base_psnr + 2.5, abs=1e-9)
-    adapted = psnr(src.image, c.decode(c.encode(src, params)).image)
+    adapted_payload = c.encode(src, params)
+    adapted = psnr(src.image, c.decode(adapted_payload).image)
     assert adapted < ceiling
+    # the byte floor: floor_factor × the base model's bytes at the lowest rate point whose
+    # ceiling reaches the goal; below the adapted encode's bytes
+    base_bytes = len(c.encode(src, base))
+    assert c.bytes_floor(src, {**params, "floor_factor": 0.5}, ceiling - 1) == int(0.5 * base_bytes)
+    assert c.bytes_floor(src, {**params, "floor_factor": 0.5}, ceiling + 1) is None  # no rate point reaches it
+    assert c.bytes_floor(src, {**params, "floor_factor": 0.0}, ceiling - 1) is None  # 0: never skips
+    assert c.bytes_floor(src, params, ceiling - 1) <= len(adapted_payload)
 
 
 def test_garbage_payloads_raise_codec_error(tiny_weights):

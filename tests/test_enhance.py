@@ -88,7 +88,7 @@ def test_filter_on_round_trips_deterministically(tiny_filter):
     src = probe_and_load(encode_bytes(textured(), "PNG"))
     payload = c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "none"}))
     head = HEADER.read(payload, c.codec_id).head
-    assert (head.flags, head.mode) == (1, 0) and head.cond_permille <= 1000
+    assert (head.flags, head.mode) == (1 | 4, 0) and head.cond_permille <= 1000  # on, channels-last layout
     assert head.tag == bytes.fromhex(c.weights_for(c.validate_params({"quality": 40})))[: len(head.tag)]
     a, b = c.decode(payload), c.decode(payload)
     assert a.image.size == (72, 56) and a.image.mode == "RGB"
@@ -125,7 +125,7 @@ def test_a_filter_that_loses_is_switched_off(tmp_path, monkeypatch):
     assert sse(src.image, forced) > sse(src.image, base)
 
 
-def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filter):
+def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filter, monkeypatch):
     from pixarc_enhance import adapt
     from pixarc_enhance.model import feature_tiles, finish
 
@@ -150,6 +150,16 @@ def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filte
         assert real < plain
     # a tiny λ (bits are dear): nothing is worth sending
     assert not any(adapt.fit(stats, 1, lam=1e-9)[0])
+    # a big image's statistics sample every second row and column, scaled to the whole image
+    monkeypatch.setattr(adapt, "SUBSAMPLE_PIXELS", 1000)
+    sampled = adapt.statistics(net, parts, x)
+    assert sampled.sse0 == stats.sse0
+    off = np.linalg.norm(sampled.gram - stats.gram) / np.linalg.norm(stats.gram)
+    assert 0 < off < 0.05
+    symbols, predicted, _ = adapt.fit(sampled, 2, lam=1.0)
+    w, b = adapt.merged_tail(net, 2, symbols)
+    real = float((((finish(net, parts, xb.shape, w, b) - x) * 255).double() ** 2).sum())
+    assert real < plain and real == pytest.approx(predicted, rel=0.02)
 
 
 def test_adapters_travel_in_the_payload(tiny_filter):
@@ -167,12 +177,68 @@ def test_adapters_travel_in_the_payload(tiny_filter):
     assert adapt.decode_symbols(adapt.encode_symbols(symbols), len(symbols)) == symbols
 
 
+def test_both_layouts_decode_with_their_own_float_operations(tiny_filter, monkeypatch):
+    """Bitstreams written before the channels-last layout (flag bit 2 clear) decode with the
+    contiguous 512-pixel tiles they were made with; new ones with channels-last 256-pixel
+    tiles; either on any number of tile threads, to the same bytes."""
+    from pixarc_enhance import HEADER, adapt, model
+
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(300, 560, seed=5), "PNG"))
+    new = c.encode(src, c.validate_params({"quality": 30, "filter": "on", "adapters": "shared", "rd_lambda": 1.0}))
+    p = HEADER.read(new, c.codec_id)
+    flags, mode, cond_pm = p.head.flags, p.head.mode, p.head.cond_permille
+    assert flags & 4 and mode == 1
+    old = bytes([flags & 3]) + new[1:]  # the same payload as the first bitstreams wrote it
+    net = c.model(c.select_weights())
+    base_im, _ = c._base_decode(p.sections[0])
+    xb = torch.from_numpy(np.asarray(base_im, np.float32) / 255).permute(2, 0, 1)[None]
+    coded = p.rest
+    w, b = adapt.merged_tail(net, mode, adapt.decode_symbols(coded, adapt.n_params(mode, net.channels)))
+    cond = torch.tensor([[cond_pm / 1000, float(flags >> 1 & 1)]])
+    seen = []
+    real_apply = model.apply
+    monkeypatch.setattr(model, "apply", lambda *a: seen.append(a[-1]) or real_apply(*a))
+    for payload, layout in ((new, model.NHWC), (old, model.NCHW)):
+        seen.clear()
+        monkeypatch.setenv("PIXARC_FILTER_THREADS", "1")
+        serial = c.decode(payload).image.tobytes()
+        monkeypatch.setenv("PIXARC_FILTER_THREADS", "4")
+        assert c.decode(payload).image.tobytes() == serial
+        assert seen == [layout, layout]  # the float operations the bitstream was made with
+        want = model.to_uint8(real_apply(net, xb, cond, w, b, layout))
+        assert serial == Image.fromarray(want).tobytes()
+    # the two layouts are really two computations (several tiles of different sides)
+    assert len(list(model.tiles(560, 300, net.halo, model.NHWC.tile))) == 6
+    assert len(list(model.tiles(560, 300, net.halo, model.NCHW.tile))) == 2
+
+
+def test_conditioning_offsets_are_compared_on_sampled_blocks(tiny_filter, monkeypatch):
+    """On an image bigger than the sample, the encoder runs the whole-image filter once
+    (for the offset the blocks chose), not once per offset."""
+    import pixarc_enhance
+    from pixarc_enhance import model
+
+    calls = []
+    real = model.feature_tiles
+    monkeypatch.setattr(model, "feature_tiles", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(400, 400, seed=2), "PNG"))
+    assert model.sample_blocks(400, 400, 3) and not model.sample_blocks(72, 56, 3)
+    c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "none"}))
+    assert len(calls) == 1 and len(pixarc_enhance.OWN_PARAMS["strengths"].default) == 4
+    calls.clear()
+    small = probe_and_load(encode_bytes(textured(), "PNG"))
+    c.encode(small, c.validate_params({"quality": 40, "filter": "on", "adapters": "none"}))
+    assert len(calls) == 4  # small images: every offset on the whole image, as before
+
+
 def test_malformed_payloads_raise_codec_error(tiny_filter):
     c = codec()
     src = probe_and_load(encode_bytes(textured(), "PNG"))
     good = c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "shared", "rd_lambda": 1.0}))
     assert good[1] == 1  # adapters sent
-    bad = [b"", good[:5], good[:20], bytes([7]) + good[1:], good[:4] + b"\0" * 4 + good[8:],
+    bad = [b"", good[:5], good[:20], bytes([8]) + good[1:], good[:4] + b"\0" * 4 + good[8:],
            good[:1] + bytes([3]) + good[2:], good[:-3], b"\0" + good[1:]]
     for payload in bad:
         with pytest.raises(CodecError):

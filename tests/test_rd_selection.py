@@ -251,11 +251,16 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
     class Screened(Palette):
         codec_id = "test-screened"
         screened = True
-        params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0)}
+        params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0),
+                         "floor": Param(int, 0, 0, 10**9)}
 
         def psnr_ceiling(self, src, params, device="cpu"):
             calls.append("ceiling")
             return params["ceiling"]
+
+        def bytes_floor(self, src, params, psnr_goal, device="cpu"):
+            calls.append("floor")
+            return params["floor"] or None
 
         def encode(self, src, params, device="cpu"):
             calls.append("encode")
@@ -263,27 +268,48 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
 
     use_plugin(monkeypatch, "screened", Screened)
 
-    def run(name, target, ceiling):
+    def run(name, target, ceiling, floor=0):
         p = tmp_path / f"{name}.toml"
         p.write_text(f'selection = "rd"\nmin_confidence = 1.1\n[params.test-screened]\nceiling = {ceiling}\n'
+                     f'floor = {floor}\n'
                      f'[routes.unknown]\nlossless = false\ncodecs = ["test-screened", "webp"]\n{target}\n')
         calls.clear()
         runs.archive_local(str(images), str(tmp_path / name), policy=str(p))
         rows = latest(read_manifest(str(tmp_path / name))).to_pylist()
         assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+        met_target.update({r["key"]: any(a["codec"] == "webp" and a.get("met") for a in json.loads(r["attempts"]))
+                           for r in rows})
         return {(r["key"], r["codec_id"]): [(a["codec"], a["result"], a.get("reason", "")) for a in json.loads(r["attempts"])]
                 for r in rows}
 
-    low = run("low", "target_psnr = 30.0", 25.0)  # webp reaches 30 dB on these; 25 dB cannot
-    assert calls and set(calls) == {"ceiling"}  # never encoded
-    for (_, kept), attempts in low.items():
+    met_target: dict[str, bool] = {}  # per image: did webp's verified encode meet the target
+    low = run("low", "target_psnr = 30.0", 25.0)  # webp reaches 30 dB on two of these; 25 dB cannot
+    met = 0
+    for (key, kept), attempts in low.items():
         assert [c for c, _, _ in attempts][:2] == ["webp", "webp"]  # target search + verified, then the screened one
-        (screened,) = [a for a in attempts if a[0] == "test-screened"]
-        assert screened[1] == "screened" and "at most 25.0 dB" in screened[2] and screened[2].endswith(f"{kept} reached")
+        searched = [a for a in attempts if a[0] == "test-screened"]
+        if met_target[key]:
+            met += 1
+            (screened,) = searched
+            assert screened[1] == "screened" and "at most 25.0 dB" in screened[2] and screened[2].endswith("webp reached")
+        else:  # webp missed the target (noise): no real candidate met it, so the screened one is searched
+            assert searched[0][1] == "target", attempts  # (``store``, the last resort, is tried after it)
+    assert met == 2 and "encode" in calls
 
     high = run("high", "target_psnr = 30.0", 1000.0)  # the ceiling allows a win: searched as usual
     assert "encode" in calls  # searched (to the end, or until it could not undercut webp)
     assert all({r for c, r, _ in a if c == "test-screened"} & {"target", "pruned"} for a in high.values())
+
+    dear = run("dear", "target_psnr = 30.0", 1000.0, floor=10**8)  # may reach 30 dB, never in fewer bytes
+    assert {"ceiling", "floor"} <= set(calls)
+    for (key, kept), attempts in dear.items():
+        screened = [a for a in attempts if a[0] == "test-screened"]
+        if met_target[key]:
+            assert len(screened) == 1 and screened[0][1] == "screened" and f"at least {10**8} bytes" in screened[0][2]
+        else:
+            assert screened[0][1] == "target"
+    cheap = run("cheap", "target_psnr = 30.0", 1000.0, floor=1)  # a floor below webp's bytes: searched
+    assert "encode" in calls
 
     unmet = run("unmet", "target_bpp = 0.001", 25.0)  # nobody fits 0.001 bpp: no ground to skip it
     assert "encode" in calls and "ceiling" not in calls
@@ -310,9 +336,110 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
     monkeypatch.setattr(avif_cls, "encode",
                         lambda self, s, p, d=devices.CPU: (encoded.append(p["quality"]), real(self, s, p, d))[1])
     params = {"speed": 8, "subsampling": "4:4:4"}
+    # filter "on": the enhanced codec cannot code plain AVIF, so both are searched
     route = Route("unknown", False, (Candidate("avif", params, ("psnr", 34.0)),
-                                     Candidate("avif-enhanced", params, ("psnr", 34.0))), "rd")
+                                     Candidate("avif-enhanced", {**params, "filter": "on"}, ("psnr", 34.0))), "rd")
     chosen, attempts = encode_route(src, route, reg, "cpu")
     assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
         "avif", "avif-enhanced"}
     assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice
+
+
+def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monkeypatch):
+    """``avif-enhanced`` (filter auto) may code plain AVIF with one more byte: with the same
+    AVIF settings in the route, plain AVIF is skipped as covered; with other settings, or
+    where the enhanced codec fails on the image, it is searched as usual."""
+    from pixarc.encode import encode_route
+    from pixarc.images import probe_and_load
+    from pixarc.policy import Candidate, Route
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
+    reg = build_plugin_manager()
+    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    enhanced = reg.codec("avif-enhanced")
+    src = probe_and_load((images / "smooth.png").read_bytes())
+    if enhanced.unsupported_reason(src.info):
+        pytest.skip(enhanced.unsupported_reason(src.info))
+    params = {"speed": 8, "subsampling": "4:4:4"}
+    target = ("psnr", 34.0)
+
+    def results(avif_params):
+        route = Route("unknown", False, (Candidate("avif", avif_params, target),
+                                         Candidate("avif-enhanced", params, target)), "rd")
+        chosen, attempts = encode_route(src, route, reg, "cpu")
+        assert chosen is not None and chosen.psnr >= 34.0
+        return {(a.codec, a.result): a.reason for a in attempts}
+
+    same = results(params)
+    assert ("avif", "skipped") in same and "covered by avif-enhanced" in same[("avif", "skipped")]
+    assert ("avif", "target") not in same and ("avif-enhanced", "target") in same
+    other = results({**params, "speed": 9})  # other AVIF settings: a different candidate
+    assert ("avif", "target") in other and ("avif", "skipped") not in other
+    monkeypatch.setattr(type(enhanced), "encode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    failed = results(params)
+    assert ("avif-enhanced", "failed") in failed and ("avif", "target") in failed
+
+
+def test_a_bracket_far_from_the_bound_prunes_and_a_near_miss_searches_on():
+    """Two probes bracketing RD selection's bound in bytes prune the codec when the line
+    through them stays well below the goal at the bound; within the margin, the search
+    goes on to its boundary."""
+    import math as m
+
+    from pixarc import ratesearch
+
+    values = list(range(101))
+
+    def measure(i):  # PSNR linear in log-bytes: 20 dB at 1 kB, +6 dB per doubling
+        b = int(1000 * 2 ** (i / 10))
+        return ratesearch.Probe(i, values[i], 20 + 6 * m.log2(b / 1000), b)
+
+    goal = 44.0  # reached at 16 kB (index 40)
+    ratesearch.forget()
+    full = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "none"))
+    assert full.kept.index == 40 and full.kept.bytes == 16_000
+    ratesearch.forget()
+    far = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "far"), bound=8_000)  # 6 dB short
+    assert far.kept is None and far.interpolated is not None and far.interpolated < goal - 5
+    assert len(far.probes) < len(full.probes) or len(far.probes) <= 3
+    ratesearch.forget()
+    near = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "near"), bound=15_500)  # 0.3 dB short
+    assert near.kept is not None and near.kept.index == 40  # searched to its boundary (the caller compares)
+    ratesearch.forget()
+    wins = ratesearch.search(values, "psnr", goal, 10_000, measure, ("t", "wins"), bound=17_000)
+    assert wins.kept is not None and wins.kept.index == 40
+
+
+def test_fallbacks_are_searched_only_where_no_candidate_met_the_target(images, tmp_path):
+    """``fallbacks``: after every other candidate, and only where none of them reached the
+    target (the lossy policy's JPEG XL and WebP behind AVIF)."""
+    def run(name, target):
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f'selection = "rd"\nmin_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
+                     f'codecs = ["jpeg"]\nfallbacks = ["webp"]\n{target}\n')
+        runs.archive_local(str(images), str(tmp_path / name), policy=str(p))
+        rows = latest(read_manifest(str(tmp_path / name))).to_pylist()
+        assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+        return [({(a["codec"], a["result"]): a.get("reason", "") for a in json.loads(r["attempts"])},
+                 any(a["codec"] == "jpeg" and a.get("met") for a in json.loads(r["attempts"]))) for r in rows]
+
+    skipped = 0
+    for attempts, jpeg_met in run("met", "target_psnr = 25.0"):  # JPEG reaches 25 dB on the smooth images
+        assert ("jpeg", "target") in attempts
+        if jpeg_met:  # WebP never searched
+            skipped += 1
+            assert "fallback, not needed: jpeg met the target" in attempts[("webp", "skipped")]
+            assert ("webp", "target") not in attempts
+        else:  # (noise: JPEG misses it) WebP searched
+            assert ("webp", "target") in attempts and ("webp", "skipped") not in attempts
+    assert skipped == 2
+    for attempts, _ in run("unmet", "target_psnr = 200.0"):  # nobody reaches 200 dB: WebP is searched too
+        assert ("webp", "target") in attempts and ("webp", "skipped") not in attempts
+    from pixarc.policy import load_policy
+    from pixarc.errors import PolicyError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[routes.unknown]\ncodecs = ["png"]\nfallbacks = "webp"\n')
+    with pytest.raises(PolicyError, match="fallbacks must be a list"):
+        load_policy(str(bad))
+    assert load_policy("lossy").routes["natural"].fallbacks == ("jxl", "webp")

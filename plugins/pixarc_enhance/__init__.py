@@ -12,7 +12,9 @@ search the base quality with the filter on.
 Payload (format 1), kept small because it is paid per image::
 
     filter off: u8 0 | base payload
-    filter on:  u8 flags (bit 0: on, bit 1: 4:4:4 chroma) | u8 adapter mode (0 none,
+    filter on:  u8 flags (bit 0: on, bit 1: 4:4:4 chroma, bit 2: channels-last layout in
+                256-pixel tiles, else the first bitstreams' contiguous 512-pixel tiles:
+                ``model.Layout``) | u8 adapter mode (0 none,
                 1 shared, 2 per colour) | u16 conditioning rate, permille |
                 4-byte sha256 prefix of the filter weights | u32 length + base payload |
                 rANS-coded adapter symbols (the rest; their count follows from the mode)
@@ -53,6 +55,8 @@ HEADER = PayloadLayout(f">BBH{SHA_PREFIX}s", "flags mode cond_permille tag", sec
                                             and p.head.cond_permille <= 1000 and not (p.head.mode == 0 and p.rest)))
 _HEAD = struct.Struct(">BBH")  # HEADER's first three fields, as the decode body still reads them
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
+SAMPLE_BLOCK = 128  # conditioning offsets are compared on up to SAMPLE_BLOCKS blocks this size
+SAMPLE_BLOCKS = 4
 
 OWN_PARAMS = {
     "filter": Param(str, "auto", help="auto (on/off coded per image by RD cost), on, off"),
@@ -128,6 +132,13 @@ class EnhancedCodec(LearnedCodec):
             pins.update(self.base.weights_pins({k: params[k] for k in self.base.params_schema if k in params}))
         return pins
 
+    def reproduces(self, params):
+        """The base codec with the same base parameters: with ``filter`` auto or off every
+        encode may be the base payload alone (one flag byte more), chosen by RD cost."""
+        if self.base is None or params.get("filter", "auto") == "on":
+            return None
+        return self.base_id, {k: params[k] for k in self.base.params_schema if k in params}
+
     def decode_pinned(self, payload, device, pins):
         return self.decode(payload, device, pins)
 
@@ -170,14 +181,14 @@ class EnhancedCodec(LearnedCodec):
         return im, d.fingerprint
 
     @staticmethod
-    def _pack(on, mode, cond_pm, chroma, symbols, sha, base_payload) -> bytes:
+    def _pack(on, mode, cond_pm, chroma, symbols, sha, base_payload, layout: int = 1) -> bytes:
         from . import adapt
 
         if not on:
             return b"\0" + base_payload
         coded = adapt.encode_symbols(symbols) if symbols else b""
-        return HEADER.pack(1 | 2 * chroma, mode, cond_pm, bytes.fromhex(sha)[:SHA_PREFIX], sections=(base_payload,),
-                           rest=coded)
+        return HEADER.pack(1 | 2 * chroma | 4 * layout, mode, cond_pm, bytes.fromhex(sha)[:SHA_PREFIX],
+                           sections=(base_payload,), rest=coded)
 
     # ------------------------------------------------------------------ encode
 
@@ -186,7 +197,7 @@ class EnhancedCodec(LearnedCodec):
         import torch
 
         from . import adapt
-        from .model import feature_tiles, finish, to_uint8
+        from .model import feature_tiles, finish, sample_blocks, sampled_sse, to_uint8
 
         torch_device(device)  # a Device value; the filter itself runs on the CPU
         if self.base is None:
@@ -224,6 +235,11 @@ class EnhancedCodec(LearnedCodec):
         known = memo.get(strength_key)
         tried: dict[int, tuple[float, list | None, float]] = {}  # permille -> (SSE, cached features, offset)
         keep = src.info.pixels <= CACHE_PIXELS
+        blocks = sample_blocks(xb.shape[2], xb.shape[3], net.halo) if known is None and len(offsets) > 1 else None
+        if blocks:  # compare the offsets on a few blocks, then run the one chosen on the whole image
+            pms = dict.fromkeys(min(1000, max(0, round((rate + o) * 1000))) for o in offsets)
+            pick = min(pms, key=lambda pm: sampled_sse(net, xb, orig, blocks, torch.tensor([[pm / 1000, float(chroma)]])))
+            known = next(o for o in offsets if min(1000, max(0, round((rate + o) * 1000))) == pick)
         for off_s in (known,) if known is not None else offsets:
             pm = min(1000, max(0, round((rate + off_s) * 1000)))
             if pm not in tried:
@@ -258,14 +274,30 @@ class EnhancedCodec(LearnedCodec):
 
     def _slope(self, src, bp, base_bytes: int, base_sse: float, sse, device) -> float:
         """Bits per unit SSE at the base's operating point: one more base encode, one rate
-        step up (down at the top of the range). 0 when the step shows no trade-off."""
-        import numpy as np
+        step up (down at the top of the range). 0 when the step shows no trade-off.
 
+        A rate search probes the same image at several rates: a slope measured within one
+        step of this rate on this image is reused (the RD slope changes slowly with the
+        rate; the adapters' on/off choices it weighs are not sensitive to a few per cent)."""
         rp = self.rate_param
         if rp is None:
             return 0.0
         spec = self.params_schema[rp]
         step = max(1, round((spec.max - spec.min) / 20))
+        key = ("enhance-slope", self.codec_id, src.sha256, tuple(sorted((k, str(v)) for k, v in bp.items() if k != rp)))
+        known = memo.get(key) or {}
+        near = [r for r in known if abs(r - bp[rp]) <= step]
+        if near:
+            return known[min(near, key=lambda r: abs(r - bp[rp]))]
+        lam = self._measure_slope(src, bp, base_bytes, base_sse, sse, device, step)
+        memo.put(key, {**known, bp[rp]: lam})
+        return lam
+
+    def _measure_slope(self, src, bp, base_bytes, base_sse, sse, device, step) -> float:
+        import numpy as np
+
+        rp = self.rate_param
+        spec = self.params_schema[rp]
         other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
         if other < spec.min or other == bp[rp]:
             return 0.0
@@ -281,7 +313,7 @@ class EnhancedCodec(LearnedCodec):
         torch_device(device)
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
-        if not payload or payload[0] > 3:
+        if not payload or payload[0] > 7:
             raise CodecError(f"{self.codec_id}: empty payload or unknown flags")
         if payload[0] == 0:
             base_im, base_fp = self._base_decode(payload[1:], device, pins)
@@ -299,15 +331,15 @@ class EnhancedCodec(LearnedCodec):
         h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
         h.update(base_fp.encode() if base_fp else base_im.tobytes())
         with self.refusing("cannot decode"):  # rANS on corrupt bytes, shape mismatches...
-            return self._filtered(base_im, tag, mode, cond_pm, flags >> 1, coded, h)
+            return self._filtered(base_im, tag, mode, cond_pm, (flags >> 1) & 1, coded, h, (flags >> 2) & 1)
 
-    def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h) -> Decoded:
+    def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h, layout) -> Decoded:
         import numpy as np
         import torch
         from PIL import Image
 
         from . import adapt
-        from .model import apply, to_uint8
+        from .model import LAYOUTS, apply, to_uint8
 
         f = next((w for w in self.weights if bytes.fromhex(w.sha256)[:SHA_PREFIX] == tag), None)
         if f is None:
@@ -318,7 +350,7 @@ class EnhancedCodec(LearnedCodec):
             symbols = adapt.decode_symbols(coded, adapt.n_params(mode, net.channels))
             w, b = adapt.merged_tail(net, mode, symbols)
         xb = torch.from_numpy(np.asarray(base_im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-        out = to_uint8(apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b))
+        out = to_uint8(apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b, LAYOUTS[layout]))
         return Decoded(image=Image.fromarray(out), fingerprint=h.hexdigest())
 
 

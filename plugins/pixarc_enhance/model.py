@@ -6,7 +6,9 @@
 over its schema range (the filter knows the rate it cleans up, so one model serves every
 quality) and a chroma flag (1 for 4:4:4 bases, whose colour is not smeared). The filter
 is applied in fixed tiles with a halo wider than its receptive field, so memory stays
-bounded on large images and the encoder and decoder run the very same float operations.
+bounded on large images, the tiles run on every CPU (each on one torch thread: the same
+float operations whichever thread runs it), and the encoder and decoder run the very same
+float operations. The bitstream names the :class:`Layout` (memory format and tile side).
 
 Per-image adapters (``adapt.py``) only rescale the slices of the last convolution and
 shift its bias: the decoder merges them into ``tail``'s weights, so they cost nothing at
@@ -15,13 +17,36 @@ decode time.
 
 from __future__ import annotations
 
+import copy
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixarc.tensors import tensor_pixels
 
-TILE = 512  # output tile side; the halo covers the receptive field (one pixel per layer)
+TILE = 512  # output tile side of layout 0; the halo covers the receptive field (one pixel per layer)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the filter's float operations are laid out: part of the bitstream (the header's
+    flag bit 2), because another layout rounds the last float bit differently and so may
+    move a sub-pixel by one grey level. Tiles are independent (each has its own halo), so
+    they run on several threads with the very same float operations per tile."""
+
+    code: int
+    tile: int
+    memory_format: torch.memory_format
+
+
+NCHW = Layout(0, 512, torch.contiguous_format)  # the first bitstreams (format 1 without flag bit 2)
+NHWC = Layout(1, 256, torch.channels_last)  # ≈1.6× faster on a CPU (oneDNN's channels-last kernels)
+LAYOUTS = {lay.code: lay for lay in (NCHW, NHWC)}
 
 
 class EnhanceNet(nn.Module):
@@ -70,40 +95,143 @@ def crop_out(t: torch.Tensor, out_box, in_box) -> torch.Tensor:
     return t[..., y0 - iy0 : y1 - iy0, x0 - ix0 : x1 - ix0]
 
 
+# ------------------------------------------------------------------ tiles on threads
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def workers() -> int:
+    """Threads the tiles run on: the CPUs this process may use (``PIXARC_FILTER_THREADS``
+    caps them). Each tile runs on one torch intra-op thread, whichever thread runs it."""
+    cap = int(os.environ.get("PIXARC_FILTER_THREADS", "0") or 0)
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n, cap) if cap > 0 else n)
+
+
+def _map(fn, items: list) -> list:
+    global _POOL
+    n = min(workers(), len(items))
+    if n <= 1:
+        return [fn(i) for i in items]
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = ThreadPoolExecutor(n, thread_name_prefix="pixarc-filter")
+        pool = _POOL
+    return list(pool.map(fn, items))
+
+
+_VARIANTS_LOCK = threading.Lock()
+
+
+def laid_out(net: EnhanceNet, layout: Layout) -> EnhanceNet:
+    """``net`` with its weights in ``layout``'s memory format (a copy, cached on the net)."""
+    if layout.memory_format is torch.contiguous_format:
+        return net
+    with _VARIANTS_LOCK:
+        variants = net.__dict__.setdefault("_laid_out", {})
+        if layout.code not in variants:
+            variants[layout.code] = copy.deepcopy(net).to(memory_format=layout.memory_format).eval()
+        return variants[layout.code]
+
+
+def _tail(layout: Layout, net: EnhanceNet, tail_weight, tail_bias):
+    w = net.tail.weight if tail_weight is None else tail_weight
+    b = net.tail.bias if tail_bias is None else tail_bias
+    return w.contiguous(memory_format=layout.memory_format), b
+
+
+def _boxes(net: EnhanceNet, shape, layout: Layout) -> list:
+    return list(tiles(shape[2], shape[3], net.halo, layout.tile))
+
+
+def _input(x: torch.Tensor, ib, layout: Layout) -> torch.Tensor:
+    xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]
+    return xi if layout is NCHW else xi.contiguous(memory_format=layout.memory_format)
+
+
 @torch.no_grad()
-def feature_tiles(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor) -> list:
+def feature_tiles(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor, layout: Layout = NHWC) -> list:
     """[(out box, in box, input tile, features)] over the image: everything but the last layer,
     kept so the encoder can try several last layers (adapters) without recomputing it."""
-    out = []
-    for ob, ib in tiles(x.shape[2], x.shape[3], net.halo):
-        xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]
-        out.append((ob, ib, xi, net.features(xi, cond)))
-    return out
+    lnet = laid_out(net, layout)
+
+    def one(boxes):
+        ob, ib = boxes
+        xi = _input(x, ib, layout)
+        return ob, ib, xi, lnet.features(xi, cond)
+
+    return _map(one, _boxes(net, x.shape, layout))
 
 
 @torch.no_grad()
-def finish(net: EnhanceNet, parts, shape, tail_weight=None, tail_bias=None) -> torch.Tensor:
+def finish(net: EnhanceNet, parts, shape, tail_weight=None, tail_bias=None, layout: Layout = NHWC) -> torch.Tensor:
     """The filter output from :func:`feature_tiles`; ``tail_weight``/``tail_bias`` replace the
     last layer's (adapters merged in). Unclamped float, ``shape`` = the input's."""
-    w = net.tail.weight if tail_weight is None else tail_weight
-    b = net.tail.bias if tail_bias is None else tail_bias
+    w, b = _tail(layout, net, tail_weight, tail_bias)
     out = torch.empty(shape)
-    for ob, ib, xi, h in parts:
+
+    def one(part):
+        ob, ib, xi, h = part
         out[..., ob[0] : ob[1], ob[2] : ob[3]] = crop_out(xi + F.conv2d(h, w, b, padding=1), ob, ib)
+
+    _map(one, parts)
     return out
 
 
 @torch.no_grad()
-def apply(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor, tail_weight=None, tail_bias=None) -> torch.Tensor:
+def apply(net: EnhanceNet, x: torch.Tensor, cond: torch.Tensor, tail_weight=None, tail_bias=None,
+          layout: Layout = NHWC) -> torch.Tensor:
     """Filter a (1, 3, H, W) image tile by tile (the decoder's path; the same float
     operations as :func:`feature_tiles` + :func:`finish`, one tile at a time)."""
-    w = net.tail.weight if tail_weight is None else tail_weight
-    b = net.tail.bias if tail_bias is None else tail_bias
-    out = torch.empty_like(x)
-    for ob, ib in tiles(x.shape[2], x.shape[3], net.halo):
-        xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]
-        out[..., ob[0] : ob[1], ob[2] : ob[3]] = crop_out(xi + F.conv2d(net.features(xi, cond), w, b, padding=1), ob, ib)
+    lnet = laid_out(net, layout)
+    w, b = _tail(layout, net, tail_weight, tail_bias)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def one(boxes):
+        ob, ib = boxes
+        xi = _input(x, ib, layout)
+        out[..., ob[0] : ob[1], ob[2] : ob[3]] = crop_out(xi + F.conv2d(lnet.features(xi, cond), w, b, padding=1),
+                                                          ob, ib)
+
+    _map(one, _boxes(net, x.shape, layout))
     return out
+
+
+def sample_blocks(height: int, width: int, halo: int, block: int = 128, count: int = 4) -> list:
+    """Up to ``count`` (out box, in box) blocks of side ``block`` spread over the image
+    (centres on a regular grid), or [] when they would cover most of it anyway: where the
+    encoder compares settings of the filter before running the chosen one everywhere."""
+    if height * width < 2 * count * block * block:
+        return []
+    side = max(1, round(count**0.5))
+    out = []
+    for gy in range(side):
+        for gx in range(side):
+            cy, cx = (2 * gy + 1) * height // (2 * side), (2 * gx + 1) * width // (2 * side)
+            y0, x0 = min(max(0, cy - block // 2), height - block), min(max(0, cx - block // 2), width - block)
+            ob = (y0, y0 + block, x0, x0 + block)
+            out.append((ob, (max(0, y0 - halo), min(height, y0 + block + halo),
+                             max(0, x0 - halo), min(width, x0 + block + halo))))
+    return out[:count]
+
+
+@torch.no_grad()
+def sampled_sse(net: EnhanceNet, x: torch.Tensor, orig, blocks: list, cond: torch.Tensor,
+                layout: Layout = NHWC) -> float:
+    """SSE (0..255 scale, after rounding) of the filter over ``blocks`` against ``orig``
+    ((H, W, 3) float64 array)."""
+    import numpy as np
+
+    lnet = laid_out(net, layout)
+
+    def one(boxes):
+        ob, ib = boxes
+        xi = _input(x, ib, layout)
+        y = tensor_pixels(crop_out(lnet(xi, cond), ob, ib)).astype(np.float64)
+        return float(((y - orig[ob[0] : ob[1], ob[2] : ob[3]]) ** 2).sum())
+
+    return sum(_map(one, blocks))
 
 
 def to_uint8(x: torch.Tensor):
