@@ -369,7 +369,9 @@ def test_lossy_policy_weighs_the_enhanced_codec_by_rd_cost(tiny_filter, with_enh
     for i in range(2):
         textured(64, 48, seed=i).save(src_dir / f"{i}.png")
     policy = tmp_path / "p.toml"
-    policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.avif-enhanced]\nspeed = 8\n'
+    # filter "on": plain AVIF is then a codec of its own (with "auto" the enhanced codec
+    # covers it: test_rd_selection.py::test_a_codec_another_candidate_reproduces_...)
+    policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.avif-enhanced]\nspeed = 8\nfilter = "on"\n'
                       '[params.avif]\nspeed = 8\n[routes.unknown]\nlossless = false\n'
                       'codecs = ["avif-enhanced", "avif"]\ntarget_psnr = 30.0\n')
     reg = plugins.build_plugin_manager()

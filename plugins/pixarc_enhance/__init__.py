@@ -57,6 +57,7 @@ _HEAD = struct.Struct(">BBH")  # HEADER's first three fields, as the decode body
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
 SAMPLE_BLOCK = 128  # conditioning offsets are compared on up to SAMPLE_BLOCKS blocks this size
 SAMPLE_BLOCKS = 4
+SLOPE_SPAN = 2  # the RD slope may come from another base encode of the image this many rate steps away
 
 OWN_PARAMS = {
     "filter": Param(str, "auto", help="auto (on/off coded per image by RD cost), on, off"),
@@ -273,38 +274,35 @@ class EnhancedCodec(LearnedCodec):
         return best
 
     def _slope(self, src, bp, base_bytes: int, base_sse: float, sse, device) -> float:
-        """Bits per unit SSE at the base's operating point: one more base encode, one rate
-        step up (down at the top of the range). 0 when the step shows no trade-off.
+        """Bits per unit SSE at the base's operating point, by a finite difference with
+        another base encode of this image: the nearest one within ``SLOPE_SPAN`` rate steps
+        that this image's search already made (a rate search probes several rates), else
+        one more base encode one rate step up (down at the top of the range). 0 when the
+        difference shows no trade-off."""
+        import numpy as np
 
-        A rate search probes the same image at several rates: a slope measured within one
-        step of this rate on this image is reused (the RD slope changes slowly with the
-        rate; the adapters' on/off choices it weighs are not sensitive to a few per cent)."""
         rp = self.rate_param
         if rp is None:
             return 0.0
         spec = self.params_schema[rp]
         step = max(1, round((spec.max - spec.min) / 20))
-        key = ("enhance-slope", self.codec_id, src.sha256, tuple(sorted((k, str(v)) for k, v in bp.items() if k != rp)))
-        known = memo.get(key) or {}
-        near = [r for r in known if abs(r - bp[rp]) <= step]
+        key = ("enhance-base-points", self.codec_id, src.sha256,
+               tuple(sorted((k, str(v)) for k, v in bp.items() if k != rp)))
+        points = {**(memo.get(key) or {}), bp[rp]: (base_bytes, base_sse)}  # rate value -> (bytes, SSE)
+        near = [r for r in points if r != bp[rp] and abs(r - bp[rp]) <= SLOPE_SPAN * step]
         if near:
-            return known[min(near, key=lambda r: abs(r - bp[rp]))]
-        lam = self._measure_slope(src, bp, base_bytes, base_sse, sse, device, step)
-        memo.put(key, {**known, bp[rp]: lam})
-        return lam
-
-    def _measure_slope(self, src, bp, base_bytes, base_sse, sse, device, step) -> float:
-        import numpy as np
-
-        rp = self.rate_param
-        spec = self.params_schema[rp]
-        other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
-        if other < spec.min or other == bp[rp]:
-            return 0.0
-        payload = memo.encode(self.base, src, {**bp, rp: other}, device)
-        im, _ = self._base_decode(payload, device)
-        d_bits = 8 * (len(payload) - base_bytes)
-        d_sse = base_sse - sse(np.asarray(im))
+            other = min(near, key=lambda r: (abs(r - bp[rp]), r))
+        else:
+            other = bp[rp] + step if bp[rp] + step <= spec.max else bp[rp] - step
+            if other < spec.min or other == bp[rp]:
+                memo.put(key, points)
+                return 0.0
+            payload = memo.encode(self.base, src, {**bp, rp: other}, device)
+            im, _ = self._base_decode(payload, device)
+            points[other] = (len(payload), sse(np.asarray(im)))
+        memo.put(key, points)
+        d_bits = 8 * (points[other][0] - base_bytes) * (1 if other > bp[rp] else -1)
+        d_sse = (base_sse - points[other][1]) * (1 if other > bp[rp] else -1)
         return d_bits / d_sse if d_bits * d_sse > 0 else 0.0
 
     # ------------------------------------------------------------------ decode
