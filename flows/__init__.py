@@ -44,4 +44,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def flow_for(job: str) -> LazyFlow:
+    """The flow that runs the job named ``job`` (``archive``...): ``<job>_flow``, ``pixarc-<job>``."""
+    attr = f"{job}_flow"
+    if attr not in _FLOWS:
+        raise KeyError(f"no Prefect flow runs the {job!r} job")
+    return LazyFlow(attr, _FLOWS[attr])
+
+
 __all__ = ["archive_flow", "restore_flow", "verify_flow", "recompress_flow"]

@@ -1,9 +1,11 @@
 """Prefect flows. One task per shard; tasks receive shard URIs and small config records.
 
-The flow bodies are the job functions of :mod:`pixarc.runs`, which the local engine runs
-too; here each shard becomes a task run named ``<job>-shard-<n>`` that logs one line
-through Prefect's run logger. Verify and restore runs that find problems end in a
-``Failed`` state with a problems artifact; artifact keys are per DEST.
+Each flow makes its job's record (:mod:`pixarc.jobs`) from its parameters, with a registry
+of the plugins this process's environment allows, and runs it with
+:func:`pixarc.runs.run_job`, as the local engine does; here each shard becomes a task run
+named ``<job>-shard-<n>`` that logs one line through Prefect's run logger. Verify and
+restore runs that find problems end in a ``Failed`` state with a problems artifact;
+artifact keys are per DEST.
 
 Run with no server configured and Prefect starts a temporary local API for the run.
 Point ``PREFECT_API_URL`` at a server to see runs in its UI, or serve these flows as
@@ -20,15 +22,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixarc import progress, recompress, remedy, runs
-from pixarc.archive import ArchiveJob, ArchiveSummary
 from pixarc import device as devices
+from pixarc import progress, remedy, runs
+from pixarc.archive import ArchiveJob, ArchiveSummary
 from pixarc.intake import DEFAULT_MAX_BYTES
-from pixarc.plan import Shard
-from pixarc import plugins
-from pixarc.restore import RestoreSummary
+from pixarc.jobs import Job, ShardResult, shard_line
+from pixarc.plan import Shard, new_run_id
+from pixarc.recompress import RecompressJob, RecompressSummary
+from pixarc.restore import RestoreJob, RestoreSummary
 from pixarc.state import current_rows
-from pixarc.verify import VerifySummary
+from pixarc.verify import VerifyJob, VerifySummary
 
 
 GPU_LIMIT_PREFIX = "pixarc-gpu-"
@@ -56,12 +59,12 @@ def _ensure_limit(name: str, slots: int) -> None:
                 pass
 
 
-def gpu_slot(job: runs.Job):
-    """A Prefect concurrency slot on this host's GPUs for archive shards that use one;
-    CPU-only shards take none (and never import torch to find out)."""
+def gpu_slot(job: Job):
+    """A Prefect concurrency slot on this host's GPUs for shards that use one; CPU-only
+    shards take none (and never import torch to find out)."""
     import contextlib
 
-    if not (isinstance(job, ArchiveJob) and job.uses_gpu(plugins.default_registry())):
+    if not job.uses_gpu():
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 
@@ -78,31 +81,26 @@ def dest_key(dest: str) -> str:
 
 
 @task(name="run-shard", task_run_name="{job.name}-shard-{shard.index}", cache_policy=NO_CACHE)
-def shard_task(job: runs.Job, shard: Shard) -> Any:
+def shard_task(job: Job, shard: Shard) -> ShardResult:
     """One shard of any job: the job record and the shard's URI are all it receives."""
     with gpu_slot(job):
         result = job.run_shard(shard)
-    get_run_logger().info(runs.shard_line(job.name, shard, result))
+    get_run_logger().info(shard_line(job.name, shard, result))
     return result
 
 
-# Archive and restore shards are idempotent (a rerun reuses verified bitstreams, keeps
-# written files): one retry rides out a transient storage error.
-RETRYING = shard_task.with_options(retries=1, retry_delay_seconds=1)
-
-
-def prefect_runner(job: runs.Job, shards: list[Shard]) -> list[Any]:
+def prefect_runner(job: Job, shards: list[Shard]) -> list[ShardResult]:
     """One task run per shard on the flow's task runner; progress moves as shards finish
     (the only progress signal when they run in other processes, e.g. Dask workers)."""
     from prefect.futures import as_completed
 
-    task_ = RETRYING if job.name in ("archive", "restore") else shard_task
+    task_ = shard_task.with_options(retries=job.retries, retry_delay_seconds=1) if job.retries else shard_task
     futures = {task_.submit(job, s): s for s in shards}
-    results: dict[int, Any] = {}
+    results: dict[int, ShardResult] = {}
     for f in as_completed(list(futures)):
         shard = futures[f]
         results[shard.index] = f.result()
-        progress.shard_done(job.run_id, shard.count, runs.shard_bytes(results[shard.index]))
+        progress.shard_done(job.run_id, shard.count, results[shard.index].bytes_moved)
     return [results[s.index] for s in shards]
 
 
@@ -138,9 +136,10 @@ def archive_flow(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ArchiveSummary:
     """Crawl ``src``, archive what is new or changed into ``dest``, one task per shard."""
-    summary = runs.archive_job(prefect_runner, src, dest, policy, shard_size, run_id, device, batch_size,
-                               follow_symlinks, workers=flow_workers(), include=include or (),
-                               exclude=exclude or (), limit=limit, wait=wait, max_bytes=max_bytes)
+    job = ArchiveJob(src, dest, run_id or new_run_id(), policy=policy, device=device, batch_size=batch_size,
+                     max_bytes=max_bytes, shard_size=shard_size, follow_symlinks=follow_symlinks,
+                     include=tuple(include or ()), exclude=tuple(exclude or ()), limit=limit)
+    summary = runs.run_job(job, prefect_runner, flow_workers(), wait)
     publish_summary(dest, summary)
     return summary
 
@@ -201,9 +200,9 @@ def restore_flow(
     """Decode, check and write every archived image matching ``pattern``/``domain`` under ``out``
     (the current versions, or those of ``as_of`` (ISO time) or the ``version``-th); files
     already in ``out`` are kept unless ``overwrite``."""
-    summary = runs.restore_job(prefect_runner, dest, out, pattern, domain, shard_size, run_id, workers=flow_workers(),
-                               version=version, as_of=as_of, overwrite=overwrite, device=device)
-    return _checked("restore", dest, out, summary)
+    job = RestoreJob(dest, out, run_id or new_run_id(), pattern=pattern, domain=domain, version=version, as_of=as_of,
+                     overwrite=overwrite, device=device, shard_size=shard_size)
+    return _checked("restore", dest, out, runs.run_job(job, prefect_runner, flow_workers()))
 
 
 @flow(name="pixarc-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -214,16 +213,17 @@ def verify_flow(
     """Fixity check of the archive's current rows (fast: presence and size; full: re-decode;
     sources: re-hash the originals too). Problems end the run in a Failed state. Writes
     nothing into DEST unless ``record`` (the scheduled verify records its outcome)."""
-    summary = runs.verify_job(prefect_runner, dest, full, shard_size, run_id, sources, workers=flow_workers(),
-                              device=device, record=record)
-    return _checked("verify", dest, dest, summary)
+    job = VerifyJob(dest, run_id or new_run_id(), full=full, sources=sources, device=device, shard_size=shard_size,
+                    record=record)
+    return _checked("verify", dest, dest, runs.run_job(job, prefect_runner, flow_workers()))
 
 
 @flow(name="pixarc-recompress", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def recompress_flow(
     dest: str, policy: str | None = None, min_saving: float = 0.1, apply: bool = False, shard_size: int = 256,
     run_id: str | None = None, wait: float = 0.0, device: str = "cpu",
-) -> list[recompress.RecompressSummary]:
+) -> RecompressSummary:
     """Re-encode outdated rows and rows the current policy stores ``min_saving`` smaller."""
-    return runs.recompress_job(prefect_runner, dest, policy, min_saving, apply, shard_size, run_id,
-                               workers=flow_workers(), wait=wait, device=device)
+    job = RecompressJob(dest, run_id or new_run_id(), policy=policy, min_saving=min_saving, apply=apply, device=device,
+                        shard_size=shard_size)
+    return runs.run_job(job, prefect_runner, flow_workers(), wait)

@@ -4,7 +4,7 @@ encode, store, commit its manifest part), finish (totals, drop the plan).
 A shard runs one image at a time on the CPU; when its codecs use a GPU it prepares a
 batch, encodes it together on the device, then packs and checks each image as usual.
 Every row is final and verified before its part is committed; a crash before the commit
-loses nothing (the rerun reuses verified bitstreams it finds).
+loses nothing (the rerun reuses verified bitstreams it finds, :mod:`pixarc.reuse`).
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
-from . import __version__, faults, progress
-from .checks import Problem, decode_container
-from .codec import params_hash
-from .container import unpack
+from . import __version__, faults, progress, runstats
+from .checks import Problem
 from .crawl import ImageRef, crawl, key_filter
-from .device import Device, may_use_gpu
-from .encode import Encoded, Payloads, batch_encode, encode_route, fallback_note
-from .errors import InputError, PixarcError
-from .images import SourceImage, sha256_hex
+from .device import DeviceMap, check_request
+from .encode import Payloads, batch_encode, encode_route, fallback_note
+from .errors import InputError
 from .intake import DEFAULT_MAX_BYTES, Intake, intake
-from .layout import bitstream_stem, claim_dest, dest_prefix, write_version
+from .jobs import RUN_ONLY, Table, run_fields
+from .layout import claim_dest, dest_prefix, write_version
 from .lock import LockedError, check_held, still_held
 from .manifest import (
     STATUS_DONE,
@@ -40,14 +37,14 @@ from .manifest import (
     latest,
     read_manifest,
     rows_from_table,
-    rows_to_table,
     write_part,
 )
 from .plan import Shard, drop_plan, load_shard, write_plan
-from . import plugins
-from .plugins import Registry
-from .policy import Policy, Route, load_policy
-from .storage import deferring_sync, get_fs, join, sync_deferred
+from .plugins import Registry, build_plugin_manager
+from .policy import Policy, load_policy
+from .reuse import try_reuse
+from .rows import failed_row, fill_encoded, fill_plugin_columns, manifest_table, plugin_columns, source_row
+from .storage import deferring_sync, get_fs, sync_deferred
 
 
 @functools.lru_cache(maxsize=8)
@@ -94,6 +91,14 @@ class ArchiveTotals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
 
+    def line(self, items: int) -> str:
+        return (f"{self.images} image(s): {self.done} done, {self.rejected} rejected, {self.errors} errors, "
+                f"{self.failed} failed; {self.source_bytes} -> {self.archive_bytes} bytes in {self.seconds:.1f} s")
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.source_bytes
+
 
 @dataclass
 class ArchivePlan:
@@ -117,146 +122,29 @@ class ArchiveSummary:
     retried: int = 0
     still_rejected: int = 0
     hidden: int = 0
+    seconds: float = 0.0  # the run's wall-clock time (totals.seconds adds up the shards' times)
+
+    def render(self) -> list[str | Table]:
+        t = self.totals
+        return [f"run {self.run_id}: {self.found} found, {self.skipped} already archived, "
+                + (f"{self.still_rejected} rejected or unreadable earlier (same settings, not archived), "
+                   if self.still_rejected else "")
+                + (f"{self.retried} rejected earlier, retried, " if self.retried else "")
+                + f"{t.images} processed in {self.shards} shard(s): {t.done} done"
+                + (f" ({t.reused} reused)" if t.reused else "")
+                + f", {t.rejected} rejected, {t.errors} errors, {t.failed} failed"
+                + (f"; {self.hidden} hidden file(s)/folder(s) not archived" if self.hidden else "")]
+
+    def json_fields(self) -> dict[str, Any]:
+        totals = {k: getattr(self.totals, k) for k in ("images", "done", "reused", "rejected", "errors", "failed",
+                                                       "source_bytes", "archive_bytes")}
+        return run_fields(self, {**totals, "seconds": self.seconds, "workers": self.totals.workers})
 
 
 # --------------------------------------------------------------------------- one object
 
 
-def source_row(it: Intake, run_id: str, shard: int) -> ManifestRow:
-    """The row of an object as intake left it (final already when intake refused it)."""
-    ref = it.ref
-    row = ManifestRow(run_id, shard, ref.key, ref.uri, STATUS_DONE, source_bytes=ref.size, source_mtime=ref.mtime,
-                      pixarc_version=__version__)
-    if it.error is not None:
-        row.status = STATUS_REJECTED if it.rejected else STATUS_ERROR
-        row.error, row.message, row.notes = it.error.reason, str(it.error), "; ".join(it.notes)
-        return row
-    src, info = it.src, it.src.info
-    row.source_sha256, row.source_bytes, row.source_format = src.sha256, len(src.data), info.source_format
-    row.width, row.height, row.mode, row.bit_depth = info.width, info.height, info.mode, info.bit_depth
-    row.pixels_sha256 = src.pixels_sha256
-    c = it.classification
-    row.domain, row.domain_confidence, row.classifier_id, row.classify_s = (
-        c.domain, c.confidence, c.classifier_id, it.classify_s)
-    row.route = it.route.domain
-    return row
-
-
-def fill_encoded(row: ManifestRow, enc: Encoded, registry: Registry, bitstream_rel: str) -> None:
-    """Fill ``row`` from a verified encoding stored at ``bitstream_rel`` (under DEST)."""
-    codec = enc.codec
-    row.codec_id, row.codec_version, row.format_version = codec.codec_id, codec.version(), codec.format_version
-    row.weights_sha256 = codec.weights_for(enc.params)
-    row.params, row.params_hash = dict(enc.params), params_hash(enc.params)
-    row.plugin_dist, row.plugin_version = registry.provenance(codec.codec_id)
-    row.bitstream_uri = bitstream_rel
-    row.bitstream_sha256, row.bitstream_bytes = sha256_hex(enc.blob), len(enc.blob)
-    row.bpp = 8.0 * len(enc.blob) / max(1, row.width * row.height)
-    row.psnr, row.ms_ssim = enc.psnr, enc.ms_ssim
-    row.lossless = codec.lossless
-    row.decoded_sha256 = enc.decoded_sha256
-    row.encode_s, row.decode_s = enc.encode_s, enc.decode_s
-    row.device = str(enc.device)  # what actually ran
-    row.verified = True
-    row.status = STATUS_DONE
-
-
-def plugin_columns(registry: Registry) -> dict[str, Any]:
-    """Extra manifest columns plugins declare (``manifest_columns`` hook)."""
-    cols: dict[str, Any] = {}
-    for answer in registry.pm.hook.manifest_columns():
-        if answer:
-            cols.update(answer)
-    return cols
-
-
-def fill_plugin_columns(row: ManifestRow, registry: Registry, columns: dict[str, Any]) -> None:
-    """Values of the plugins' columns for a finished row (``manifest_values`` hook)."""
-    if not columns:
-        return
-    for answer in registry.pm.hook.manifest_values(row=row):
-        for name, value in (answer or {}).items():
-            if name in columns:
-                row.extra[name] = value
-
-
-def _route_keys(route: Route, registry: Registry) -> set[tuple[str, str]]:
-    """(codec id, params hash) of what the route may store. A rate-searched candidate's
-    params are matched without its rate parameter: the search chose that per image."""
-    keys = set()
-    for c in route.candidates:
-        if c.codec_id not in registry.codecs:
-            continue
-        codec = registry.codec(c.codec_id)
-        try:
-            params = codec.validate_params(c.params)
-        except PixarcError:
-            continue
-        if c.target and codec.rate_param and not codec.lossless:
-            params = {k: v for k, v in params.items() if k != codec.rate_param}
-        keys.add((c.codec_id, params_hash(params)))
-    return keys
-
-
-def _stored_keys(head, registry: Registry) -> set[tuple[str, str]]:
-    """(codec id, params hash) of a stored bitstream, with and without its rate parameter
-    (:func:`_route_keys` has the latter for rate-searched candidates only)."""
-    params = dict(head.meta.get("params", {}))
-    keys = {(head.codec_id, params_hash(params))}
-    codec = registry.codec(head.codec_id) if head.codec_id in registry.codecs else None
-    if codec is not None and codec.rate_param and codec.rate_param in params:
-        keys.add((head.codec_id, params_hash({k: v for k, v in params.items() if k != codec.rate_param})))
-    return keys
-
-
-def _versions(fs, root: str, key: str) -> list[str]:
-    """DEST-relative names a bitstream of ``key`` can have (``<key>.pxa``, then the
-    ``<key>.<sha12>.pxa`` written when that name was taken; ``<key>`` as
-    :func:`~pixarc.layout.bitstream_stem` makes it, as :func:`write_version` does), those
-    that exist."""
-    stem = bitstream_stem(key)
-    rel = stem + ".pxa"
-    out = [rel]
-    if not fs.exists(join(root, rel)):
-        return []  # a later version is written only where this name was taken: nothing here
-    parent, _, base = stem.rpartition("/")
-    pattern = re.compile(re.escape(base) + r"\.[0-9a-f]{12}\.pxa")
-    try:
-        names = fs.ls(join(root, parent) if parent else root, detail=False)
-    except (OSError, FileNotFoundError):
-        names = []
-    out += sorted((f"{parent}/{n}" if parent else n) for n in (x.rstrip("/").rsplit("/", 1)[-1] for x in names)
-                  if pattern.fullmatch(n))
-    return out
-
-
-def try_reuse(fs, root: str, key: str, src: SourceImage, route: Route, registry: Registry
-              ) -> tuple[Encoded, str] | None:
-    """A bitstream left by an interrupted run for the same source and route, under either
-    name a new version can take: decode-check it (on the CPU: the path restore uses,
-    whatever encoded it). Returns it with its DEST-relative name."""
-    wanted = None
-    for rel in _versions(fs, root, key):
-        path = join(root, rel)
-        try:
-            blob = fs.cat_file(path)
-            head = unpack(blob, header_only=True)
-            if wanted is None:
-                wanted = _route_keys(route, registry)
-            if (head.source_sha256 != src.sha256 or head.meta.get("domain", route.domain) != route.domain
-                    or not _stored_keys(head, registry) & wanted):
-                continue
-            t0 = time.perf_counter()
-            c, _ = decode_container(blob, registry)
-            decode_s = time.perf_counter() - t0
-        except (PixarcError, OSError):
-            continue  # unusable: a fresh, verified encode is written under another name
-        codec = registry.codec(c.codec_id)
-        return Encoded.from_container(codec, c, blob, decode_s, codec.restore_device), rel
-    return None
-
-
-def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, registry: Registry,
+def archive_one(it: Intake, row: ManifestRow, dest: str, devices: DeviceMap, registry: Registry,
                 payloads: Payloads | None = None, lease: str = "") -> ManifestRow:
     """Encode, store and record one object that intake accepted; never raises for bad
     input (the row says what happened)."""
@@ -270,7 +158,7 @@ def archive_one(it: Intake, row: ManifestRow, dest: str, device: str | Device, r
         notes.append("reused the verified bitstream of an interrupted run")
         attempts = [Attempt(chosen.codec.codec_id, "reused")]
     else:
-        chosen, attempts = encode_route(it.src, it.route, registry, device, payloads=payloads)
+        chosen, attempts = encode_route(it.src, it.route, registry, devices, payloads=payloads)
         if chosen is not None:
             if lease:  # a writer that lost its lease writes nothing more (not even bitstreams)
                 still_held(dest, lease)
@@ -301,6 +189,8 @@ class ArchiveJob:
     what a Prefect task receives with its shard."""
 
     name: ClassVar[str] = "archive"
+    holder: ClassVar[str] = "archive"
+    retries: ClassVar[int] = 1  # idempotent shards (a rerun reuses verified bitstreams)
     writes: ClassVar[bool] = True  # holds DEST's one-writer lease
 
     src: str
@@ -315,12 +205,21 @@ class ArchiveJob:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     limit: int | None = None
-    lease: str = ""  # token of the one-writer lease held for DEST (checked before each commit)
+    lease: str = field(default="", metadata=RUN_ONLY)  # the one-writer lease held for DEST (checked before commits)
+    registry: Registry = field(default_factory=build_plugin_manager, repr=False, compare=False, metadata=RUN_ONLY)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_request(self.device))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
 
     @property
     def base(self) -> str:
         """Where the plan lives."""
         return self.dest
+
+    def check(self) -> None:
+        cached_policy(self.policy)  # a bad policy fails before the lease is taken
 
     def select(self) -> Callable[[str], bool] | None:
         return key_filter(self.include, self.exclude)
@@ -337,7 +236,7 @@ class ArchiveJob:
         current = rows_from_table(latest(read_manifest(self.dest, columns=wanted, damaged=[])))
         # a refusal is only as good as the settings that made it: rejected and error rows are
         # "known" (not retried) only under the very same limits, policy and codecs
-        settings = self.settings(plugins.default_registry())
+        settings = self.settings()
         known = {r.source_uri: (r.source_bytes, r.source_mtime, r.status) for r in current
                  if r.status == STATUS_DONE or (r.status != STATUS_FAILED and r.settings == settings)}
         refused = {r.source_uri for r in current if r.status in (STATUS_REJECTED, STATUS_ERROR)}
@@ -368,32 +267,36 @@ class ArchiveJob:
         return ArchivePlan(self.run_id, shards, counts["found"], counts["skipped"], counts["retried"],
                            counts["still_rejected"], counts["hidden"])
 
-    def settings(self, registry: Registry) -> str:
-        return settings_fingerprint(cached_policy(self.policy), self.max_bytes, registry)
+    def settings(self) -> str:
+        return settings_fingerprint(cached_policy(self.policy), self.max_bytes, self.registry)
 
-    def uses_gpu(self, registry: Registry) -> bool:
-        """Whether shards of this job can put work on a GPU (and so must hold a GPU slot)."""
-        return may_use_gpu(self.device, list(registry.codecs.values()))
+    def devices(self) -> DeviceMap:
+        """Where each codec runs on this worker (``auto``: a GPU for the codecs that use one,
+        when the worker has one); resolved once per shard."""
+        return DeviceMap.resolve(self.device, self.registry.codecs)
+
+    def uses_gpu(self) -> bool:
+        return self.devices().uses_gpu
 
     @deferring_sync  # the shard's bitstreams are made durable together (see sync_deferred below)
-    def run_shard(self, shard: Shard, registry: Registry | None = None) -> ArchiveTotals:
+    def run_shard(self, shard: Shard) -> ArchiveTotals:
         """Archive every object of a shard and commit its manifest part."""
-        registry = registry or plugins.default_registry()  # looked up per call (tests swap it)
+        registry, devices = self.registry, self.devices()
         policy = cached_policy(self.policy)
         t0 = time.perf_counter()
         loaded = load_shard(shard)
         refs = [ImageRef(**{k: v for k, v in item.items() if k in _REF_FIELDS}) for item in loaded]
         replaces = {item["key"]: item.get("replaces", "") for item in loaded}
         columns = plugin_columns(registry)
-        settings = self.settings(registry)
+        settings = self.settings()
         rows: list[ManifestRow] = []
-        step = self.batch_size if self.uses_gpu(registry) else 1  # CPU: one image in memory at a time
+        step = self.batch_size if devices.uses_gpu else 1  # CPU: one image in memory at a time
         for i in range(0, len(refs), step):
             taken = [intake(ref, policy, registry, self.max_bytes) for ref in refs[i : i + step]]
             ready = [k for k, it in enumerate(taken) if it.error is None]
             payloads: list[Payloads] = [{} for _ in taken]
             if step > 1 and ready:  # GPU: encode the batch together, then check each image
-                batched = batch_encode([(taken[k].src, taken[k].route) for k in ready], registry, self.device,
+                batched = batch_encode([(taken[k].src, taken[k].route) for k in ready], registry, devices,
                                        on_failure=lambda j, msg: taken[ready[j]].notes.append(msg))
                 for k, p in zip(ready, batched):
                     payloads[k] = p
@@ -403,7 +306,7 @@ class ArchiveJob:
                     if it.error is None:
                         it.src.extra["stamp"] = {"key": it.key, "run_id": self.run_id,
                                                  "previous_sha256": replaces.get(it.key, "")}
-                        archive_one(it, row, self.dest, self.device, registry, p, self.lease)
+                        archive_one(it, row, self.dest, devices, registry, p, self.lease)
                     if row.status == STATUS_DONE and replaces.get(row.key) not in (None, "", row.bitstream_sha256):
                         row.replaces_sha256 = replaces[row.key]  # a new version records what it succeeds
                     fill_plugin_columns(row, registry, columns)
@@ -431,31 +334,10 @@ class ArchiveJob:
         return ArchiveSummary(self.run_id, plan.found, plan.skipped, len(plan.shards), totals,
                               retried=plan.retried, still_rejected=plan.still_rejected, hidden=plan.hidden)
 
-
-def failed_row(row: ManifestRow, exc: BaseException) -> ManifestRow:
-    """The error row of an object whose handling raised (a codec or plugin bug, a name the
-    manifest cannot hold...): only what any row can hold, and why."""
-    reason = getattr(exc, "reason", "") or "internal_error"
-    message = f"{type(exc).__name__}: {exc}"
-    return ManifestRow(row.run_id, row.shard, row.key, row.source_uri, STATUS_ERROR, source_bytes=row.source_bytes,
-                       source_mtime=row.source_mtime, source_sha256=row.source_sha256, error=reason,
-                       message=message, pixarc_version=row.pixarc_version)
-
-
-def manifest_table(rows: list[ManifestRow], columns: dict[str, Any]) -> tuple[list[ManifestRow], Any]:
-    """The shard's part. A row the manifest cannot hold (a plugin column of the wrong type,
-    text Parquet refuses) becomes that object's error row; the others commit."""
-    try:
-        return rows, rows_to_table(rows, columns)
-    except Exception:  # rare: find the culprit(s) row by row
-        kept = []
-        for r in rows:
-            try:
-                rows_to_table([r], columns)
-            except Exception as exc:
-                r = failed_row(r, exc)
-            kept.append(r)
-        return kept, rows_to_table(kept, columns)
+    def stats(self, summary: ArchiveSummary) -> dict[str, Any]:
+        return {"src": self.src, "policy": cached_policy(self.policy).name, "policy_source": self.policy or "default",
+                "include": list(self.include), "exclude": list(self.exclude), "limit": self.limit,
+                "device": self.device, **runstats.archive_fields(summary, summary.seconds)}
 
 
 def shard_totals(index: int, rows: list[ManifestRow], seconds: float) -> ArchiveTotals:

@@ -31,6 +31,7 @@ from .errors import InputError, PixarcError
 from .images import sha256_hex
 from .limits import DEFAULT_MAX_BYTES
 from .plan import STATE_DIR, new_run_id
+from .plugins import Registry
 
 SOURCES_TAG_FILE = "pixarc-sources.tsv"
 SOURCES_COLUMNS = ("path", "key", "source_sha256", "source_uri", "identical_to_source")
@@ -49,7 +50,8 @@ class BagResult:
 
 
 def export_bagit(dest: str, out: str, pattern: str = "*", domain: str | None = None, workers: int = 2,
-                 run_id: str | None = None, originals: bool = False) -> BagResult:
+                 run_id: str | None = None, originals: bool = False, registry: Registry | None = None) -> BagResult:
+    """``registry``: the plugins the restore decodes with (default: those the environment allows)."""
     try:
         import bagit
     except ImportError as exc:  # pragma: no cover - an optional dependency
@@ -64,8 +66,8 @@ def export_bagit(dest: str, out: str, pattern: str = "*", domain: str | None = N
     if originals:
         done, nbytes, problems, names = _copy_originals(rows, out)
     else:
-        summary = runs.restore_job(runs.local_runner(workers), dest, out, pattern, domain, run_id=run_id,
-                                   workers=workers)
+        summary = runs.restore_local(dest, out, pattern=pattern, domain=domain, run_id=run_id, workers=workers,
+                                     registry=registry)
         shutil.rmtree(os.path.join(out, STATE_DIR), ignore_errors=True)  # the (finished) plan folders
         done, nbytes, problems = summary.totals.done, summary.totals.bytes_written, summary.problems
         from .restore import restored_names

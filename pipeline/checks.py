@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .codec import Codec, Decoded
 from .container import Container, unpack
-from .device import CPU, Device, resolve
+from .device import CPU, ON_CPU, Device, DeviceMap, device_map
 from .errors import (
     CodecError,
     ContainerError,
@@ -73,8 +73,9 @@ def stored_pins(c: Container) -> dict[str, str]:
     return pins
 
 
-def decode_with(c: Container, codec: Codec, device: "str | Device" = CPU) -> Decoded:
-    """Decode a parsed container with ``codec`` on ``device`` and check the result."""
+def decode_with(c: Container, codec: Codec, device: Device = CPU) -> Decoded:
+    """Decode a parsed container with ``codec`` on ``device`` (resolved for this codec) and
+    check the result."""
     if c.format_version != codec.format_version:
         raise ContainerError(
             f"{c.codec_id} format version {c.format_version} not readable by this plugin "
@@ -83,7 +84,7 @@ def decode_with(c: Container, codec: Codec, device: "str | Device" = CPU) -> Dec
     if not codec.has_weights(c.weights_sha256):
         raise MissingPluginError(f"{c.codec_id}: bitstream needs weights {c.weights_sha256[:12]}..., not installed here")
     try:
-        decoded = codec.decode_stored(c.payload, resolve(codec, device), stored_pins(c))
+        decoded = codec.decode_stored(c.payload, device, stored_pins(c))
     except PixarcError:
         raise
     except Exception as exc:  # a codec bug must not escape as an untyped crash
@@ -92,10 +93,12 @@ def decode_with(c: Container, codec: Codec, device: "str | Device" = CPU) -> Dec
     return decoded
 
 
-def decode_container(blob: bytes, registry: Registry, device: "str | Device" = CPU,
+def decode_container(blob: bytes, registry: Registry, devices: DeviceMap = ON_CPU,
                      plugin_dist: str = "") -> tuple[Container, Decoded]:
-    """Parse, decode and check a ``.pxa``; every failure is a typed :class:`PixarcError`.
-    A missing codec plugin is named, with the distribution to install when it is known."""
+    """Parse, decode and check a ``.pxa`` on its codec's device in ``devices`` (default: the
+    CPU); every failure is a typed :class:`PixarcError`. A missing codec plugin is named,
+    with the distribution to install when it is known."""
+    devices = device_map(devices)
     c = unpack(blob)
     try:
         codec = registry.codec(c.codec_id)
@@ -104,7 +107,7 @@ def decode_container(blob: bytes, registry: Registry, device: "str | Device" = C
                 else "; install the plugin distribution that provides it")
         raise MissingPluginError(f"codec {c.codec_id!r} is not installed here (no plugin provides it); "
                                  f"the bitstream was not checked{hint}") from None
-    return c, decode_with(c, codec, device)
+    return c, decode_with(c, codec, devices[c.codec_id])
 
 
 def read_bitstream(uri: str, sha256: str | None = None) -> bytes:

@@ -5,7 +5,9 @@ The container (``container.py``) wraps that payload with identity, geometry and 
 so a codec only deals with its own bits.
 
 Subclass :class:`Codec`, set the class attributes, implement :meth:`Codec.encode` and
-:meth:`Codec.decode`, and register the class from the ``register_codecs`` hook.
+:meth:`Codec.decode`, and register the class from the ``register_codecs`` hook. Devices
+arrive as :class:`~pixarc.device.Device` values, never strings. A codec built on other
+codecs declares them in :attr:`Codec.components` and receives them in its constructor.
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ class Codec(ABC):
         screened: :meth:`psnr_ceiling` gives a cheap bound; RD selection then tries the
             codec after the route's other candidates and skips it when the bound shows it
             cannot beat what they already reached.
+        components: the codecs this one is built on (a composite, e.g. a filter over a base
+            codec), as constructor keyword -> codec id. The registry that makes an instance
+            makes each component first, from itself (so an allowlist decides both), and
+            passes it under that keyword: ``cls(base=registry.codec("avif"))``, or ``None``
+            when no plugin here provides it (say so in :meth:`unsupported_reason`). Codecs
+            without components are made as ``cls()``. A codec never looks a registry up.
     """
 
     codec_id: ClassVar[str]
@@ -121,6 +129,7 @@ class Codec(ABC):
     batch_hint: ClassVar[int] = 1
     memory_hint_mb: ClassVar[int] = 0
     screened: ClassVar[bool] = False
+    components: ClassVar[Mapping[str, str]] = {}
 
     def rate_values(self) -> list[int]:
         """The values of ``rate_param`` a ``target_psnr``/``target_bpp`` search may probe, in

@@ -16,7 +16,7 @@ from typing import Callable
 from .crawl import crawl
 from .intake import intake
 from .manifest import STATUS_FAILED, latest, read_manifest
-from . import plugins
+from .plugins import Registry, build_plugin_manager
 from .policy import load_policy
 from .storage import get_fs
 
@@ -43,9 +43,10 @@ def known_sources(dest: str) -> dict[str, tuple[int, str]]:
 
 
 def dry_run(src: str, dest: str, policy_path: str | None = None, select: Callable[[str], bool] | None = None,
-            limit: int | None = None, follow_symlinks: bool = False) -> DryRun:
+            limit: int | None = None, follow_symlinks: bool = False, registry: Registry | None = None) -> DryRun:
+    """``registry``: the plugins archive would run with (default: those the environment allows)."""
     policy = load_policy(policy_path)
-    registry = plugins.default_registry()  # looked up per call (tests swap it)
+    registry = registry or build_plugin_manager()
     known = known_sources(dest)
     dfs, droot = get_fs(dest)
     dest_prefix = dfs.unstrip_protocol(droot).rstrip("/") + "/"

@@ -24,7 +24,7 @@ from . import __version__, faults, memo, ratesearch
 from .checks import decode_with, stored_pins
 from .codec import Codec, params_hash
 from .container import Container, pack, unpack
-from .device import Device, resolve, unavailable_reason
+from .device import Device, DeviceMap, device_map, unavailable_reason
 from .errors import CodecError, PixarcError, PluginError, VerificationError
 from .images import SourceImage, pixels_sha256
 from .manifest import Attempt
@@ -238,25 +238,26 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
 _PLACEHOLDER = 0.123456789012345678
 
 
-def encode_route(src: SourceImage, route: Route, registry: Registry, device: str | Device,
+def encode_route(src: SourceImage, route: Route, registry: Registry, devices: DeviceMap,
                  exclude: frozenset[str] = frozenset(), payloads: Payloads | None = None,
                  ) -> tuple[Encoded | None, list[Attempt]]:
     """Try the route's candidates in order (all of them for ``selection = "smallest"`` or
     ``"rd"``; for ``"rd"`` the winner is the lowest :func:`rd_key` at the route's target).
 
-    ``device`` is the job's request (``auto``, ``cpu``, ``cuda``...), resolved once per
-    codec. Returns the chosen verified encoding (or None) and a record of every attempt.
-    ``payloads`` holds encodings already made in a batch; they are packed and checked
-    exactly like fresh ones."""
+    ``devices`` says where each codec runs (resolved once per shard). Returns the chosen
+    verified encoding (or None) and a record of every attempt. ``payloads`` holds
+    encodings already made in a batch; they are packed and checked exactly like fresh ones."""
+    devices = device_map(devices)
     with memo.scope():  # one image: candidates share encodes (avif and avif-enhanced)
-        return _encode_route(src, route, registry, device, exclude, payloads)
+        return _encode_route(src, route, registry, devices, exclude, payloads)
 
 
-def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Encoded | None, list[Attempt]]:
+def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: DeviceMap, exclude: frozenset[str],
+                  payloads: Payloads | None) -> tuple[Encoded | None, list[Attempt]]:
     chosen: Encoded | None = None
     attempts: list[Attempt] = []
     target = next((c.target for c in route.candidates if c.target), None)
-    covered = _covered(src, route, registry, device, exclude)
+    covered = _covered(src, route, registry, devices, exclude)
     order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
     for by in {v for v in covered.values()}:  # a covered candidate right after the one covering it
         at = next(i for i, c in enumerate(order) if c.codec_id == by)
@@ -279,11 +280,11 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
         except PluginError:
             attempts.append(Attempt(cand.codec_id, "skipped", "not installed"))
             continue
-        why = codec.unsupported_reason(src.info) or unavailable_reason(codec, device)
+        on = devices[codec.codec_id]
+        why = codec.unsupported_reason(src.info) or unavailable_reason(codec, on)
         if why:
             attempts.append(Attempt(cand.codec_id, "skipped", why))
             continue
-        on = resolve(codec, device)
         try:
             params = codec.validate_params(cand.params)
             if route.selection == "rd" and codec.screened and chosen is not None and target is not None:
@@ -322,7 +323,8 @@ def _encode_route(src, route, registry, device, exclude, payloads) -> tuple[Enco
     return chosen, attempts
 
 
-def _covered(src: SourceImage, route: Route, registry: Registry, device, exclude: frozenset[str]) -> dict[str, str]:
+def _covered(src: SourceImage, route: Route, registry: Registry, devices: DeviceMap,
+             exclude: frozenset[str]) -> dict[str, str]:
     """Candidates another usable candidate of the route reproduces (:meth:`Codec.reproduces`)
     with the same parameters (the rate parameter aside when the route has a target): codec
     id -> the covering codec's id. Only where every candidate is tried (``rd``, ``smallest``)."""
@@ -335,7 +337,7 @@ def _covered(src: SourceImage, route: Route, registry: Registry, device, exclude
             continue
         try:
             codec = registry.codec(cand.codec_id)
-            if codec.unsupported_reason(src.info) or unavailable_reason(codec, device):
+            if codec.unsupported_reason(src.info) or unavailable_reason(codec, devices[codec.codec_id]):
                 continue
             rep = codec.reproduces(codec.validate_params(cand.params))
             if rep is None or rep[0] not in listed or rep[0] in exclude or rep[0] not in registry.codecs:
@@ -397,12 +399,13 @@ def fallback_note(attempts: list[Attempt]) -> str:
     return "fallback: " + "; ".join(f"{a.codec} {a.result} ({a.reason})" for a in fallbacks)
 
 
-def batch_encode(items: list[tuple[SourceImage, Route]], registry: Registry, device: str | Device,
+def batch_encode(items: list[tuple[SourceImage, Route]], registry: Registry, devices: DeviceMap,
                  on_failure: Any = None) -> list[Payloads]:
     """Encode together, per (accelerated codec, params), the images whose first usable
     candidate runs on a GPU. Returns one ``Payloads`` per item (empty where nothing was
     batched); a failed batch leaves its images to the one-by-one path (and its fallbacks),
     and ``on_failure(index, message)`` is told why."""
+    devices = device_map(devices)
     groups: dict[tuple[str, str], list[int]] = {}
     params_of: dict[tuple[str, str], dict] = {}
     for i, (src, route) in enumerate(items):
@@ -410,12 +413,12 @@ def batch_encode(items: list[tuple[SourceImage, Route]], registry: Registry, dev
             if cand.codec_id not in registry.codecs:
                 continue
             codec = registry.codec(cand.codec_id)
-            if codec.unsupported_reason(src.info) or unavailable_reason(codec, device):
+            if codec.unsupported_reason(src.info) or unavailable_reason(codec, devices[codec.codec_id]):
                 continue
             # a candidate with a target is rate-searched per image: a batch at the plain
             # params would be thrown away
             searched = cand.target and codec.rate_param and not codec.lossless
-            if resolve(codec, device).is_gpu and not searched:
+            if devices[codec.codec_id].is_gpu and not searched:
                 try:
                     params = codec.validate_params(cand.params)
                 except PixarcError:
@@ -431,7 +434,7 @@ def batch_encode(items: list[tuple[SourceImage, Route]], registry: Registry, dev
         for start in range(0, len(group), step):
             members = group[start : start + step]
             try:
-                payloads = codec.encode_batch([items[i][0] for i in members], params_of[key], resolve(codec, device))
+                payloads = codec.encode_batch([items[i][0] for i in members], params_of[key], devices[key[0]])
             except Exception as exc:  # the images fall back to one-by-one encoding
                 for i in members:
                     if on_failure is not None:

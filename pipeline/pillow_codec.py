@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping
 from PIL import Image, features
 
 from .codec import Codec, Decoded, open_payload_image
+from .device import CPU, Device
 from .errors import CodecError
 from .images import CANONICAL_MODES, SourceImage
 
@@ -58,7 +59,7 @@ class PillowCodec(Codec):
     def version(self) -> str:
         return _version(self.pillow_feature)
 
-    def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
+    def encode(self, src: SourceImage, params: Mapping[str, Any], device: Device = CPU) -> bytes:
         image = src.image
         if image is None or image.mode not in self.modes:
             raise CodecError(f"{self.codec_id}: cannot encode mode {getattr(image, 'mode', None)}")
@@ -72,7 +73,7 @@ class PillowCodec(Codec):
             raise CodecError(f"{self.codec_id}: encoder failed ({type(exc).__name__}: {exc})") from None
         return with_mode_tag(image.mode, buf.getvalue())
 
-    def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
+    def decode(self, payload: bytes, device: Device = CPU) -> Decoded:
         mode, body = split_mode_tag(payload, self.codec_id)
         image = open_payload_image(body, self.pillow_format, self.codec_id)
         if image.mode != mode:

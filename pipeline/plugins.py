@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Callable
@@ -63,21 +64,49 @@ def missing_learned_dependencies() -> list[str]:
     return [m for m in ("torch", "compressai") if importlib.util.find_spec(m) is None]
 
 
-def _env_list(name: str) -> set[str] | None:
+def _env_list(name: str) -> tuple[str, ...] | None:
     raw = os.environ.get(name)
     if raw is None:
         return None
-    return {x.strip() for x in raw.split(",") if x.strip()}
+    return tuple(sorted({x.strip() for x in raw.split(",") if x.strip()}))
+
+
+@dataclass(frozen=True)
+class PluginSelection:
+    """Which entry-point plugins a registry loads: the allowlist (None: all) and the denylist."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> "PluginSelection":
+        """The lists of ``PIXARC_PLUGINS`` and ``PIXARC_DISABLE_PLUGINS``, read now."""
+        return cls(_env_list("PIXARC_PLUGINS"), _env_list("PIXARC_DISABLE_PLUGINS") or ())
+
+    def wants(self, name: str) -> bool:
+        return (self.allow is None or name in self.allow) and name not in self.deny
+
+
+class ComponentCycle(PluginError):
+    """A codec's components (``Codec.components``) lead back to itself."""
 
 
 class Registry:
-    """Codecs and classifiers collected from plugins, keyed by their stable ids."""
+    """Codecs and classifiers collected from plugins, keyed by their stable ids.
 
-    def __init__(self, pm: pluggy.PluginManager, dists: dict[str, tuple[str, str, str]]):
+    A job record carries its registry. Sent to another process (a Dask worker) a registry
+    travels as its :class:`PluginSelection` and is rebuilt there, once per process and
+    selection (:func:`load_registry`); one holding in-process plugins (``extra_plugins``)
+    cannot travel and says so."""
+
+    def __init__(self, pm: pluggy.PluginManager, dists: dict[str, tuple[str, str, str]],
+                 selection: PluginSelection | None = None, in_process: tuple[str, ...] = ()):
         from .classify import Classifier
         from .codec import Codec
 
         self.pm = pm
+        self.selection = selection or PluginSelection()
+        self.in_process = in_process  # plugins given as objects, not entry points
         self.codecs: dict[str, type[Codec]] = {}
         self.classifiers: dict[str, type[Classifier]] = {}
         self.owner: dict[str, str] = {}  # codec/classifier id -> plugin name
@@ -90,6 +119,16 @@ class Registry:
                 register=functools.partial(self._add, self.classifiers, Classifier, "classifier_id", impl.plugin_name)
             )
         self._instances: dict[str, object] = {}
+        # Shards share a registry across threads: one thread makes an instance (and its
+        # components) at a time, and sees only its own chain (a component cycle is refused).
+        self._lock = threading.RLock()
+        self._making: list[str] = []
+
+    def __reduce__(self):
+        if self.in_process:
+            raise PluginError(f"a registry with in-process plugins ({', '.join(self.in_process)}) cannot be sent to "
+                              "another process; install them as entry points, or run on threads")
+        return load_registry, (self.selection,)
 
     def _add(self, table: dict, base: type, id_attr: str, plugin: str, cls: type) -> None:
         if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -106,12 +145,40 @@ class Registry:
         if item_id not in table:
             raise PluginError(f"no plugin provides {kind} {item_id!r} (known: {sorted(table)})")
         key = f"{kind}:{item_id}"
-        if key not in self._instances:
+        with self._lock:
+            if key not in self._instances:
+                cls = table[item_id]
+                try:
+                    self._instances[key] = self._make(cls, item_id) if kind == "codec" else cls()
+                except ImportError as exc:  # e.g. a learned codec without torch: skipped with this reason
+                    raise PluginError(f"{kind} {item_id!r} is unavailable: {missing_dependency(exc)}") from exc
+            return self._instances[key]
+
+    def make(self, cls: "type[Codec]") -> "Codec":
+        """A new instance of a codec class, registered here or not (a trainer's composite over
+        any base), with its components from this registry, as :meth:`codec` makes them."""
+        return self._make(cls, cls.codec_id)
+
+    def _make(self, cls: "type[Codec]", codec_id: str) -> "Codec":
+        """A codec instance, its components (``Codec.components``) made first, from this
+        registry, and passed to its constructor (None where this registry cannot make one)."""
+        with self._lock:
+            if codec_id in self._making:
+                chain = " -> ".join([*self._making, codec_id])
+                raise ComponentCycle(f"codec {codec_id!r} is built on itself ({chain})")
+            self._making.append(codec_id)
             try:
-                self._instances[key] = table[item_id]()
-            except ImportError as exc:  # e.g. a learned codec without torch: skipped with this reason
-                raise PluginError(f"{kind} {item_id!r} is unavailable: {missing_dependency(exc)}") from exc
-        return self._instances[key]
+                parts: dict[str, Codec | None] = {}
+                for keyword, part_id in cls.components.items():
+                    try:
+                        parts[keyword] = self.codec(part_id)
+                    except ComponentCycle:
+                        raise
+                    except PluginError:
+                        parts[keyword] = None  # not installed or disabled here: the codec says why
+                return cls(**parts)
+            finally:
+                self._making.pop()
 
     def unavailable_reason(self, kind: str, item_id: str) -> str | None:
         """Why a registered codec/classifier cannot be used here (a missing dependency such as
@@ -161,29 +228,43 @@ class Registry:
         return sorted(out, key=lambda p: p.name)
 
 
-def build_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Registry:
-    """Load plugins from the entry-point group, honouring allow/deny lists.
+def build_plugin_manager(extra_plugins: dict[str, object] | None = None,
+                         selection: PluginSelection | None = None) -> Registry:
+    """A new registry of the plugins of the entry-point group that ``selection`` allows
+    (default: the environment's allow/deny lists, read now).
 
     ``extra_plugins`` (name -> module/object) lets tests and embedding code add plugins
     without installing a distribution; they are subject to the same lists.
     """
-    pm, dists = _load_plugins(extra_plugins)
-    return Registry(pm, dists)
+    selection = selection or PluginSelection.from_env()
+    pm, dists = _load_plugins(extra_plugins, selection=selection)
+    return Registry(pm, dists, selection, tuple(n for n in (extra_plugins or {}) if selection.wants(n)))
+
+
+@functools.lru_cache(maxsize=8)
+def load_registry(selection: PluginSelection) -> Registry:
+    """The registry a job record's registry becomes in another process (a Dask worker):
+    built once per process and selection, so its codecs (and their models) load once
+    there, not once per shard. Nothing in this process looks it up otherwise."""
+    return build_plugin_manager(selection=selection)
+
+
+def default_registry() -> Registry:
+    """A new registry of the plugins the environment allows (embedding, benchmarks). pixarc
+    itself never looks a registry up: the CLI makes one per command and hands it to the job
+    record, a flow makes one per run."""
+    return build_plugin_manager()
 
 
 def _load_plugins(extra_plugins: dict[str, object] | None = None,
-                  broken: Callable[[str, str], None] | None = None,
+                  broken: Callable[[str, str], None] | None = None, selection: PluginSelection | None = None,
                   ) -> tuple[pluggy.PluginManager, dict[str, tuple[str, str, str]]]:
     """The plugin manager and each plugin's (module, distribution, version). A plugin that
     fails to import raises PluginError, or, when ``broken`` is given, is reported to it
     (name, reason) and skipped."""
     pm = pluggy.PluginManager("pixarc")
     pm.add_hookspecs(hookspecs)
-    allow = _env_list("PIXARC_PLUGINS")
-    deny = _env_list("PIXARC_DISABLE_PLUGINS") or set()
-
-    def wanted(name: str) -> bool:
-        return (allow is None or name in allow) and name not in deny
+    wanted = (selection or PluginSelection.from_env()).wants
 
     dists: dict[str, tuple[str, str, str]] = {}
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -208,12 +289,6 @@ def _load_plugins(extra_plugins: dict[str, object] | None = None,
         pm.trace.root.setwriter(lambda msg: log.info(msg.rstrip()))
         pm.enable_tracing()
     return pm, dists
-
-
-@functools.lru_cache(maxsize=1)
-def default_registry() -> Registry:
-    """The process-wide registry (env vars are read once)."""
-    return build_plugin_manager()
 
 
 # Groups the core CLI creates and plugins may add to (``register(command, group=...)``).

@@ -27,15 +27,17 @@ reconstruction would compound the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from . import __version__, progress
-from .archive import cached_policy, fill_encoded, fill_plugin_columns, plugin_columns
-from .checks import decode_container, read_bitstream
+from .archive import cached_policy
+from .checks import Problem, decode_container, read_bitstream
 from .classify import Classification
 from .codec import params_hash
+from .device import DeviceMap, check_request
 from .encode import encode_route, fallback_note
 from .errors import InputError, PixarcError
+from .jobs import RUN_ONLY, Table
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex
 from .layout import bitstream_rel, resolve_bitstream
 from .lock import check_held
@@ -50,8 +52,8 @@ from .manifest import (
     write_part,
 )
 from .plan import Shard, drop_plan, load_shard, write_plan
-from . import plugins
-from .plugins import Registry
+from .plugins import Registry, build_plugin_manager
+from .rows import fill_encoded, fill_plugin_columns, plugin_columns
 from .state import current_rows
 from .storage import get_fs, join, read_regular, write_atomic
 
@@ -76,12 +78,62 @@ class Decision:
 
 
 @dataclass
-class RecompressSummary:
+class RecompressTotals:
+    """What a shard decided (and, applying, re-encoded)."""
+
     shard: int
     decisions: list[Decision] = field(default_factory=list)
     applied: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+
+    def line(self, items: int) -> str:
+        return f"{len(self.decisions)} row(s): {sum(d.action == 'recompress' for d in self.decisions)} to re-encode"
+
+    @property
+    def bytes_moved(self) -> int:
+        return 0
+
+
+@dataclass
+class RecompressSummary:
+    """What a run decided: every row's decision; with ``apply``, ``applied`` rows re-encoded."""
+
+    run_id: str
+    dest: str
+    apply: bool
+    shards: int
+    decisions: list[Decision] = field(default_factory=list)
+    applied: int = 0
+    problems: list[Problem] = field(default_factory=list)  # rows skipped because of a damaged bitstream...
+    seconds: float = 0.0  # the run's wall-clock time
+
+    @property
+    def todo(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action == "recompress"]
+
+    def render(self) -> list[str | Table]:
+        todo, decisions = self.todo, self.decisions
+        table = Table(("applied" if self.apply else "plan (nothing written; --apply to do it)") + f": {self.dest}",
+                      ("key", "reason", "from", "to", "bytes before", "bytes after", "saving"),
+                      [(d.key, d.reason, d.old_codec, d.new_codec, str(d.old_bytes), str(d.new_bytes),
+                        f"{100 * d.saving:.1f} %") for d in todo])
+        skipped = [d for d in decisions if d.action == "skip"]
+        estimated = [d for d in decisions if d.estimated]
+        out: list[str | Table] = [table, (
+            f"{len(todo)} of {len(decisions)} bitstream(s) to re-encode: {sum(d.old_bytes for d in todo)} -> "
+            f"{sum(d.new_bytes for d in todo)} bytes" + (" (an estimate)" if any(d.estimated for d in todo) else "")
+            + f"; {len(skipped)} skipped" + (f" (e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""))]
+        if estimated:
+            out.append(f"{len(estimated)} of {len(decisions)} decision(s) estimated from "
+                       f"{len(decisions) - len(estimated)} sampled encode(s) of rows like them (same route, codec and "
+                       "parameters); --apply encodes each")
+        return out
+
+    def json_fields(self) -> dict[str, Any]:
+        todo = self.todo
+        return {"run_id": self.run_id, "applied": self.apply, "decisions": self.decisions, "to_recompress": len(todo),
+                "bytes_before": sum(d.old_bytes for d in todo), "bytes_after": sum(d.new_bytes for d in todo)}
 
 
 @dataclass
@@ -116,13 +168,13 @@ def outdated_reason(row: ManifestRow, registry: Registry) -> str:
     return ""
 
 
-def _source_from_archive(item: Item, registry: Registry, device: str) -> SourceImage:
+def _source_from_archive(item: Item, registry: Registry, devices: DeviceMap) -> SourceImage:
     """Canonical pixels (and original bytes when stored) from the verified bitstream."""
     try:
         blob = read_bitstream(item.bitstream_uri, item.row.bitstream_sha256)
     except PixarcError as exc:
         raise InputError(exc.reason, f"{exc}; run verify") from None  # the reason (damage) stays
-    c, decoded = decode_container(blob, registry, device)
+    c, decoded = decode_container(blob, registry, devices)
     if decoded.original is not None:
         return probe_and_load(decoded.original)
     meta = c.meta
@@ -156,16 +208,23 @@ class RecompressJob:
     with ``apply`` write them (under the one-writer lease), else only decide."""
 
     name: ClassVar[str] = "recompress"
+    holder: ClassVar[str] = "recompress --apply"
+    retries: ClassVar[int] = 0
 
     dest: str
     run_id: str
     policy: str | None = None
     min_saving: float = 0.1
     apply: bool = False
-    device: str = "cpu"
+    device: str = "cpu"  # a request: cpu, auto, cuda, cuda:N (new bitstreams are decode-checked on the CPU too)
     shard_size: int = 256
-    lease: str = ""  # token of the one-writer lease (checked before each commit)
-    sample: int = 2  # a plan encodes this many rows per group (route, codec, params) and estimates the rest
+    lease: str = field(default="", metadata=RUN_ONLY)  # the one-writer lease (checked before each commit)
+    # a plan encodes this many rows per group (route, codec, params) and estimates the rest
+    sample: int = field(default=2, metadata=RUN_ONLY)
+    registry: Registry = field(default_factory=build_plugin_manager, repr=False, compare=False, metadata=RUN_ONLY)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_request(self.device))
 
     @property
     def writes(self) -> bool:
@@ -174,6 +233,18 @@ class RecompressJob:
     @property
     def base(self) -> str:
         return self.dest
+
+    def check(self) -> None:
+        cached_policy(self.policy)  # a bad policy fails before the lease is taken
+
+    def uses_gpu(self) -> bool:
+        return False  # recompress shards take no GPU slot
+
+    def stats(self, summary: RecompressSummary) -> dict[str, Any]:
+        todo = summary.todo
+        return {"policy": cached_policy(self.policy).name, "apply": self.apply, "min_saving": self.min_saving,
+                "device": self.device, "rows": len(summary.decisions), "to_recompress": len(todo),
+                "bytes_before": sum(d.old_bytes for d in todo), "bytes_after": sum(d.new_bytes for d in todo)}
 
     def plan(self) -> "RecompressPlan":
         cached_policy(self.policy)  # fail fast on a bad policy
@@ -196,20 +267,21 @@ class RecompressJob:
         progress.set_total(self.run_id, len(items))
         return RecompressPlan(self.run_id, write_plan(self.dest, self.run_id, self.name, items, self.shard_size)[0])
 
-    def decide(self, item: Item, registry: Registry, sampled: dict | None = None) -> tuple[Decision, ManifestRow | None]:
+    def decide(self, item: Item, devices: DeviceMap, sampled: dict | None = None
+               ) -> tuple[Decision, ManifestRow | None]:
         """``sampled`` (a plan): group -> decisions made by encoding; once a group has
         :attr:`sample` of them, its other rows are estimated from them, not encoded."""
         row = item.row
-        outdated = outdated_reason(row, registry)
+        outdated = outdated_reason(row, self.registry)
         if sampled is not None and not self.apply:
             group = (row.route, row.codec_id, row.params_hash, bool(outdated))
             seen = sampled.setdefault(group, [])
             if len(seen) >= max(1, self.sample):
                 return self._estimate(row, seen, outdated), None
-            decision, new = self._decide(item, registry, outdated)
+            decision, new = self._decide(item, devices, outdated)
             seen.append(decision)
             return decision, new
-        return self._decide(item, registry, outdated)
+        return self._decide(item, devices, outdated)
 
     def _estimate(self, row: ManifestRow, seen: list[Decision], outdated: str) -> Decision:
         """A plan's decision for a row like ``seen`` (same route, codec, parameters): their
@@ -234,8 +306,8 @@ class RecompressJob:
             d.reason = f"policy would save about {100 * d.saving:.1f} % ({basis})"
         return d
 
-    def _decide(self, item: Item, registry: Registry, outdated: str) -> tuple[Decision, ManifestRow | None]:
-        row = item.row
+    def _decide(self, item: Item, devices: DeviceMap, outdated: str) -> tuple[Decision, ManifestRow | None]:
+        row, registry = item.row, self.registry
         policy = cached_policy(self.policy)
         decision = Decision(row.key, "keep", "", row.codec_id, old_bytes=row.bitstream_bytes)
         classification = Classification(row.domain, row.domain_confidence, row.classifier_id)
@@ -243,7 +315,7 @@ class RecompressJob:
             if item.unsafe:
                 raise InputError("outside_dest", item.unsafe)
             if row.lossless:
-                src = _source_from_archive(item, registry, self.device)
+                src = _source_from_archive(item, registry, devices)
             else:
                 src = _source_from_original(row)
                 if src is None:
@@ -258,7 +330,7 @@ class RecompressJob:
                 decision.reason = "current"
                 return decision, None
             exclude = frozenset({STORE}) if not src.data else frozenset()
-            chosen, attempts = encode_route(src, route, registry, self.device, exclude=exclude)
+            chosen, attempts = encode_route(src, route, registry, devices, exclude=exclude)
         except PixarcError as exc:
             decision.action, decision.reason, decision.problem = "skip", f"{exc.reason}: {exc}", exc.reason
             return decision, None
@@ -290,14 +362,14 @@ class RecompressJob:
                                             fallback_note(attempts)]))
         return decision, new
 
-    def run_shard(self, shard: Shard, registry: Registry | None = None) -> RecompressSummary:
-        registry = registry or plugins.default_registry()  # looked up per call (tests swap it)
+    def run_shard(self, shard: Shard) -> RecompressTotals:
+        registry, devices = self.registry, DeviceMap.resolve(self.device, self.registry.codecs)
         columns = plugin_columns(registry)
-        out = RecompressSummary(shard.index)
+        out = RecompressTotals(shard.index)
         rows, replaced = [], []
         sampled: dict = {}  # a plan: what each group's sampled rows gave
         for item in (Item.from_json(d) for d in load_shard(shard)):
-            decision, new = self.decide(item, registry, None if self.apply else sampled)
+            decision, new = self.decide(item, devices, None if self.apply else sampled)
             out.decisions.append(decision)
             if new is not None:
                 new.shard = shard.index
@@ -321,9 +393,12 @@ class RecompressJob:
                         fs.rm(path)
         return out
 
-    def finish(self, plan: "RecompressPlan", results: Sequence[RecompressSummary]) -> list[RecompressSummary]:
+    def finish(self, plan: "RecompressPlan", results: Sequence[RecompressTotals]) -> RecompressSummary:
         drop_plan(self.dest, self.name, self.run_id)
-        return list(results)
+        decisions = [d for r in results for d in r.decisions]
+        return RecompressSummary(self.run_id, self.dest, self.apply, len(plan.shards), decisions,
+                                 sum(r.applied for r in results),
+                                 [Problem(d.key, d.problem, d.reason) for d in decisions if d.problem])
 
 
 @dataclass

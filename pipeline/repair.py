@@ -28,8 +28,8 @@ from datetime import datetime, timedelta, timezone
 
 from . import __version__
 from .codec import params_hash
-from .archive import fill_encoded, fill_plugin_columns, plugin_columns
 from .checks import decode_container, read_bitstream
+from .device import ON_CPU
 from .encode import encode_route
 from .layout import Swept, require_archive, resolve_bitstream, sweep_leftovers, write_version
 from .plan import STATE_DIR, new_run_id
@@ -38,8 +38,9 @@ from .images import probe_and_load, sha256_hex
 from .lock import check_held, hold
 from .manifest import STATUS_DONE, ManifestRow, carry_source, read_manifest, rows_to_table, write_part
 from .state import current_rows, orphan_bitstreams
-from .plugins import Registry, default_registry
+from .plugins import Registry, build_plugin_manager
 from .policy import Candidate, Route
+from .rows import fill_encoded, fill_plugin_columns, plugin_columns
 from .storage import get_fs, join, read_regular
 
 _VERSION_TAIL = re.compile(r"\.([0-9a-f]{12})\.pxa\Z")
@@ -185,7 +186,7 @@ def _reencode(old: ManifestRow, dest: str, run_id: str, registry: Registry) -> M
         raise InputError("source_changed", "the original no longer matches its archived sha256")
     src = probe_and_load(data)
     route = Route(old.route or old.domain or "repair", old.lossless, (Candidate(old.codec_id, old.params),))
-    chosen, attempts = encode_route(src, route, registry, "cpu")
+    chosen, attempts = encode_route(src, route, registry, ON_CPU)
     if chosen is None:
         raise InputError("reencode_failed", "; ".join(f"{a.codec}: {a.reason or a.result}" for a in attempts))
     dfs, droot = get_fs(dest)
@@ -201,8 +202,9 @@ def _reencode(old: ManifestRow, dest: str, run_id: str, registry: Registry) -> M
 
 
 def repair(dest: str, wait: float = 0.0, registry: Registry | None = None) -> RepairSummary:
-    """Rebuild damaged manifest parts and re-encode missing or damaged bitstreams."""
-    registry = registry or default_registry()
+    """Rebuild damaged manifest parts and re-encode missing or damaged bitstreams, with the
+    plugins of ``registry`` (default: those the environment allows)."""
+    registry = registry or build_plugin_manager()
     require_archive(dest)
     out = RepairSummary(new_run_id())
     with hold(dest, "repair", wait) as lease:

@@ -15,12 +15,13 @@ from typing import Any, ClassVar, Sequence
 
 from . import progress
 from .checks import Problem, decode_container, read_bitstream
+from .device import DeviceMap, check_request
 from .errors import InputError, PixarcError
+from .jobs import RUN_ONLY, Table, problems_line, run_fields
 from .layout import resolve_bitstream
 from .manifest import ManifestRow
 from .plan import Shard, drop_plan, load_shard, write_plan
-from . import plugins
-from .plugins import Registry
+from .plugins import Registry, build_plugin_manager
 from .state import archive_problems, parse_as_of, select_rows
 from .storage import get_fs, inside, join, safe_key, write_atomic, write_new
 
@@ -109,6 +110,13 @@ class RestoreTotals:
     bytes_written: int = 0
     problems: list[Problem] = field(default_factory=list)
 
+    def line(self, items: int) -> str:
+        return problems_line(items, self.done, self.problems)
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.bytes_written
+
 
 @dataclass
 class RestorePlan:
@@ -125,6 +133,19 @@ class RestoreSummary:
     shards: int
     totals: RestoreTotals
     problems: list[Problem] = field(default_factory=list)
+    out: str = ""
+    seconds: float = 0.0  # the run's wall-clock time
+
+    def render(self) -> list[str | Table]:
+        t = self.totals
+        return [f"restored {t.done} of {self.found} image(s) into {self.out} ({t.bytes_written} bytes)"
+                + (f"; {t.lossy} of them lossy: approximations of the originals, named <key>.lossy.png"
+                   if t.lossy else "")
+                + (f"; {self.skipped} already in OUT, kept (--overwrite to replace)" if self.skipped else "")]
+
+    def json_fields(self) -> dict[str, Any]:
+        t = self.totals
+        return run_fields(self, {"done": t.done, "skipped": t.skipped, "bytes_written": t.bytes_written})
 
 
 def encoded_image(decoded, container, fmt: str) -> bytes:
@@ -140,7 +161,12 @@ def encoded_image(decoded, container, fmt: str) -> bytes:
 
 @dataclass(frozen=True)
 class RestoreJob:
+    """Decode every archived image of ``dest`` matching the filters into ``out`` (the current
+    versions, or those of ``as_of`` (ISO time) or the ``version``-th)."""
+
     name: ClassVar[str] = "restore"
+    holder: ClassVar[str] = "restore"
+    retries: ClassVar[int] = 1  # idempotent shards (files written are kept)
     writes: ClassVar[bool] = False  # writes under OUT only
 
     dest: str
@@ -151,12 +177,25 @@ class RestoreJob:
     version: int | None = None
     as_of: str | None = None  # ISO time
     overwrite: bool = False
-    device: str = "cpu"
+    device: str = "cpu"  # a request: cpu (what every bitstream was checked on), auto, cuda, cuda:N
     shard_size: int = 256
+    registry: Registry = field(default_factory=build_plugin_manager, repr=False, compare=False, metadata=RUN_ONLY)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_request(self.device))
 
     @property
     def base(self) -> str:
         return self.out
+
+    def check(self) -> None:
+        pass
+
+    def uses_gpu(self) -> bool:
+        return False  # decoding shards take no GPU slot
+
+    def stats(self, summary: RestoreSummary) -> None:
+        return None  # restore only reads DEST: it records nothing there
 
     def plan(self) -> RestorePlan:
         import fnmatch
@@ -170,10 +209,9 @@ class RestoreJob:
         return RestorePlan(self.run_id, write_plan(self.out, self.run_id, self.name, items, self.shard_size)[0],
                            len(items))
 
-    def run_shard(self, shard: Shard, registry: Registry | None = None) -> RestoreTotals:
+    def run_shard(self, shard: Shard) -> RestoreTotals:
         """Decode and check every bitstream of a shard, then write the images under OUT."""
-        registry = registry or plugins.default_registry()  # looked up per call (tests swap it)
-        device = self.device  # resolved per codec (codecs without an accelerator: the CPU)
+        registry, devices = self.registry, DeviceMap.resolve(self.device, self.registry.codecs)
         ofs, oroot = get_fs(self.out)
         s = RestoreTotals(shard.index)
         for item in load_items(shard):
@@ -185,7 +223,7 @@ class RestoreJob:
                 if not inside(ofs, oroot, target):
                     raise InputError("outside_out", f"{name}: a symlink in OUT leads outside {self.out}; not written")
                 blob = read_bitstream(item.bitstream_uri, item.bitstream_sha256)
-                c, decoded = decode_container(blob, registry, device, item.plugin_dist)
+                c, decoded = decode_container(blob, registry, devices, item.plugin_dist)
                 if decoded.original is not None:
                     data = decoded.original
                 else:
@@ -215,4 +253,4 @@ class RestoreJob:
         drop_plan(self.out, self.name, self.run_id)
         # damaged manifest parts first: their rows were left out of the restore
         return RestoreSummary(self.run_id, plan.found, totals.skipped, len(plan.shards), totals,
-                              archive_problems(self.dest) + problems)
+                              archive_problems(self.dest) + problems, self.out)

@@ -170,5 +170,26 @@ def encode_bytes(image: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def install_plugins(monkeypatch, **plugins) -> None:
+    """Make ``plugins`` (entry-point name -> module, or a module name that does not import)
+    look installed and allowed: every registry built from the environment (the CLI's, a
+    flow's) finds them through the entry-point group, as after a pip install."""
+    import types
+    from importlib import metadata as real
+
+    from pixarc import plugins as loader
+
+    eps = []
+    for name, mod in plugins.items():
+        if isinstance(mod, str):
+            eps.append(real.EntryPoint(name, mod, "pixarc"))
+        else:
+            monkeypatch.setitem(sys.modules, mod.__name__, mod)
+            eps.append(real.EntryPoint(name, mod.__name__, "pixarc"))
+    monkeypatch.setattr(loader, "metadata", types.SimpleNamespace(
+        entry_points=lambda group: [*real.entry_points(group=group), *eps]))
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + "," + ",".join(plugins))
+
+
 def tree_digest(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -125,21 +125,14 @@ def test_archive_verify_and_fresh_process_decode(tiny_weights, tmp_path):
     policy = tmp_path / "p.toml"
     policy.write_text('min_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nquality = 1\nlatent_iters = 5\n'
                       'adapter_iters = 5\n[routes.unknown]\nlossless = false\ncodecs = ["adaptive-mbt2018-mean", "png"]\n')
-    reg = build_plugin_manager()
-    import pixarc.plugins as eng  # the jobs look the registry up there
-
-    orig = eng.default_registry
-    eng.default_registry = lambda: reg
-    try:
-        runs.archive_local(str(src_dir), str(dest), policy=str(policy))
-        rows = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
-        a = rows["a.png"]
-        assert a["codec_id"] == "adaptive-mbt2018-mean" and not a["lossless"] and np.isfinite(a["psnr"])
-        assert a["weights_sha256"] and rows["grey.png"]["codec_id"] == "png"
-        assert "mode L not supported" in rows["grey.png"]["notes"]
-        assert not runs.verify_local(str(dest), full=True).problems
-    finally:
-        eng.default_registry = orig
+    reg = build_plugin_manager()  # the jobs run with it (its weights found under the fixture's variable)
+    runs.archive_local(str(src_dir), str(dest), policy=str(policy), registry=reg)
+    rows = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}
+    a = rows["a.png"]
+    assert a["codec_id"] == "adaptive-mbt2018-mean" and not a["lossless"] and np.isfinite(a["psnr"])
+    assert a["weights_sha256"] and rows["grey.png"]["codec_id"] == "png"
+    assert "mode L not supported" in rows["grey.png"]["notes"]
+    assert not runs.verify_local(str(dest), full=True, registry=reg).problems
     code = (
         "import sys; from pixarc.checks import decode_container; from pixarc.plugins import build_plugin_manager;"
         "c, d = decode_container(open(sys.argv[1], 'rb').read(), build_plugin_manager()); print('FP', d.fingerprint)"
@@ -423,17 +416,9 @@ def test_a_psnr_target_searches_only_the_installed_rate_points(tiny_weights, tmp
     policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.adaptive-mbt2018-mean]\nlatent_iters = 2\n'
                       'ceiling_margin_db = 1000.0\n'  # never screened out: the search itself is tested
                       'adapter_iters = 2\n[routes.unknown]\nlossless = false\n'
-                      'codecs = ["adaptive-mbt2018-mean", "webp"]\n'
+                      'codecs = ["adaptive-mbt2018-mean"]\n'  # alone: nothing to prune it by
                       'target_psnr = 30.0\n')
-    import pixarc.plugins as eng  # the jobs look the registry up there
-
-    reg = build_plugin_manager()
-    orig = eng.default_registry
-    eng.default_registry = lambda: reg
-    try:
-        runs.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy))
-    finally:
-        eng.default_registry = orig
+    runs.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy), registry=build_plugin_manager())
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
     attempts = [a for a in json.loads(row["attempts"]) if a["codec"] == "adaptive-mbt2018-mean"]
     assert [a["result"] for a in attempts] == ["target", "verified"], attempts

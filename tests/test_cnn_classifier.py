@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pixarc import plugins
 from pixarc.classify import DOMAINS
 
 
@@ -149,13 +148,12 @@ def test_policy_falls_back_to_stats_without_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(pixarc_cnn_classifier, "WEIGHTS_DIR", tmp_path / "none")  # as if none shipped
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",cnn_classifier")
     reg = build_plugin_manager()
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
     src = tmp_path / "src"
     src.mkdir()
     synthetic("vector", 1).save(src / "a.png")
     policy = tmp_path / "p.toml"
     policy.write_text('classifier = "cnn"\nfallback_classifier = "stats"\n[routes.unknown]\ncodecs = ["png"]\n')
-    runs.archive_local(str(src), str(tmp_path / "d"), policy=str(policy))
+    runs.archive_local(str(src), str(tmp_path / "d"), policy=str(policy), registry=reg)
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
     assert row["classifier_id"] == "stats" and "classifier cnn unavailable (no weights installed)" in row["notes"]
 

@@ -49,9 +49,11 @@ def tiny_filter(tmp_path, monkeypatch):
 
 
 def codec(base="avif"):
+    """``<base>-enhanced`` made as a registry makes it: with that registry's ``base`` codec."""
+    from pixarc.plugins import build_plugin_manager
     from pixarc_enhance import enhanced
 
-    return enhanced(base)()
+    return build_plugin_manager().make(enhanced(base))
 
 
 def sse(a: Image.Image, b: Image.Image) -> float:
@@ -79,6 +81,20 @@ def test_registered_for_several_bases_with_the_base_rate_parameter(tiny_filter, 
         c.validate_params({"nonsense": 1})
     assert c.weights_for(p) == tiny_filter[1]["sha256"] and c.has_weights(tiny_filter[1]["sha256"])
     assert "avif (Pillow" in c.version()
+
+
+def test_the_base_is_the_one_of_the_registry_that_makes_the_codec(tiny_filter, monkeypatch):
+    """The registry passes its own base codec in (``Codec.components``): an allowlist that
+    leaves the base out leaves the enhanced codec without one, and it says so."""
+    from pixarc.images import ImageInfo
+    from pixarc.plugins import build_plugin_manager
+
+    monkeypatch.setenv("PIXARC_PLUGINS", "png,webp,store,stats_classifier,default_router,enhance")  # no avif
+    reg = build_plugin_manager()
+    assert reg.codec("webp-enhanced").base is reg.codec("webp")
+    assert reg.codec("avif-enhanced").base is None
+    info = ImageInfo(64, 48, "RGB", 8, "PNG", "RGB")
+    assert "base codec 'avif' is not installed" in reg.codec("avif-enhanced").unsupported_reason(info)
 
 
 def test_filter_on_round_trips_deterministically(tiny_filter):
@@ -257,19 +273,12 @@ def test_archive_records_the_filter_and_verifies(tiny_filter, with_enhance, tmp_
     policy = tmp_path / "p.toml"
     policy.write_text('min_confidence = 1.1\n[params.avif-enhanced]\nquality = 40\nfilter = "on"\n'
                       '[routes.unknown]\nlossless = false\ncodecs = ["avif-enhanced", "png"]\n')
-    reg = build_plugin_manager()
-    import pixarc.plugins as eng  # the jobs look the registry up there
-
-    orig = eng.default_registry
-    eng.default_registry = lambda: reg
-    try:
-        runs.archive_local(str(src_dir), str(dest), policy=str(policy))
-        row = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}["a.png"]
-        assert row["codec_id"] == "avif-enhanced" and row["weights_sha256"] == tiny_filter[1]["sha256"]
-        assert "avif (Pillow" in row["codec_version"] and np.isfinite(row["psnr"])
-        assert not runs.verify_local(str(dest), full=True).problems
-    finally:
-        eng.default_registry = orig
+    reg = build_plugin_manager()  # the jobs run with it (the filter found under the fixture's variable)
+    runs.archive_local(str(src_dir), str(dest), policy=str(policy), registry=reg)
+    row = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}["a.png"]
+    assert row["codec_id"] == "avif-enhanced" and row["weights_sha256"] == tiny_filter[1]["sha256"]
+    assert "avif (Pillow" in row["codec_version"] and np.isfinite(row["psnr"])
+    assert not runs.verify_local(str(dest), full=True, registry=reg).problems
     meta = unpack((dest / "a.png.pxa").read_bytes()).meta
     code = (
         "import sys; from pixarc.checks import decode_container; from pixarc.plugins import build_plugin_manager;"
@@ -374,9 +383,7 @@ def test_lossy_policy_weighs_the_enhanced_codec_by_rd_cost(tiny_filter, with_enh
     policy.write_text('selection = "rd"\nmin_confidence = 1.1\n[params.avif-enhanced]\nspeed = 8\nfilter = "on"\n'
                       '[params.avif]\nspeed = 8\n[routes.unknown]\nlossless = false\n'
                       'codecs = ["avif-enhanced", "avif"]\ntarget_psnr = 30.0\n')
-    reg = plugins.build_plugin_manager()
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
-    runs.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy))
+    runs.archive_local(str(src_dir), str(tmp_path / "d"), policy=str(policy), registry=plugins.build_plugin_manager())
     rows = rows_from_table(latest(read_manifest(str(tmp_path / "d"))))
     assert len(rows) == 2
     for r in rows:

@@ -8,7 +8,6 @@ import typing
 import pytest
 from click.testing import CliRunner
 
-from pixarc import runs
 from pixarc.cli import main
 from pixarc.manifest import latest, read_manifest
 
@@ -122,27 +121,50 @@ def test_a_verify_that_finds_damage_fails_without_a_traceback(small_collection, 
 
 
 def test_tasks_take_only_small_records():
-    """Pixels and bitstreams never travel through task parameters or results."""
-    from pixarc.flows import jobs
+    """Pixels and bitstreams never travel through task parameters or results: a task gets a
+    job record of small values, whose registry travels as its allowlist."""
+    import pickle
 
-    from pixarc import runs
+    from pixarc import jobs as contract
+    from pixarc.flows import jobs
     from pixarc.plan import Shard
+    from pixarc.plugins import Registry, build_plugin_manager
 
     hints = typing.get_type_hints(jobs.shard_task.fn)
     hints.pop("return")
     assert set(hints) == {"job", "shard"} and hints["shard"] is Shard
     small = {str, bool, int, float, type(None), tuple}  # what a job record may hold
-    jobs_ = typing.get_args(runs.Job)
-    assert len(jobs_) == 4  # archive, restore, verify, recompress
-    for job in jobs_:
+    job_types = [contract.job_class(name) for name in contract.JOBS]
+    assert len(job_types) == 4  # archive, restore, verify, recompress
+    for job in job_types:
         for name, hint in typing.get_type_hints(job).items():
-            if name in ("name", "writes"):
-                continue  # class constants
+            if name in ("name", "holder", "retries", "writes") or hint is Registry:
+                continue  # class constants; the registry (below)
             union = typing.get_origin(hint) in (typing.Union, types.UnionType)
             kinds = set(typing.get_args(hint)) if union else {hint}
             assert {typing.get_origin(k) or k for k in kinds} <= small, (job.__name__, name, hint)
             if typing.get_origin(hint) is tuple:
                 assert set(typing.get_args(hint)) <= {str, ...}, (job.__name__, name, hint)
+    reg = build_plugin_manager()
+    record = contract.job_class("archive")("src", "dest", "run", registry=reg)
+    sent = pickle.dumps(record)  # what a Dask worker receives
+    assert len(sent) < 2000, len(sent)
+    back = pickle.loads(sent)
+    assert back == record and back.registry.selection == reg.selection and set(back.registry.codecs) == set(reg.codecs)
+
+
+def test_every_job_is_a_flow_with_the_records_parameters():
+    """The engine runs a job on Prefect by passing its record's parameters to its flow."""
+    from pixarc import flows
+    from pixarc import jobs as contract
+    from pixarc.flows import jobs as prefect_jobs  # noqa: F401  (the real flows)
+
+    for name in contract.JOBS:
+        record = contract.job_class(name)(*(["src", "dest"] if name in ("archive", "restore") else ["dest"]),
+                                          run_id="r")
+        accepted = set(inspect.signature(flows.flow_for(name).fn).parameters)
+        assert set(contract.parameters(record)) <= accepted, (name, set(contract.parameters(record)) - accepted)
+        assert flows.flow_for(name).name == f"pixarc-{name}"
 
 
 def test_local_engine_cli_and_report(runner, small_collection, tmp_path):

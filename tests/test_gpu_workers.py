@@ -12,10 +12,11 @@ import types
 
 import pytest
 
-from conftest import encode_bytes, rng_image
-from pixarc import plugins, runs
+from conftest import encode_bytes, install_plugins, rng_image
+from pixarc import runs
 from pixarc import device as devices
 from pixarc.codec import Codec, Decoded
+from pixarc.device import CPU, DeviceMap
 from pixarc.hookspecs import hookimpl
 from pixarc.manifest import latest, read_manifest
 from pixarc.plugins import build_plugin_manager
@@ -31,11 +32,11 @@ class FakeGPUCodec(Codec):
     calls: list = []
     lock = threading.Lock()
 
-    def encode(self, src, params, device="cpu"):
+    def encode(self, src, params, device=CPU):
         im = src.image
         return f"{im.mode}|{im.width}|{im.height}|".encode() + im.tobytes()
 
-    def encode_batch(self, srcs, params, device="cpu"):
+    def encode_batch(self, srcs, params, device=CPU):
         start = time.monotonic()
         time.sleep(0.3)  # long enough that two unguarded shards would overlap
         out = [self.encode(s, params, device) for s in srcs]
@@ -43,7 +44,7 @@ class FakeGPUCodec(Codec):
             FakeGPUCodec.calls.append((len(srcs), device, start, time.monotonic()))
         return out
 
-    def decode(self, payload, device="cpu"):
+    def decode(self, payload, device=CPU):
         from PIL import Image
 
         mode, w, h, body = payload.split(b"|", 3)
@@ -63,11 +64,7 @@ def plugin():
 
 @pytest.fixture
 def gpu_world(monkeypatch, tmp_path):
-    import os
-
-    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",fakegpu")
-    reg = build_plugin_manager({"fakegpu": plugin()})
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    install_plugins(monkeypatch, fakegpu=plugin())  # the flow's registry (built from the environment) has it
     monkeypatch.setattr(devices, "gpu_count", lambda: 1)
     FakeGPUCodec.calls = []
     src = tmp_path / "src"
@@ -105,7 +102,7 @@ def test_gpu_shards_take_the_slot_and_batch(gpu_world):
 def test_cpu_only_jobs_take_no_slot_and_do_not_batch(gpu_world, monkeypatch):
     src, dest, policy = gpu_world
     monkeypatch.setattr(devices, "gpu_count", lambda: 0)  # a CPU worker: auto -> cpu
-    runs.archive_local(str(src), str(dest), policy=policy)
+    runs.archive_local(str(src), str(dest), policy=policy, registry=build_plugin_manager())
     assert FakeGPUCodec.calls == []
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert {r["device"] for r in rows} == {"cpu"} and {r["codec_id"] for r in rows} == {"test-fakegpu"}
@@ -114,11 +111,11 @@ def test_cpu_only_jobs_take_no_slot_and_do_not_batch(gpu_world, monkeypatch):
 def test_failed_batch_falls_back_to_single_encodes(gpu_world, monkeypatch):
     src, dest, policy = gpu_world
 
-    def broken(self, srcs, params, device="cpu"):
+    def broken(self, srcs, params, device=CPU):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(FakeGPUCodec, "encode_batch", broken)
-    runs.archive_local(str(src), str(dest), policy=policy)
+    runs.archive_local(str(src), str(dest), policy=policy, registry=build_plugin_manager())
     rows = latest(read_manifest(str(dest))).to_pylist()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     assert all("batch encode failed" in r["notes"] for r in rows)
@@ -131,10 +128,10 @@ def test_batches_follow_the_codecs_batch_hint(gpu_world, monkeypatch):
     from pixarc.images import probe_and_load
     from pixarc.policy import Candidate, Route
 
-    reg = plugins.default_registry()
+    reg = build_plugin_manager()
     route = Route("unknown", True, (Candidate("test-fakegpu"), Candidate("png")))
     items = [(probe_and_load(encode_bytes(rng_image("RGB", (12, 8), seed=i), "PNG")), route) for i in range(5)]
     monkeypatch.setattr(FakeGPUCodec, "batch_hint", 2)
-    out = batch_encode(items, reg, "auto")
+    out = batch_encode(items, reg, DeviceMap.resolve("auto", reg.codecs))
     assert [c[0] for c in FakeGPUCodec.calls] == [2, 2, 1]
     assert all(len(p) == 1 for p in out)  # every image got its payload

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import tree_digest
-from pixarc import layout, plugins
+from pixarc import layout
 from pixarc import recompress, runs
 from pixarc.encode import encode_route
 from pixarc.state import current_rows
@@ -85,7 +85,7 @@ def test_recompress_apply_on_a_copy_never_touches_the_original(small_collection,
     before = tree_digest(dest)
     shutil.copytree(dest, copy)
     done = runs.recompress_local(str(copy), policy="default", min_saving=0.05, apply=True)
-    assert sum(s.applied for s in done) >= 1
+    assert done.applied >= 1
     assert tree_digest(dest) == before
     assert not runs.verify_local(str(dest), full=True).problems
     check = runs.verify_local(str(copy), full=True)
@@ -139,7 +139,7 @@ def test_bitstream_paths_outside_dest_are_refused(small_collection, tmp_path, ba
     assert sorted((p.key, p.problem) for p in res.problems) == expected
     assert not (tmp_path / "out" / victim).exists()
     out = runs.recompress_local(str(dest), policy="default", min_saving=0.0, apply=True)
-    skipped = {d.key: d for s in out for d in s.decisions if d.action == "skip"}
+    skipped = {d.key: d for d in out.decisions if d.action == "skip"}
     assert victim in skipped and "outside DEST" in skipped[victim].reason
     assert outside.read_bytes() == untouched
 
@@ -497,14 +497,12 @@ def test_missing_plugin_is_named_with_its_distribution_not_corruption(small_coll
     dest = tmp_path / "dest"
     runs.archive_local(str(small_collection), str(dest), policy="png")
     monkeypatch.setenv("PIXARC_PLUGINS", "webp,store,stats_classifier,default_router")  # png not installed
-    reg = build_plugin_manager()
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
-    v = runs.verify_local(str(dest), full=True)
+    v = runs.verify_local(str(dest), full=True, registry=build_plugin_manager())
     assert len(v.problems) == 5 and {p.problem for p in v.problems} == {"missing_plugin"}
     assert "codec 'png'" in v.problems[0].detail and "pip install pixarc" in v.problems[0].detail
-    from pixarc.cli import _problems_exit
+    from pixarc.cli.render import problems_exit
 
-    assert _problems_exit(v.problems) == 4
+    assert problems_exit(v.problems) == 4
 
 
 @pytest.mark.parametrize("errno_name, text", [("ENOSPC", "disk full"), ("EACCES", "permission denied")])
@@ -608,6 +606,7 @@ class _GPUPlugin:
 
 def test_gpu_encoded_bitstream_is_decode_checked_on_the_cpu_path_restore_uses(monkeypatch):
     from conftest import encode_bytes, rng_image
+    from pixarc.device import DeviceMap
     from pixarc.images import probe_and_load
     from pixarc.plugins import build_plugin_manager
     from pixarc.policy import Candidate, Route
@@ -618,11 +617,12 @@ def test_gpu_encoded_bitstream_is_decode_checked_on_the_cpu_path_restore_uses(mo
     src = probe_and_load(encode_bytes(rng_image("RGB"), "PNG"))
     route = Route("test", True, (Candidate("fake-gpu"), Candidate("png")))
 
-    chosen, attempts = encode_route(src, route, reg, "cuda")
+    on_gpu = DeviceMap.resolve("cuda", reg.codecs)
+    chosen, attempts = encode_route(src, route, reg, on_gpu)
     assert chosen.codec.codec_id == "fake-gpu" and "cpu" in plugin.decoded_on and "cuda" in plugin.decoded_on
 
     plugin.cpu_differs, plugin.decoded_on[:] = True, []
-    chosen, attempts = encode_route(src, route, reg, "cuda")
+    chosen, attempts = encode_route(src, route, reg, on_gpu)
     assert chosen.codec.codec_id == "png", attempts  # the GPU bitstream failed its CPU check: fallback
     assert attempts[0].codec == "fake-gpu" and attempts[0].result == "failed"
     assert "CPU decode restore uses fails" in attempts[0].reason

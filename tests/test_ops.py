@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import rng_image
-from pixarc import runs
+from pixarc import engine, runs
 from pixarc.archive import ArchiveJob
 from pixarc.plan import load_shard
 from pixarc.state import current_rows
@@ -50,14 +50,14 @@ def forty(tmp_path):
 
 def test_a_temporary_prefect_api_is_announced(monkeypatch, capsys):
     """--engine prefect without a server starts Prefect's temporary API (seconds): say so."""
-    from pixarc import cli
+    from pixarc.cli import running
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setattr(runs, "prefect_api_configured", lambda: False)
-    cli._starting_prefect()
+    monkeypatch.setattr(engine, "prefect_api_configured", lambda: False)
+    running.starting_prefect()
     assert "starting Prefect" in capsys.readouterr().err
-    monkeypatch.setattr(runs, "prefect_api_configured", lambda: True)
-    cli._starting_prefect()
+    monkeypatch.setattr(engine, "prefect_api_configured", lambda: True)
+    running.starting_prefect()
     assert "starting Prefect" not in capsys.readouterr().err
 
 
@@ -77,28 +77,28 @@ def test_local_engine_is_the_default_without_a_server(small_collection, tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     assert "5 done" in out.stdout and "starting Prefect" not in out.stderr
     assert time.perf_counter() - t0 < 60  # generous on a shared machine; the note has the measured times
-    assert runs.prefect_api_configured() is False
+    assert engine.prefect_api_configured() is False
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    assert runs.prefect_api_configured() is True
+    assert engine.prefect_api_configured() is True
 
 
 def test_profile_with_an_api_url_counts_as_configured(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert runs.prefect_api_configured() is False
+    assert engine.prefect_api_configured() is False
     (tmp_path / "profiles.toml").write_text('active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://s:4200/api"\n')
-    assert runs.prefect_api_configured() is True
+    assert engine.prefect_api_configured() is True
 
 
 def test_two_workers_on_forty_images_use_two_workers(forty, tmp_path, monkeypatch):
     seen: dict[int, tuple[str, float, float]] = {}
     real = ArchiveJob.run_shard
 
-    def spy(job, shard, registry=None):
+    def spy(job, shard):
         t0 = time.perf_counter()
         time.sleep(0.2)  # long enough that two workers overlap
-        out = real(job, shard, registry)
+        out = real(job, shard)
         seen[shard.index] = (threading.current_thread().name, t0, time.perf_counter())
         return out
 
@@ -419,3 +419,34 @@ def test_device_is_a_checked_value_on_every_job(small_collection, tmp_path):
     from pixarc.device import CPU, Device
 
     assert Device.parse("cuda:1").torch == "cuda:1" and Device.parse("CPU") == CPU and str(CPU) == "cpu"
+
+
+def test_devices_are_resolved_once_per_shard_into_a_map(small_collection, tmp_path, monkeypatch):
+    """A shard resolves the job's request once into codec id -> Device (not per image and
+    candidate); only Device values go deeper, and a string there is a clear error."""
+    from pixarc import device as devices
+    from pixarc.device import CPU, Device, DeviceMap
+    from pixarc.encode import encode_route
+    from pixarc.errors import InputError
+    from pixarc.images import probe_and_load
+    from pixarc.plugins import build_plugin_manager
+    from pixarc.policy import Candidate, Route
+
+    class Accelerated:
+        prefers_gpu, needs_gpu = True, False
+
+    reg = build_plugin_manager()
+    assert DeviceMap.resolve("cuda:1", {"png": type(reg.codec("png")), "x": Accelerated}).devices == {
+        "png": CPU, "x": Device("cuda", 1)}  # codecs without an accelerator run on the CPU
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)
+    assert not DeviceMap.resolve("auto", {"x": Accelerated}).uses_gpu
+    calls = []
+    real = devices.resolve
+    monkeypatch.setattr(devices, "resolve", lambda codec, request: (calls.append(codec), real(codec, request))[1])
+    s = runs.archive_local(str(small_collection), str(tmp_path / "d"), registry=reg)  # 5 images, 1 shard
+    assert s.totals.done == 5 and len(calls) == len(reg.codecs)
+    src = probe_and_load((small_collection / "line/ocal_galicia_01.png").read_bytes())
+    with pytest.raises(TypeError, match="DeviceMap"):
+        encode_route(src, Route("line", True, (Candidate("png"),)), reg, "cpu")
+    with pytest.raises(InputError, match="not one of"):
+        ArchiveJob("src", "dest", "run", device="gpu0")  # a job record parses its request

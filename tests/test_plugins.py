@@ -9,8 +9,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from conftest import encode_bytes, rng_image
-from pixarc import plugins
+from conftest import encode_bytes, install_plugins, rng_image
 from pixarc import hookspecs, runs
 from pixarc.classify import Classification, Classifier
 from pixarc.codec import Codec, Decoded, Param
@@ -134,8 +133,7 @@ def archived(tmp_path, monkeypatch, allow_testplug):
     src.mkdir()
     (src / "narrow.png").write_bytes(encode_bytes(rng_image("RGB", (13, 9)), "PNG"))
     (src / "wide.png").write_bytes(encode_bytes(rng_image("RGB", (30, 9)), "PNG"))
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
-    runs.archive_local(str(src), str(dest))
+    runs.archive_local(str(src), str(dest), registry=reg)
     table = read_manifest(str(dest))
     return reg, dest, table, {r["key"]: r for r in latest(table).to_pylist()}
 
@@ -180,7 +178,7 @@ def test_hook_manifest_values(archived):
     reg, dest, _, rows = archived
     assert {k: r["test_flag"] for k, r in rows.items()} == {"narrow.png": "done:test-reverse",
                                                           "wide.png": f"done:{rows['wide.png']['codec_id']}"}
-    runs.recompress_local(str(dest), policy="png", min_saving=0.0, apply=True)
+    runs.recompress_local(str(dest), policy="png", min_saving=0.0, apply=True, registry=reg)
     new = [r for r in read_manifest(str(dest)).to_pylist() if r["job"] == "recompress"]
     assert new and all(r["test_flag"] == f"done:{r['codec_id']}" for r in new)
 
@@ -188,14 +186,12 @@ def test_hook_manifest_values(archived):
 def test_hook_report_sections(archived, monkeypatch):
     from click.testing import CliRunner
 
-    from pixarc import plugins
     from pixarc.cli import main
 
     reg, dest, table, _ = archived
     assert reg.pm.hook.report_sections(rows=latest(table)) == [[("Test", "2 rows")]]
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
-    html = dest.parent / "r.html"
-    res = CliRunner().invoke(main, ["report", str(dest), "--html", str(html)], catch_exceptions=False)
+    html = dest.parent / "r.html"  # the command runs with the registry it is given (as obj)
+    res = CliRunner().invoke(main, ["report", str(dest), "--html", str(html)], obj=reg, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     text = html.read_text()
     assert "<h2>Test</h2><pre>2 rows</pre>" in text  # the plugin's section made it into the report
@@ -210,8 +206,7 @@ def test_hook_register_classifiers(tmp_path, monkeypatch, allow_testplug):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.png").write_bytes(encode_bytes(rng_image("RGB", (30, 9)), "PNG"))
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
-    runs.archive_local(str(src), str(tmp_path / "d"), policy=str(policy))
+    runs.archive_local(str(src), str(tmp_path / "d"), policy=str(policy), registry=reg)
     row = latest(read_manifest(str(tmp_path / "d"))).to_pylist()[0]
     assert (row["domain"], row["classifier_id"], row["codec_id"]) == ("vector", "always-vector", "webp-lossless")
 
@@ -241,6 +236,51 @@ def test_registering_a_non_codec_is_refused(allow_testplug):
     mod.register_codecs = register_codecs
     with pytest.raises(PluginError, match="not a Codec"):
         build_plugin_manager({"bad": mod})
+
+
+def test_a_composite_gets_its_components_from_the_registry_that_makes_it(monkeypatch, allow_testplug):
+    """``Codec.components``: the registry makes the base first, from itself, and passes it to
+    the composite's constructor; one it cannot make is passed as None; a cycle is refused."""
+    import os
+
+    class Wrapper(ReverseCodec):
+        codec_id = "test-wrapper"
+        components = {"inner": "test-reverse"}
+
+        def __init__(self, inner=None):
+            self.inner = inner
+
+    class Loop(ReverseCodec):
+        codec_id = "test-loop"
+        components = {"other": "test-loop"}
+
+        def __init__(self, other=None):
+            self.other = other
+
+    mod = types.ModuleType("pixarc_test_wrap")
+    mod.register_codecs = hookimpl(lambda register: [register(Wrapper), register(Loop)])
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",wrap")
+    reg = build_plugin_manager({"testplug": third_party_plugin(), "wrap": mod})
+    assert reg.codec("test-wrapper").inner is reg.codec("test-reverse")
+    made = reg.make(Wrapper)  # a class made outside the codec table gets the same components
+    assert made is not reg.codec("test-wrapper") and made.inner is reg.codec("test-reverse")
+    with pytest.raises(PluginError, match="built on itself"):
+        reg.codec("test-loop")
+    assert build_plugin_manager({"wrap": mod}).codec("test-wrapper").inner is None  # test-reverse not installed
+
+
+def test_a_registry_travels_as_its_allowlist(allow_testplug):
+    """A job record carries its registry; to another process (a Dask worker) it goes as its
+    allow/deny lists and is rebuilt there once. In-process plugins cannot go: it says so."""
+    import pickle
+
+    reg = build_plugin_manager()
+    sent = pickle.dumps(reg)
+    back = pickle.loads(sent)
+    assert len(sent) < 500 and back.selection == reg.selection and set(back.codecs) == set(reg.codecs)
+    assert pickle.loads(sent) is back  # once per process and selection: models load once per worker
+    with pytest.raises(PluginError, match="in-process plugins"):
+        pickle.dumps(build_plugin_manager({"testplug": third_party_plugin()}))
 
 
 def test_allowlist_and_denylist(monkeypatch):
@@ -276,26 +316,6 @@ def test_tracing_logs_hook_calls(monkeypatch, caplog):
 
 
 # --- commands (register_commands) -------------------------------------------
-
-
-def _install(monkeypatch, **plugins):
-    """Make ``plugins`` (entry-point name -> module, or a module name that does not import)
-    look installed: the CLI finds them through the entry-point group, as a pip install would."""
-    import os
-    from importlib import metadata as real
-
-    from pixarc import plugins as loader
-
-    eps = []
-    for name, mod in plugins.items():
-        if isinstance(mod, str):
-            eps.append(real.EntryPoint(name, mod, "pixarc"))
-        else:
-            monkeypatch.setitem(sys.modules, mod.__name__, mod)
-            eps.append(real.EntryPoint(name, mod.__name__, "pixarc"))
-    monkeypatch.setattr(loader, "metadata", types.SimpleNamespace(
-        entry_points=lambda group: [*real.entry_points(group=group), *eps]))
-    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + "," + ",".join(plugins))
 
 
 def command_plugin(name="pixarc_test_commands"):
@@ -347,7 +367,7 @@ def test_hook_register_commands(monkeypatch):
 
     from pixarc.cli import main
 
-    _install(monkeypatch, cmds=command_plugin())
+    install_plugins(monkeypatch, cmds=command_plugin())
     res = CliRunner().invoke(main, ["train", "hello", "--who", "pixarc"], catch_exceptions=False)
     assert res.exit_code == 0 and res.stdout == "hello pixarc\n", res.output
     res = CliRunner().invoke(main, ["greet"], catch_exceptions=False)
@@ -357,7 +377,7 @@ def test_hook_register_commands(monkeypatch):
     assert "already defined by the core" in res.stderr and "no group 'no-such-group'" in res.stderr
     train_help = CliRunner().invoke(main, ["train", "--help"], catch_exceptions=False).stdout
     assert "hello" in train_help and "nowhere" not in train_help
-    assert main.get_command(click_context(main), "archive").callback.__module__ == "pixarc.cli"  # core wins
+    assert main.get_command(click_context(main), "archive").callback.__module__ == "pixarc.cli.archive"  # core wins
 
 
 def click_context(group):
@@ -371,7 +391,7 @@ def test_a_broken_plugin_is_reported_and_help_still_works(monkeypatch):
 
     from pixarc.cli import main
 
-    _install(monkeypatch, cmds=command_plugin(), missing="pixarc_no_such_module_1234", raising=raising_plugin())
+    install_plugins(monkeypatch, cmds=command_plugin(), missing="pixarc_no_such_module_1234", raising=raising_plugin())
     res = CliRunner().invoke(main, ["--help"], catch_exceptions=False)
     assert res.exit_code == 0 and "greet" in res.stdout and "archive" in res.stdout
     assert "plugin 'missing' skipped" in res.stderr and "pixarc_no_such_module_1234" in res.stderr

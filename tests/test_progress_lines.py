@@ -43,6 +43,9 @@ def test_archive_off_a_terminal_logs_progress_lines(small_collection, tmp_path, 
 
 
 def test_cli_default_size_limit_is_intakes():
-    from pixarc import cli, intake
+    import click
 
-    assert cli.DEFAULT_MAX_BYTES == intake.DEFAULT_MAX_BYTES
+    from pixarc import intake
+
+    options = {p.name: p for p in main.get_command(click.Context(main), "archive").params}
+    assert options["max_bytes"].default == intake.DEFAULT_MAX_BYTES

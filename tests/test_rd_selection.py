@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import install_plugins
 from pixarc import plugins, runs
 from pixarc import device as devices
+from pixarc.device import ON_CPU
 from pixarc.codec import Codec, Decoded, Param
 from pixarc.hookspecs import hookimpl
 from pixarc.manifest import latest, read_manifest
@@ -41,9 +43,7 @@ def use_plugin(monkeypatch, name, codec_cls):
     """Install ``codec_cls`` as plugin ``name`` beside the built-ins, for the jobs."""
     mod = types.ModuleType(name)
     mod.register_codecs = hookimpl(lambda register: register(codec_cls))
-    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + f",{name}")
-    reg = build_plugin_manager({name: mod})
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
+    install_plugins(monkeypatch, **{name: mod})  # what the jobs' registries load
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_rate_search_probes_fewer_times_than_bisection_and_checks_only_what_it_k
     per_image = []
     for src in srcs:
         before = dict(counts)
-        chosen, attempts = encode_route(src, route, reg, "cpu")
+        chosen, attempts = encode_route(src, route, reg, ON_CPU)
         assert chosen is not None and chosen.psnr >= 33.0
         per_image.append((counts["encode"] - before["encode"], counts["check"] - before["check"]))
     # bisection over webp's 101 qualities: 7 full encodes each; every one decode-checked
@@ -325,8 +325,8 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
 
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
     reg = build_plugin_manager()
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)  # the enhanced codec's base comes from it
     enhanced = reg.codec("avif-enhanced")
+    assert enhanced.base is reg.codec("avif")  # its base is this registry's (components): one memo, one encode
     src = probe_and_load((images / "smooth.png").read_bytes())
     if enhanced.unsupported_reason(src.info):
         pytest.skip(enhanced.unsupported_reason(src.info))
@@ -339,7 +339,7 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
     # filter "on": the enhanced codec cannot code plain AVIF, so both are searched
     route = Route("unknown", False, (Candidate("avif", params, ("psnr", 34.0)),
                                      Candidate("avif-enhanced", {**params, "filter": "on"}, ("psnr", 34.0))), "rd")
-    chosen, attempts = encode_route(src, route, reg, "cpu")
+    chosen, attempts = encode_route(src, route, reg, ON_CPU)
     assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
         "avif", "avif-enhanced"}
     assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice
@@ -355,7 +355,6 @@ def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monk
 
     monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
     reg = build_plugin_manager()
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
     enhanced = reg.codec("avif-enhanced")
     src = probe_and_load((images / "smooth.png").read_bytes())
     if enhanced.unsupported_reason(src.info):
@@ -366,7 +365,7 @@ def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monk
     def results(avif_params):
         route = Route("unknown", False, (Candidate("avif", avif_params, target),
                                          Candidate("avif-enhanced", params, target)), "rd")
-        chosen, attempts = encode_route(src, route, reg, "cpu")
+        chosen, attempts = encode_route(src, route, reg, ON_CPU)
         assert chosen is not None and chosen.psnr >= 34.0
         return {(a.codec, a.result): a.reason for a in attempts}
 

@@ -13,7 +13,7 @@ def test_plan_then_apply_policy_change(small_collection, tmp_path):
     runs.archive_local(str(small_collection), str(dest), policy="png")
     before = current(dest)
     plan = runs.recompress_local(str(dest), policy="default", min_saving=0.05)
-    decisions = {d.key: d for s in plan for d in s.decisions}
+    decisions = {d.key: d for d in plan.decisions}
     assert len(decisions) == 5
     todo = {k for k, d in decisions.items() if d.action == "recompress"}
     assert todo, "the default policy (JXL/WebP) must beat PNG level 6 on some of these"
@@ -21,7 +21,7 @@ def test_plan_then_apply_policy_change(small_collection, tmp_path):
     assert current(dest) == before, "a plan writes nothing"
 
     applied = runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
-    assert sum(s.applied for s in applied) == len(todo)
+    assert applied.applied == len(todo)
     after = current(dest)
     for key in todo:
         assert after[key]["job"] == "recompress"
@@ -32,7 +32,7 @@ def test_plan_then_apply_policy_change(small_collection, tmp_path):
     # history keeps the old rows: lineage is complete
     assert read_manifest(str(dest)).num_rows == 5 + len(todo)
     again = runs.recompress_local(str(dest), policy="default", min_saving=0.05)
-    assert not [d for s in again for d in s.decisions if d.action == "recompress"]
+    assert not [d for d in again.decisions if d.action == "recompress"]
 
 
 def test_outdated_codec_version_is_refreshed_without_the_originals(small_collection, tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_outdated_codec_version_is_refreshed_without_the_originals(small_collect
 
     monkeypatch.setattr(PNGCodec, "version", lambda self: "Pillow 99 (new)")
     out = runs.recompress_local(str(dest), policy="png", apply=True)
-    decisions = [d for s in out for d in s.decisions]
+    decisions = out.decisions
     assert {d.action for d in decisions} == {"recompress"} and all("outdated" in d.reason for d in decisions)
     assert all(r["codec_version"] == "Pillow 99 (new)" for r in current(dest).values())
     restored = runs.restore_local(str(dest), str(tmp_path / "out"))
@@ -60,7 +60,7 @@ def test_lossy_rows_need_their_original(small_collection, tmp_path):
     for r in lossy:
         (small_collection / r["key"]).write_bytes(b"changed")
     out = runs.recompress_local(str(dest), policy="default", min_saving=0.0)
-    skipped = {d.key: d for s in out for d in s.decisions if d.action == "skip"}
+    skipped = {d.key: d for d in out.decisions if d.action == "skip"}
     assert {r["key"] for r in lossy} <= set(skipped)
     assert all("original" in skipped[r["key"]].reason for r in lossy)
 
@@ -73,7 +73,7 @@ def test_recompress_flow_and_deployments(small_collection, tmp_path):
     dest = tmp_path / "d"
     runs.archive_local(str(small_collection), str(dest), policy="png")
     res = recompress_flow(dest=str(dest), policy="default", min_saving=0.05, apply=True)
-    assert sum(s.applied for s in res) >= 1
+    assert res.applied >= 1
     deps = build_deployments(str(dest), src=str(small_collection), archive_cron="0 * * * *",
                              verify_cron="0 3 * * 0", recompress_cron="0 4 1 * *")
     by_flow = {d.name.split("-")[0]: d for d in deps}
@@ -116,7 +116,7 @@ def test_crash_before_commit_keeps_the_old_bitstream_referenced(small_collection
     adopted = {k for k, r in after.items() if r["bitstream_uri"] in orphans}
     assert adopted and all(after[k]["job"] == "repair" for k in adopted)  # the verified re-encodes are current
     done = runs.recompress_local(str(dest), policy="default", min_saving=0.05, apply=True)
-    assert not any(d.key in adopted and d.action == "recompress" for s in done for d in s.decisions)
+    assert not any(d.key in adopted and d.action == "recompress" for d in done.decisions)
     for key in adopted:  # the version it replaced stays until prune
         assert (dest / before[key]["bitstream_uri"]).exists()
     assert not runs.verify_local(str(dest), full=True).problems
@@ -142,7 +142,7 @@ def test_plan_encodes_a_sample_and_estimates_the_rest(tmp_path, monkeypatch):
     real = recompress.encode_route
     monkeypatch.setattr(recompress, "encode_route", lambda *a, **k: (encodes.append(1), real(*a, **k))[1])
     plan = runs.recompress_local(str(dest), policy="default", min_saving=0.0)
-    decisions = [d for s in plan for d in s.decisions]
+    decisions = plan.decisions
     assert len(decisions) == 7
     groups = {(r["route"], r["codec_id"], r["params_hash"]) for r in current(dest).values()}
     assert len(encodes) == 2 * len(groups) < 7  # two sampled rows per group, not one encode per row
@@ -150,4 +150,4 @@ def test_plan_encodes_a_sample_and_estimates_the_rest(tmp_path, monkeypatch):
     assert len(estimated) == 7 - len(encodes)
     assert all("estimated from 2 sampled" in d.reason and d.new_bytes > 0 for d in estimated)
     applied = runs.recompress_local(str(dest), policy="default", min_saving=0.0, apply=True)
-    assert not any(d.estimated for s in applied for d in s.decisions)  # --apply encodes every row
+    assert not any(d.estimated for d in applied.decisions)  # --apply encodes every row

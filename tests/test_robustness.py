@@ -85,7 +85,7 @@ def test_decode_in_a_fresh_process_matches(codec_id, tmp_path):
     code = (
         "import json,sys; from pixarc.checks import decode_container; from pixarc.images import pixels_sha256;"
         "from pixarc.plugins import default_registry;"
-        "c,d=decode_container(open(sys.argv[1],'rb').read(), default_registry(), 'cpu');"
+        "c,d=decode_container(open(sys.argv[1],'rb').read(), default_registry());"
         "print(json.dumps({'sha': pixels_sha256(d.image)}))"
     )
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)

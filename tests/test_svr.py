@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from conftest import encode_bytes
-from pixarc import plugins
 from pixarc.images import probe_and_load
 
 torch = pytest.importorskip("torch")
@@ -261,14 +260,13 @@ def test_archive_routes_to_svr_with_a_bpp_target(svr_weights, monkeypatch, tmp_p
     policy.write_text('min_confidence = 1.1\n[routes.unknown]\nlossless = false\n'
                       'codecs = ["svr", "avif", "webp", "jpeg"]\ntarget_bpp = 8.0\n')
     reg = build_plugin_manager()
-    monkeypatch.setattr(plugins, "default_registry", lambda: reg)
-    runs.archive_local(str(src_dir), str(dest), policy=str(policy), device="cpu")
+    runs.archive_local(str(src_dir), str(dest), policy=str(policy), device="cpu", registry=reg)
     row = {r["key"]: r for r in latest(read_manifest(str(dest))).to_pylist()}["a.png"]
     assert row["codec_id"] == "svr", row["notes"]
     assert not row["lossless"] and np.isfinite(row["psnr"])
     meta = unpack((dest / "a.png.pxa").read_bytes()).meta
     assert meta["params"]["m"] == 4 and len(meta["decoded_fingerprint"]) == 64  # the most bits within 8 bpp
-    assert not runs.verify_local(str(dest), full=True).problems
+    assert not runs.verify_local(str(dest), full=True, registry=reg).problems
 
 
 def test_shipped_weights_load_and_decode(monkeypatch):

@@ -68,12 +68,6 @@ OWN_PARAMS = {
 }
 
 
-def _base_registry():
-    from pixarc.plugins import default_registry
-
-    return default_registry()
-
-
 class EnhancedCodec(LearnedCodec):
     """Base class; :func:`enhanced` makes one subclass per base codec id."""
 
@@ -86,12 +80,9 @@ class EnhancedCodec(LearnedCodec):
     weights_env, weights_arch, train_command = "PIXARC_ENHANCE_WEIGHTS", ARCH, "pixarc train enhance"
 
     def __init__(self, base: Codec | None = None):
+        """``base``: the codec whose payload this one filters, given by the registry that makes
+        this codec (``components``); None when it is not installed or disabled there."""
         super().__init__()
-        if base is None:
-            try:
-                base = _base_registry().codec(self.base_id)
-            except Exception:  # base not installed (or disabled): unsupported_reason says so
-                base = None
         self.base = base
         if base is not None:
             clash = set(base.params_schema) & set(OWN_PARAMS)
@@ -362,6 +353,7 @@ def enhanced(base_id: str) -> type[EnhancedCodec]:
         _CLASSES[base_id] = type(name, (EnhancedCodec,), {
             "codec_id": f"{base_id}-enhanced",
             "base_id": base_id,
+            "components": {"base": base_id},  # the registry passes its own base codec in
             "description": f"{base_id} + learned enhancement filter with per-image adapters",
             "train_command": f"pixarc train enhance --base {base_id}",
             "__module__": __name__,

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pixarc.codec import Codec, Decoded, Param
+from pixarc.device import CPU, Device
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.images import DEFAULT_MAX_PIXELS, SourceImage
@@ -59,7 +60,7 @@ class JXLLosslessCodec(Codec):
     def version(self) -> str:
         return f"imagecodecs {imagecodecs.__version__}, {imagecodecs.jpegxl_version()}"
 
-    def encode(self, src: SourceImage, params: Mapping[str, Any], device: str = "cpu") -> bytes:
+    def encode(self, src: SourceImage, params: Mapping[str, Any], device: Device = CPU) -> bytes:
         import numpy as np
 
         image = src.image
@@ -75,7 +76,7 @@ class JXLLosslessCodec(Codec):
             raise CodecError(f"{self.codec_id}: encoder failed ({type(exc).__name__}: {exc})") from None
         return with_mode_tag(image.mode, data)
 
-    def decode(self, payload: bytes, device: str = "cpu") -> Decoded:
+    def decode(self, payload: bytes, device: Device = CPU) -> Decoded:
         from PIL import Image
 
         mode, body = split_mode_tag(payload, self.codec_id)

@@ -7,6 +7,7 @@ the last candidate of every route. Restore writes the original file back byte fo
 from __future__ import annotations
 
 from pixarc.codec import Codec, Decoded
+from pixarc.device import CPU
 from pixarc.hookspecs import hookimpl
 
 
@@ -18,10 +19,10 @@ class StoreCodec(Codec):
     def unsupported_reason(self, info):
         return None
 
-    def encode(self, src, params, device="cpu"):
+    def encode(self, src, params, device=CPU):
         return src.data
 
-    def decode(self, payload, device="cpu"):
+    def decode(self, payload, device=CPU):
         return Decoded(original=bytes(payload))
 
 

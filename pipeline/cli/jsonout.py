@@ -19,7 +19,7 @@ import json
 import math
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 _doc: dict[str, Any] | None = None
 
@@ -80,21 +80,3 @@ def finish(code: int, error: str | None = None, reason: str | None = None) -> st
 
 def dumps() -> str:
     return json.dumps(_doc, indent=2, sort_keys=False)
-
-
-# The documented ``totals`` of each job (docs/operations.md): per-shard bookkeeping (the
-# shard index, the problems listed once at the top level) is not part of a run's totals.
-_TOTALS = {
-    "archive": ("images", "done", "reused", "rejected", "errors", "failed", "source_bytes", "archive_bytes",
-                "seconds", "workers"),
-    "restore": ("done", "skipped", "bytes_written"),
-    "verify": ("done",),
-}
-
-
-def summary_fields(summary: Any, job: str) -> dict[str, Any]:
-    """A run summary as fields of the document: the run's totals (archive: ``seconds`` is
-    the run's wall-clock time), its problems listed once."""
-    d = plain(summary)
-    return {"run_id": d["run_id"], "found": d["found"], "skipped": d["skipped"], "shards": d["shards"],
-            "totals": {k: d["totals"][k] for k in _TOTALS[job]}, "problems": d.get("problems", [])}

@@ -1,5 +1,6 @@
 """Options several ``pixarc`` commands share, each defined once: ``--json``,
-``--storage-option``, ``--engine``, the runner options and ``--no-progress``.
+``--storage-option``, ``--engine``, the runner options, ``--device``, ``--wait`` and
+``--no-progress``.
 
 ``--storage-option`` is applied before the command's body runs, so the first access to
 SRC/DEST/OUT (the "is this an archive" check included) already uses the options;
@@ -12,13 +13,14 @@ import functools
 
 import click
 
-from . import jsonout, storageopts
-from .console import console, err
+from .. import storageopts
+from ..console import console, err
+from . import jsonout
 
 
 def json_flag(command: str):
-    """--json: one JSON document on stdout instead of tables (see pixarc.jsonout). The
-    document is printed by the top-level group when the command ends (``cli.RootGroup``)."""
+    """--json: one JSON document on stdout instead of tables (see pixarc.cli.jsonout). The
+    document is printed by the top-level group when the command ends (``pixarc.cli.root.RootGroup``)."""
 
     def callback(ctx, _param, value):
         if value:
@@ -66,7 +68,7 @@ def storage_options(*url_params: str):
 
 
 def policy_help(what: str) -> str:
-    from .policies import builtin_policies
+    from ..policies import builtin_policies
 
     return f"{what}: a built-in name ({', '.join(builtin_policies())}) or a policy TOML file (path/URL)."
 
@@ -99,3 +101,28 @@ def engine_option(fn):
 def no_progress_option(fn):
     return click.option("--no-progress", is_flag=True,
                         help="No progress bar on stderr (it is also off with --json).")(fn)
+
+
+def _device_value(_ctx, _param, value):
+    """``--device`` checked before any work (a typo is a usage error, exit 2)."""
+    from ..device import check_request
+    from ..errors import PixarcError
+
+    try:
+        return check_request(value)
+    except PixarcError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def device_option(default: str, help: str):
+    """--device on a command that runs a job: a request (auto, cpu, cuda, cuda:N), checked here."""
+    return click.option("--device", default=default, show_default=True, callback=_device_value, help=help)
+
+
+DECODE_DEVICE_HELP = ("Device for decoding with codecs that use one: cpu (what every bitstream was checked on), "
+                      "auto, cuda, cuda:N.")
+
+
+def wait_option(help: str = "When another run writes DEST: wait for it (up to SECONDS)."):
+    """--wait on a command that writes DEST (a day without a value)."""
+    return click.option("--wait", type=float, default=0.0, is_flag=False, flag_value=86400.0, help=help)

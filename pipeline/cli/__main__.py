@@ -1,0 +1,5 @@
+"""``python -m pixarc.cli``: the ``pixarc`` command."""
+
+from . import run
+
+run()
