@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -45,18 +44,16 @@ def measure(codec, params, sources, stats=None):
     """Mean (bpp, PSNR, MS-SSIM dB) over ``sources`` and wall seconds per image (encode,
     decode), by :func:`lossy_rd.measure_full`; with ``stats``, what the enhanced payloads
     hold (filter on? adapter mode? adapter bytes?) is counted there."""
-    from pixarc_enhance import _HEAD, SHA_PREFIX
+    from pixarc_enhance import HEADER
 
     def count(payload: bytes) -> None:
         stats["images"] += 1
         if payload[0]:
-            _, mode, _ = _HEAD.unpack_from(payload, 0)
-            pos = _HEAD.size + SHA_PREFIX
-            (n,) = struct.unpack_from(">I", payload, pos)
+            p = HEADER.read(payload, codec.codec_id)
             stats["on"] += 1
-            stats["adapted"] += int(mode > 0)
-            stats["per_colour"] += int(mode == 2)
-            stats["adapter_bytes"] += len(payload) - pos - 4 - n
+            stats["adapted"] += int(p.head.mode > 0)
+            stats["per_colour"] += int(p.head.mode == 2)
+            stats["adapter_bytes"] += len(p.rest)
 
     bpp, ps, ms, enc_s, dec_s = measure_full(codec, params, sources, clock=time.perf_counter,
                                              inspect=count if stats is not None else None)

@@ -46,6 +46,7 @@ from .codec import Codec
 from .device import CPU, Device
 from .errors import CodecError
 from .images import SourceImage
+from .payload import refusing
 from .weights import WeightsError, load_weights, manifest_entries
 
 
@@ -282,17 +283,10 @@ class LearnedCodec(Codec):
         codec built over other learned codecs overrides it to pass ``pins`` on to them."""
         return self.decode(payload, device)
 
-    @contextlib.contextmanager
     def refusing(self, what: str):
-        """Any failure inside becomes ``CodecError("<codec>: <what> (<type>: <message>)")``: a
-        corrupt or forged payload (truncated sections, rANS on junk, shape mismatches) must
-        come out as a typed refusal, never as a crash."""
-        try:
-            yield
-        except CodecError:
-            raise
-        except Exception as exc:
-            raise CodecError(f"{self.codec_id}: {what} ({type(exc).__name__}: {exc})") from None
+        """Any failure inside becomes ``CodecError("<codec>: <what> (<type>: <message>)")``
+        (:func:`pixarc.payload.refusing`; payload heads: :class:`pixarc.payload.PayloadLayout`)."""
+        return refusing(self.codec_id, what)
 
     # ------------------------------------------------------------------ batches
 

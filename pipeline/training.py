@@ -1,20 +1,30 @@
-"""What every pixarc trainer shares: the training set, its fingerprint, safe checkpoints,
-and the command-line options of ``pixarc train ...``.
+"""What every pixarc trainer shares: the training set and its fingerprint, seeding, random
+crops, the dev set, the command-line options of ``pixarc train ...``, and the run itself
+(:class:`TrainingRun`: resume / continue the shipped weights / fresh, the cumulative
+learning rate, the weight average, safe checkpoints, keep-if-better on dev, stages, a new
+weights file per run).
 
-The learned plugins (``pixarc train lossy|callic|svr|enhance``) each own their model and
-loop; these three pieces are the same for all of them, so a weights manifest from any
-trainer names its data the same way and a killed run never leaves a torn checkpoint.
-Their commands come from the plugins (``register_commands``) with ``train_options``.
+The learned plugins (``pixarc train lossy|callic|svr|enhance|classifier``) each own their
+model, loss and data; the rest is here, so the minutes of many runs, on any device, add
+up to one model in the same way for every trainer, a weights manifest from any trainer
+records its provenance the same way, and a killed run never leaves a torn checkpoint.
+Their commands come from the plugins (``register_commands``) with :func:`train_options`.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import random
 import time
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 IMAGE_EXTENSIONS = frozenset({".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+
+# ------------------------------------------------------------------ data
 
 
 def training_images(data: Path) -> list[Path]:
@@ -34,6 +44,81 @@ def data_sha256(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def load_rgb(path: Path):
+    """An image file as an H×W×3 uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def seeded(seed: int, step: int) -> random.Random:
+    """Seed Python's, numpy's and torch's generators from ``seed`` and the cumulative step
+    a run starts at, and return the generator its batches are drawn from: a run
+    reproduces, and a continued run draws new batches."""
+    import numpy as np
+    import torch
+
+    random.seed(seed + step)
+    np.random.seed((seed + step) % 2**32)
+    torch.manual_seed(seed + step)
+    return random.Random(seed * 1_000_003 + step)
+
+
+def random_crops(pool: Sequence, count: int, patch: int, rng: random.Random, *, multiple: int = 1,
+                 flip: bool = True, augment: Callable | None = None) -> tuple:
+    """``count`` random crops of at most ``patch`` pixels a side (a multiple of ``multiple``
+    where the image allows), randomly mirrored, as uint8 arrays (count, H, W, C) cut to the
+    smallest crop. An item of ``pool`` is an H×W×C array or a tuple of them (e.g. an
+    original and its decode, cropped alike) with other values (passed through as lists);
+    ``augment(arrays, rng)`` may change a crop's arrays. Returns one stack per array of an
+    item and one list per other value; a single stack for plain arrays."""
+    import numpy as np
+
+    def cut(side: int) -> int:
+        return min(patch, side // multiple * multiple or side)
+
+    drawn = []
+    for _ in range(count):
+        item = pool[rng.randrange(len(pool))]
+        item = item if isinstance(item, tuple) else (item,)
+        arrays = [v for v in item if isinstance(v, np.ndarray)]
+        h, w = arrays[0].shape[:2]
+        ph, pw = cut(h), cut(w)
+        y, x = rng.randint(0, h - ph), rng.randint(0, w - pw)
+        crops = [a[y : y + ph, x : x + pw] for a in arrays]
+        if flip and rng.random() < 0.5:
+            crops = [c[:, ::-1] for c in crops]
+        if augment is not None:
+            crops = augment(crops, rng)
+        it = iter(crops)
+        drawn.append(tuple(next(it) if isinstance(v, np.ndarray) else v for v in item))
+    side_h = min(d[0].shape[0] for d in drawn)
+    side_w = min(d[0].shape[1] for d in drawn)
+    side_h, side_w = side_h // multiple * multiple or side_h, side_w // multiple * multiple or side_w
+    out = tuple(np.stack([np.ascontiguousarray(d[i][:side_h, :side_w]) for d in drawn])
+                if isinstance(drawn[0][i], np.ndarray) else [d[i] for d in drawn] for i in range(len(drawn[0])))
+    return out if len(out) > 1 else out[0]
+
+
+def dev_images(dev: Path, per_domain: int = 2) -> list[Path]:
+    """A small fixed model-selection set: the first ``per_domain`` images (sorted) of each
+    sub-folder of ``dev`` (one per domain), or of ``dev`` itself when it has none."""
+    dev = Path(dev)
+    folders = sorted(p for p in dev.iterdir() if p.is_dir()) or [dev]
+    return [f for d in folders for f in training_images(d)[:per_domain]]
+
+
+def centre_crop(a, side: int, multiple: int = 1):
+    """The centre ``side``×``side`` of an H×W×C array (smaller images: whole), each side
+    cut down to a multiple of ``multiple``."""
+    h, w = a.shape[:2]
+    ch, cw = min(side, h) // multiple * multiple or h, min(side, w) // multiple * multiple or w
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return a[y : y + ch, x : x + cw]
+
+
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary name, then rename: a checkpoint is whole or absent."""
     import torch
@@ -44,21 +129,28 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------ the command line
+
 DATA_HELP = "Folder of training images (e.g. ../shared/data/train/crops)."
+DEV_HELP = ("Folder of dev images (one sub-folder per domain): the run ships its best weights only if they "
+            "score better there than the newest shipped weights of the same shape (which they then supersede).")
 
 
 def train_options(*, minutes: float, checkpoint_minutes: float = 5.0, resumable: bool = True,
-                  data_help: str = DATA_HELP, out_help: str = "Folder for the checkpoint and its weights.json entry.",
-                  minutes_help: str = "Time budget (this run; resumed runs add to it).",
-                  resume_help: str = "Continue from <out>/<name>.ckpt."):
+                  continues: bool = True, dev: bool = True, data_help: str = DATA_HELP,
+                  out_help: str = "Folder for the checkpoint and its weights.json entry.",
+                  minutes_help: str = "Time budget of this run (minutes added to the model).",
+                  resume_help: str = "Continue from <out>/<name>.ckpt.", dev_help: str = DEV_HELP):
     """The options every ``pixarc train ...`` command shares, as one click decorator.
 
-    Always ``--data``, ``--out``, ``--minutes``, ``--seed``; a ``resumable`` trainer also
-    gets ``--steps`` (a cumulative step budget), ``--device``, ``--resume`` and
-    ``--checkpoint-minutes``. Plugins add them through ``register_commands`` so the same
-    flag means the same thing in every trainer; what differs per trainer is a default or
-    a help text, passed here. They reach the command as the keyword arguments ``data``,
-    ``out``, ``minutes``, ``seed``, ``steps``, ``device``, ``resume``, ``checkpoint_minutes``.
+    Always ``--data``, ``--out``, ``--minutes``, ``--seed``; a trainer that ``continues``
+    the shipped weights gets ``--fresh``, one with a ``dev`` score ``--dev``; a
+    ``resumable`` one ``--steps`` (a cumulative step budget), ``--device``, ``--resume``
+    and ``--checkpoint-minutes``. Plugins add them through ``register_commands`` so the
+    same flag means the same thing in every trainer; what differs per trainer is a
+    default or a help text, passed here. They reach the command as the keyword arguments
+    ``data``, ``out``, ``minutes``, ``seed``, ``fresh``, ``dev``, ``steps``, ``device``,
+    ``resume``, ``checkpoint_minutes``.
     """
     import click  # the CLI has it loaded already; trainers used as a library need not
 
@@ -69,11 +161,16 @@ def train_options(*, minutes: float, checkpoint_minutes: float = 5.0, resumable:
     ]
     if resumable:
         options += [
-            click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over resumes)."),
-            click.option("--device", default="cpu", show_default=True),
+            click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over runs)."),
+            click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps, ..."),
             click.option("--resume", is_flag=True, help=resume_help),
             click.option("--checkpoint-minutes", default=checkpoint_minutes, show_default=True),
         ]
+    if continues:
+        options.append(click.option("--fresh", is_flag=True, help="Start from random weights instead of "
+                                    "continuing the newest shipped weights of the same shape."))
+    if dev:
+        options.append(click.option("--dev", default=None, help=dev_help))
     options.append(click.option("--seed", default=0, show_default=True))
 
     def decorate(fn):
@@ -82,6 +179,17 @@ def train_options(*, minutes: float, checkpoint_minutes: float = 5.0, resumable:
         return fn
 
     return decorate
+
+
+def report(out: str, entry: dict | None) -> str:
+    """The line a ``pixarc train`` command ends with."""
+    if entry is None:
+        return f"kept the shipped weights in {out}: this run did not score better on --dev (its checkpoint remains)"
+    return (f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
+            f"final {entry.get('final')})")
+
+
+# ------------------------------------------------------------------ the schedule
 
 
 def cumulative_lr(step: int, lr: float, *, warmup: int = 200, half_life: int = 20_000, since: int = 0) -> float:
@@ -107,8 +215,6 @@ class WeightAverage:
     """
 
     def __init__(self, model, decay: float = 0.999, state: dict | None = None):
-        import copy
-
         self.decay = decay
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
@@ -129,7 +235,10 @@ class WeightAverage:
         return self.model.state_dict()
 
 
-def continuation(out_dir: Path, arch: str, match: dict) -> tuple[Path, dict] | None:
+# ------------------------------------------------------------------ shipped weights
+
+
+def continuation(out_dir: Path, arch: str, match: Mapping[str, Any]) -> tuple[Path, dict] | None:
     """The shipped weights a run continues from: the newest encoding (not ``decode_only``)
     entry of ``out_dir/weights.json`` with this ``arch`` whose fields equal ``match``."""
     from .weights import read_manifest
@@ -142,75 +251,162 @@ def continuation(out_dir: Path, arch: str, match: dict) -> tuple[Path, dict] | N
     return max(found, key=lambda f: int(f[1].get("steps", 0)), default=None)
 
 
+def stages_of(entry: Mapping[str, Any]) -> list[dict]:
+    """The stages (one per run) an entry records; an entry written before runs recorded
+    stages counts as one stage, summarised from its own fields (so a continuation's
+    provenance still starts where those weights came from)."""
+    if entry.get("stages"):
+        return [dict(s) for s in entry["stages"]]
+    if not entry.get("steps"):
+        return []
+    keep = ("minutes", "lr", "batch", "patch", "data", "data_sha256", "images", "final", "source", "runs")
+    return [{"steps": f"0-{int(entry['steps'])}", "device": ",".join(entry.get("devices", [])) or "unknown",
+             **{k: entry[k] for k in keep if k in entry}}]
+
+
+def _float_state(state: Mapping[str, Any]) -> dict:
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
 class TrainingRun:
     """One invocation of a trainer, in the shape every pixarc trainer shares, so that the
     minutes of many runs, on any device, add up to one model.
 
-    Where it starts: ``resume`` continues ``<out>/<stem>.ckpt`` exactly (optimizer, weight
-    average, step count); otherwise, unless ``fresh``, the newest shipped weights of
-    ``out``'s ``weights.json`` whose entry matches ``match`` (same architecture and shape):
-    their fp16 weights, their cumulative steps, minutes, devices and stages, with a fresh
-    optimizer that warms up. The learning rate is :func:`cumulative_lr` of the cumulative
-    step; what ships is the :class:`WeightAverage`. :meth:`ship` writes a new file
-    ``<stem>[-vN].pt`` (stored bitstreams name the old one by its sha256) whose entry
-    records every stage and the file it continues.
+    Where it starts: ``resume`` continues ``<out>/<stem>.ckpt`` exactly (optimizers, weight
+    average, step count, the trainer's ``extra`` state, the best dev score so far);
+    ``start_from`` (a name and a state: another rate point's weights) starts a new model
+    from those; otherwise, unless ``fresh``, the newest shipped weights of ``out``'s
+    ``weights.json`` whose entry matches ``match`` (same architecture and shape): their
+    fp16 weights, their cumulative steps, minutes, devices and stages (:attr:`continued`
+    is their entry), with fresh optimizers that warm up. The learning rate of the
+    optimizer attached as ``"opt"`` is :func:`cumulative_lr` of the cumulative step; what
+    ships is the :class:`WeightAverage` (``ema_decay`` None: the model itself).
 
-    A trainer's loop::
+    With ``dev_score`` (the model → a number, higher is better), the average is scored at
+    the start and at every checkpoint and the best one is what :meth:`final_model` holds
+    (``track_best`` False: the last one), and :meth:`ship` writes nothing unless it beats
+    the newest shipped weights of the same shape (scored as shipped, fp16), which it then
+    supersedes (``decode_only``). :meth:`ship` writes a new file ``<stem>[-vN].pt`` (stored
+    bitstreams name the old one by its sha256) whose entry records every stage (steps,
+    device, minutes, learning rates, data sha256) and the file it continues.
 
-        run = TrainingRun(model, opt, out=..., stem=..., arch=..., match={...}, ...)
-        while run.next_step():
+    Budgets: ``minutes`` of this run (from ``started``, when the invocation began before
+    the run), ``steps`` cumulative, ``run_steps`` of this run. ``data`` (a folder; its
+    images are :attr:`files` unless given, hashed unless ``data_hash`` is) goes into every
+    stage. ``checkpoints`` False: nothing written but the weights (trainers of seconds).
+
+    A trainer::
+
+        run = TrainingRun(model, opt, out=..., stem=..., arch=..., match={...}, data=..., ...)
+        def step():
             loss = ...; opt.zero_grad(); loss.backward(); opt.step()
-            run.after_step()            # average, checkpoint when due
-        run.finish_stage(batch=..., final=...)
-        entry = run.ship(run.average.state_dict(), {...})
+            return {"loss": float(loss)}       # logged as running means
+        run.loop(step, log_every=50)           # budgets, lr, average, checkpoints, dev
+        run.finish_stage(batch=..., patch=...)
+        entry = run.ship(run.final_model().state_dict(), {...})   # None: kept the shipped
     """
 
-    def __init__(self, model, opt, *, out, stem: str, arch: str, match: dict, device: str, lr: float,
-                 minutes: float, steps: int = 10**9, checkpoint_minutes: float = 3.0, resume: bool = False,
-                 fresh: bool = False, half_life: int = 20_000, warmup: int = 200, ema_decay: float = 0.999,
-                 log=print):
+    def __init__(self, model, opt=None, *, out, stem: str, arch: str, match: Mapping[str, Any], device: str,
+                 lr: float, minutes: float, steps: int = 10**9, run_steps: int | None = None,
+                 checkpoint_minutes: float = 3.0, resume: bool = False, fresh: bool = False,
+                 half_life: int = 20_000, warmup: int = 200, ema_decay: float | None = 0.999, seed: int = 0,
+                 data: Path | None = None, files: list[Path] | None = None, data_hash: str | None = None,
+                 dev_score: Callable[[Any], float] | None = None, dev_metric: str = "dev score",
+                 track_best: bool = True, start_from: tuple[str, Mapping[str, Any]] | None = None,
+                 checkpoints: bool = True, started: float | None = None, log=print):
         import torch
 
         from .weights import load_weights
 
-        self.model, self.opt, self.lr, self.device = model, opt, lr, device
+        self.model, self.lr, self.device, self.log = model, lr, device, log
         self.out_dir = Path(out)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.stem, self.arch, self.log = stem, arch, log
+        self.stem, self.arch, self.match = stem, arch, dict(match)
         self.ckpt_path = self.out_dir / f"{stem}.ckpt"
         self.budget_s, self.max_steps, self.every_s = minutes * 60, steps, checkpoint_minutes * 60
-        self.half_life, self.warmup = half_life, warmup
+        self.half_life, self.warmup, self.seed, self.checkpoints = half_life, warmup, seed, checkpoints
+        self.dev_score, self.dev_metric = dev_score, dev_metric
+        self.track_best = dev_score is not None and track_best
+        self.data = Path(data) if data is not None else None
+        self.files = files if files is not None or data is None else training_images(self.data)
+        self.data_hash = data_hash or (data_sha256(self.data, self.files) if self.data is not None else None)
         self.step, self.minutes_done, self.devices, self.stages = 0, 0.0, [], []
-        self.since, self.parent = 0, None
+        self.since, self.parent, self.init_from, self.continued = 0, None, None, None
+        self.extra: dict[str, Any] = {}  # the trainer's own state, carried by checkpoints (e.g. svr's stage)
+        self.history: list[dict] = []
+        self.minutes_total: float | None = None  # set by finish_stage: the training time of all runs
+        self.best: tuple[float, dict, int] | None = None  # (dev score, state, step)
+        self.optimizers: dict[str, Any] = {}
+        self.opt = None
+        self._pending: dict[str, dict] = {}  # optimizer states of a resumed run, loaded by attach()
+        self._lr_range: list[float] = []
         average = None
         if resume and self.ckpt_path.exists():
             ck = torch.load(self.ckpt_path, map_location=device, weights_only=True)
             model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["opt"])
+            self._pending = {"opt": ck["opt"], **ck.get("optimizers", {})}
             self.step, self.minutes_done, self.devices = int(ck["step"]), float(ck["minutes"]), list(ck["devices"])
             self.stages, average, self.parent = list(ck.get("stages", [])), ck.get("ema"), ck.get("parent")
-            self.since = int(ck.get("since", 0))
+            self.since, self.init_from = int(ck.get("since", 0)), ck.get("init_from")
+            self.extra, self.history = dict(ck.get("extra", {})), list(ck.get("history", []))
+            if ck.get("best") is not None:
+                self.best = (float(ck["best"]["score"]), ck["best"]["state"], int(ck["best"]["step"]))
             log(f"resumed {self.ckpt_path} at step {self.step} ({self.minutes_done:.1f} min)")
         elif resume:
             raise SystemExit(f"--resume: no checkpoint {self.ckpt_path}")
+        elif start_from is not None:
+            self.init_from, state = start_from
+            model.load_state_dict(_float_state(state), strict=False)
+            log(f"initialised from {self.init_from}")
         elif not fresh and (found := continuation(self.out_dir, arch, match)):
             path, entry = found
-            state = load_weights(path, entry["sha256"], map_location=device)
-            model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
+            model.load_state_dict(_float_state(load_weights(path, entry["sha256"], map_location=device)))
             self.step, self.minutes_done = int(entry.get("steps", 0)), float(entry.get("minutes", 0.0))
-            self.devices, self.stages = list(entry.get("devices", [])), list(entry.get("stages", []))
-            self.since, self.parent = self.step, path.name
+            self.devices, self.stages = list(entry.get("devices", [])), stages_of(entry)
+            self.since, self.parent, self.continued = self.step, path.name, dict(entry)
             log(f"continuing from the shipped {path.name} at cumulative step {self.step} "
                 f"({self.minutes_done:.1f} min); fresh optimizer, {warmup} warm-up steps")
         if device not in self.devices:
             self.devices.append(device)
-        self.average = WeightAverage(model, ema_decay, average)
+        if run_steps is not None:
+            self.max_steps = min(self.max_steps, self.step + run_steps)
+        self.average = WeightAverage(model, ema_decay, average) if ema_decay else None
         self.start_step = self.step
-        self.t0 = self._last_ckpt = time.time()
+        self.rng = seeded(seed, self.step)
+        self.t0, self._last_ckpt = started or time.time(), time.time()
+        if opt is not None:
+            self.attach(opt)
+        if self.track_best and self.best is None:
+            self.validate()
+
+    # ------------------------------------------------------------------ optimizers
+
+    def attach(self, opt, name: str = "opt", *, restart: bool = False) -> None:
+        """Use ``opt`` (``"opt"``: the optimizer whose learning rate follows the schedule;
+        others are only checkpointed). A resumed run's state for ``name`` is loaded into
+        it, unless ``restart``: a new optimizer mid-run (a new training stage), which warms
+        up from this step."""
+        self.optimizers[name] = opt
+        if name == "opt":
+            self.opt = opt
+        if restart:
+            self._pending.pop(name, None)
+            if name == "opt":
+                self.since = self.step
+                if self.step > self.start_step:  # mid-step: this step already runs on the new optimizer
+                    self._set_lr()
+        elif name in self._pending:
+            opt.load_state_dict(self._pending.pop(name))
+
+    # ------------------------------------------------------------------ stepping
 
     @property
     def elapsed_s(self) -> float:
         return time.time() - self.t0
+
+    @property
+    def lr_now(self) -> float:
+        return self.opt.param_groups[0]["lr"] if self.opt is not None else self.lr
 
     def next_step(self) -> bool:
         """Start the next step (False when the step or time budget is spent): set its
@@ -218,46 +414,169 @@ class TrainingRun:
         if self.step >= self.max_steps or self.elapsed_s >= self.budget_s:
             return False
         self.step += 1
-        for g in self.opt.param_groups:
-            g["lr"] = cumulative_lr(self.step, self.lr, since=self.since, half_life=self.half_life,
-                                    warmup=self.warmup)
+        self._set_lr()
         return True
 
+    def _set_lr(self) -> None:
+        lr = cumulative_lr(self.step, self.lr, since=self.since, half_life=self.half_life, warmup=self.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        first = self._lr_range[0] if self._lr_range and self.step > self.start_step + 1 else lr
+        self._lr_range = [first, lr]
+
     def after_step(self) -> bool:
-        """Update the weight average; write a checkpoint when one is due (True then)."""
-        self.average.update(self.model)
+        """Update the weight average; when a checkpoint is due, score dev and write one (True then)."""
+        if self.average is not None:
+            self.average.update(self.model)
         if time.time() - self._last_ckpt > self.every_s:
+            if self.track_best:
+                self.validate()
             self.save_checkpoint()
             self._last_ckpt = time.time()
             return True
         return False
 
+    def loop(self, step: Callable[[], Mapping[str, float] | None], log_every: int = 50) -> list[dict]:
+        """Run ``step`` (one training step; it returns the numbers to log, or None for a
+        step it skipped) until the step or time budget is spent. Every ``log_every`` steps
+        (and after the last) the running means go to the log and to :attr:`history`."""
+        sums: dict[str, list[float]] = {}  # name -> [sum, count]
+
+        def flush() -> None:
+            if sums:
+                rec = {"step": self.step, **{k: float(f"{v / n:.5g}") for k, (v, n) in sums.items()}}
+                self.history.append(rec)
+                self.log(f"step {self.step}: " + " ".join(f"{k} {v:g}" for k, v in rec.items() if k != "step")
+                         + f" ({self.elapsed_s:.0f} s, lr {self.lr_now:.1e})")
+            sums.clear()
+
+        while self.next_step():
+            for k, v in (step() or {}).items():
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += float(v)
+                acc[1] += 1
+            if self.step % log_every == 0:
+                flush()
+            self.after_step()
+        flush()
+        return self.history
+
+    # ------------------------------------------------------------------ dev, checkpoints
+
+    @property
+    def shipping(self):
+        """The model whose weights ship: the average, or the model itself without one."""
+        return self.average.model if self.average is not None else self.model
+
+    def validate(self) -> float | None:
+        """Score the weights that would ship on dev; keep them if they are the best so far."""
+        if self.dev_score is None:
+            return None
+        score = self._score(self.shipping)
+        if self.best is None or score > self.best[0]:
+            self.best = (score, {k: v.detach().clone() for k, v in self.shipping.state_dict().items()}, self.step)
+        self.log(f"dev at step {self.step}: {self.dev_metric} {score:.4f} (best {self.best[0]:.4f} at {self.best[2]})")
+        return score
+
     def save_checkpoint(self) -> None:
-        atomic_save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                     "ema": self.average.state_dict(), "step": self.step, "since": self.since,
-                     "parent": self.parent, "minutes": self.minutes_done + self.elapsed_s / 60,
-                     "devices": self.devices, "stages": self.stages}, self.ckpt_path)
+        if not self.checkpoints:
+            return
+        best = {"score": self.best[0], "state": self.best[1], "step": self.best[2]} if self.best else None
+        atomic_save({"model": self.model.state_dict(), "opt": self.opt.state_dict() if self.opt else {},
+                     "optimizers": {n: o.state_dict() for n, o in self.optimizers.items() if n != "opt"},
+                     "ema": self.average.state_dict() if self.average is not None else None,
+                     "step": self.step, "since": self.since, "parent": self.parent, "init_from": self.init_from,
+                     "minutes": self.minutes_done + self.elapsed_s / 60, "devices": self.devices,
+                     "stages": self.stages, "extra": self.extra, "history": self.history, "best": best},
+                    self.ckpt_path)
+
+    def final_model(self):
+        """The model to ship: the weight average (or the model), holding the best dev
+        weights of the run when there is a dev score."""
+        if self.track_best:
+            self.validate()
+            self.shipping.load_state_dict(self.best[1])
+        return self.shipping
 
     def finish_stage(self, **fields) -> dict:
-        """Record this invocation (steps, device, minutes, schedule and ``fields``) and checkpoint."""
+        """Record this invocation (steps, device, minutes, learning rates, data, the last
+        logged numbers, the dev score, and ``fields``) and checkpoint."""
         stage = {"steps": f"{self.start_step}-{self.step}", "device": self.device,
                  "minutes": round(self.elapsed_s / 60, 1), "lr": self.lr,
-                 "schedule": f"cumulative_lr(half_life={self.half_life}), ema {self.average.decay}", **fields}
+                 "lr_range": [float(f"{v:.6g}") for v in self._lr_range],
+                 "schedule": f"cumulative_lr(half_life={self.half_life}, warmup={self.warmup})"
+                             + (f", ema {self.average.decay}" if self.average is not None else ""),
+                 "seed": self.seed, **self._data_fields(),
+                 "final": self.history[-1] if self.history else None,
+                 **({"dev": {"score": round(self.best[0], 5), "step": self.best[2], "metric": self.dev_metric}}
+                    if self.best else {}),
+                 **fields}
         self.stages.append(stage)
         self.save_checkpoint()
+        self.minutes_total = round(self.minutes_done + self.elapsed_s / 60, 1)  # training time, as resumed from
         return stage
 
-    def ship(self, state: dict, entry: dict) -> dict:
+    def _data_fields(self) -> dict:
+        if self.data_hash is None:
+            return {}
+        return {"data": self.data.name if self.data is not None else None, "data_sha256": self.data_hash,
+                "images": len(self.files) if self.files is not None else None}
+
+    # ------------------------------------------------------------------ shipping
+
+    def _score(self, model) -> float:
+        """``dev_score`` of ``model`` in eval mode, without gradients (its mode restored)."""
+        import torch
+
+        was = model.training
+        try:
+            with torch.no_grad():
+                return float(self.dev_score(model.eval()))
+        finally:
+            model.train(was)
+
+    def _scored(self, state: Mapping[str, Any]) -> float:
+        """The dev score of ``state`` as it ships (fp16)."""
+        from .weights import as_shipped
+
+        model = copy.deepcopy(self.shipping).to(self.device)
+        model.load_state_dict(_float_state(as_shipped(state)))
+        return self._score(model)
+
+    def ship(self, state: Mapping[str, Any], entry: Mapping[str, Any]) -> dict | None:
         """Save ``state`` (fp16) as a new file beside the old ones, with the cumulative
-        provenance (steps, minutes, devices, stages, the file it continues) in ``entry``."""
-        from .weights import read_manifest, save_weights
+        provenance in its entry (steps, minutes, devices, stages, data, the file it
+        continues, ``entry``'s fields); returns that entry. With a dev score: only when
+        ``state`` beats the newest shipped weights of the same shape, marked superseded
+        then; None (nothing written) otherwise."""
+        from .weights import load_weights, read_manifest, save_weights, update_entries
 
         manifest = self.out_dir / "weights.json"
+        rival = continuation(self.out_dir, self.arch, self.match) if self.dev_score is not None else None
+        dev = None
+        if self.dev_score is not None:
+            score = self._scored(state)
+            dev = {"metric": self.dev_metric, "score": round(score, 5)}
+            if rival is not None:
+                rival_score = self._scored(load_weights(rival[0], rival[1]["sha256"], map_location=self.device))
+                dev.update(rival=rival[0].name, rival_score=round(rival_score, 5))
+                if score <= rival_score:
+                    self.log(f"not shipped: {self.dev_metric} {score:.4f} on dev, the shipped {rival[0].name} "
+                             f"has {rival_score:.4f}")
+                    return None
         taken = set(read_manifest(manifest)) if manifest.exists() else set()
         n = 1
         while (name := f"{self.stem}.pt" if n == 1 else f"{self.stem}-v{n}.pt") in taken:
             n += 1
-        entry = {"arch": self.arch, **entry, "steps": self.step, "devices": self.devices, "stages": self.stages,
-                 "minutes": round(self.minutes_done + self.elapsed_s / 60, 1),
-                 **({"continues": self.parent} if self.parent else {})}
-        return save_weights(self.out_dir, name, state, entry)
+        entry = {"arch": self.arch, "seed": self.seed, **self._data_fields(),
+                 "final": next((st["final"] for st in reversed(self.stages) if st.get("final")), None),
+                 **entry, "steps": self.step, "devices": self.devices, "stages": self.stages,
+                 "minutes": self.minutes_total or round(self.minutes_done + self.elapsed_s / 60, 1),
+                 **({"continues": self.parent} if self.parent else {}),
+                 **({"init_from": self.init_from} if self.init_from else {}),
+                 **({"dev": dev} if dev else {}), **({"supersedes": rival[0].name} if rival else {})}
+        written = save_weights(self.out_dir, name, state, entry)
+        if rival is not None:
+            update_entries(self.out_dir, {rival[0].name: {"decode_only": True, "superseded_by": name}})
+            self.log(f"{name} supersedes {rival[0].name} ({self.dev_metric} {dev['score']} > {dev['rival_score']})")
+        return written

@@ -91,21 +91,33 @@ def manifest_entries(env_var: str, default_dir: Path, arch: str | None = None) -
     return out
 
 
+def as_shipped(state: dict) -> dict:
+    """A state dict as :func:`save_weights` stores it: floating tensors as fp16, unless they
+    are entropy statistics (``counts``)."""
+    return {k: (v.half() if v.is_floating_point() and "counts" not in k else v) for k, v in state.items()}
+
+
 def save_weights(out_dir: str | os.PathLike, name: str, state: dict, entry: dict[str, Any]) -> dict[str, Any]:
-    """Save a state dict (floating tensors as fp16 unless they are entropy statistics) and
-    record it, with its sha256 and ``entry``'s provenance, in ``out_dir/weights.json``."""
+    """Save a state dict (:func:`as_shipped`) and record it, with its sha256 and ``entry``'s
+    provenance, in ``out_dir/weights.json``."""
     import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() and "counts" not in k else v) for k, v in state.items()}
-    torch.save(state, out_dir / name)
+    torch.save(as_shipped(state), out_dir / name)
     entry = {**entry, "sha256": file_sha256((out_dir / name).read_bytes())}
-    manifest = out_dir / "weights.json"
-    doc = json.loads(manifest.read_text()) if manifest.exists() else {"files": {}}
-    doc["files"][name] = entry
-    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    update_entries(out_dir, {name: entry}, replace=True)
     return entry
+
+
+def update_entries(out_dir: str | os.PathLike, changes: dict[str, dict[str, Any]], replace: bool = False) -> None:
+    """Add ``changes``' fields to the named entries of ``out_dir/weights.json`` (``replace``:
+    the entries become ``changes``' own)."""
+    manifest = Path(out_dir) / "weights.json"
+    doc = json.loads(manifest.read_text()) if manifest.exists() else {"files": {}}
+    for name, fields in changes.items():
+        doc["files"][name] = dict(fields) if replace else {**doc["files"][name], **fields}
+    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
 
 
 def shipped_weights_dir(plugin_file: str | os.PathLike) -> Path:

@@ -101,16 +101,16 @@ def test_adapter_training_lowers_its_loss_and_travels_in_the_bitstream(tiny_weig
 
 
 def test_resize_search_codes_the_factor_exactly(tiny_weights):
-    from pixarc_adaptive import Header
+    from pixarc_adaptive import HEADER
 
     c = codec()
     src = probe_and_load(encode_bytes(smooth_image(96, 80), "PNG"))
     payload = c.encode(src, c.validate_params({"quality": 1, "scales": [1.0, 0.5]}))
-    head = Header.parse(payload)
+    head = HEADER.parse(payload)
     assert (head.quality, head.width, head.height) == (1, 96, 80) and head.permille in (1000, 500)
     assert c.decode(payload).image.size == (96, 80)
     half = c.encode(src, c.validate_params({"quality": 1, "scales": 0.5}))
-    assert Header.parse(half).permille == 500 and c.decode(half).image.size == (96, 80)
+    assert HEADER.parse(half).permille == 500 and c.decode(half).image.size == (96, 80)
 
 
 def test_archive_verify_and_fresh_process_decode(tiny_weights, tmp_path):
@@ -288,11 +288,10 @@ def test_adaptation_is_on_by_default(tiny_weights):
 
 
 def _payload_sections(payload):
-    from pixarc.codec import unpack_sections
-    from pixarc_adaptive import Header
+    from pixarc_adaptive import HEADER
 
-    blobs, _ = unpack_sections(payload, Header.SIZE, 3)
-    return blobs, int.from_bytes(payload[-4:], "big")
+    p = HEADER.read(payload, "adaptive-mbt2018-mean")
+    return p.sections, p.tail[0]
 
 
 def test_adapters_that_do_not_pay_are_not_sent(tiny_weights, monkeypatch):
@@ -315,10 +314,7 @@ def test_adapters_that_do_not_pay_are_not_sent(tiny_weights, monkeypatch):
 def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
     """Whatever the codec chose, the other payload (with or without the adapter it trained)
     must not have a lower decoded bytes + λ·MSE cost."""
-    import struct
-
-    from pixarc.codec import pack_sections
-    from pixarc_adaptive import Header, adapt
+    from pixarc_adaptive import HEADER, adapt
 
     trained = []
     real = adapt.train_adapters
@@ -335,17 +331,17 @@ def test_adapters_are_kept_only_when_cheaper(tiny_weights, monkeypatch):
     payload = c.encode(src, params)
     blobs, n_sym = _payload_sections(payload)
     assert len(trained) == 1 and any(trained[0])  # an adapter was trained and had something to say
-    head = payload[: Header.SIZE]
-    plain = head + pack_sections(blobs[0], blobs[1], b"") + struct.pack(">I", 0)
-    adapted = head + pack_sections(blobs[0], blobs[1], adapt.encode_adapter(trained[0])) + \
-        struct.pack(">I", len(trained[0]))
+    head = HEADER.parse(payload)
+    plain = HEADER.pack(*head, sections=(blobs[0], blobs[1], b""), tail=(0,))
+    adapted = HEADER.pack(*head, sections=(blobs[0], blobs[1], adapt.encode_adapter(trained[0])),
+                          tail=(len(trained[0]),))
     assert payload in (plain, adapted)
     cost = {p: c._rd_cost(p, src.image, 0.0483) for p in (plain, adapted)}
     assert cost[payload] == min(cost.values())
 
 
 def test_encode_batch_honours_a_single_scale(tiny_weights):
-    from pixarc_adaptive import Header
+    from pixarc_adaptive import HEADER
 
     c = codec()
     srcs = [probe_and_load(encode_bytes(smooth_image(96, 80, seed=i), "PNG")) for i in range(2)]
@@ -353,7 +349,7 @@ def test_encode_batch_honours_a_single_scale(tiny_weights):
     payloads = c.encode_batch(srcs, params)
     assert len(payloads) == 2 and all(isinstance(p, bytes) for p in payloads)  # one payload per image
     for payload in payloads:
-        assert Header.parse(payload).permille == 500
+        assert HEADER.parse(payload).permille == 500
         assert c.decode(payload).image.size == (96, 80)
 
 

@@ -77,7 +77,7 @@ def test_increments_that_do_not_pay_are_not_sent(callic, monkeypatch):
     """MDL over the whole image: with the tiny model, 3 steps save a few bits of the image
     but cost more in increments, so the adapted payload is the frozen one."""
     import pixarc_callic.adapt as adapt
-    from pixarc_callic import _HEAD
+    from pixarc_callic import HEADER
 
     src = source(40, 33, seed=3)
     frozen = callic.encode(src, callic.validate_params({"patch": 16}))
@@ -86,18 +86,18 @@ def test_increments_that_do_not_pay_are_not_sent(callic, monkeypatch):
     monkeypatch.setattr(adapt, "patch_bits", lambda *a: estimates.append(real(*a).sum()) or real(*a))
     adapted = callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16}))
     assert len(estimates) == 2 and estimates[1] < estimates[0]  # adapting did lower the image's bits ...
-    assert adapted == frozen and int.from_bytes(adapted[_HEAD.size : _HEAD.size + 4], "big") == 0  # ... not enough
+    assert adapted == frozen and HEADER.read(adapted, "callic").sections[0] == b""  # ... not enough
     monkeypatch.setattr(adapt, "MIN_SAVED_BITS", -float("inf"))
     assert callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16})) != frozen
 
 
 def test_adapted_round_trip_sends_increments(callic, send_increments):
-    from pixarc_callic import _HEAD
+    from pixarc_callic import HEADER
     from pixarc_callic.adapt import merge
 
     src = source(40, 33, seed=3)
     payload = callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16}))
-    increments = payload[_HEAD.size + 4 : _HEAD.size + 4 + int.from_bytes(payload[_HEAD.size : _HEAD.size + 4], "big")]
+    increments = HEADER.read(payload, "callic").sections[0]
     assert len(increments) > 5
     assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
     # the increments moved the weights (adaptation is not a no-op) and merging is reproducible
@@ -108,10 +108,10 @@ def test_adapted_round_trip_sends_increments(callic, send_increments):
 
 
 def test_frozen_payload_has_no_increments(callic):
-    from pixarc_callic import _HEAD
+    from pixarc_callic import HEADER
 
     payload = callic.encode(source(9, 9), callic.validate_params({}))
-    assert int.from_bytes(payload[_HEAD.size : _HEAD.size + 4], "big") == 0
+    assert int.from_bytes(payload[HEADER.size : HEADER.size + 4], "big") == 0
 
 
 def test_integer_cdf_is_strictly_increasing_and_code_length_matches():
@@ -151,10 +151,10 @@ def test_wavefront_matches_full_forward(callic):
 
 
 def test_corruption_and_truncation_are_codec_errors(callic):
-    from pixarc_callic import _HEAD
+    from pixarc_callic import HEADER
 
     payload = bytearray(callic.encode(source(20, 20, seed=5), callic.validate_params({})))
-    stream_at = _HEAD.size + 4 + 4  # after the (empty) increments section and the stream's length
+    stream_at = HEADER.size + 4 + 4  # after the (empty) increments section and the stream's length
     for pos in (stream_at + 3, len(payload) - 1):  # a stream byte, a digest byte
         bad = bytearray(payload)
         bad[pos] ^= 0x55

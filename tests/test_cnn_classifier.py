@@ -86,15 +86,24 @@ def test_training_learns_and_the_classifier_loads(trained):
     assert hits >= 3  # of 5; chance is 1 (the exact count moves with the torch thread count)
 
 
-def test_retraining_replaces_the_previous_entry(trained, tmp_path):
+def test_retraining_supersedes_the_classifier_in_use(trained, tmp_path):
+    """One classifier in use per folder: a new one (here of another shape, so trained from
+    scratch) marks the previous one decode_only; its file stays (the classifications it
+    made remain reproducible) and the plugin loads the new one."""
+    from pixarc_cnn_classifier import CNNClassifier
     from pixarc_cnn_classifier.train import train
 
     entry, out, _ = trained
+    before = json.loads((out / "weights.json").read_text())["files"]
+    (old,) = before
     again = train(str(tmp_path / "whole"), str(out), augment_rounds=0, epochs=10, members=1, folds=2,
                   candidates=((0, 1e-2),), log=lambda _: None)
     files = json.loads((out / "weights.json").read_text())["files"]
-    assert list(files) == [f"domainnet-f{again['n_features']}-h0.pt"] and files[list(files)[0]]["sha256"] == again["sha256"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "weights.json"])
+    new = f"domainnet-f{again['n_features']}-h0.pt"
+    assert set(files) == {old, new} and files[new]["sha256"] == again["sha256"] and "continues" not in files[new]
+    assert files[old] == {**before[old], "decode_only": True, "superseded_by": new}
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "weights.json"])  # no checkpoint left behind
+    assert CNNClassifier().version() == again["sha256"][:12]
 
 
 def test_temperature_fixes_overconfident_logits():
@@ -152,7 +161,7 @@ def test_policy_falls_back_to_stats_without_weights(monkeypatch, tmp_path):
 def test_held_out_folds_keep_source_groups_together(tmp_path):
     """With a MANIFEST.tsv (as in ../shared/data/train), files from one source directory
     share a group, hence a fold: a redraw of a held-out portrait is never trained on."""
-    from pixarc_cnn_classifier.train import _fold, collect
+    from pixarc_cnn_classifier.train import collect, group_fold
 
     rows = ["set\tdomain\tfile\tsource_package\tsource_path"]
     for d in ("comic", "line"):
@@ -166,7 +175,7 @@ def test_held_out_folds_keep_source_groups_together(tmp_path):
     groups = [s.group for s in samples]
     assert groups == ["comic:debian:x:/usr/share/elves"] * 2 + ["comic:debian:x:/usr/share/orcs"] * 2 \
         + ["line:debian:x:/usr/share/elves"] * 2 + ["line:debian:x:/usr/share/orcs"] * 2
-    assert all(_fold(groups[i], 5) == _fold(groups[i + 1], 5) for i in (0, 2, 4, 6))
+    assert all(group_fold(groups[i], 5) == group_fold(groups[i + 1], 5) for i in (0, 2, 4, 6))
     # without a manifest each file is its own group
     (tmp_path / "train" / "MANIFEST.tsv").unlink()
     assert len({s.group for s in collect(str(tmp_path / "train" / "whole"))}) == 8

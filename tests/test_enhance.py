@@ -98,13 +98,14 @@ def test_the_base_is_the_one_of_the_registry_that_makes_the_codec(tiny_filter, m
 
 
 def test_filter_on_round_trips_deterministically(tiny_filter):
-    from pixarc_enhance import _HEAD
+    from pixarc_enhance import HEADER
 
     c = codec()
     src = probe_and_load(encode_bytes(textured(), "PNG"))
     payload = c.encode(src, c.validate_params({"quality": 40, "filter": "on", "adapters": "none"}))
-    flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
-    assert (flags, mode) == (1 | 4, 0) and cond_pm <= 1000  # on, channels-last layout
+    head = HEADER.read(payload, c.codec_id).head
+    assert (head.flags, head.mode) == (1 | 4, 0) and head.cond_permille <= 1000  # on, channels-last layout
+    assert head.tag == bytes.fromhex(c.weights_for(c.validate_params({"quality": 40})))[: len(head.tag)]
     a, b = c.decode(payload), c.decode(payload)
     assert a.image.size == (72, 56) and a.image.mode == "RGB"
     assert a.image.tobytes() == b.image.tobytes() and a.fingerprint == b.fingerprint
@@ -178,14 +179,14 @@ def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filte
 
 
 def test_adapters_travel_in_the_payload(tiny_filter):
-    from pixarc_enhance import _HEAD, adapt
+    from pixarc_enhance import HEADER, adapt
 
     c = codec()
     src = probe_and_load(encode_bytes(textured(80, 64, seed=3), "PNG"))
     p = {"quality": 30, "filter": "on", "rd_lambda": 1.0}
     none = c.encode(src, c.validate_params({**p, "adapters": "none"}))
     shared = c.encode(src, c.validate_params({**p, "adapters": "shared"}))
-    assert _HEAD.unpack_from(shared, 0)[1] == 1 and _HEAD.unpack_from(none, 0)[1] == 0
+    assert HEADER.parse(shared).mode == 1 and HEADER.parse(none).mode == 0
     assert len(shared) > len(none)
     assert sse(src.image, c.decode(shared).image) < sse(src.image, c.decode(none).image)
     symbols = list(range(-adapt.K, adapt.K + 1)) + [0] * 9
@@ -196,19 +197,19 @@ def test_both_layouts_decode_with_their_own_float_operations(tiny_filter, monkey
     """Bitstreams written before the channels-last layout (flag bit 2 clear) decode with the
     contiguous 512-pixel tiles they were made with; new ones with channels-last 256-pixel
     tiles; either on any number of tile threads, to the same bytes."""
-    from pixarc_enhance import SHA_PREFIX, _HEAD, adapt, model
+    from pixarc_enhance import HEADER, adapt, model
 
     c = codec()
     src = probe_and_load(encode_bytes(textured(300, 560, seed=5), "PNG"))
     new = c.encode(src, c.validate_params({"quality": 30, "filter": "on", "adapters": "shared", "rd_lambda": 1.0}))
-    flags, mode, cond_pm = _HEAD.unpack_from(new, 0)
+    p = HEADER.read(new, c.codec_id)
+    flags, mode, cond_pm = p.head.flags, p.head.mode, p.head.cond_permille
     assert flags & 4 and mode == 1
     old = bytes([flags & 3]) + new[1:]  # the same payload as the first bitstreams wrote it
     net = c.model(c.select_weights())
-    base_im, _ = c._base_decode(_sections_base(new))
+    base_im, _ = c._base_decode(p.sections[0])
     xb = torch.from_numpy(np.asarray(base_im, np.float32) / 255).permute(2, 0, 1)[None]
-    pos = _HEAD.size + SHA_PREFIX
-    coded = new[pos + 4 + int.from_bytes(new[pos : pos + 4], "big"):]
+    coded = p.rest
     w, b = adapt.merged_tail(net, mode, adapt.decode_symbols(coded, adapt.n_params(mode, net.channels)))
     cond = torch.tensor([[cond_pm / 1000, float(flags >> 1 & 1)]])
     seen = []
@@ -226,14 +227,6 @@ def test_both_layouts_decode_with_their_own_float_operations(tiny_filter, monkey
     # the two layouts are really two computations (several tiles of different sides)
     assert len(list(model.tiles(560, 300, net.halo, model.NHWC.tile))) == 6
     assert len(list(model.tiles(560, 300, net.halo, model.NCHW.tile))) == 2
-
-
-def _sections_base(payload: bytes) -> bytes:
-    from pixarc.codec import unpack_sections
-    from pixarc_enhance import SHA_PREFIX, _HEAD
-
-    (base_payload,), _ = unpack_sections(payload, _HEAD.size + SHA_PREFIX, 1)
-    return base_payload
 
 
 def test_conditioning_offsets_are_compared_on_sampled_blocks(tiny_filter, monkeypatch):

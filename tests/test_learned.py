@@ -224,6 +224,51 @@ def test_refusing_turns_decoder_failures_into_codec_errors(toy):
             raise CodecError("already typed")
 
 
+def test_a_payload_layout_packs_reads_and_refuses():
+    from pixarc.payload import PayloadLayout
+
+    layout = PayloadLayout(">BH", "kind size", sections=2, tail=">I",
+                           plausible=lambda p: p.head.kind in (1, 2) and len(p.sections[0]) <= p.head.size)
+    payload = layout.pack(1, 9, sections=(b"abc", b""), tail=(7,))
+    assert payload == struct.pack(">BH", 1, 9) + struct.pack(">I", 3) + b"abc" + struct.pack(">I", 0) + \
+        struct.pack(">I", 7)
+    p = layout.read(payload, "x")
+    assert (p.head.kind, p.head.size, p.sections, p.tail, p.rest) == (1, 9, (b"abc", b""), (7,), b"")
+    assert layout.parse(payload).size == 9 and layout.size == 3
+    with pytest.raises(CodecError, match=r"^x: malformed payload \(ValueError: trailing bytes\)$"):
+        layout.read(payload + b"!", "x")
+    for cut in (0, 2, 5, len(payload) - 1):  # never a struct.error or an IndexError
+        with pytest.raises(CodecError, match="^x: malformed payload"):
+            layout.read(payload[:cut], "x")
+    with pytest.raises(CodecError, match="^x: implausible header values$"):
+        layout.read(layout.pack(3, 9, sections=(b"abc", b""), tail=(7,)), "x")
+    rest = PayloadLayout(">B", "flags", sections=1, rest=True)
+    assert rest.read(rest.pack(1, sections=(b"base",), rest=b"more"), "x").rest == b"more"
+    with pytest.raises(ValueError):
+        layout.pack(1, 9, sections=(b"abc",), tail=(7,))
+
+
+def test_entropy_tables_are_pinned():
+    """The tables are part of the bitstream formats (enhance and adaptive adapters, svr's
+    per-weights tables): the same integers as before they moved to pixarc.entropy, on every
+    machine; a change here breaks archived bitstreams."""
+    import hashlib
+
+    pytest.importorskip("torch")
+    from pixarc.entropy import cdf_from_counts, logistic_cdf, rans_decode, rans_encode
+
+    def digest(table):
+        return hashlib.sha256(json.dumps(list(table)).encode()).hexdigest()
+
+    enhance, adaptive = logistic_cdf(15, 0.35), logistic_cdf(7, 0.05, 0.06)  # pixarc_enhance / _adaptive .adapt
+    assert (len(enhance), digest(enhance)) == (33, "f7f178128a76c11d32b78cbda73066c8fc9d4716537286c9b6a1e8bb6893c5f8")
+    assert (len(adaptive), digest(adaptive)) == (17, "77b43544f9560b987262052aba439461cd75e3a4f0ceb829427ee9be33930da9")
+    counts = cdf_from_counts([5, 0, 17, 1000, 3, 3, 90])
+    assert digest(counts) == "9053d545f696317c4abb68509b5be2d19037b764f527a6de47a46b5c6ffd2cfd"
+    symbols = [-7, 0, 3, 7, 1, -1, 0, 0]
+    assert rans_decode(rans_encode(symbols, [adaptive], offsets=-7), len(symbols), [adaptive], offsets=-7) == symbols
+
+
 def test_decode_only_weights_still_decode_but_never_encode(toy):
     """Weights replaced by better ones stay installed, marked ``decode_only``: archives made
     with them still decode, new encodes never pick them (nor list their rate point)."""

@@ -444,7 +444,7 @@ def test_train_options_are_shared_and_unchanged(monkeypatch):
     assert {n: d.get("checkpoint_minutes") for n, d in defaults.items()} == \
         {"lossy": 5.0, "svr": 5.0, "callic": 3.0, "enhance": 3.0, "classifier": None}
     for name, d in defaults.items():
-        assert d["seed"] == 0 and {"data", "out"} <= set(d), name
+        assert d["seed"] == 0 and {"data", "out", "fresh", "dev"} <= set(d), name  # every trainer continues
         if name != "classifier":
             assert (d["steps"], d["device"]) == (10**9, "cpu") and "resume" in d, name
     res = CliRunner().invoke(main, ["train", "svr", "--out", "x"])
@@ -471,3 +471,57 @@ def test_the_core_imports_no_plugin_and_listing_commands_imports_no_torch():
     env = {**os.environ, "PIXARC_PLUGINS": os.environ["PIXARC_PLUGINS"] + "," + ",".join(LEARNED_TRAINERS)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _plugin_imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same plugin it imports (at the top or inside a function):
+    ``from . import x`` names a sibling module or the package's ``__init__``."""
+    import ast
+
+    modules = {p.stem for p in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        edges = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 or (node.module or "").split(".")[0] == package.name:
+                mod = (node.module or "").removeprefix(package.name).lstrip(".") if not node.level else node.module
+                if mod:
+                    edges.add(mod.split(".")[0])
+                else:
+                    edges.update(a.name if a.name in modules else "__init__" for a in node.names)
+    return graph
+
+
+@pytest.mark.parametrize("plugin", sorted(p.name for p in (Path(__file__).parents[1] / "plugins").iterdir()
+                                          if len(list(p.glob("*.py"))) > 1))
+def test_a_plugins_modules_import_each_other_without_a_loop(plugin):
+    """Constants live in their own module, so no module of a plugin needs one that needs it
+    back (``__init__`` → commands → train → ``__init__`` was such a loop)."""
+    graph = _plugin_imports(Path(__file__).parents[1] / "plugins" / plugin)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    loops = sorted(m for m in graph if m in reach(m))
+    assert not loops, f"{plugin}: import loops through {loops}: {graph}"
+
+
+def test_benchmarks_and_tests_import_no_private_plugin_names():
+    import ast
+
+    root = Path(__file__).parents[1]
+    plugin_packages = {p.name for p in (root / "plugins").iterdir() if (p / "__init__.py").exists()}
+    found = []
+    for path in [*(root / "benchmarks").glob("*.py"), *(root / "tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in plugin_packages:
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not found, found

@@ -32,7 +32,7 @@ def svr_weights(tmp_path_factory):
         a = np.stack([128 + 90 * np.sin(xx / (5 + i) + c) for c in range(3)], -1) + r.normal(0, 8, (104, 112, 3))
         Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(data / f"{i}.png")
     # default patch size on purpose: MS-SSIM must run there; then a resumed run continues stage 2
-    kw = dict(minutes=2, stage1_steps=3, batch=2, width=16, log_every=1, table_images=3)
+    kw = dict(minutes=2, stage1_steps=3, batch=2, width=16, log_every=1, table_images=3, warmup=1)
     first = train(str(data), str(root / "w"), steps=5, **kw)
     entry = train(str(data), str(root / "w"), steps=7, resume=True, **kw)
     return root / "w", entry, first
@@ -52,10 +52,9 @@ def image(w=70, h=45):
 
 
 def sections(payload):
-    from pixarc.codec import unpack_sections
-    from pixarc_svr import _HEAD
+    from pixarc_svr import HEADER
 
-    return unpack_sections(payload, _HEAD.size, 3)[0]
+    return list(HEADER.read(payload, "svr").sections)
 
 
 def tensor(src):
@@ -71,7 +70,7 @@ def test_weights_entry_and_resume(svr_weights):
     assert (first["steps"], first["stage1_steps"]) == (5, 3)
     assert (entry["steps"], entry["stage1_steps"], entry["stage2_steps"]) == (7, 3, 4)  # continued, not restarted
     assert entry["devices"] == ["cpu"] and entry["minutes"] >= first["minutes"]
-    assert [(r["first_step"], r["last_step"]) for r in entry["runs"]] == [(1, 5), (6, 7)]
+    assert [st["steps"] for st in entry["stages"]] == ["0-5", "5-7"]
 
 
 def test_every_configured_loss_term_runs_at_the_default_patch(svr_weights):
@@ -198,10 +197,10 @@ def test_round_trip_every_m_and_symbols_grow_with_m(svr):
 
 
 def test_tables_are_integer_and_valid():
-    from pixarc_svr import quantized_cdf
+    from pixarc.entropy import cdf_from_counts
 
     for counts in ([1, 1, 1], [100000, 1, 1, 5], [3] * 300, [7, 0, 2]):
-        cdf = quantized_cdf(counts)
+        cdf = cdf_from_counts(counts)
         assert len(cdf) == len(counts) + 2 and cdf[0] == 0 and cdf[-1] == 1 << 16
         assert all(b > a for a, b in zip(cdf, cdf[1:])) and all(isinstance(c, int) for c in cdf)
 

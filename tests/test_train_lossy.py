@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 
 from pixarc.cli import main  # noqa: E402
 
-NAME = "mbt2018-mean-q{q}-N8-M12.pt"
+NAME = "mbt2018-mean-q{q}-N8-M12{v}.pt"
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +40,8 @@ def data(tmp_path):
     return d
 
 
-def entry(out, q):
-    return json.loads((out / "weights.json").read_text())["files"][NAME.format(q=q)]
+def entry(out, q, v=""):
+    return json.loads((out / "weights.json").read_text())["files"][NAME.format(q=q, v=v)]
 
 
 def test_resume_continues_the_step_count_and_minutes(data, tmp_path):
@@ -52,8 +52,8 @@ def test_resume_continues_the_step_count_and_minutes(data, tmp_path):
     assert len(first["data_sha256"]) == 64 and first["devices"] == ["cpu"]
     res = _train(data, out, 3, "--steps", "4", "--resume")
     assert res.exit_code == 0, res.output
-    second = entry(out, 3)
-    assert second["steps"] == 4 and second["final"]["step"] == 4
+    second = entry(out, 3, "-v2")  # a new file: bitstreams name the first one by its sha256
+    assert entry(out, 3) == first and second["steps"] == 4 and second["final"]["step"] == 4
     assert second["minutes"] >= first["minutes"] and second["sha256"] != first["sha256"]
 
 
@@ -72,7 +72,7 @@ def test_time_budget_stops_before_the_step_budget(data, tmp_path):
 def test_init_from_another_rate_point_records_its_origin(data, tmp_path):
     out = tmp_path / "w"
     assert _train(data, out, 3, "--steps", "1").exit_code == 0
-    res = _train(data, out, 5, "--steps", "1", "--init-from", str(out / NAME.format(q=3)))
+    res = _train(data, out, 5, "--steps", "1", "--init-from", str(out / NAME.format(q=3, v="")))
     assert res.exit_code == 0, res.output
     e = entry(out, 5)
-    assert e["init_from"] == NAME.format(q=3) and e["lambda"] == 0.025
+    assert e["init_from"] == NAME.format(q=3, v="") and e["lambda"] == 0.025

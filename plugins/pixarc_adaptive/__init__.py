@@ -23,45 +23,26 @@ than the payload without, in decoded bytes + λ·MSE against the original.
 from __future__ import annotations
 
 import re
-import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 from pixarc import compressai_compat
-from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Decoded, Param
 from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, WeightsFile
 from pixarc.metrics import psnr
+from pixarc.payload import PayloadLayout
 from pixarc.tensors import image_tensor, tensor_pixels
 
 from .constants import ARCH, LAMBDAS, ZOO_NM
 
-_HEAD = struct.Struct(">BHIIHH")  # quality, scale permille, width, height, z rows, z cols
-
-
-@dataclass(frozen=True)
-class Header:
-    """The fixed head of a payload (what benchmarks and tests may read of it): the rate
-    point, the resize factor in permille, the original size and the hyper-latent grid; the
-    three sections (z, y, adapters) follow at :attr:`SIZE`."""
-
-    quality: int
-    permille: int
-    width: int
-    height: int
-    z_rows: int
-    z_cols: int
-    SIZE: ClassVar[int] = _HEAD.size
-
-    @classmethod
-    def parse(cls, payload: bytes) -> "Header":
-        return cls(*_HEAD.unpack_from(payload, 0))
-
-    def pack(self) -> bytes:
-        return _HEAD.pack(self.quality, self.permille, self.width, self.height, self.z_rows, self.z_cols)
+# The payload: the rate point, the resize factor in permille, the original size and the
+# hyper-latent grid; three sections (z, y, adapters); the count of adapter symbols.
+HEADER = PayloadLayout(">BHIIHH", "quality permille width height z_rows z_cols", sections=3, tail=">I",
+                       plausible=lambda p: (1 <= p.head.permille <= 1000 and 0 < p.head.width <= 1 << 16
+                                            and 0 < p.head.height <= 1 << 16 and 0 < p.head.z_rows <= 4096
+                                            and 0 < p.head.z_cols <= 4096))
 
 
 def _from_hub_cache() -> list[WeightsFile]:
@@ -289,10 +270,10 @@ class AdaptiveCodec(LearnedCodec):
                                                  params["adapter_lr"], params["seed"])
         out = []
         for image, (z_str, y_str, _, z_shape), sym in zip(images, coded, symbols, strict=True):
-            head = _HEAD.pack(int(ck.entry["quality"]), permille, w, h, *z_shape)
-            plain = chosen = head + pack_sections(z_str, y_str, b"") + struct.pack(">I", 0)
+            head = (int(ck.entry["quality"]), permille, w, h, *z_shape)
+            plain = chosen = HEADER.pack(*head, sections=(z_str, y_str, b""), tail=(0,))
             if any(sym):  # sent only if it pays: decoded bytes + λ·MSE, both payloads decoded
-                adapted = head + pack_sections(z_str, y_str, adapt.encode_adapter(sym)) + struct.pack(">I", len(sym))
+                adapted = HEADER.pack(*head, sections=(z_str, y_str, adapt.encode_adapter(sym)), tail=(len(sym),))
                 chosen = min((plain, adapted), key=lambda p: self._rd_cost(p, image, rd_lambda(ck), device))  # tie: plain
             out.append((plain, chosen) if both else chosen)
         return out
@@ -308,14 +289,9 @@ class AdaptiveCodec(LearnedCodec):
     # ------------------------------------------------------------------ decode
 
     def decode(self, payload, device=CPU):
-        with self.refusing("malformed payload"):
-            quality, permille, w, h, zr, zc = _HEAD.unpack_from(payload, 0)
-            blobs, pos = unpack_sections(payload, _HEAD.size, 3)
-            (n_sym,) = struct.unpack_from(">I", payload, pos)
-            if pos + 4 != len(payload):
-                raise ValueError("trailing bytes")
-        if not (1 <= permille <= 1000 and 0 < w <= 1 << 16 and 0 < h <= 1 << 16 and 0 < zr <= 4096 and 0 < zc <= 4096):
-            raise CodecError(f"{self.codec_id}: implausible header values")
+        p = HEADER.read(payload, self.codec_id)
+        quality, permille, w, h, zr, zc = p.head
+        blobs, (n_sym,) = p.sections, p.tail
         ck = self._checkpoint(quality)
         if n_sym not in (0, 2 * 2 * self.model(ck).g_s[-1].in_channels):
             raise CodecError(f"{self.codec_id}: adapter of {n_sym} values does not fit this model")

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pixarc.entropy import logistic_cdf, rans_decode, rans_encode
+
 W_STEP = 0.06  # adapter quantisation step (paper)
 PRIOR_SCALE = 0.05  # logistic prior scale (paper)
 BOUND = 0.42  # |θ| clamp, the same in training and coding (the reference code mixes 0.42/0.45)
@@ -58,35 +60,18 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def adapter_cdf() -> tuple[list[int], int]:
+def adapter_cdf() -> tuple[int, ...]:
     """Integer CDF (16-bit) of the discretised zero-mean logistic over [-K, K], computed in
     float64 from constants only, so it is identical everywhere."""
-    from compressai._CXX import pmf_to_quantized_cdf
-
-    def logistic_cdf(v: float) -> float:
-        return 1.0 / (1.0 + math.exp(-v / PRIOR_SCALE))
-
-    pmf = []
-    for k in range(-K, K + 1):
-        lo = -math.inf if k == -K else (k - 0.5) * W_STEP
-        hi = math.inf if k == K else (k + 0.5) * W_STEP
-        pmf.append((1.0 if hi == math.inf else logistic_cdf(hi)) - (0.0 if lo == -math.inf else logistic_cdf(lo)))
-    cdf = pmf_to_quantized_cdf(pmf + [0.0], 16)
-    return cdf, len(cdf)
+    return logistic_cdf(K, PRIOR_SCALE, W_STEP)
 
 
 def encode_adapter(symbols: list[int]) -> bytes:
-    from compressai.ans import RansEncoder
-
-    cdf, length = adapter_cdf()
-    return RansEncoder().encode_with_indexes(symbols, [0] * len(symbols), [cdf], [length], [-K])
+    return rans_encode(symbols, [adapter_cdf()], offsets=-K)
 
 
 def decode_adapter(data: bytes, n: int) -> list[int]:
-    from compressai.ans import RansDecoder
-
-    cdf, length = adapter_cdf()
-    return RansDecoder().decode_with_indexes(data, [0] * n, [cdf], [length], [-K])
+    return rans_decode(data, n, [adapter_cdf()], offsets=-K)
 
 
 # ------------------------------------------------------------------ model pieces

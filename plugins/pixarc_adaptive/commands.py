@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from pixarc.training import train_options
+from pixarc.training import report, train_options
 
 
 @click.command("lossy")
@@ -20,12 +20,13 @@ from pixarc.training import train_options
 @click.option("--N", "n", default=None, type=int, help="Channels (default: the zoo's for this quality).")
 @click.option("--M", "m", default=None, type=int, help="Latent channels (default: the zoo's).")
 @click.option("--init-from", default=None, help="Start from another rate point's weights (.pt in a weights.json folder, or .ckpt).")
-def train_lossy(data, out, minutes, steps, device, resume, checkpoint_minutes, seed, quality, batch, patch, lr, n, m,
-                init_from):
-    """Train a mbt2018-mean base model for the adaptive lossy codec (time budget, resumable)."""
+def train_lossy(data, out, minutes, steps, device, resume, checkpoint_minutes, fresh, dev, seed, quality, batch, patch,
+                lr, n, m, init_from):
+    """Train a mbt2018-mean base model for the adaptive lossy codec (adds --minutes to the shipped rate point;
+    resumable)."""
     from .train import train as run
 
     entry = run(data, quality, out, steps=steps, minutes=minutes, batch=batch, patch=patch, lr=lr, device=device,
-                seed=seed, N=n, M=m, resume=resume, init_from=init_from, checkpoint_minutes=checkpoint_minutes)
-    click.echo(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-               f"final {entry['final']})")
+                seed=seed, N=n, M=m, resume=resume, init_from=init_from, checkpoint_minutes=checkpoint_minutes,
+                fresh=fresh, dev=dev)
+    click.echo(report(out, entry))

@@ -6,8 +6,8 @@ coder in ``coder.py``, per-image adaptation in ``adapt.py``, training in ``train
 ``weights.json``, searched first) or this plugin's ``weights/``; sha256 first,
 ``weights_only=True``; the architecture comes from the manifest entry.
 
-Payload: ``u8 mode (1 = L, 3 = RGB), u8 patch, u32 width, u32 height`` then three
-sections (``pack_sections``): the quantised weight increments (empty for the frozen
+Payload (``HEADER``): ``u8 mode (1 = L, 3 = RGB), u8 patch, u32 width, u32 height`` then
+three sections (``pack_sections``): the quantised weight increments (empty for the frozen
 model, ``iterations = 0``), the range-coder stream, and the first 8 bytes of the sha256 of
 the pixels, which the decoder checks (a corrupt stream cannot pass for a good one).
 
@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import struct
 
-from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Decoded, Param
 from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, one_thread, torch_device
+from pixarc.payload import PayloadLayout
 
-from .constants import ARCH
+from .constants import ARCH, MAX_SIDE
 
-_HEAD = struct.Struct(">BBII")
+HEADER = PayloadLayout(">BBII", "channels patch width height", sections=3, plausible=lambda p: (
+    p.head.channels in (1, 3) and 16 <= p.head.patch <= 128
+    and 0 < p.head.width <= MAX_SIDE and 0 < p.head.height <= MAX_SIDE))
 _MODES = {"L": 1, "RGB": 3}
 
 
@@ -89,7 +91,7 @@ class CallicCodec(LearnedCodec):
     prefers_gpu = False  # the coding pass runs on the CPU (see the exactness guarantee)
     determinism = "pixels"  # exact by construction, checked against the pixel digest
     modes = frozenset(_MODES)  # RGBA/LA: declined, the route falls back to another lossless codec
-    max_side = 16384
+    max_side = MAX_SIDE
     params_schema = {
         "iterations": Param(int, 0, 0, 2000, "adaptation steps on this image (0: frozen model)"),
         "patch": Param(int, 64, 16, 128, "patch side; a patch takes 3·patch−2 sequential steps"),
@@ -142,19 +144,15 @@ class CallicCodec(LearnedCodec):
                                           torch_name)
         enc = Encoder()
         code_image(model, geom, _MODES[mode], enc, pixels)
-        return _HEAD.pack(_MODES[mode], params["patch"], w, h) + pack_sections(increments, enc.finish(),
-                                                                                 _digest(pixels))
+        return HEADER.pack(_MODES[mode], params["patch"], w, h,
+                           sections=(increments, enc.finish(), _digest(pixels)))
 
     def decode(self, payload, device=CPU):
-        with self.refusing("malformed payload"):
-            channels, patch, w, h = _HEAD.unpack_from(payload, 0)
-            (increments, stream, digest), pos = unpack_sections(payload, _HEAD.size, 3)
-            if pos != len(payload):
-                raise ValueError("trailing bytes")
         from pixarc.images import DEFAULT_MAX_PIXELS
 
-        if channels not in (1, 3) or not 16 <= patch <= 128 or not (0 < w <= self.max_side and 0 < h <= self.max_side):
-            raise CodecError("callic: inconsistent header")
+        p = HEADER.read(payload, self.codec_id)
+        channels, patch, w, h = p.head
+        increments, stream, digest = p.sections
         if w * h > DEFAULT_MAX_PIXELS:  # a forged header must not buy hours of decoding
             raise CodecError(f"callic: payload claims {w}x{h} pixels, refused")
         with self.refusing("cannot decode"):

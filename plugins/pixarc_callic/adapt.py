@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import copy
 import math
-import struct
 
 import torch
+
+from pixarc.payload import PayloadLayout
 
 RANK = 2           # LoRA rank and Tucker rank
 STEP = 1.0 / 32    # quantisation step of every increment number
@@ -39,7 +40,7 @@ Q_MAX = 127        # sent integers are clamped to [-127, 127]
 BATCH = 8          # patches per adaptation step
 RPFT = (0.2, 1.0, 0.1)  # (b, e, d)
 LR = 1e-2
-_HEAD = struct.Struct(">BI")  # rank, count of integers
+INCREMENTS = PayloadLayout(">BI", "rank count", rest=True)  # then the coded integers
 
 
 def _pattern(shape: tuple[int, ...], salt: int) -> torch.Tensor:
@@ -89,11 +90,11 @@ def merge(base, blob: bytes):
     encoder's only way to get it."""
     from .coder import Decoder
 
-    rank, count = _HEAD.unpack_from(blob, 0)
+    rank, count = INCREMENTS.parse(blob)
     shapes = sites(base)
     if rank != RANK or count != sum(math.prod(s) for _, s, _ in shapes):
         raise ValueError("increments do not fit this model")
-    ints = _code_ints(Decoder(blob[_HEAD.size :]), count, None)
+    ints = _code_ints(Decoder(blob[INCREMENTS.size :]), count, None)
     q, pos = {}, 0
     for name, shape, _ in shapes:
         n = math.prod(shape)
@@ -177,7 +178,7 @@ def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, devi
                           for name, _, _ in shapes])
     enc = Encoder()
     _code_ints(enc, len(ints), ints)
-    blob = _HEAD.pack(RANK, len(ints)) + enc.finish()
+    blob = INCREMENTS.pack(RANK, len(ints), rest=enc.finish())
     merged = merge(base, blob)
     # MDL on the whole image: the increments are sent only if they pay for their own bytes
     # (estimated image bits of the merged model + increment bits < the frozen model's)

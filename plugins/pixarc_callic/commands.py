@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from pixarc.training import train_options
+from pixarc.training import report, train_options
 
 
 @click.command("callic")
@@ -20,14 +20,12 @@ from pixarc.training import train_options
 @click.option("--kernel", default=7, show_default=True)
 @click.option("--mixtures", default=5, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads (1 is fastest on a busy CPU).")
-@click.option("--fresh", is_flag=True, help="Start from random weights instead of continuing the shipped model.")
-def train_callic(data, out, minutes, steps, device, resume, checkpoint_minutes, seed, batch, patch, lr, dim, depth,
-                 kernel, mixtures, threads, fresh):
-    """Pre-train the CALLIC (MGCF) lossless model (time budget, resumable)."""
+def train_callic(data, out, minutes, steps, device, resume, checkpoint_minutes, fresh, dev, seed, batch, patch, lr,
+                 dim, depth, kernel, mixtures, threads):
+    """Pre-train the CALLIC (MGCF) lossless model (adds --minutes to the shipped model; resumable)."""
     from .train import train as run
 
     entry = run(data, out, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, dim=dim, depth=depth,
                 kernel=kernel, mixtures=mixtures, device=device, seed=seed, resume=resume,
-                checkpoint_minutes=checkpoint_minutes, threads=threads, fresh=fresh)
-    click.echo(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-               f"final {entry['final']})")
+                checkpoint_minutes=checkpoint_minutes, threads=threads, fresh=fresh, dev=dev)
+    click.echo(report(out, entry))

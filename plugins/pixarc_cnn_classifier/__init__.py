@@ -26,8 +26,9 @@ from pixarc.classify import DOMAINS, Classification, Classifier, to_rgb8
 from pixarc.hookspecs import hookimpl
 from pixarc.weights import shipped_weights_dir
 
-ARCH = "domainnet"
-FORMAT = 2  # weights layout: 2 = statistics → MLP ensemble + temperature
+from .constants import ARCH, FORMAT
+from .model import build_model
+
 WEIGHTS_DIR = shipped_weights_dir(__file__)  # beside this module, or in the pixarc-weights distribution
 
 
@@ -35,42 +36,8 @@ def find_weights() -> tuple[Path, dict] | None:
     from pixarc.weights import manifest_entries
 
     found = [e for e in manifest_entries("PIXARC_CLASSIFIER_WEIGHTS", WEIGHTS_DIR, ARCH)
-             if e[1].get("format") == FORMAT]
+             if e[1].get("format") == FORMAT and not e[1].get("decode_only")]  # decode_only: superseded
     return found[0] if found else None
-
-
-def build_model(n_features: int, hidden: int, members: int, dropout: float = 0.2):
-    import torch
-    import torch.nn as nn
-
-    class DomainNet(nn.Module):
-        """standardise → ``members`` MLPs (one hidden layer; none when ``hidden`` is 0)
-        → mean logits / temperature. Mean/std and temperature are buffers, saved with the
-        weights, so a loaded model needs nothing else."""
-
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("mean", torch.zeros(n_features))
-            self.register_buffer("std", torch.ones(n_features))
-            self.register_buffer("temperature", torch.ones(()))
-
-            def head():
-                if hidden <= 0:
-                    return nn.Linear(n_features, len(DOMAINS))
-                return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, len(DOMAINS)))
-
-            self.heads = nn.ModuleList(head() for _ in range(members))
-
-        def member_logits(self, feats):
-            """(members, batch, domains) raw logits; training fits each member on them."""
-            x = (feats - self.mean) / self.std
-            return torch.stack([h(x) for h in self.heads])
-
-        def forward(self, feats):
-            return self.member_logits(feats).mean(0) / self.temperature
-
-    return DomainNet()
 
 
 class NumpyNet:

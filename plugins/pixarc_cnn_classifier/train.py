@@ -17,9 +17,19 @@ Reproducible (sorted files, fixed seeds). Steps:
    un-augmented statistics); the best by held-out log-loss wins; a temperature is fitted
    on the winner's held-out logits (confidence = calibrated probability) and the
    held-out accuracy, per-domain recall and reliability table are printed;
-3. the winner is trained again on everything and saved with the temperature: fp16, sha256
-   and provenance (epochs, minutes, device, sha256 of the training data, held-out scores)
-   in ``weights.json``.
+3. the winner is trained on everything (``--epochs`` full-batch AdamW steps) and saved with
+   the temperature: fp16, sha256 and provenance (cumulative epochs, minutes, sha256 of the
+   training data, held-out scores) in ``weights.json``, as a new file that supersedes the
+   classifier in use (one classifier per weights folder; the old file stays, marked
+   ``decode_only``, so the classifications it made stay reproducible).
+
+Like every trainer (:class:`pixarc.training.TrainingRun`), step 3 continues the newest
+shipped classifier of the same shape (features, width, ensemble size) unless ``--fresh``:
+its weights and standardisation, its cumulative epoch count, on which the learning rate
+depends (``cumulative_lr``), and its stages. The temperature is fitted again on the
+held-out logits of step 2 (fresh fits, ``--epochs`` long). With ``--dev DIR/<domain>/``,
+the new classifier ships only if its log-loss there beats the classifier in use. Fits
+are full-batch and take seconds: no checkpoints, no ``--resume``.
 
 ``--minutes`` bounds the augmentation rounds (the expensive part): rounds that would end
 after the budget are skipped and the count used is recorded.
@@ -38,11 +48,14 @@ from pathlib import Path
 
 from pixarc.classify import DOMAINS
 
-from . import ARCH, FORMAT, build_model
+from .constants import ARCH, FORMAT
+from .model import build_model
 
 EXTENSIONS = {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
 CANDIDATES = ((0, 1.0), (32, 0.1), (32, 1.0), (64, 1.0))  # (hidden width, AdamW weight decay)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+LR = 1e-2
+HALF_LIFE = 1_000  # epochs: where cumulative_lr has fallen to 1/√2 of LR (a continued fit takes smaller steps)
 
 
 @dataclass
@@ -81,7 +94,7 @@ def collect(data: str, extra: tuple[str, ...] = ()) -> list[Sample]:
     return samples
 
 
-def data_sha256(samples: list[Sample]) -> str:
+def samples_sha256(samples: list[Sample]) -> str:
     """One hash for the training set: domain/file names and contents, in order."""
     h = hashlib.sha256()
     for s in samples:
@@ -111,28 +124,47 @@ def augment(image, rng: random.Random):
     return image
 
 
-def _fold(group: str, folds: int) -> int:
+def group_fold(group: str, folds: int) -> int:
+    """The held-out fold of a source group (the same on every machine)."""
     return zlib.crc32(group.encode()) % folds
 
 
-def fit(x, y, hidden: int, wd: float, members: int, epochs: int, seed: int, lr: float = 1e-2):
-    """Full-batch AdamW, class-balanced cross-entropy; every member from its own seed."""
+def new_model(x, hidden: int, members: int, seed: int):
+    """An untrained classifier standardising ``x``'s statistics; every member from its own seed."""
     import torch
 
     torch.manual_seed(seed)
     model = build_model(x.shape[1], hidden, members)
     model.mean.copy_(x.mean(0))
     model.std.copy_(x.std(0) + 1e-3)  # constant statistics must not blow up
+    return model
+
+
+def epoch(model, opt, x, y) -> float:
+    """One full-batch step: class-balanced cross-entropy, summed over the members."""
+    import torch
+
     counts = torch.bincount(y, minlength=len(DOMAINS)).float().clamp(min=1)
-    weight = counts.sum() / (len(DOMAINS) * counts)
+    loss = sum(torch.nn.functional.cross_entropy(m, y, weight=counts.sum() / (len(DOMAINS) * counts))
+               for m in model.member_logits(x))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def fit(x, y, hidden: int, wd: float, members: int, epochs: int, seed: int, lr: float = LR):
+    """Full-batch AdamW from scratch on the schedule of the shipped fits (``cumulative_lr``)."""
+    import torch
+
+    from pixarc.training import cumulative_lr
+
+    model = new_model(x, hidden, members, seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    model.train()
-    for _ in range(epochs):
-        logits = model.member_logits(x)
-        loss = sum(torch.nn.functional.cross_entropy(m, y, weight=weight) for m in logits)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    for e in range(1, epochs + 1):
+        for g in opt.param_groups:
+            g["lr"] = cumulative_lr(e, lr, warmup=0, half_life=HALF_LIFE)
+        epoch(model, opt, x, y)
     return model.eval()
 
 
@@ -164,54 +196,54 @@ def reliability(conf: list[float], correct: list[bool], edges=(0.0, 0.5, 0.7, 0.
     return rows
 
 
-def _forget_previous(out: Path) -> None:
-    """One classifier per weights folder: drop earlier entries of this architecture (and
-    their files) so the plugin never loads a stale one."""
-    import json
+def load(samples: list[Sample]) -> tuple[tuple[Sample, ...], tuple]:
+    """The samples whose image decodes, and their images as RGB."""
+    from pixarc.classify import to_rgb8
+    from pixarc.images import probe_and_load
 
-    manifest = out / "weights.json"
-    if manifest.exists():
-        doc = json.loads(manifest.read_text())
-        for name in [n for n, e in doc.get("files", {}).items() if e.get("arch") == ARCH]:
-            (out / name).unlink(missing_ok=True)
-            del doc["files"][name]
-        manifest.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    images = [probe_and_load(s.path.read_bytes()).image for s in samples]
+    kept = [(s, to_rgb8(im)) for s, im in zip(samples, images) if im is not None]
+    return tuple(zip(*kept)) if kept else ((), ())
+
+
+def dev_log_loss(model, x, y) -> float:
+    """Minus the log-loss of the calibrated probabilities (higher is better)."""
+    import torch
+
+    return -float(torch.nn.functional.cross_entropy(model(x), y))
 
 
 def train(data: str, out: str, extra: tuple[str, ...] = (), augment_rounds: int = 6, epochs: int = 300,
           members: int = 5, folds: int = 5, seed: int = 0, minutes: float = 8.0, candidates=CANDIDATES,
-          log=print) -> dict:
+          log=print, fresh: bool = False, dev: str | None = None) -> dict | None:
+    """Train and ship; returns the new weights.json entry (None: dev kept the classifier in use)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny full-batch problems: extra threads only contend (2-core machine)
     try:
-        return _train(data, out, tuple(extra), augment_rounds, epochs, members, folds, seed, minutes, candidates, log)
+        return _train(data, out, tuple(extra), augment_rounds, epochs, members, folds, seed, minutes, candidates, log,
+                      fresh, dev)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minutes, candidates, log) -> dict:
+def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minutes, candidates, log, fresh,
+           dev) -> dict | None:
     import numpy as np
     import torch
 
-    from pixarc.classify import to_rgb8
-    from pixarc.images import probe_and_load
-    from pixarc.weights import save_weights
+    from pixarc.training import TrainingRun
+    from pixarc.weights import read_manifest, update_entries
 
     from .features import N_FEATURES, features
 
     t0 = time.time()
     torch.manual_seed(seed)
-    samples = collect(data, tuple(extra))
-    images = []
-    for s in samples:
-        src = probe_and_load(s.path.read_bytes())
-        images.append(to_rgb8(src.image) if src.image is not None else None)
-    samples, images = zip(*[(s, im) for s, im in zip(samples, images) if im is not None]) if samples else ((), ())
+    samples, images = load(collect(data, tuple(extra)))
     if len({s.label for s in samples if s.whole}) < 2:
         raise SystemExit(f"need images of several domains under {data}/<domain>/")
-    fold_of = [_fold(s.group, folds) for s in samples]
+    fold_of = [group_fold(s.group, folds) for s in samples]
     if len({f for f, s in zip(fold_of, samples) if s.whole}) < 2:  # few groups: fall back to files
         fold_of = [i % folds for i in range(len(samples))]
     log(f"{len(samples)} images ({sum(s.whole for s in samples)} whole), {len({s.group for s in samples})} source groups, "
@@ -232,11 +264,17 @@ def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minut
         rounds += 1
         per_round = time.time() - t_round
     log(f"statistics of {len(rows)} samples ({rounds} augmentation rounds) in {time.time() - t0:.0f} s")
-    idx = torch.tensor([i for i, _, _ in rows])
     x = torch.from_numpy(np.stack([f for _, f, _ in rows]))
     y = torch.tensor([samples[i].label for i, _, _ in rows])
     fold = torch.tensor([fold_of[i] for i, _, _ in rows])
     scored = torch.tensor([orig and samples[i].whole for i, _, orig in rows])
+    dev_score = None
+    if dev:
+        dev_samples, dev_ims = load(collect(dev))
+        dev_x = torch.from_numpy(np.stack([features(im) for im in dev_ims]))
+        dev_y = torch.tensor([s.label for s in dev_samples])
+        dev_score = lambda m: dev_log_loss(m, dev_x, dev_y)  # noqa: E731
+        log(f"dev: {len(dev_samples)} images (decides whether the new classifier replaces the one in use)")
 
     # 2. held-out selection and calibration
     best = None
@@ -275,32 +313,45 @@ def _train(data, out, extra, augment_rounds, epochs, members, folds, seed, minut
     suggested = max([t for t in THRESHOLDS if below[t] <= 0.05], default=THRESHOLDS[0])
     log(f"suggested min_confidence {suggested}")
 
-    # 3. final model on everything
-    model = fit(x, y, hidden, wd, members, epochs, seed)
+    # 3. the classifier on everything: the shipped one of this shape continued, or a new one
+    model = new_model(x, hidden, members, seed)
+    run = TrainingRun(model, torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=wd), out=out,
+                      stem=f"domainnet-f{N_FEATURES}-h{hidden}", arch=ARCH,
+                      match={"format": FORMAT, "n_features": N_FEATURES, "hidden": hidden, "members": members},
+                      device="cpu", lr=LR, minutes=10**6, run_steps=epochs, half_life=HALF_LIFE, warmup=0,
+                      ema_decay=None, fresh=fresh, seed=seed, data=Path(data), files=[s.path for s in samples],
+                      data_hash=samples_sha256(list(samples)), dev_score=dev_score, dev_metric="-log_loss",
+                      track_best=False, checkpoints=False, started=t0, log=log)
+    model.train()
+    run.loop(lambda: {"loss": epoch(model, run.opt, x, y)}, log_every=max(1, epochs))
+    model.eval()
     model.temperature.fill_(temperature)
     with torch.no_grad():
         train_acc = float((model(x).argmax(1) == y).float().mean())
-    total_minutes = (time.time() - t0) / 60
+    run.finish_stage(hidden=hidden, weight_decay=wd, augment_rounds=rounds, samples=len(rows))
     counts = {d: sum(1 for s in samples if s.label == i and s.whole) for i, d in enumerate(DOMAINS)}
     extra_counts = {d: sum(1 for s in samples if s.label == i and not s.whole) for i, d in enumerate(DOMAINS)}
-    entry = {
-        "arch": ARCH, "format": FORMAT, "n_features": N_FEATURES, "hidden": hidden, "members": members,
-        "weight_decay": wd, "epochs": epochs, "steps": epochs * members, "seed": seed,
-        "augment_rounds": rounds, "samples": len(rows), "images": counts, "extra_images": extra_counts,
-        "temperature": round(temperature, 4), "train_accuracy": round(train_acc, 4),
+    entry = run.ship(model.state_dict(), {
+        "format": FORMAT, "n_features": N_FEATURES, "hidden": hidden, "members": members,
+        "weight_decay": wd, "epochs": epochs, "augment_rounds": rounds, "samples": len(rows), "images": counts,
+        "extra_images": extra_counts, "temperature": round(temperature, 4), "train_accuracy": round(train_acc, 4),
         "heldout": {"folds": folds, "split": "by source group", "accuracy": round(ho_acc, 4),
                     "log_loss": round(float(torch.nn.functional.cross_entropy(ho_logits / temperature, ho_y)), 4),
                     "recall": {d: round(r, 3) for d, r in recall.items()},
                     "share_below": {str(t): round(v, 4) for t, v in below.items()},
                     "errors_below": {str(t): round(v, 4) for t, v in wrong_below.items()},
                     "suggested_min_confidence": suggested},
-        "data": [str(data), *map(str, extra)], "data_sha256": data_sha256(list(samples)),
-        "minutes": round(total_minutes, 2), "devices": ["cpu"],  # the networks are tiny: CPU only
+        "data": [str(data), *map(str, extra)],
         "source": "pixarc train classifier" + "".join(f" --extra {e}" for e in extra)
         + f" --augment {augment_rounds} --epochs {epochs} --members {members} --folds {folds} --seed {seed}",
         "license": "trained on the pixarc data packs (see ../shared/data/README.md)",
-    }
-    _forget_previous(Path(out))
-    entry = save_weights(out, f"domainnet-f{N_FEATURES}-h{hidden}.pt", model.state_dict(), entry)
-    log(f"final model: training accuracy {train_acc:.3f}; {total_minutes:.1f} min")
+    })
+    if entry is None:
+        return None
+    # one classifier in use per folder: the new one supersedes every other (kept, decode_only)
+    name = next(n for n, e in read_manifest(Path(out) / "weights.json").items() if e["sha256"] == entry["sha256"])
+    update_entries(out, {n: {"decode_only": True, "superseded_by": name}
+                         for n, e in read_manifest(Path(out) / "weights.json").items()
+                         if e.get("arch") == ARCH and n != name and not e.get("decode_only")})
+    log(f"final model: training accuracy {train_acc:.3f}; {entry['minutes']:.1f} min")
     return entry

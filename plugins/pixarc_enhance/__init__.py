@@ -37,16 +37,23 @@ import struct
 from typing import Any, ClassVar, Mapping
 
 from pixarc import memo
-from pixarc.codec import Codec, Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Codec, Decoded, Param, unpack_sections
 from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, torch_device
+from pixarc.payload import PayloadLayout
 
-ARCH = "enhance-cnn"
+from .constants import ARCH
+
 DEFAULT_BASES = ("avif", "webp", "jxl", "jpeg", "adaptive-mbt2018-mean", "svr")
-_HEAD = struct.Struct(">BBH")
 SHA_PREFIX = 4
+# A filtered payload (flags bit 0 set): flags, adapter mode, conditioning rate in permille,
+# the filter's sha256 prefix; the base payload (one section); the coded adapter symbols.
+HEADER = PayloadLayout(f">BBH{SHA_PREFIX}s", "flags mode cond_permille tag", sections=1, rest=True,
+                       plausible=lambda p: (p.head.flags & 1 == 1 and p.head.mode in (0, 1, 2)
+                                            and p.head.cond_permille <= 1000 and not (p.head.mode == 0 and p.rest)))
+_HEAD = struct.Struct(">BBH")  # HEADER's first three fields, as the decode body still reads them
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
 SAMPLE_BLOCK = 128  # conditioning offsets are compared on up to SAMPLE_BLOCKS blocks this size
 SAMPLE_BLOCKS = 4
@@ -172,8 +179,8 @@ class EnhancedCodec(LearnedCodec):
         if not on:
             return b"\0" + base_payload
         coded = adapt.encode_symbols(symbols) if symbols else b""
-        head = _HEAD.pack(1 | 2 * chroma | 4 * layout, mode, cond_pm) + bytes.fromhex(sha)[:SHA_PREFIX]
-        return head + pack_sections(base_payload) + coded
+        return HEADER.pack(1 | 2 * chroma | 4 * layout, mode, cond_pm, bytes.fromhex(sha)[:SHA_PREFIX],
+                           sections=(base_payload,), rest=coded)
 
     # ------------------------------------------------------------------ encode
 

@@ -24,13 +24,13 @@ constants, identical everywhere), as the adaptive codec codes its adapters.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pixarc.entropy import logistic_cdf, rans_decode, rans_encode
 
 from .model import EnhanceNet, crop_out
 
@@ -44,34 +44,13 @@ MODES = {1: "shared", 2: "per_colour"}
 # ------------------------------------------------------------------ the prior and its coder
 
 
-@lru_cache(maxsize=1)
-def _pmf() -> tuple[float, ...]:
-    def cdf(v: float) -> float:
-        return 1.0 / (1.0 + math.exp(-v / PRIOR_SCALE))
-
-    out = []
-    for k in range(-K, K + 1):
-        lo = 0.0 if k == -K else cdf(k - 0.5)
-        hi = 1.0 if k == K else cdf(k + 0.5)
-        out.append(hi - lo)
-    return tuple(out)
-
-
 def symbol_bits() -> np.ndarray:
     """-log2 p(k) for k = -K..K under the coder's own 16-bit table (what the bits cost)."""
-    cdf, _ = _cdf()
-    return -np.log2(np.diff(np.array(cdf[: 2 * K + 2], dtype=np.float64)) / 65536)
+    return -np.log2(np.diff(np.array(_cdf()[: 2 * K + 2], dtype=np.float64)) / 65536)
 
 
-@lru_cache(maxsize=1)
-def _cdf() -> tuple[list[int], int]:
-    from pixarc import compressai_compat
-
-    compressai_compat.load()
-    from compressai._CXX import pmf_to_quantized_cdf
-
-    cdf = pmf_to_quantized_cdf(list(_pmf()) + [0.0], 16)
-    return cdf, len(cdf)
+def _cdf() -> tuple[int, ...]:
+    return logistic_cdf(K, PRIOR_SCALE)
 
 
 def coder_available() -> bool:
@@ -81,25 +60,13 @@ def coder_available() -> bool:
 
 
 def encode_symbols(symbols: list[int]) -> bytes:
-    from pixarc import compressai_compat
-
-    compressai_compat.load()
-    from compressai.ans import RansEncoder
-
-    cdf, length = _cdf()
-    return RansEncoder().encode_with_indexes(list(symbols), [0] * len(symbols), [cdf], [length], [-K])
+    return rans_encode(symbols, [_cdf()], offsets=-K)
 
 
 def decode_symbols(data: bytes, n: int) -> list[int]:
-    from pixarc import compressai_compat
-
-    compressai_compat.load()
-    from compressai.ans import RansDecoder
-
-    cdf, length = _cdf()
-    out = RansDecoder().decode_with_indexes(data, [0] * n, [cdf], [length], [-K])
     # rANS cannot tell a truncated or padded string: the coded bytes must be exactly the
     # encoding of what they decode to
+    out = rans_decode(data, n, [_cdf()], offsets=-K)
     if any(abs(s) > K for s in out) or encode_symbols(out) != data:
         raise ValueError("adapter bytes are not a valid encoding")
     return out

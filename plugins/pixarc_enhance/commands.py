@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from pixarc.training import train_options
+from pixarc.training import report, train_options
 
 
 @click.command("enhance")
@@ -23,16 +23,13 @@ from pixarc.training import train_options
 @click.option("--refit", default=600, show_default=True, help="Training patches for the final least-squares refit of the last layer (0: none).")
 @click.option("--chroma", type=click.Choice(["both", "444"]), default="both", show_default=True,
               help="Base chroma settings to train on (444: the lossy policy's).")
-@click.option("--dev", default=None, help="Folder of dev images (one sub-folder per domain) to select the best average on.")
-@click.option("--fresh", is_flag=True, help="Start from random weights instead of continuing the shipped filter.")
-def train_enhance(data, out, minutes, steps, device, resume, checkpoint_minutes, seed, base, rates, variants, batch,
-                  patch, channels, layers, lr, refit, chroma, dev, fresh):
-    """Train the enhancement post-filter of `<base>-enhanced` (time budget, resumable)."""
+def train_enhance(data, out, minutes, steps, device, resume, checkpoint_minutes, fresh, dev, seed, base, rates,
+                  variants, batch, patch, channels, layers, lr, refit, chroma):
+    """Train the enhancement post-filter of `<base>-enhanced` (adds --minutes to the shipped filter; resumable)."""
     from .train import train as run
 
     lo, hi = (int(v) for v in rates.split(","))
     entry = run(data, out, base=base, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, device=device,
                 seed=seed, channels=channels, layers=layers, rates=(lo, hi), variants=variants, resume=resume,
                 checkpoint_minutes=checkpoint_minutes, refit=refit, chroma=chroma, dev=dev, fresh=fresh)
-    click.echo(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-               f"final {entry['final']})")
+    click.echo(report(out, entry))

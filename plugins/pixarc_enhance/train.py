@@ -1,31 +1,24 @@
 """Training the generic enhancement filter over a base codec's decodes.
 
     pixarc train enhance --data ../shared/data/train/crops --base avif --minutes 15 \\
-        --out plugins/pixarc_enhance/weights [--resume] [--device cuda]
+        --out plugins/pixarc_enhance/weights [--dev ../shared/data/dev] [--device cuda]
 
 One model for every rate of the base: each training image is encoded by the base codec
-(through the plugin registry, so any lossy base works) at ``--variants`` random rates drawn
-from ``--rates`` (and, for bases with a ``subsampling`` parameter, both 4:2:0 and 4:4:4), and
-the filter learns ``base decode -> original`` conditioned on the normalised rate and the
-chroma flag (exactly what the codec feeds it). Loss: MSE; Adam; random patches and flips;
-the learning rate follows the cumulative step count (``pixarc.training.cumulative_lr``),
-and what ships is the exponential average of the weights (``WeightAverage``).
+(the ``<base>-enhanced`` codec of the plugin registry, so any lossy base works) at
+``--variants`` random rates drawn from ``--rates`` (and, for bases with a ``subsampling``
+parameter, both 4:2:0 and 4:4:4), and the filter learns ``base decode -> original``
+conditioned on the normalised rate and the chroma flag (exactly what the codec feeds it).
+Loss: MSE; Adam; random patches and flips. The base payloads are cached beside the
+checkpoint (``<name>.pool.ckpt``), so a resumed or continued run decodes them instead of
+re-encoding. ``--dev``: the mean PSNR gain over the base of dev centre crops (one base
+encode each). A final stage refits the last layer exactly by least squares on ``--refit``
+training patches; with ``--dev`` the refit is kept only if dev agrees.
 
-Training accumulates: without ``--resume`` a run continues from the newest shipped filter of
-the same shape in ``--out`` (its fp16 weights, its cumulative steps, minutes and stages), so
-``pixarc train enhance --minutes N`` always *adds* N minutes to the model that ships; a new
-file ``enhance-<base>-c<C>-l<L>-v<n>.pt`` is written beside the old one (bitstreams name
-their filter by sha256, so the old file must stay for decoding). ``--fresh`` starts over.
-With ``--dev`` a fixed validation set (centre crops of the dev images, one base encode
-each) is scored every ``--checkpoint-minutes``; the best average is what the run saves
-(keep-if-better inside the run; ``benchmarks/enhance.py`` decides what ships).
-
-Like ``pixarc train lossy``: ``--minutes`` time budget (``--steps`` a step budget), an
-atomic full checkpoint ``<out>/<name>.ckpt`` every ``--checkpoint-minutes`` and at the end,
-``--resume`` from it (on any device; the base-codec pool is rebuilt from the same seed, so
-it is the same pool; its base payloads are cached beside the checkpoint). A final stage
-refits the last layer exactly by least squares on ``--refit`` training patches. Weights are saved fp16 with their sha256 and provenance (steps,
-minutes, devices, data sha256, rates) in ``<out>/weights.json``.
+The rest is :class:`pixarc.training.TrainingRun`: a run continues the newest shipped filter
+of the same shape (``--fresh`` starts over, ``--resume`` continues a checkpoint), the
+learning rate follows the cumulative step count, what ships is the weight average, as a
+new ``enhance-<base>-c<C>-l<L>[-vN].pt`` (bitstreams name their filter by sha256, so the
+old file stays) with every run's stage.
 """
 
 from __future__ import annotations
@@ -34,7 +27,9 @@ import random
 import time
 from pathlib import Path
 
-from pixarc.training import atomic_save, data_sha256, training_images
+from pixarc.training import atomic_save
+
+from .constants import ARCH
 
 
 def torch_no_grad(fn):
@@ -62,12 +57,14 @@ def build_pool(files: list[Path], base: str, rates: tuple[int, int], variants: i
     import torch
 
     from pixarc.device import CPU
+    from pixarc.errors import PixarcError
     from pixarc.images import probe_and_load
     from pixarc.plugins import build_plugin_manager
 
-    from . import enhanced
-
-    codec = build_plugin_manager().make(enhanced(base))  # its base from the allowed plugins
+    try:  # through the registry (as archive finds it), not by importing the plugin's own package
+        codec = build_plugin_manager().codec(f"{base}-enhanced")
+    except PixarcError:
+        raise SystemExit(f"no {base}-enhanced codec registered (bases: PIXARC_ENHANCE_BASES)") from None
     if codec.base is None or codec.rate_param is None:
         raise SystemExit(f"base codec {base!r} is not installed or has no rate parameter")
     schema = codec.base.params_schema
@@ -117,9 +114,10 @@ def refit_tail(net, pool, samples: int, patch: int, rng: random.Random, device: 
     output is linear in the last layer, so its best weights over a sample of training patches
     are a 289-unknown least-squares problem per colour, solved exactly (a cheap final stage
     that a few hundred SGD steps on a busy CPU do not reach)."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
+
+    from pixarc.tensors import image_tensor
 
     C = net.channels
     n_in = 9 * C + 1
@@ -132,8 +130,7 @@ def refit_tail(net, pool, samples: int, patch: int, rng: random.Random, device: 
         h, w = orig.shape[:2]
         ph, pw = min(patch, h), min(patch, w)
         y, x = rng.randint(0, h - ph), rng.randint(0, w - pw)
-        o = torch.from_numpy(orig[y : y + ph, x : x + pw].astype(np.float32) / 255).permute(2, 0, 1)[None]
-        b = torch.from_numpy(dec[y : y + ph, x : x + pw].astype(np.float32) / 255).permute(2, 0, 1)[None]
+        o, b = image_tensor(orig[y : y + ph, x : x + pw]), image_tensor(dec[y : y + ph, x : x + pw])
         feats = net.features(b.to(device), torch.tensor([cond], dtype=torch.float32, device=device))
         cols = F.unfold(feats, 3, padding=1)[0].T.cpu()  # (pixels, 9C), the tail conv's inputs
         cols = torch.cat([cols, torch.ones(cols.shape[0], 1)], 1)
@@ -170,11 +167,12 @@ def _score(net, pool, device: str) -> float:
     import numpy as np
     import torch
 
+    from pixarc.tensors import image_tensor
+
     gains = []
     with torch.no_grad():
         for orig, dec, cond in pool:
-            o = torch.from_numpy(orig.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
-            b = torch.from_numpy(dec.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
+            o, b = image_tensor(orig, device), image_tensor(dec, device)
             y = (net(b, torch.tensor([cond], dtype=torch.float32, device=device)).clamp(0, 1) * 255).round() / 255
             mse_b, mse_y = float(((b - o) ** 2).mean()), float(((y - o) ** 2).mean())
             gains.append(10 * np.log10(max(mse_b, 1e-12) / max(mse_y, 1e-12)))
@@ -186,120 +184,67 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
           layers: int = 6, rates: tuple[int, int] = (20, 95), variants: int = 2, resume: bool = False,
           checkpoint_minutes: float = 3.0, log_every: int = 50, refit: int = 600, fresh: bool = False,
           chroma: str = "both", dev: str | None = None, dev_per_domain: int = 2, half_life: int = 20_000,
-          ema_decay: float = 0.999) -> dict:
-    import numpy as np
+          warmup: int = 200, ema_decay: float = 0.999) -> dict | None:
+    """Train and ship; returns the new weights.json entry (None: dev kept the shipped filter)."""
     import torch
 
-    from pixarc.training import TrainingRun
+    from pixarc.tensors import batch_tensor
+    from pixarc.training import TrainingRun, dev_images, random_crops
 
-    from . import ARCH
     from .model import EnhanceNet
 
     def log(m: str) -> None:
         print(m, flush=True)
 
-    root = Path(data)
-    files = training_images(root)
-    data_hash = data_sha256(root, files)
-    stem = f"enhance-{base}-c{channels}-l{layers}"
-    net = EnhanceNet(channels, layers).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    run = TrainingRun(net, opt, out=out, stem=stem, arch=ARCH, match={"base": base, "channels": channels,
-                      "layers": layers}, device=device, lr=lr, minutes=minutes, steps=steps,
-                      checkpoint_minutes=checkpoint_minutes, resume=resume, fresh=fresh, half_life=half_life,
-                      ema_decay=ema_decay, log=log)
-    net.to(memory_format=torch.channels_last)  # ≈1.2× faster steps on a CPU (oneDNN's NHWC kernels)
-    key = f"{data_hash}:{base}:{rates}:{variants}:{seed}:{chroma}"
-    pool = build_pool(files, base, rates, variants, seed, run.out_dir / (stem + ".pool.ckpt"), key, log=log,
-                      chroma=chroma)
     val = []
     if dev:
-        dev_files = [f for d in sorted(p for p in Path(dev).iterdir() if p.is_dir())
-                     for f in training_images(d)[:dev_per_domain]]
-        val = build_pool(dev_files, base, rates, 1, seed + 1, None, log=log, chroma=chroma, crop=256)
-        log(f"validation: {len(val)} dev centre crops (model selection only; never trained on)")
-    average = run.average.model
-    best = (_score(average, val, device), {k: v.clone() for k, v in average.state_dict().items()}, run.step) \
-        if val else None
-    if best:
-        log(f"validation at step {run.step}: {best[0]:+.3f} dB over the base")
-    torch.manual_seed(seed + run.step)
-    rng = random.Random(seed * 1_000_003 + run.step)  # a continued run draws new batches, reproducibly
-
-    def batch_tensors():
-        xs, bs, cs = [], [], []
-        for _ in range(batch):
-            orig, dec, cond = pool[rng.randrange(len(pool))]
-            h, w = orig.shape[:2]
-            ph, pw = min(patch, h), min(patch, w)
-            y, x = rng.randint(0, h - ph), rng.randint(0, w - pw)
-            o, d = orig[y : y + ph, x : x + pw], dec[y : y + ph, x : x + pw]
-            if rng.random() < 0.5:
-                o, d = o[:, ::-1], d[:, ::-1]
-            xs.append(o[:patch, :patch])
-            bs.append(d[:patch, :patch])
-            cs.append(cond)
-        side_h, side_w = min(a.shape[0] for a in xs), min(a.shape[1] for a in xs)
-
-        def t(arrs):
-            a = np.stack([a[:side_h, :side_w] for a in arrs]).astype(np.float32) / 255
-            return torch.from_numpy(a).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
-
-        return t(xs), t(bs), torch.tensor(cs, dtype=torch.float32, device=device)
-
-    def validate() -> None:
-        nonlocal best
-        if not val:
-            return
-        score = _score(average, val, device)
-        if score > best[0]:
-            best = (score, {k: v.clone() for k, v in average.state_dict().items()}, run.step)
-        log(f"validation at step {run.step}: {score:+.3f} dB over the base (best {best[0]:+.3f} at {best[2]})")
-
+        val = build_pool(dev_images(Path(dev), dev_per_domain), base, rates, 1, seed + 1, None, log=log,
+                         chroma=chroma, crop=256)
+        log(f"dev: {len(val)} centre crops (model selection only; never trained on)")
+    stem = f"enhance-{base}-c{channels}-l{layers}"
+    net = EnhanceNet(channels, layers).to(device)
+    run = TrainingRun(net, torch.optim.Adam(net.parameters(), lr=lr), out=out, stem=stem, arch=ARCH,
+                      match={"base": base, "channels": channels, "layers": layers}, device=device, lr=lr,
+                      minutes=minutes, steps=steps, checkpoint_minutes=checkpoint_minutes, resume=resume, fresh=fresh,
+                      half_life=half_life, warmup=warmup, ema_decay=ema_decay, seed=seed, data=Path(data),
+                      dev_score=(lambda m: _score(m, val, device)) if val else None,
+                      dev_metric="gain_db", log=log)
+    net.to(memory_format=torch.channels_last)  # ≈1.2× faster steps on a CPU (oneDNN's NHWC kernels)
+    key = f"{run.data_hash}:{base}:{rates}:{variants}:{seed}:{chroma}"
+    pool = build_pool(run.files, base, rates, variants, seed, run.out_dir / (stem + ".pool.ckpt"), key, log=log,
+                      chroma=chroma)
     net.train()
-    history, gains = [], []
-    while run.next_step():
-        x, xb, cond = batch_tensors()
-        mse = torch.nn.functional.mse_loss(net(xb, cond), x)
-        opt.zero_grad()
+
+    def step() -> dict:
+        x, xb, cond = random_crops(pool, batch, patch, run.rng)
+        x, xb = (batch_tensor(a, device, channels_last=True) for a in (x, xb))
+        mse = torch.nn.functional.mse_loss(net(xb, torch.tensor(cond, dtype=torch.float32, device=device)), x)
+        run.opt.zero_grad()
         mse.backward()
-        opt.step()
+        run.opt.step()
         with torch.no_grad():
             base_mse = torch.nn.functional.mse_loss(xb, x)
-        gains.append(float(10 * torch.log10(base_mse / mse.detach().clamp_min(1e-12))))
-        if run.step % log_every == 0:
-            gain = float(np.mean(gains))
-            gains.clear()
-            history.append({"step": run.step, "mse": float(mse.detach()), "gain_db": round(gain, 3)})
-            log(f"step {run.step}: mse {float(mse.detach()):.6f} gain over base {gain:+.3f} dB "
-                f"({run.elapsed_s:.0f} s, lr {opt.param_groups[0]['lr']:.1e})")
-        if run.after_step():
-            validate()
-    validate()
-    # every invocation's settings and last log line, so a continued run's provenance stays whole
-    run.finish_stage(batch=batch, patch=patch, rates=list(rates), chroma=chroma, data=root.name,
-                     data_sha256=data_hash, images=len(files), final=history[-1] if history else None,
-                     **({"validation": {"gain_db": round(best[0], 3), "step": best[2]}} if best else {}))
-    shipped = average
-    if best:
-        shipped.load_state_dict(best[1])
-    tail = {k: v.clone() for k, v in shipped.tail.state_dict().items()}
-    refit_info = refit_tail(shipped, pool, refit, patch, rng, device, log=log) if refit else None
+        return {"mse": float(mse.detach()), "gain_db": float(10 * torch.log10(base_mse / mse.detach().clamp_min(1e-12)))}
+
+    run.loop(step, log_every)
+    # every invocation's settings and last logged numbers, so a continued run's provenance stays whole
+    run.finish_stage(batch=batch, patch=patch, rates=list(rates), chroma=chroma)
+    shipped = run.final_model()
+    refit_info = refit_tail(shipped, pool, refit, patch, run.rng, device, log=log) if refit else None
     if refit_info and refit_info["kept"] and val:
-        # the refit fits training patches exactly; it ships only if the validation set agrees
-        after = _score(shipped, val, device)
-        refit_info["validation_gain_db"] = [round(best[0], 3), round(after, 3)]
-        if after <= best[0]:
-            shipped.tail.load_state_dict(tail)
+        # the refit fits training patches exactly; it ships only if the dev set agrees
+        before, after = run.best[0], _score(shipped, val, device)  # best: what final_model() holds
+        refit_info["validation_gain_db"] = [round(before, 3), round(after, 3)]
+        if after <= before:
+            shipped.load_state_dict(run.best[1])
             refit_info["kept"] = False
-        log(f"validation after the tail refit: {after:+.3f} dB ({'kept' if refit_info['kept'] else 'reverted'})")
+        log(f"dev after the tail refit: {after:+.3f} dB ({'kept' if refit_info['kept'] else 'reverted'})")
     shipped = shipped.to("cpu").eval()
     return run.ship(shipped.state_dict(), {
         "base": base, "channels": channels, "layers": layers, "cond": shipped.cond, "batch": batch, "patch": patch,
-        "lr": lr, "seed": seed, "rates": list(rates), "variants": variants, "images": len(files), "data": root.name,
+        "lr": lr, "rates": list(rates), "variants": variants,
         "chroma": chroma,  # "444": chosen for 4:4:4 bases only (EnhancedCodec.choose_weights)
-        "data_sha256": data_hash, "params": sum(p.numel() for p in shipped.parameters()),
-        "final": next((st["final"] for st in reversed(run.stages) if st.get("final")), None), "refit": refit_info,
+        "params": sum(p.numel() for p in shipped.parameters()), "refit": refit_info,
         "source": f"pixarc train enhance --base {base} --channels {channels} --layers {layers} "
                   f"(cumulative steps)",
     })

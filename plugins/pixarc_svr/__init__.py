@@ -12,7 +12,7 @@ sections (CompressAI's coder), each ``u32 length + bytes``:
   2. the selection symbol per position (empty for m = K): m = 1: 2·codebook + (weight < 0),
      1 < m < K: the kept set's number among the C(K, m) sets; one learned table per m;
   3. the kept weights on the integer grid (empty for m = 1), one learned table per m.
-The tables are built from integer counts with integer arithmetic (``quantized_cdf``), and
+The tables are built from integer counts with integer arithmetic (``pixarc.entropy``), and
 rANS runs on the CPU, so every device decodes the same integers (``Decoded.fingerprint``);
 pixels then come from float convolutions and may differ in the last bit across devices.
 """
@@ -21,34 +21,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 
 from pixarc import compressai_compat
-from pixarc.codec import Decoded, Param, pack_sections, unpack_sections
+from pixarc.codec import Decoded, Param
 from pixarc.device import CPU
+from pixarc.entropy import cdf_from_counts, rans_decode, rans_encode
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec
+from pixarc.payload import Payload, PayloadLayout
 from pixarc.tensors import image_tensor, tensor_pixels
 
 from .constants import ARCH
 
-_HEAD = struct.Struct(">BHHHH")
-
-
-def quantized_cdf(counts) -> list[int]:
-    """A 16-bit rANS table (CompressAI's layout: the symbols, one escape bin, cumulative)
-    from integer counts, in integer arithmetic only, so every machine builds the same table."""
-    freqs = [max(1, int(c)) for c in counts] + [1]  # + the escape bin for out-of-range values
-    total, scale = sum(freqs), 1 << 16
-    q = [max(1, f * scale // total) for f in freqs]
-    while (diff := scale - sum(q)) != 0:  # the rounding error goes to (or comes from) the largest bin
-        i = max((j for j in range(len(q)) if diff > 0 or q[j] > 1), key=lambda j: (q[j], -j))
-        q[i] += diff if diff > 0 else max(diff, 1 - q[i])
-    cdf = [0]
-    for f in q:
-        cdf.append(cdf[-1] + f)
-    return cdf
+HEADER = PayloadLayout(">BHHHH", "m width height u v", sections=3, plausible=lambda p: (
+    1 <= p.head.m <= 4 and p.head.width > 0 and p.head.height > 0
+    and p.head.u == (p.head.height + 7) // 8 and p.head.v == (p.head.width + 7) // 8))
 
 
 class SVRCodec(LearnedCodec):
@@ -84,10 +72,10 @@ class SVRCodec(LearnedCodec):
             from .model import select_symbols
 
             k = model.k
-            index = [quantized_cdf(model.index_counts[i].tolist()) for i in range(k)]
-            select = {m: quantized_cdf(model.select_counts[m, : select_symbols(k, m)].tolist())
+            index = [cdf_from_counts(model.index_counts[i].tolist()) for i in range(k)]
+            select = {m: cdf_from_counts(model.select_counts[m, : select_symbols(k, m)].tolist())
                       for m in range(1, k) if select_symbols(k, m)}
-            weight = {m: quantized_cdf(model.weight_counts[m].tolist()) for m in range(2, k + 1)}
+            weight = {m: cdf_from_counts(model.weight_counts[m].tolist()) for m in range(2, k + 1)}
             model._pixarc_tables = {"index": index, "select": select, "weight": weight}
         return model._pixarc_tables
 
@@ -119,63 +107,53 @@ class SVRCodec(LearnedCodec):
         tables = self._tables(self._model())
         raster = lambda t: t[0].permute(1, 2, 0).reshape(-1).tolist()  # noqa: E731  raster, then codebook/slot
         k = model.k
-        streams = [_rans(tables["index"], raster(idx.cpu()), list(range(k)) * (u * v), [0] * k)]
-        streams.append(b"" if select is None else _rans([tables["select"][m]], select[0].reshape(-1).tolist()))
-        streams.append(b"" if w_int is None else _rans([tables["weight"][m]], raster(w_int.cpu()),
-                                                        offset=-W_OFFSET))
-        return _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
+        streams = [rans_encode(raster(idx.cpu()), tables["index"], list(range(k)) * (u * v), [0] * k)]
+        streams.append(b"" if select is None else rans_encode(select[0].reshape(-1).tolist(), [tables["select"][m]]))
+        streams.append(b"" if w_int is None else rans_encode(raster(w_int.cpu()), [tables["weight"][m]],
+                                                             offsets=-W_OFFSET))
+        return HEADER.pack(m, w, h, u, v, sections=streams)
 
     def decode(self, payload, device=CPU):
-        with self.refusing("malformed payload"):
-            m, w, h, u, v = _HEAD.unpack_from(payload, 0)
-            streams, pos = unpack_sections(payload, _HEAD.size, 3)
-            if pos != len(payload):
-                raise ValueError("trailing bytes")
-        if not (1 <= m <= 4 and 0 < w and 0 < h and u == (h + 7) // 8 and v == (w + 7) // 8):
-            raise CodecError("svr: inconsistent header")
+        p = HEADER.read(payload, self.codec_id)
         with self.refusing("cannot decode"):
-            return self._decode(m, w, h, u, v, streams, device)
+            return self._decode(p, device)
 
     def decode_integers(self, payload: bytes) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         """The integers of a payload (m, index maps, selection, weights), on the CPU only:
         rANS with integer tables, so the same on every machine."""
-        cpu = self._model()  # loads compressai (the rANS coder) too
-        from compressai.ans import RansDecoder
+        return self._integers(HEADER.read(payload, self.codec_id))
 
+    def _integers(self, p: Payload) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         from .model import W_LEVELS, W_OFFSET, select_symbols
 
-        m, w, h, u, v = _HEAD.unpack_from(payload, 0)
-        streams, _ = unpack_sections(payload, _HEAD.size, 3)
-        k, tables, n = cpu.k, self._tables(cpu), u * v
+        cpu = self._model()
+        m, streams = p.head.m, p.sections
+        k, tables, n = cpu.k, self._tables(cpu), p.head.u * p.head.v
         if m > k:
             raise CodecError(f"svr: m={m} > K={k}")
-        indices = RansDecoder().decode_with_indexes(streams[0], list(range(k)) * n, tables["index"],
-                                                    [len(c) for c in tables["index"]], [0] * k)
+        indices = rans_decode(streams[0], k * n, tables["index"], list(range(k)) * n, [0] * k)
         if any(not 0 <= i < cpu.size for i in indices):
             raise CodecError("svr: codeword index out of range")
         select = weights = None
         nsel = select_symbols(k, m)
         if nsel:
-            table = tables["select"][m]
-            select = RansDecoder().decode_with_indexes(streams[1], [0] * n, [table], [len(table)], [0])
+            select = rans_decode(streams[1], n, [tables["select"][m]])
             if any(not 0 <= s < nsel for s in select):
                 raise CodecError("svr: selection symbol out of range")
         if m > 1:
-            table = tables["weight"][m]
-            weights = RansDecoder().decode_with_indexes(streams[2], [0] * (n * m), [table], [len(table)],
-                                                        [-W_OFFSET])
+            weights = rans_decode(streams[2], n * m, [tables["weight"][m]], offsets=-W_OFFSET)
             if any(not -W_OFFSET <= q <= W_LEVELS - 1 - W_OFFSET for q in weights):
                 raise CodecError("svr: weight out of range")
         return m, indices, select, weights
 
-    def _decode(self, m, w, h, u, v, streams, device) -> Decoded:
+    def _decode(self, p: Payload, device) -> Decoded:
         import torch
         from PIL import Image
 
         from .model import select_symbols
 
-        payload = _HEAD.pack(m, w, h, u, v) + pack_sections(*streams)
-        m, indices, select, weights = self.decode_integers(payload)
+        w, h, u, v, streams = p.head.width, p.head.height, p.head.u, p.head.v, p.sections
+        m, indices, select, weights = self._integers(p)
         cpu = self._model()
         k = cpu.k
         if (not select_symbols(k, m)) != (not streams[1]) or (m == 1) != (not streams[2]):
@@ -190,15 +168,6 @@ class SVRCodec(LearnedCodec):
         pixels = tensor_pixels(x[0, :, :h, :w])
         fp = hashlib.sha256(json.dumps([m, indices, select, weights]).encode()).hexdigest()
         return Decoded(image=Image.fromarray(pixels), fingerprint=fp)
-
-
-def _rans(tables: list[list[int]], symbols: list[int], which: list[int] | None = None,
-          offsets: list[int] | None = None, offset: int = 0) -> bytes:
-    from compressai.ans import RansEncoder
-
-    which = [0] * len(symbols) if which is None else which
-    offsets = [offset] * len(tables) if offsets is None else offsets
-    return RansEncoder().encode_with_indexes(symbols, which, tables, [len(t) for t in tables], offsets)
 
 
 @hookimpl

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from pixarc.training import train_options
+from pixarc.training import report, train_options
 
 
 @click.command("svr")
@@ -20,13 +20,13 @@ from pixarc.training import train_options
 @click.option("--patch", default=96, show_default=True)
 @click.option("--width", default=32, show_default=True)
 @click.option("--lr", default=5e-4, show_default=True)
-def train_svr(data, out, minutes, steps, device, resume, checkpoint_minutes, seed, stage1_minutes, stage1_steps, batch,
-              patch, width, lr):
-    """Train the SVR codec (stage 1 codebooks, stage 2 predictor/filler/decoder, then its entropy tables)."""
+def train_svr(data, out, minutes, steps, device, resume, checkpoint_minutes, fresh, dev, seed, stage1_minutes,
+              stage1_steps, batch, patch, width, lr):
+    """Train the SVR codec (stage 1 codebooks, stage 2 predictor/filler/decoder, then its entropy tables;
+    adds --minutes to the shipped model)."""
     from .train import train as run
 
     entry = run(data, out, minutes=minutes, stage1_minutes=stage1_minutes, steps=steps, stage1_steps=stage1_steps,
                 batch=batch, patch=patch, width=width, lr=lr, seed=seed, device=device, resume=resume,
-                checkpoint_minutes=checkpoint_minutes)
-    click.echo(f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-               f"stage {entry['stage']})")
+                checkpoint_minutes=checkpoint_minutes, fresh=fresh, dev=dev)
+    click.echo(report(out, entry))
