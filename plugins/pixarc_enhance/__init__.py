@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from typing import Any, ClassVar, Mapping
 
 from pixarc import memo
-from pixarc.codec import Codec, Decoded, Param, unpack_sections
+from pixarc.codec import Codec, Decoded, Param
 from pixarc.device import CPU
 from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
@@ -53,7 +52,6 @@ SHA_PREFIX = 4
 HEADER = PayloadLayout(f">BBH{SHA_PREFIX}s", "flags mode cond_permille tag", sections=1, rest=True,
                        plausible=lambda p: (p.head.flags & 1 == 1 and p.head.mode in (0, 1, 2)
                                             and p.head.cond_permille <= 1000 and not (p.head.mode == 0 and p.rest)))
-_HEAD = struct.Struct(">BBH")  # HEADER's first three fields, as the decode body still reads them
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
 SAMPLE_BLOCK = 128  # conditioning offsets are compared on up to SAMPLE_BLOCKS blocks this size
 SAMPLE_BLOCKS = 4
@@ -311,14 +309,10 @@ class EnhancedCodec(LearnedCodec):
             base_im, base_fp = self._base_decode(payload[1:], device, pins)
             h = hashlib.sha256(b"\0" + (base_fp.encode() if base_fp else base_im.tobytes()))
             return Decoded(image=base_im, fingerprint=h.hexdigest())
-        with self.refusing("malformed payload"):
-            flags, mode, cond_pm = _HEAD.unpack_from(payload, 0)
-            pos = _HEAD.size + SHA_PREFIX
-            tag = payload[_HEAD.size : pos]
-            (base_payload,), pos = unpack_sections(payload, pos, 1)
-            coded = payload[pos:]
-        if flags & 1 == 0 or mode not in (0, 1, 2) or cond_pm > 1000 or (mode == 0 and coded):
-            raise CodecError(f"{self.codec_id}: implausible header values")
+        p = HEADER.read(payload, self.codec_id)  # malformed or implausible: CodecError
+        flags, mode, cond_pm, tag = p.head
+        (base_payload,), coded = p.sections, p.rest
+        pos = len(payload) - len(coded)
         base_im, base_fp = self._base_decode(base_payload, device, pins)
         h = hashlib.sha256(payload[:pos] + coded)  # base payload bytes are covered by its pixels below
         h.update(base_fp.encode() if base_fp else base_im.tobytes())
