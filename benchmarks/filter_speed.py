@@ -19,13 +19,13 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pixarc.device import CPU
 from pixarc.images import probe_and_load
 from pixarc.learned import one_thread
 from pixarc.plugins import default_registry
+from pixarc.tensors import image_tensor
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
@@ -53,7 +53,7 @@ def main() -> None:
             if src.image is None or src.image.mode != "RGB":
                 continue
             base = codec.base.decode(codec.base.encode(src, {k: params[k] for k in codec.base.params_schema}, CPU)).image
-            xb = torch.from_numpy(np.asarray(base.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+            xb = image_tensor(base.convert("RGB"))
             best = {}
             for _ in range(args.repeats):
                 for code in (0, 1):

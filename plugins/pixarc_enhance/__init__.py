@@ -42,6 +42,7 @@ from pixarc.errors import CodecError
 from pixarc.hookspecs import hookimpl
 from pixarc.learned import LearnedCodec, torch_device
 from pixarc.payload import PayloadLayout
+from pixarc.tensors import image_tensor
 
 from .constants import ARCH
 
@@ -211,8 +212,7 @@ class EnhancedCodec(LearnedCodec):
         def sse(a: np.ndarray) -> float:
             return float(((a.astype(np.float64) - orig) ** 2).sum())
 
-        x = torch.from_numpy(orig.astype(np.float32) / 255).permute(2, 0, 1)[None]
-        xb = torch.from_numpy(base_arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        x, xb = image_tensor(orig.astype(np.uint8)), image_tensor(base_arr)
         # candidates: (cost, payload); the base alone is always one
         lam = params["rd_lambda"] or self._slope(src, bp, len(base_payload), sse(base_arr), sse, device)
         base_sse = sse(base_arr)
@@ -320,7 +320,6 @@ class EnhancedCodec(LearnedCodec):
             return self._filtered(base_im, tag, mode, cond_pm, (flags >> 1) & 1, coded, h, (flags >> 2) & 1)
 
     def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, h, layout) -> Decoded:
-        import numpy as np
         import torch
         from PIL import Image
 
@@ -335,7 +334,7 @@ class EnhancedCodec(LearnedCodec):
         if mode:
             symbols = adapt.decode_symbols(coded, adapt.n_params(mode, net.channels))
             w, b = adapt.merged_tail(net, mode, symbols)
-        xb = torch.from_numpy(np.asarray(base_im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        xb = image_tensor(base_im)
         out = to_uint8(apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b, LAYOUTS[layout]))
         return Decoded(image=Image.fromarray(out), fingerprint=h.hexdigest())
 
