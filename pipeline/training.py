@@ -1,8 +1,8 @@
-"""What every pixarc trainer shares: the training set and its fingerprint, seeding, random
-crops, the dev set, the command-line options of ``pixarc train ...``, and the run itself
-(:class:`TrainingRun`: resume / continue the shipped weights / fresh, the cumulative
-learning rate, the weight average, safe checkpoints, keep-if-better on dev, stages, a new
-weights file per run).
+"""What every pixarc trainer shares: the run itself (:class:`TrainingRun`: resume / continue
+the shipped weights / fresh, the cumulative learning rate, the weight average, safe
+checkpoints, keep-if-better on dev, stages, a new weights file per run), plus, re-exported
+from :mod:`pixarc.trainingdata` and :mod:`pixarc.trainingcli`, the training set and its
+fingerprint, seeding, random crops, the dev set and the options of ``pixarc train ...``.
 
 The learned plugins (``pixarc train lossy|callic|svr|enhance|classifier``) each own their
 model, loss and data; the rest is here, so the minutes of many runs, on any device, add
@@ -14,179 +14,18 @@ Their commands come from the plugins (``register_commands``) with :func:`train_o
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
-import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-IMAGE_EXTENSIONS = frozenset({".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# re-exported: a trainer imports everything it shares from here
+from .trainingcli import DATA_HELP, DEV_HELP, report, train_options
+from .trainingdata import (IMAGE_EXTENSIONS, atomic_save, centre_crop, data_sha256, dev_images, load_rgb,
+                           random_crops, seeded, training_images)
 
-
-# ------------------------------------------------------------------ data
-
-
-def training_images(data: Path) -> list[Path]:
-    """Every image under ``data``, sorted (so a seed reproduces a run); stops when there is none."""
-    files = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise SystemExit(f"no training images under {data}")
-    return files
-
-
-def data_sha256(root: Path, files: list[Path]) -> str:
-    """One hash for a training set: relative names and contents, in sorted order."""
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(Path(p).relative_to(root)).encode() + b"\0")
-        h.update(hashlib.sha256(Path(p).read_bytes()).digest())
-    return h.hexdigest()
-
-
-def load_rgb(path: Path):
-    """An image file as an H×W×3 uint8 array."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def seeded(seed: int, step: int) -> random.Random:
-    """Seed Python's, numpy's and torch's generators from ``seed`` and the cumulative step
-    a run starts at, and return the generator its batches are drawn from: a run
-    reproduces, and a continued run draws new batches."""
-    import numpy as np
-    import torch
-
-    random.seed(seed + step)
-    np.random.seed((seed + step) % 2**32)
-    torch.manual_seed(seed + step)
-    return random.Random(seed * 1_000_003 + step)
-
-
-def random_crops(pool: Sequence, count: int, patch: int, rng: random.Random, *, multiple: int = 1,
-                 flip: bool = True, augment: Callable | None = None) -> tuple:
-    """``count`` random crops of at most ``patch`` pixels a side (a multiple of ``multiple``
-    where the image allows), randomly mirrored, as uint8 arrays (count, H, W, C) cut to the
-    smallest crop. An item of ``pool`` is an H×W×C array or a tuple of them (e.g. an
-    original and its decode, cropped alike) with other values (passed through as lists);
-    ``augment(arrays, rng)`` may change a crop's arrays. Returns one stack per array of an
-    item and one list per other value; a single stack for plain arrays."""
-    import numpy as np
-
-    def cut(side: int) -> int:
-        return min(patch, side // multiple * multiple or side)
-
-    drawn = []
-    for _ in range(count):
-        item = pool[rng.randrange(len(pool))]
-        item = item if isinstance(item, tuple) else (item,)
-        arrays = [v for v in item if isinstance(v, np.ndarray)]
-        h, w = arrays[0].shape[:2]
-        ph, pw = cut(h), cut(w)
-        y, x = rng.randint(0, h - ph), rng.randint(0, w - pw)
-        crops = [a[y : y + ph, x : x + pw] for a in arrays]
-        if flip and rng.random() < 0.5:
-            crops = [c[:, ::-1] for c in crops]
-        if augment is not None:
-            crops = augment(crops, rng)
-        it = iter(crops)
-        drawn.append(tuple(next(it) if isinstance(v, np.ndarray) else v for v in item))
-    side_h = min(d[0].shape[0] for d in drawn)
-    side_w = min(d[0].shape[1] for d in drawn)
-    side_h, side_w = side_h // multiple * multiple or side_h, side_w // multiple * multiple or side_w
-    out = tuple(np.stack([np.ascontiguousarray(d[i][:side_h, :side_w]) for d in drawn])
-                if isinstance(drawn[0][i], np.ndarray) else [d[i] for d in drawn] for i in range(len(drawn[0])))
-    return out if len(out) > 1 else out[0]
-
-
-def dev_images(dev: Path, per_domain: int = 2) -> list[Path]:
-    """A small fixed model-selection set: the first ``per_domain`` images (sorted) of each
-    sub-folder of ``dev`` (one per domain), or of ``dev`` itself when it has none."""
-    dev = Path(dev)
-    folders = sorted(p for p in dev.iterdir() if p.is_dir()) or [dev]
-    return [f for d in folders for f in training_images(d)[:per_domain]]
-
-
-def centre_crop(a, side: int, multiple: int = 1):
-    """The centre ``side``×``side`` of an H×W×C array (smaller images: whole), each side
-    cut down to a multiple of ``multiple``."""
-    h, w = a.shape[:2]
-    ch, cw = min(side, h) // multiple * multiple or h, min(side, w) // multiple * multiple or w
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return a[y : y + ch, x : x + cw]
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a checkpoint is whole or absent."""
-    import torch
-
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------ the command line
-
-DATA_HELP = "Folder of training images (e.g. ../shared/data/train/crops)."
-DEV_HELP = ("Folder of dev images (one sub-folder per domain): the run ships its best weights only if they "
-            "score better there than the newest shipped weights of the same shape (which they then supersede).")
-
-
-def train_options(*, minutes: float, checkpoint_minutes: float = 5.0, resumable: bool = True,
-                  continues: bool = True, dev: bool = True, data_help: str = DATA_HELP,
-                  out_help: str = "Folder for the checkpoint and its weights.json entry.",
-                  minutes_help: str = "Time budget of this run (minutes added to the model).",
-                  resume_help: str = "Continue from <out>/<name>.ckpt.", dev_help: str = DEV_HELP):
-    """The options every ``pixarc train ...`` command shares, as one click decorator.
-
-    Always ``--data``, ``--out``, ``--minutes``, ``--seed``; a trainer that ``continues``
-    the shipped weights gets ``--fresh``, one with a ``dev`` score ``--dev``; a
-    ``resumable`` one ``--steps`` (a cumulative step budget), ``--device``, ``--resume``
-    and ``--checkpoint-minutes``. Plugins add them through ``register_commands`` so the
-    same flag means the same thing in every trainer; what differs per trainer is a
-    default or a help text, passed here. They reach the command as the keyword arguments
-    ``data``, ``out``, ``minutes``, ``seed``, ``fresh``, ``dev``, ``steps``, ``device``,
-    ``resume``, ``checkpoint_minutes``.
-    """
-    import click  # the CLI has it loaded already; trainers used as a library need not
-
-    options = [
-        click.option("--data", required=True, help=data_help),
-        click.option("--out", required=True, help=out_help),
-        click.option("--minutes", default=minutes, show_default=True, help=minutes_help),
-    ]
-    if resumable:
-        options += [
-            click.option("--steps", default=10**9, show_default=True, help="Step budget (cumulative over runs)."),
-            click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps, ..."),
-            click.option("--resume", is_flag=True, help=resume_help),
-            click.option("--checkpoint-minutes", default=checkpoint_minutes, show_default=True),
-        ]
-    if continues:
-        options.append(click.option("--fresh", is_flag=True, help="Start from random weights instead of "
-                                    "continuing the newest shipped weights of the same shape."))
-    if dev:
-        options.append(click.option("--dev", default=None, help=dev_help))
-    options.append(click.option("--seed", default=0, show_default=True))
-
-    def decorate(fn):
-        for option in reversed(options):  # click lists options in decorator order, top first
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def report(out: str, entry: dict | None) -> str:
-    """The line a ``pixarc train`` command ends with."""
-    if entry is None:
-        return f"kept the shipped weights in {out}: this run did not score better on --dev (its checkpoint remains)"
-    return (f"wrote {out} ({entry['sha256'][:16]}..., {entry['steps']} steps, {entry['minutes']} min, "
-            f"final {entry.get('final')})")
+__all__ = ["DATA_HELP", "DEV_HELP", "IMAGE_EXTENSIONS", "TrainingRun", "WeightAverage", "atomic_save", "centre_crop",
+           "continuation", "cumulative_lr", "data_sha256", "dev_images", "load_rgb", "random_crops", "report",
+           "seeded", "stages_of", "train_options", "training_images"]
 
 
 # ------------------------------------------------------------------ the schedule
