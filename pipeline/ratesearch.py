@@ -121,12 +121,10 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
             hi = i
         else:
             lo = i
-        if kind == "psnr" and bound is not None and not ok(p) and p.bytes >= bound:
-            _remember(model_key, None, probes, kind, anchor)
-            return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p)
         if kind == "psnr" and bound is not None:
-            at_bound = _psnr_at(probes.values(), bound, goal)
-            if at_bound is not None and at_bound <= goal - BOUND_MARGIN_DB:
+            direct = not ok(p) and p.bytes >= bound  # this probe misses with bytes to spare
+            at_bound = None if direct else _psnr_at(probes.values(), bound, goal)
+            if direct or (at_bound is not None and at_bound <= goal - BOUND_MARGIN_DB):
                 _remember(model_key, None, probes, kind, anchor)
                 return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p,
                                interpolated=at_bound)
