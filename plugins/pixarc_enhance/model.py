@@ -82,10 +82,14 @@ def tiles(height: int, width: int, halo: int, tile: int = TILE):
     grown by ``halo`` and clipped to the image. A fixed rule, so encoder and decoder agree."""
     for y0 in range(0, height, tile):
         for x0 in range(0, width, tile):
-            y1, x1 = min(height, y0 + tile), min(width, x0 + tile)
-            iy0, ix0 = max(0, y0 - halo), max(0, x0 - halo)
-            iy1, ix1 = min(height, y1 + halo), min(width, x1 + halo)
-            yield (y0, y1, x0, x1), (iy0, iy1, ix0, ix1)
+            ob = (y0, min(height, y0 + tile), x0, min(width, x0 + tile))
+            yield ob, grown(ob, halo, height, width)
+
+
+def grown(box, halo: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """``box`` (y0, y1, x0, x1) grown by ``halo`` on every side, clipped to the image."""
+    y0, y1, x0, x1 = box
+    return max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
 
 
 def crop_out(t: torch.Tensor, out_box, in_box) -> torch.Tensor:
@@ -97,7 +101,7 @@ def crop_out(t: torch.Tensor, out_box, in_box) -> torch.Tensor:
 
 # ------------------------------------------------------------------ tiles on threads
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool)
 _POOL_LOCK = threading.Lock()
 
 
@@ -115,9 +119,9 @@ def _map(fn, items: list) -> list:
     if n <= 1:
         return [fn(i) for i in items]
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < n:
-            _POOL = ThreadPoolExecutor(n, thread_name_prefix="pixarc-filter")
-        pool = _POOL
+        if _POOL is None or _POOL[0] < n:  # (a smaller one left to finish what it runs, then idle)
+            _POOL = (n, ThreadPoolExecutor(n, thread_name_prefix="pixarc-filter"))
+        pool = _POOL[1]
     return list(pool.map(fn, items))
 
 
@@ -146,8 +150,8 @@ def _boxes(net: EnhanceNet, shape, layout: Layout) -> list:
 
 
 def _input(x: torch.Tensor, ib, layout: Layout) -> torch.Tensor:
-    xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]
-    return xi if layout is NCHW else xi.contiguous(memory_format=layout.memory_format)
+    xi = x[..., ib[0] : ib[1], ib[2] : ib[3]]  # layout 0 takes the view, as the first bitstreams did
+    return xi if layout.memory_format is torch.contiguous_format else xi.contiguous(memory_format=layout.memory_format)
 
 
 @torch.no_grad()
@@ -211,8 +215,7 @@ def sample_blocks(height: int, width: int, halo: int, block: int = 128, count: i
             cy, cx = (2 * gy + 1) * height // (2 * side), (2 * gx + 1) * width // (2 * side)
             y0, x0 = min(max(0, cy - block // 2), height - block), min(max(0, cx - block // 2), width - block)
             ob = (y0, y0 + block, x0, x0 + block)
-            out.append((ob, (max(0, y0 - halo), min(height, y0 + block + halo),
-                             max(0, x0 - halo), min(width, x0 + block + halo))))
+            out.append((ob, grown(ob, halo, height, width)))
     return out[:count]
 
 
