@@ -21,7 +21,8 @@ from . import __version__, faults, progress, runstats
 from .checks import Problem
 from .crawl import ImageRef, crawl, key_filter
 from .device import DeviceMap, check_request
-from .encode import Payloads, batch_encode, encode_route, fallback_note
+from .encode import Payloads, batch_encode
+from .selection import encode_route, fallback_note
 from .errors import InputError
 from .intake import DEFAULT_MAX_BYTES, Intake, intake
 from .jobs import RUN_ONLY, Table, run_fields

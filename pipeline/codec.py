@@ -81,6 +81,18 @@ class Decoded:
     fingerprint: str | None = None
 
 
+@dataclass(frozen=True)
+class RateProxy:
+    """A much cheaper encode of the same image whose PSNR over the rate parameter runs
+    parallel to a codec's (:meth:`Codec.rate_proxies`): ``codec`` with ``params`` (its rate
+    parameter set by the search to the same values), the PSNR offset between the two
+    drifting by less than ``margin_db`` from one rate value to the next."""
+
+    codec: "Codec"
+    params: Mapping[str, Any]
+    margin_db: float
+
+
 class Codec(ABC):
     """Base class of codec plugins.
 
@@ -138,11 +150,14 @@ class Codec(ABC):
         spec = self.params_schema[self.rate_param]
         return list(range(int(spec.min), int(spec.max) + 1))
 
-    def psnr_ceiling(self, src: SourceImage, params: Mapping[str, Any], device: Device = CPU) -> float | None:
+    def psnr_ceiling(self, src: SourceImage, params: Mapping[str, Any], device: Device = CPU,
+                     below: float | None = None) -> float | None:
         """An optimistic bound on the PSNR (dB) any encode of ``src`` with ``params`` reaches,
         at any value of ``rate_param``, for far less work than one encode (None: no bound).
-        Codecs that implement it set :attr:`screened`; a bound that is not really an upper
-        bound costs the archive a candidate that might have won."""
+        ``below``: the PSNR goal the bound will be compared with; a codec may answer with a
+        looser, cheaper bound when that already lies below it. Codecs that implement it set
+        :attr:`screened`; a bound that is not really an upper bound costs the archive a
+        candidate that might have won."""
         return None
 
     def reproduces(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -152,6 +167,13 @@ class Codec(ABC):
         a route lists both with those parameters: the other's search would be repeated
         inside this one's."""
         return None
+
+    def rate_proxies(self, params: Mapping[str, Any]) -> tuple[RateProxy, ...]:
+        """Cheaper encodes whose PSNR runs parallel to this codec's with ``params`` over the
+        rate values, cheapest first (the same encoder at its fastest setting; the base a
+        filter improves): a ``target_psnr`` search locates the target on them and probes
+        this codec itself only around it (:mod:`pixarc.ratesearch`, "Tiers"). () for most."""
+        return ()
 
     def bytes_floor(self, src: SourceImage, params: Mapping[str, Any], psnr_goal: float,
                     device: Device = CPU) -> int | None:

@@ -71,7 +71,7 @@ def dry_run(src: str, dest: str, policy_path: str | None = None, select: Callabl
 
 def _search_order(route, registry) -> list:
     """The order ``archive`` tries the candidates in (RD selection: screened codecs last)."""
-    from .encode import _in_rd_order
+    from .selection import _in_rd_order
 
     return _in_rd_order(route, registry)
 

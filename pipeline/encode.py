@@ -1,10 +1,10 @@
-"""Encode: encode -> pack -> decode-check, rate targets, RD selection and fallbacks.
+"""Encode one candidate: encode -> pack -> decode-check, and rate targets.
 
 Nothing leaves here unverified: every payload is packed into its container, the packed
 bytes are decoded again and checked on the encoding device and, when that is not the
 device restore uses (:attr:`pixarc.codec.Codec.restore_device`), there too. A failing
 candidate costs only itself: the next one in the route is tried, and the row's attempts
-say what happened to each.
+say what happened to each (:mod:`pixarc.selection` chooses among them).
 
 Rate searches (``target_psnr``/``target_bpp``, :mod:`pixarc.ratesearch`) judge their probes
 by PSNR or bytes alone; the probe they keep goes through the same full check. Within one
@@ -22,15 +22,14 @@ from typing import Any, Mapping
 
 from . import __version__, faults, memo, ratesearch
 from .checks import decode_with, stored_pins
-from .codec import Codec, params_hash
+from .codec import Codec, RateProxy, params_hash
 from .container import Container, pack, unpack
 from .device import Device, DeviceMap, device_map, unavailable_reason
-from .errors import CodecError, PixarcError, PluginError, VerificationError
+from .errors import CodecError, PixarcError, VerificationError
 from .images import SourceImage, pixels_sha256
-from .manifest import Attempt
 from .metrics import ms_ssim, psnr
 from .plugins import Registry
-from .policy import STORE, Route
+from .policy import Route
 
 Target = tuple[str, float]  # ("psnr", dB) or ("bpp", bits per pixel)
 Payloads = dict[tuple[str, str], bytes]  # (codec id, params hash) -> payload encoded in a batch
@@ -91,13 +90,15 @@ def _container(codec: Codec, params: dict[str, Any], src: SourceImage, domain: s
 
 
 def _reconstruct(codec: Codec, src: SourceImage, payload: bytes, device: Device, pins: Mapping[str, str]):
-    """Decode a lossy payload once, on the encoding device: (decoded, PSNR). Probes stop at
-    PSNR; MS-SSIM is computed for the kept encoding only."""
-    first = memo.decode(codec, payload, device, pins)
+    """Decode a lossy payload once, on the encoding device, or take the reconstruction its
+    encoder noted (:func:`pixarc.memo.note_decoded`): (decoded, PSNR, whether noted).
+    Probes stop at PSNR; MS-SSIM is computed for the kept encoding only."""
+    noted = memo.noted_decoded(codec, payload)
+    first = noted if noted is not None else memo.decode(codec, payload, device, pins)
     recon = first.image
     if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
         raise VerificationError(f"{codec.codec_id}: reconstruction has the wrong geometry or mode")
-    return first, psnr(src.image, recon)
+    return first, psnr(src.image, recon), noted is not None
 
 
 def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
@@ -115,10 +116,12 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
     container = _container(codec, params, src, domain, payload)
     quality = (math.inf, 1.0)
     decoded_sha = src.pixels_sha256
+    noted = False
     if not codec.lossless:
         # Decode once to learn what the bitstream reconstructs; record it in the header
-        # (a rate search's probe of this payload already did: the memo hands it over).
-        first, p = _reconstruct(codec, src, payload, device, stored_pins(container))
+        # (a rate search's probe of this payload, or its encoder, already did: the memo
+        # hands it over).
+        first, p, noted = _reconstruct(codec, src, payload, device, stored_pins(container))
         quality = (p, ms_ssim(src.image, first.image))
         decoded_sha = pixels_sha256(first.image)
         container.meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
@@ -129,13 +132,21 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
     blob = pack(container)
     t0 = time.perf_counter()
     with memo.off():  # the check decodes every byte again, nothing taken from the memo
-        _check_stored(codec, blob, device)
+        _check_stored(codec, blob, device, same_pixels=noted)
     decode_s = time.perf_counter() - t0
     return Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s, device)
 
 
-def _check_stored(codec: Codec, blob: bytes, device: Device) -> None:
-    decode_with(unpack(blob), codec, device)  # the check on the very bytes that will be stored
+def _check_stored(codec: Codec, blob: bytes, device: Device, same_pixels: bool = False) -> None:
+    """Decode the very bytes that will be stored and check them (:func:`decode_with`).
+    ``same_pixels``: the header's reconstruction came from the encoder rather than a
+    decode, so on the encoding device the decode must reproduce its pixels exactly, even
+    where the cross-device check compares only the decoder's integers (fingerprint)."""
+    c = unpack(blob)
+    decoded = decode_with(c, codec, device)
+    if same_pixels and pixels_sha256(decoded.image) != c.meta.get("decoded_sha256"):
+        raise VerificationError(f"{codec.codec_id}: the decode does not reproduce the reconstruction its encoder "
+                                f"measured (PSNR, hashes in the header)")
     if device != codec.restore_device:
         # Restore decodes on the codec's restore device (the CPU: any machine, no GPU needed):
         # a check on the encoding GPU alone proves nothing about that path.
@@ -149,20 +160,6 @@ def _check_stored(codec: Codec, blob: bytes, device: Device) -> None:
 def meets(enc: Encoded, target: Target, pixels: int) -> bool:
     kind, goal = target
     return enc.psnr >= goal if kind == "psnr" else 8 * len(enc.blob) / max(1, pixels) <= goal
-
-
-def rd_key(enc: Encoded, target: Target | None, pixels: int) -> tuple:
-    """Order of candidates for ``selection = "rd"`` (lowest wins): those meeting the route's
-    target first; among them the fewest bytes for ``target_psnr`` and the highest PSNR for
-    ``target_bpp``; among those missing it, the closest (highest PSNR, resp. fewest bytes).
-    Without a target: the fewest bytes, as ``"smallest"``."""
-    size = len(enc.blob)
-    if target is None:
-        return (0, size)
-    met = meets(enc, target, pixels)
-    if target[0] == "psnr":
-        return (0, size) if met else (1, -enc.psnr, size)
-    return (0, -enc.psnr, size) if met else (1, size)
 
 
 def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
@@ -191,7 +188,7 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
             quality = noted
             c.meta.update(psnr=_PLACEHOLDER, decoded_sha256="0" * 64, decoded_fingerprint="0" * 64)
         elif kind == "psnr":
-            first, quality = _reconstruct(codec, src, payload, device, stored_pins(c))
+            first, quality, _ = _reconstruct(codec, src, payload, device, stored_pins(c))
             c.meta.update(psnr=quality, decoded_sha256=pixels_sha256(first.image))
             if first.fingerprint:
                 c.meta["decoded_fingerprint"] = first.fingerprint
@@ -206,8 +203,10 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
     fixed = {k: v for k, v in params.items() if k != rp}
     model_key = (codec.codec_id, params_hash(fixed), kind, goal)
     anchor = memo.get(("rate-anchor", kind, goal))  # the first search on this image, if any
+    tiers = tuple(ratesearch.Tier(_proxy_measure(px, src, device, values), px.margin_db)
+                  for px in codec.rate_proxies(params)) if kind == "psnr" else ()
     out = ratesearch.search(values, kind, goal, pixels, measure, model_key, bound if kind == "psnr" else None,
-                            anchor)
+                            anchor, tiers)
     if anchor is None and out.kept is not None and out.reached:
         memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
     if out.kept is None:
@@ -233,170 +232,24 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
     return enc, f"{kind} target {goal}: {rp}={enc.params[rp]} {out.note}"
 
 
+def _proxy_measure(proxy: RateProxy, src: SourceImage, device: Device, values: list[int]):
+    """A rate search's cheap tier: ``proxy`` encoded at the searched rate values and judged by
+    PSNR (through the memo: a proxy that is a composite codec's base shares its encodes)."""
+    rp = proxy.codec.rate_param
+
+    def measure(index: int) -> ratesearch.Probe:
+        payload = memo.encode(proxy.codec, src, {**proxy.params, rp: values[index]}, device)
+        recon = memo.decode(proxy.codec, payload, device).image
+        if recon is None or recon.size != src.image.size or recon.mode != src.image.mode:
+            raise VerificationError(f"{proxy.codec.codec_id}: reconstruction has the wrong geometry or mode")
+        return ratesearch.Probe(index, values[index], psnr(src.image, recon), len(payload))
+
+    return measure
+
+
 # Stands in, in a probe's header, for values only the kept encoding computes, so probe
 # sizes match the stored size to a byte or two (a float's JSON is 16-19 characters).
 _PLACEHOLDER = 0.123456789012345678
-
-
-def encode_route(src: SourceImage, route: Route, registry: Registry, devices: DeviceMap,
-                 exclude: frozenset[str] = frozenset(), payloads: Payloads | None = None,
-                 ) -> tuple[Encoded | None, list[Attempt]]:
-    """Try the route's candidates in order (all of them for ``selection = "smallest"`` or
-    ``"rd"``; for ``"rd"`` the winner is the lowest :func:`rd_key` at the route's target).
-
-    ``devices`` says where each codec runs (resolved once per shard). Returns the chosen
-    verified encoding (or None) and a record of every attempt. ``payloads`` holds
-    encodings already made in a batch; they are packed and checked exactly like fresh ones."""
-    devices = device_map(devices)
-    with memo.scope():  # one image: candidates share encodes (avif and avif-enhanced)
-        return _encode_route(src, route, registry, devices, exclude, payloads)
-
-
-def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: DeviceMap, exclude: frozenset[str],
-                  payloads: Payloads | None) -> tuple[Encoded | None, list[Attempt]]:
-    chosen: Encoded | None = None
-    attempts: list[Attempt] = []
-    target = next((c.target for c in route.candidates if c.target), None)
-    covered = _covered(src, route, registry, devices, exclude)
-    order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
-    for by in dict.fromkeys(covered.values()):  # a covered candidate right after the one covering it
-        at = next(i for i, c in enumerate(order) if c.codec_id == by)
-        order[at + 1 : at + 1] = [c for c in route.candidates if covered.get(c.codec_id) == by]
-    for cand in order:
-        if cand.codec_id in exclude:
-            attempts.append(Attempt(cand.codec_id, "skipped", "excluded"))
-            continue
-        if cand.fallback and chosen is not None and (target is None or meets(chosen, target, src.info.pixels)):
-            attempts.append(Attempt(cand.codec_id, "skipped", f"fallback, not needed: {chosen.codec.codec_id} "
-                                    f"{'met the target' if target else 'encoded the image'}"))
-            continue
-        by = covered.get(cand.codec_id)
-        if by and any(a.codec == by and a.result in ("verified", "pruned") for a in attempts):
-            attempts.append(Attempt(cand.codec_id, "skipped", f"covered by {by} (it may code this codec's "
-                                    f"payload alone, chosen by RD cost)"))
-            continue  # (tried as usual where the covering codec failed on this image)
-        try:
-            codec = registry.codec(cand.codec_id)
-        except PluginError:
-            attempts.append(Attempt(cand.codec_id, "skipped", "not installed"))
-            continue
-        on = devices[codec.codec_id]
-        why = codec.unsupported_reason(src.info) or unavailable_reason(codec, on)
-        if why:
-            attempts.append(Attempt(cand.codec_id, "skipped", why))
-            continue
-        try:
-            params = codec.validate_params(cand.params)
-            if route.selection == "rd" and codec.screened and chosen is not None and target is not None:
-                why = cannot_win(codec, params, src, on, chosen, target)
-                if why:
-                    attempts.append(Attempt(cand.codec_id, "screened", why))
-                    continue
-            if cand.target and codec.rate_param and not codec.lossless:
-                # RD selection: a search may stop once it cannot undercut what met the target
-                bound = (len(chosen.blob) if route.selection == "rd" and chosen is not None
-                         and meets(chosen, cand.target, src.info.pixels) else None)
-                enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target, bound)
-                if enc is None:
-                    attempts.append(Attempt(cand.codec_id, "pruned", note))
-                    continue
-                attempts.append(Attempt(cand.codec_id, "target", note))
-            else:
-                ready = (payloads or {}).get((codec.codec_id, params_hash(params)))
-                enc = encode_verified(codec, params, src, route.domain, on, ready)
-        except PixarcError as exc:
-            attempts.append(Attempt(cand.codec_id, "failed", f"{exc.reason}: {exc}"))
-            continue
-        except Exception as exc:  # a codec bug costs this candidate, not the run
-            attempts.append(Attempt(cand.codec_id, "failed", f"{type(exc).__name__}: {exc}"))
-            continue
-        attempts.append(Attempt(cand.codec_id, "verified", bytes=len(enc.blob),
-                                psnr=None if codec.lossless else enc.psnr,
-                                met=meets(enc, target, src.info.pixels) if target else None))
-        if route.selection == "rd":
-            if chosen is None or rd_key(enc, target, src.info.pixels) < rd_key(chosen, target, src.info.pixels):
-                chosen = enc
-        elif chosen is None or len(enc.blob) < len(chosen.blob):
-            chosen = enc
-        if route.selection == "first":
-            break
-    return chosen, attempts
-
-
-def _covered(src: SourceImage, route: Route, registry: Registry, devices: DeviceMap,
-             exclude: frozenset[str]) -> dict[str, str]:
-    """Candidates another usable candidate of the route reproduces (:meth:`Codec.reproduces`)
-    with the same parameters (the rate parameter aside when the route has a target): codec
-    id -> the covering codec's id. Only where every candidate is tried (``rd``, ``smallest``)."""
-    if route.selection not in ("rd", "smallest"):
-        return {}
-    listed = {c.codec_id: c for c in route.candidates}
-    out: dict[str, str] = {}
-    for cand in route.candidates:
-        if cand.codec_id in exclude or cand.codec_id not in registry.codecs:
-            continue
-        try:
-            codec = registry.codec(cand.codec_id)
-            if codec.unsupported_reason(src.info) or unavailable_reason(codec, devices[codec.codec_id]):
-                continue
-            rep = codec.reproduces(codec.validate_params(cand.params))
-            if rep is None or rep[0] not in listed or rep[0] in exclude or rep[0] not in registry.codecs:
-                continue
-            other = registry.codec(rep[0])
-            theirs = other.validate_params(listed[rep[0]].params)
-        except PixarcError:
-            continue
-        free = {other.rate_param} if (cand.target and listed[rep[0]].target == cand.target) else set()
-        if all(theirs.get(k) == v for k, v in rep[1].items() if k not in free) and \
-                all(k in rep[1] or k in free for k in theirs):
-            out[rep[0]] = cand.codec_id
-    return out
-
-
-def _in_rd_order(route: Route, registry: Registry) -> list:
-    """The route's candidates, for RD selection with the screened codecs (those with a cheap
-    :meth:`~pixarc.codec.Codec.psnr_ceiling`) after the others, so their results can rule
-    them out before their costly search, and the fallbacks last; otherwise as listed."""
-    if route.selection != "rd":
-        return list(route.candidates)
-
-    def screened(cand) -> bool:
-        return cand.codec_id in registry.codecs and registry.codec(cand.codec_id).screened
-
-    # stable: route order within each group; then the fallbacks, then ``store`` (the last
-    # resort keeps the original bytes: it always "meets" a PSNR target, so it must not
-    # stand in for a real candidate when the fallbacks are weighed)
-    return sorted(route.candidates, key=lambda c: (c.codec_id == STORE, c.fallback, screened(c)))
-
-
-def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: Device, chosen: Encoded,
-               target: Target) -> str:
-    """Why ``codec`` cannot beat ``chosen`` at ``target`` (it has met the target), from the
-    codec's PSNR ceiling; '' when it might."""
-    if not meets(chosen, target, max(1, src.info.pixels)):
-        return ""
-    ceiling = codec.psnr_ceiling(src, params, device)
-    if ceiling is None:
-        return ""
-    kind, goal = target
-    if kind == "psnr" and ceiling < goal:
-        return (f"cannot reach psnr target {goal}: at most {ceiling:.1f} dB on this image, "
-                f"which {chosen.codec.codec_id} reached")
-    if kind == "psnr":
-        floor = codec.bytes_floor(src, params, goal, device)
-        if floor is not None and floor >= len(chosen.blob):
-            return (f"cannot undercut {len(chosen.blob)} bytes at psnr {goal}: at least {floor} bytes on this "
-                    f"image ({chosen.codec.codec_id} reached it)")
-    if kind == "bpp" and ceiling <= chosen.psnr:
-        return f"at most {ceiling:.1f} dB on this image, {chosen.codec.codec_id} has {chosen.psnr:.1f} dB within bpp {goal}"
-    return ""
-
-
-def fallback_note(attempts: list[Attempt]) -> str:
-    fallbacks = [a for a in attempts if a.result in ("skipped", "failed")]
-    if not fallbacks:
-        return ""
-    return "fallback: " + "; ".join(f"{a.codec} {a.result} ({a.reason})" for a in fallbacks)
 
 
 def batch_encode(items: list[tuple[SourceImage, Route]], registry: Registry, devices: DeviceMap,

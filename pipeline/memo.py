@@ -1,10 +1,11 @@
 """Per-image memo of encodes and decodes, shared by the candidates of one route.
 
 RD selection searches several codecs on the same image, and some of them wrap another:
-``avif-enhanced`` is an AVIF encode plus a filter, and measures its RD slope with one more
-AVIF encode a rate step up. Without a memo the same AVIF bitstream is produced three
-times (``avif``'s probe, the enhanced codec's base, its slope step). Inside
-:func:`scope` (one per image, opened by :func:`pixarc.encode.encode_route`) the first
+``avif-enhanced`` is an AVIF encode plus a filter, and its rate search locates the target
+on that AVIF encode alone before running the filter. Without a memo the same AVIF
+bitstream is produced three times (``avif``'s probe, the search's tier, the enhanced
+codec's base). Inside
+:func:`scope` (one per image, opened by :func:`pixarc.selection.encode_route`) the first
 encode of ``(codec, params)`` is kept and handed to every later caller; outside a scope
 nothing is kept (plugins call the same functions unconditionally).
 
@@ -110,6 +111,22 @@ def note_psnr(codec: Codec, payload: bytes, value: float) -> None:
     t = _table()
     if t is not None:
         t[("psnr", codec.codec_id, hashlib.sha256(payload).digest())] = float(value)
+
+
+def note_decoded(codec: Codec, payload: bytes, decoded: Decoded) -> None:
+    """An encoder's own reconstruction of its payload, made to choose it (pixels and the
+    fingerprint its decoder computes): the first decode of a kept payload takes it instead
+    of decoding again; the decode-check of the stored bytes, outside any memo, still
+    decodes every byte and compares its hashes with those this reconstruction put in the
+    header. Kept for images up to :data:`MAX_PIXELS`."""
+    t = _table()
+    if t is not None and (decoded.image is None or decoded.image.width * decoded.image.height <= MAX_PIXELS):
+        t[("decoded", codec.codec_id, hashlib.sha256(payload).digest())] = decoded
+
+
+def noted_decoded(codec: Codec, payload: bytes) -> Decoded | None:
+    t = _table()
+    return None if t is None else t.get(("decoded", codec.codec_id, hashlib.sha256(payload).digest()))
 
 
 def noted_psnr(codec: Codec, payload: bytes) -> float | None:

@@ -19,7 +19,7 @@ from .errors import PolicyError
 from .images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 STORE = "store"
-SELECTIONS = ("first", "smallest", "rd")  # rd: see encode.rd_key
+SELECTIONS = ("first", "smallest", "rd")  # rd: see selection.rd_key
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,18 @@ bracket ``bound`` in bytes (one below it missing the target, one above it reachi
 and the line through them in (log bytes, PSNR) gives at most ``goal − BOUND_MARGIN_DB``
 at ``bound`` bytes: a codec's PSNR is close to linear in log-bytes across one such
 bracket, and the margin keeps the near misses searching to the end.
+
+Tiers (``target_psnr``): a codec may name cheaper measures whose PSNR runs parallel to its
+own over the rate values (:meth:`pixarc.codec.Codec.rate_proxies`: AVIF at its fastest
+speed, 10× cheaper and ≈ 0.3–1.5 dB lower by an offset that drifts by hundredths of a dB
+from one quality to the next; the AVIF encode a post-filter sits on). The search then
+locates the boundary with steps 1–3 on the cheapest tier shifted by the gap the codec
+showed over it (its earlier images' median at first), probes the codec itself there,
+re-measures the gap, and repeats until its own probe at ``b`` reaches the goal. Whether
+``b − 1`` misses is judged on each tier in turn, cheapest first, with the gap measured at
+``b``: decided when the estimate is clear of the goal by the tier's ``margin_db``, else by
+one more probe of the codec itself. The result is the bisection's whenever the offsets
+drift by less than the margins; the codec's own probes fall from ≈ 4 per image to ≈ 1–2.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from typing import Callable
 PRIOR_SPAN = {"psnr": 20.0, "bpp": math.log(30.0)}
 HISTORY = 16  # searches remembered per (codec, target)
 BOUND_MARGIN_DB = 0.5  # an interpolated PSNR this far below the goal at ``bound`` bytes prunes
+MAX_ROUNDS = 6  # tiered search: rounds of locating on the cheapest tier before the codec's own probes alone
 
 
 @dataclass
@@ -61,10 +74,23 @@ class Outcome:
     pruned_by: Probe | None = None  # the probe that showed the bound cannot be undercut
     interpolated: float | None = None  # pruned by the bracket: the PSNR it gives at ``bound`` bytes
     reached: bool = True  # False: the target is out of the codec's range (kept = closest end)
+    proxy_probes: int = 0  # probes on cheaper tiers (``tiers``)
 
     @property
     def note(self) -> str:
-        return f"after {len(self.probes)} probes"
+        tiers = f" and {self.proxy_probes} cheaper ones" if self.proxy_probes else ""
+        return f"after {len(self.probes)} probes{tiers}"
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A cheaper measure of the same image over the same rate values whose PSNR runs
+    parallel to the codec's own: the offset between the two drifts by less than
+    ``margin_db`` from one rate value to the next (the same encoder at a faster setting;
+    the base codec a post-filter improves). See "Tiers" above."""
+
+    measure: Callable[[int], Probe]
+    margin_db: float
 
 
 @dataclass
@@ -72,6 +98,7 @@ class _History:
     ends: list[int] = field(default_factory=list)  # indices where searches ended
     slopes: list[float] = field(default_factory=list)  # measure per index step
     offsets: dict[tuple, list[int]] = field(default_factory=dict)  # anchor key -> end - anchor's end
+    tier_gaps: dict[int, list[float]] = field(default_factory=dict)  # tier -> dB the codec ended above it
 
 
 _model: dict[tuple, _History] = {}
@@ -84,25 +111,21 @@ def _measure(kind: str, p: Probe) -> float:
 
 
 def search(values: list[int], kind: str, goal: float, pixels: int, measure: Callable[[int], Probe],
-           model_key: tuple, bound: int | None = None, anchor: tuple[tuple, int] | None = None) -> Outcome:
+           model_key: tuple, bound: int | None = None, anchor: tuple[tuple, int] | None = None,
+           tiers: tuple[Tier, ...] = ()) -> Outcome:
     """Find the boundary described above. ``measure(index)`` probes ``values[index]``.
 
     ``kind``: ``psnr`` (keep the lowest value with PSNR >= goal) or ``bpp`` (keep the
     highest value with 8 * bytes / pixels <= goal). ``anchor``: (model key, index) where
     another codec's search on the same image ended; this codec then starts at that index
     plus the offset it showed against that codec before (images differ far more than
-    codecs do: the offset is steadier than the index itself)."""
+    codecs do: the offset is steadier than the index itself). ``tiers`` (``psnr`` only):
+    cheaper measures running parallel to ``measure``, cheapest first (:func:`_tiered`)."""
     n = len(values)
-    probes: dict[int, Probe] = {}
     target = goal if kind == "psnr" else math.log(goal * max(1, pixels) / 8)
 
     def ok(p: Probe) -> bool:  # monotone in the index: False ... False True ... True
         return p.psnr >= goal if kind == "psnr" else 8 * p.bytes / max(1, pixels) > goal
-
-    def probe(i: int) -> Probe:
-        if i not in probes:
-            probes[i] = measure(i)
-        return probes[i]
 
     with _lock:
         hist = _model.setdefault(model_key, _History())
@@ -111,28 +134,103 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
         if offsets:
             start = anchor[1] + sorted(offsets)[len(offsets) // 2]
         slope = sorted(hist.slopes)[len(hist.slopes) // 2] if hist.slopes else PRIOR_SPAN[kind] / max(1, n - 1)
+        gaps = [_median(hist.tier_gaps.get(k, [0.0])) for k in range(len(tiers))]
+    start = min(max(start, 0), n - 1)
+    if kind == "psnr" and tiers:
+        return _tiered(values, goal, measure, model_key, bound, anchor, tiers, start, slope, gaps)
+    probes: dict[int, Probe] = {}
+
+    def probe(i: int) -> Probe:
+        if i not in probes:
+            probes[i] = measure(i)
+        return probes[i]
+
+    def stop(p: Probe) -> Outcome | None:
+        if kind != "psnr" or bound is None:
+            return None
+        return _pruned(probes, p, goal, bound)
+
+    lo, hi, pruned = _locate(n, kind, target, ok, probe, start, slope, stop)
+    if pruned is not None:
+        _remember(model_key, None, probes, kind, anchor)
+        return pruned
+    reached = True
+    if kind == "psnr":
+        if hi == n:  # unreachable: the most bits there are
+            kept, reached = probe(n - 1), False
+        else:
+            kept = probes[hi]
+    else:
+        if lo == -1:  # nothing fits: the fewest bits there are
+            kept, reached = probe(0), False
+        else:
+            kept = probes[lo]
+    _remember(model_key, kept.index if reached else None, probes, kind, anchor)
+    return Outcome(kept, sorted(probes.values(), key=lambda q: q.index), reached=reached)
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def _gap(own: Probe, cheap: Probe) -> float:
+    """dB the codec's own probe lies above a tier's at the same rate value (0 for exact ones)."""
+    d = own.psnr - cheap.psnr
+    return d if math.isfinite(d) else 0.0
+
+
+def _pruned(probes: dict[int, Probe], p: Probe, goal: float, bound: int) -> Outcome | None:
+    """The outcome of a search that stops at probe ``p`` because the codec cannot undercut
+    ``bound`` bytes at PSNR ``goal`` (module docstring), or None to go on."""
+    direct = p.psnr < goal and p.bytes >= bound  # this probe misses with bytes to spare
+    at_bound = None if direct else _psnr_at(probes.values(), bound, goal)
+    if direct or (at_bound is not None and at_bound <= goal - BOUND_MARGIN_DB):
+        return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p, interpolated=at_bound)
+    return None
+
+
+def _pruned_on_tier(full: dict[int, Probe], cheap: dict[int, Probe], gap: float, at: Probe, goal: float,
+                    bound: int) -> Outcome | None:
+    """:func:`_pruned` for a tiered search, whose own probes sit next to the boundary: the
+    cheapest tier's probes stand in for the codec's, shifted by ``gap`` in PSNR and scaled
+    to the codec's bytes at ``at``, with ``BOUND_MARGIN_DB`` for what the shift misses."""
+    if at.index not in cheap or cheap[at.index].bytes <= 0:
+        return None
+    scale = at.bytes / cheap[at.index].bytes
+    est = {i: Probe(i, c.value, c.psnr + gap, round(c.bytes * scale)) for i, c in cheap.items()}
+    est.update(full)
+    short = [q for q in est.values() if q.psnr < goal - BOUND_MARGIN_DB and q.bytes >= bound]
+    at_bound = _psnr_at(est.values(), bound, goal)
+    if short or (at_bound is not None and at_bound <= goal - BOUND_MARGIN_DB):
+        return Outcome(None, pruned_by=at, interpolated=None if short else at_bound)
+    return None
+
+
+def _locate(n: int, kind: str, target: float, ok: Callable[[Probe], bool], probe: Callable[[int], Probe],
+            start: int, slope: float, stop: Callable[[Probe], Outcome | None] | None = None,
+            ) -> tuple[int, int, Outcome | None]:
+    """Steps 1-3 of the module docstring from index ``start``: (lo, hi) with ``ok`` False
+    at ``lo`` and True at ``hi`` = lo + 1 (-1 and n stand for the ends of the range), or a
+    non-None third value when ``stop`` ended the search at a probe."""
     lo, hi = -1, n  # ok(lo) is False, ok(hi) is True (virtual ends)
-    i = min(max(start, 0), n - 1)
+    i = start
+    seen: dict[int, Probe] = {}
     secant_last = False  # the previous probe was an interpolated guess
     budget = 2 * max(1, math.ceil(math.log2(n + 1))) + 2  # past it: plain bisection
     while True:
-        p = probe(i)
+        p = seen[i] = probe(i)
         if ok(p):
             hi = i
         else:
             lo = i
-        if kind == "psnr" and bound is not None:
-            direct = not ok(p) and p.bytes >= bound  # this probe misses with bytes to spare
-            at_bound = None if direct else _psnr_at(probes.values(), bound, goal)
-            if direct or (at_bound is not None and at_bound <= goal - BOUND_MARGIN_DB):
-                _remember(model_key, None, probes, kind, anchor)
-                return Outcome(None, sorted(probes.values(), key=lambda q: q.index), pruned_by=p,
-                               interpolated=at_bound)
+        out = stop(p) if stop is not None else None
+        if out is not None:
+            return lo, hi, out
         if hi - lo <= 1:
-            break
+            return lo, hi, None
         if lo >= 0 and hi < n:  # bracketed
-            m_lo, m_hi = _measure(kind, probes[lo]), _measure(kind, probes[hi])
-            if len(probes) >= budget or not m_hi > m_lo:
+            m_lo, m_hi = _measure(kind, seen.get(lo) or probe(lo)), _measure(kind, seen.get(hi) or probe(hi))
+            if len(seen) >= budget or not m_hi > m_lo:
                 nxt = (lo + hi) // 2
                 secant_last = False
             elif secant_last:
@@ -146,10 +244,10 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
                 secant_last = True
             nxt = min(max(nxt, lo + 1), hi - 1)
         else:  # one side known: step by the slope, a little past the estimated crossing
-            have = sorted(probes)
+            have = sorted(seen)
             if len(have) >= 2:
                 a, b = have[0], have[-1]
-                est = (_measure(kind, probes[b]) - _measure(kind, probes[a])) / (b - a)
+                est = (_measure(kind, seen[b]) - _measure(kind, seen[a])) / (b - a)
                 if est > 0:
                     slope = est
             steps = (target - _measure(kind, p)) / slope
@@ -158,22 +256,96 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
             else:  # go down
                 nxt = max(i - max(1, math.ceil(-steps) + 1), 0)
             if nxt == i:  # at an end of the range already
-                break
+                return lo, hi, None
             secant_last = False
         i = nxt
-    reached = True
-    if kind == "psnr":
-        if hi == n:  # unreachable: the most bits there are
-            kept, reached = probe(n - 1), False
-        else:
-            kept = probes[hi]
-    else:
-        if lo == -1:  # nothing fits: the fewest bits there are
-            kept, reached = probe(0), False
-        else:
-            kept = probes[lo]
-    _remember(model_key, kept.index if reached else None, probes, kind, anchor)
-    return Outcome(kept, sorted(probes.values(), key=lambda q: q.index), reached)
+
+
+def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], model_key: tuple, bound: int | None,
+            anchor: tuple[tuple, int] | None, tiers: tuple[Tier, ...], start: int, slope: float,
+            gaps: list[float]) -> Outcome:
+    """A ``psnr`` search that locates the boundary on the cheapest tier and spends the
+    codec's own probes where it must (module docstring, "Tiers"). ``gaps``: dB the codec
+    is expected above each tier (earlier images' medians), re-measured on every own probe."""
+    n = len(values)
+    full: dict[int, Probe] = {}
+    cheap: list[dict[int, Probe]] = [{} for _ in tiers]
+
+    def on_tier(k: int, i: int) -> Probe:
+        if i not in cheap[k]:
+            cheap[k][i] = tiers[k].measure(i)
+        return cheap[k][i]
+
+    def own(i: int) -> Probe:
+        if i not in full:
+            full[i] = measure(i)
+        return full[i]
+
+    def estimate(i: int) -> Probe:  # the codec's own where probed, else the cheapest tier + its gap
+        if i in full:
+            return full[i]
+        c = on_tier(0, i)
+        return Probe(i, c.value, c.psnr + gaps[0], c.bytes)
+
+    def ok(p: Probe) -> bool:
+        return p.psnr >= goal
+
+    def locate(i: int) -> int:
+        return min(_locate(n, "psnr", goal, ok, estimate, i, slope)[1], n - 1)
+
+    def done(kept: Probe | None, reached: bool = True, pruned: Outcome | None = None) -> Outcome:
+        _remember(model_key, kept.index if kept is not None and reached else None, full, "psnr", anchor,
+                  cheap, kept)
+        out = pruned or Outcome(kept, reached=reached)
+        out.probes = sorted(full.values(), key=lambda q: q.index)
+        out.proxy_probes = sum(len(c) for c in cheap)
+        return out
+
+    for _ in range(MAX_ROUNDS):
+        b = locate(start)
+        # before the codec's own probe, its place is checked on the costlier tiers (the
+        # last is usually the encode that probe starts from: shared through the memo)
+        for k in range(1, len(tiers)):
+            for _ in range(3):
+                if b in full:
+                    break
+                gaps[0] = on_tier(k, b).psnr + gaps[k] - on_tier(0, b).psnr
+                moved = locate(b)
+                if moved == b:
+                    break
+                b = moved
+        f = own(b)
+        gaps = [_gap(f, on_tier(k, b)) if k == 0 or b in cheap[k] else g for k, g in enumerate(gaps)]
+        if bound is not None and (pruned := _pruned(full, f, goal, bound) or _pruned_on_tier(
+                full, cheap[0], gaps[0], f, goal, bound)) is not None:
+            return done(None, pruned=pruned)
+        if not ok(f):
+            if b == n - 1:  # unreachable: the most bits there are
+                return done(f, reached=False)
+            start = b + 1
+            continue
+        if b == 0:
+            return done(f)
+        below = full.get(b - 1)
+        if below is None:
+            # the neighbour below, judged by each tier in turn (the gap at b carried over)
+            for k, tier in enumerate(tiers):
+                e = on_tier(k, b - 1).psnr + _gap(f, on_tier(k, b))
+                if e < goal - tier.margin_db:
+                    return done(f)  # misses: b is the boundary
+                if e >= goal + tier.margin_db:
+                    break  # reaches: the boundary is lower
+            below = own(b - 1)
+        if not ok(below):
+            return done(f)
+        gaps[0] = _gap(below, on_tier(0, b - 1))
+        start = b - 1
+    # the tiers kept disagreeing with the codec: finish on its own probes alone
+    lo, hi, pruned = _locate(n, "psnr", goal, ok, own, start, slope,
+                             (lambda p: _pruned(full, p, goal, bound)) if bound is not None else None)
+    if pruned is not None:
+        return done(None, pruned=pruned)
+    return done(own(n - 1), reached=False) if hi == n else done(full[hi])
 
 
 def _psnr_at(probes, bound: int, goal: float) -> float | None:
@@ -192,14 +364,19 @@ def _psnr_at(probes, bound: int, goal: float) -> float | None:
 
 
 def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind: str,
-              anchor: tuple[tuple, int] | None = None) -> None:
-    """Add this search to the model: where it ended and the slope its probes showed."""
-    idx = sorted(probes)
+              anchor: tuple[tuple, int] | None = None, cheap: list[dict[int, Probe]] | None = None,
+              kept: Probe | None = None) -> None:
+    """Add this search to the model: where it ended, the slope its probes showed (those on
+    the cheapest tier where there are any: more of them, the same slope) and, for a tiered
+    search, how far above each tier the codec ended."""
+    seen = cheap[0] if cheap and cheap[0] else probes
+    idx = sorted(seen)
     slope = None
     if len(idx) >= 2:
         a, b = idx[0], idx[-1]
-        d = (_measure(kind, probes[b]) - _measure(kind, probes[a])) / (b - a)
+        d = (_measure(kind, seen[b]) - _measure(kind, seen[a])) / (b - a)
         slope = d if d > 0 else None
+    gaps = {k: _gap(kept, c[kept.index]) for k, c in enumerate(cheap or []) if kept is not None and kept.index in c}
     with _lock:
         hist = _model.setdefault(model_key, _History())
         if end is not None:
@@ -208,6 +385,8 @@ def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind:
                 hist.offsets[anchor[0]] = (hist.offsets.get(anchor[0], []) + [end - anchor[1]])[-HISTORY:]
         if slope is not None:
             hist.slopes = (hist.slopes + [slope])[-HISTORY:]
+        for k, gap in gaps.items():
+            hist.tier_gaps[k] = (hist.tier_gaps.get(k, []) + [gap])[-HISTORY:]
 
 
 def forget() -> None:

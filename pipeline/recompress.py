@@ -35,7 +35,7 @@ from .checks import Problem, decode_container, read_bitstream
 from .classify import Classification
 from .codec import params_hash
 from .device import DeviceMap, check_request
-from .encode import encode_route, fallback_note
+from .selection import encode_route, fallback_note
 from .errors import InputError, PixarcError
 from .jobs import RUN_ONLY, Table
 from .images import BIT_DEPTH, ImageInfo, SourceImage, probe_and_load, sha256_hex

@@ -30,7 +30,7 @@ from . import __version__
 from .codec import params_hash
 from .checks import decode_container, read_bitstream
 from .device import ON_CPU
-from .encode import encode_route
+from .selection import encode_route
 from .layout import Swept, require_archive, resolve_bitstream, sweep_leftovers, write_version
 from .plan import STATE_DIR, new_run_id
 from .errors import InputError, PixarcError

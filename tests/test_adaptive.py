@@ -212,6 +212,28 @@ def test_psnr_ceiling_is_the_base_model_at_the_top_rate_point_plus_the_margin(ti
     assert c.bytes_floor(src, params, ceiling - 1) <= len(adapted_payload)
 
 
+def test_psnr_ceiling_looks_at_sampled_blocks_first_when_given_the_goal(tiny_weights, monkeypatch):
+    """With the goal it will be compared with, the ceiling comes from a forward pass over
+    four sampled blocks plus ``SAMPLED_SLACK_DB`` when that lies below the goal (no full
+    encode); when it does not, from the full pass, as without a goal."""
+    from pixarc_adaptive import SAMPLED_SLACK_DB
+
+    c = codec()
+    src = probe_and_load(encode_bytes(smooth_image(384, 352), "PNG"))  # 4 blocks of 128: a half of it
+    params = c.validate_params({"quality": 1, "ceiling_margin_db": 2.5})
+    full_passes = []
+    real = type(c)._base_point
+    monkeypatch.setattr(type(c), "_base_point", lambda self, *a: (full_passes.append(1), real(self, *a))[1])
+    full = c.psnr_ceiling(src, params)
+    assert len(full_passes) == 1
+    quick = c.psnr_ceiling(src, params, below=full + 50)  # far above: the blocks settle it
+    assert len(full_passes) == 1 and quick != full
+    assert abs(quick - SAMPLED_SLACK_DB - full) < 1.5  # the blocks read this smooth image about as a whole
+    assert c.psnr_ceiling(src, params, below=quick - 0.01) == full and len(full_passes) == 2  # close: full pass
+    small = probe_and_load(encode_bytes(smooth_image(200, 150), "PNG"))  # blocks would cover it: full pass
+    assert c.psnr_ceiling(small, params, below=1000) == c.psnr_ceiling(small, params)
+
+
 def test_garbage_payloads_raise_codec_error(tiny_weights):
     from pixarc.errors import CodecError
 

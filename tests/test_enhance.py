@@ -411,3 +411,47 @@ def test_a_filter_trained_on_444_bases_serves_444_only(tmp_path, monkeypatch):
     assert c.weights_for(c.validate_params({"quality": 60, "subsampling": "4:4:4"})) == only444["sha256"]
     assert c.weights_for(c.validate_params({"quality": 60, "subsampling": "4:2:0"})) == general["sha256"]
     assert codec("webp").weights_for(codec("webp").validate_params({"quality": 60})) == general["sha256"]
+
+
+@pytest.mark.parametrize("mode", ["on", "off-by-rd"])
+def test_the_kept_payload_is_decoded_once_and_the_encoders_reconstruction_is_checked(tiny_filter, mode):
+    """The encoder's own reconstruction (pixels and fingerprint) is the first decode of the
+    payload it returns; the decode-check of the stored bytes is then the only decode, and
+    it compares with what that reconstruction wrote into the header: a reconstruction off
+    by one pixel value fails the check."""
+    from pixarc import memo
+    from pixarc.device import CPU
+    from pixarc.encode import encode_verified
+    from pixarc.errors import VerificationError
+    from pixarc.images import pixels_sha256
+
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(), "PNG"))
+    params = c.validate_params({"quality": 40, "filter": "on" if mode == "on" else "auto",
+                                **({"rd_lambda": 1e-9} if mode == "off-by-rd" else {})})  # ~bits only: off
+    decodes = []
+    real = type(c).decode
+    type(c).decode, restore = (lambda self, *a, **k: (decodes.append(1), real(self, *a, **k))[1]), real
+    try:
+        with memo.scope():
+            enc = encode_verified(c, params, src, "natural", CPU)
+        assert len(decodes) == 1  # the check; the first decode was the encoder's
+        assert (enc.container.payload[0] == 0) == (mode == "off-by-rd")
+        with memo.off():
+            again = real(c, enc.container.payload)
+        assert enc.decoded_sha256 == pixels_sha256(again.image)
+        assert enc.container.meta["decoded_fingerprint"] == again.fingerprint
+
+        def off_by_one(codec_, payload, decoded):
+            a = np.asarray(decoded.image).copy()
+            a[0, 0, 0] ^= 1
+            memo_note(codec_, payload, type(decoded)(image=Image.fromarray(a), fingerprint=decoded.fingerprint))
+
+        memo_note, memo.note_decoded = memo.note_decoded, off_by_one
+        try:
+            with memo.scope(), pytest.raises(VerificationError):
+                encode_verified(c, params, src, "natural", CPU)
+        finally:
+            memo.note_decoded = memo_note
+    finally:
+        type(c).decode = restore

@@ -16,7 +16,7 @@ import pytest
 from conftest import tree_digest
 from pixarc import layout
 from pixarc import recompress, runs
-from pixarc.encode import encode_route
+from pixarc.selection import encode_route
 from pixarc.state import current_rows
 from pixarc.images import sha256_hex
 from pixarc.manifest import latest, read_manifest

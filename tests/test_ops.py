@@ -426,7 +426,7 @@ def test_devices_are_resolved_once_per_shard_into_a_map(small_collection, tmp_pa
     candidate); only Device values go deeper, and a string there is a clear error."""
     from pixarc import device as devices
     from pixarc.device import CPU, Device, DeviceMap
-    from pixarc.encode import encode_route
+    from pixarc.selection import encode_route
     from pixarc.errors import InputError
     from pixarc.images import probe_and_load
     from pixarc.plugins import build_plugin_manager

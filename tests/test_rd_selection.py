@@ -4,6 +4,7 @@ cost wins; the report says which codec won how often and what that saved."""
 import json
 import math
 import os
+import re
 import types
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from conftest import install_plugins
 from pixarc import plugins, runs
 from pixarc import device as devices
+from pixarc.metrics import psnr
 from pixarc.device import ON_CPU
 from pixarc.codec import Codec, Decoded, Param
 from pixarc.hookspecs import hookimpl
@@ -131,7 +133,7 @@ def test_rate_search_probes_fewer_times_than_bisection_and_checks_only_what_it_k
     """Probes are judged by PSNR alone (one decode each); only the kept encoding is packed
     and decode-checked again; an RD bound stops a codec that cannot win early."""
     from pixarc import checks, ratesearch
-    from pixarc.encode import encode_route
+    from pixarc.selection import encode_route
     from pixarc.images import probe_and_load
     from pixarc.policy import Candidate, Route
 
@@ -254,7 +256,7 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
         params_schema = {"quality": Param(int, 2, 1, 3), "ceiling": Param(float, 20.0, 0.0, 1000.0),
                          "floor": Param(int, 0, 0, 10**9)}
 
-        def psnr_ceiling(self, src, params, device="cpu"):
+        def psnr_ceiling(self, src, params, device="cpu", below=None):
             calls.append("ceiling")
             return params["ceiling"]
 
@@ -318,8 +320,9 @@ def test_screened_codec_goes_last_and_is_skipped_when_its_ceiling_cannot_win(ima
 
 def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch):
     """RD selection with both: every AVIF bitstream (a probe of ``avif``, the enhanced
-    codec's base, its slope step) is encoded once per image, whoever asks first."""
-    from pixarc.encode import encode_route
+    codec's base, the searches' cheap tier at speed 9) is encoded once per image, whoever
+    asks first."""
+    from pixarc.selection import encode_route
     from pixarc.images import probe_and_load
     from pixarc.policy import Candidate, Route
 
@@ -333,8 +336,8 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
     avif_cls = type(reg.codec("avif"))
     encoded = []
     real = avif_cls.encode
-    monkeypatch.setattr(avif_cls, "encode",
-                        lambda self, s, p, d=devices.CPU: (encoded.append(p["quality"]), real(self, s, p, d))[1])
+    monkeypatch.setattr(avif_cls, "encode", lambda self, s, p, d=devices.CPU: (
+        encoded.append((p["quality"], p["speed"])), real(self, s, p, d))[1])
     params = {"speed": 8, "subsampling": "4:4:4"}
     # filter "on": the enhanced codec cannot code plain AVIF, so both are searched
     route = Route("unknown", False, (Candidate("avif", params, ("psnr", 34.0)),
@@ -342,14 +345,16 @@ def test_avif_and_avif_enhanced_share_one_encode_per_quality(images, monkeypatch
     chosen, attempts = encode_route(src, route, reg, ON_CPU)
     assert chosen is not None and {a.codec for a in attempts if a.result in ("target", "pruned")} == {
         "avif", "avif-enhanced"}
-    assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no quality encoded twice
+    assert encoded and len(encoded) == len(set(encoded)), sorted(encoded)  # no (quality, speed) encoded twice
+    assert {speed for _, speed in encoded} == {8, 9}  # both searches located the target on AVIF's fast tier
 
 
 def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monkeypatch):
     """``avif-enhanced`` (filter auto) may code plain AVIF with one more byte: with the same
-    AVIF settings in the route, plain AVIF is skipped as covered; with other settings, or
-    where the enhanced codec fails on the image, it is searched as usual."""
-    from pixarc.encode import encode_route
+    AVIF settings in the route, plain AVIF is not searched (covered) but checked at the
+    quality the enhanced codec kept; with other settings, or where the enhanced codec
+    fails on the image, it is searched as usual."""
+    from pixarc.selection import encode_route
     from pixarc.images import probe_and_load
     from pixarc.policy import Candidate, Route
 
@@ -370,8 +375,18 @@ def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monk
         return {(a.codec, a.result): a.reason for a in attempts}
 
     same = results(params)
-    assert ("avif", "skipped") in same and "covered by avif-enhanced" in same[("avif", "skipped")]
-    assert ("avif", "target") not in same and ("avif-enhanced", "target") in same
+    # not searched again, but checked at the quality the enhanced codec kept: verified there
+    # exactly when plain AVIF meets the target at that quality too
+    q = int(re.search(r"quality=(\d+)", same[("avif-enhanced", "target")]).group(1))
+    plain = reg.codec("avif")
+    at_q = psnr(src.image, plain.decode(plain.encode(src, plain.validate_params({**params, "quality": q}))).image)
+    if at_q >= target[1]:
+        assert same[("avif", "target")] == f"covered by avif-enhanced: its quality={q} meets the target too"
+        assert ("avif", "verified") in same
+    else:
+        assert "covered by avif-enhanced" in same[("avif", "skipped")] and "short of the target" in same[
+            ("avif", "skipped")]
+        assert ("avif", "target") not in same
     other = results({**params, "speed": 9})  # other AVIF settings: a different candidate
     assert ("avif", "target") in other and ("avif", "skipped") not in other
     monkeypatch.setattr(type(enhanced), "encode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))

@@ -1,0 +1,85 @@
+"""The rate search's cheap tiers (:mod:`pixarc.ratesearch`, "Tiers"): the boundary a
+bisection over the codec's own probes finds, in far fewer of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from pixarc import ratesearch
+
+VALUES = list(range(101))
+
+
+def own_psnr(i: int) -> float:
+    """A codec's PSNR over its quality: concave, with the plateaus AVIF's quality scale has
+    (two qualities mapping to one quantiser)."""
+    j = i - (i % 7 == 3)  # every seventh quality repeats the one below
+    return 24.0 + 0.3 * j - 0.0012 * j * j
+
+
+def probe(fn, counter: list | None = None):
+    def measure(i: int) -> ratesearch.Probe:
+        if counter is not None:
+            counter.append(i)
+        p = fn(i)
+        return ratesearch.Probe(i, VALUES[i], p, int(1000 * 1.04**i))
+    return measure
+
+
+def tiers(drift0: float = 0.004, drift1: float = 0.001) -> tuple[ratesearch.Tier, ...]:
+    """A fast tier 1.2 dB below the codec, its gap drifting by ``drift0`` per quality step,
+    then an exact base 0.4 dB below, drifting by ``drift1``."""
+    fast = probe(lambda i: own_psnr(i) - 1.2 - drift0 * i)
+    base = probe(lambda i: own_psnr(i) - 0.4 - drift1 * i)
+    return ratesearch.Tier(fast, 0.1), ratesearch.Tier(base, 0.03)
+
+
+def boundary(goal: float) -> int:
+    return next(i for i in VALUES if own_psnr(i) >= goal)
+
+
+GOALS = (30.05, 33.3, 36.0, 38.71, 41.2, 36.4, 35.1, 39.9)
+
+
+def test_tiers_find_the_bisections_boundary_with_under_half_its_own_probes():
+    ratesearch.forget()
+    direct_probes, tiered_probes = [], []
+    for n, goal in enumerate(GOALS):
+        direct = ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, direct_probes), ("direct",))
+        tiered = ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, tiered_probes), ("tiered",),
+                                   tiers=tiers())
+        assert direct.kept.index == tiered.kept.index == boundary(goal), goal
+        assert tiered.reached and tiered.proxy_probes > 0 and "cheaper ones" in tiered.note
+        assert len(tiered.probes) == len(set(tiered_probes[-len(tiered.probes):]))  # no own probe twice
+    assert len(tiered_probes) * 2 <= len(direct_probes), (len(tiered_probes), len(direct_probes))
+
+
+def test_a_tier_drifting_past_its_margin_costs_own_probes_never_the_target():
+    """Gaps that drift by far more than the tiers admit: every kept probe still reaches the
+    goal and lies at most a step above the boundary."""
+    ratesearch.forget()
+    for goal in GOALS:
+        out = ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr), ("drifting",),
+                                tiers=tiers(drift0=0.08, drift1=0.05))
+        assert out.kept.psnr >= goal and out.kept.index - boundary(goal) in (0, 1), goal
+
+
+def test_an_unreachable_goal_keeps_the_top_and_a_bound_prunes():
+    ratesearch.forget()
+    top = ratesearch.search(VALUES, "psnr", 60.0, 10_000, probe(own_psnr), ("top",), tiers=tiers())
+    assert not top.reached and top.kept.index == VALUES[-1]
+    ratesearch.forget()
+    i = boundary(38.0)
+    pruned = ratesearch.search(VALUES, "psnr", 38.0, 10_000, probe(own_psnr), ("bound",),
+                               bound=int(1000 * 1.04 ** (i - 20)), tiers=tiers())
+    assert pruned.kept is None and pruned.pruned_by is not None
+
+
+@pytest.mark.parametrize("kind", ["bpp"])
+def test_tiers_are_for_psnr_targets_only(kind):
+    """A bytes budget is judged by the codec's own bytes: no tier is asked."""
+    asked = []
+    fast = ratesearch.Tier(probe(lambda i: (asked.append(i), own_psnr(i))[1]), 0.1)
+    ratesearch.forget()
+    out = ratesearch.search(VALUES, kind, 1.0, 10_000, probe(own_psnr), ("bpp",), tiers=(fast,))
+    assert out.kept is not None and not asked
