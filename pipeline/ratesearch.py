@@ -309,7 +309,8 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], mod
             for _ in range(3):
                 if b in full:
                     break
-                gaps[0] = on_tier(k, b).psnr + gaps[k] - on_tier(0, b).psnr
+                shifted = on_tier(k, b).psnr + gaps[k] - on_tier(0, b).psnr
+                gaps[0] = shifted if math.isfinite(shifted) else gaps[0]
                 moved = locate(b)
                 if moved == b:
                     break
