@@ -201,12 +201,12 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
         return ratesearch.Probe(index, values[index], quality, size, (p, payload, spent))
 
     fixed = {k: v for k, v in params.items() if k != rp}
-    model_key = (codec.codec_id, params_hash(fixed), kind, goal)
+    model_key = (codec.codec_id, params_hash(fixed), kind, goal, domain)  # images of one domain behave alike
     anchor = memo.get(("rate-anchor", kind, goal))  # the first search on this image, if any
     tiers = tuple(ratesearch.Tier(_proxy_measure(px, src, device, values), px.margin_db)
                   for px in codec.rate_proxies(params)) if kind == "psnr" else ()
     out = ratesearch.search(values, kind, goal, pixels, measure, model_key, bound if kind == "psnr" else None,
-                            anchor, tiers)
+                            anchor, tiers, shared_key=model_key[:-1])
     if anchor is None and out.kept is not None and out.reached:
         memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
     if out.kept is None:

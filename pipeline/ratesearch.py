@@ -112,7 +112,7 @@ def _measure(kind: str, p: Probe) -> float:
 
 def search(values: list[int], kind: str, goal: float, pixels: int, measure: Callable[[int], Probe],
            model_key: tuple, bound: int | None = None, anchor: tuple[tuple, int] | None = None,
-           tiers: tuple[Tier, ...] = ()) -> Outcome:
+           tiers: tuple[Tier, ...] = (), shared_key: tuple | None = None) -> Outcome:
     """Find the boundary described above. ``measure(index)`` probes ``values[index]``.
 
     ``kind``: ``psnr`` (keep the lowest value with PSNR >= goal) or ``bpp`` (keep the
@@ -120,15 +120,19 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
     another codec's search on the same image ended; this codec then starts at that index
     plus the offset it showed against that codec before (images differ far more than
     codecs do: the offset is steadier than the index itself). ``tiers`` (``psnr`` only):
-    cheaper measures running parallel to ``measure``, cheapest first (:func:`_tiered`)."""
+    cheaper measures running parallel to ``measure``, cheapest first (:func:`_tiered`).
+    ``shared_key``: a wider model (the codec on every domain) whose history seeds this
+    search while ``model_key``'s (the codec on this image's domain) has none; both learn
+    from it."""
     n = len(values)
     target = goal if kind == "psnr" else math.log(goal * max(1, pixels) / 8)
 
     def ok(p: Probe) -> bool:  # monotone in the index: False ... False True ... True
         return p.psnr >= goal if kind == "psnr" else 8 * p.bytes / max(1, pixels) > goal
 
+    keys = (model_key,) if shared_key is None else (model_key, shared_key)
     with _lock:
-        hist = _model.setdefault(model_key, _History())
+        hist = next((h for k in keys if (h := _model.get(k)) is not None and h.ends), None) or _History()
         start = sorted(hist.ends)[len(hist.ends) // 2] if hist.ends else n // 2
         offsets = hist.offsets.get(anchor[0], []) if anchor else []
         if offsets:
@@ -137,7 +141,7 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
         gaps = [_median(hist.tier_gaps.get(k, [0.0])) for k in range(len(tiers))]
     start = min(max(start, 0), n - 1)
     if kind == "psnr" and tiers:
-        return _tiered(values, goal, measure, model_key, bound, anchor, tiers, start, slope, gaps)
+        return _tiered(values, goal, measure, keys, bound, anchor, tiers, start, slope, gaps)
     probes: dict[int, Probe] = {}
 
     def probe(i: int) -> Probe:
@@ -152,7 +156,7 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
 
     lo, hi, pruned = _locate(n, kind, target, ok, probe, start, slope, stop)
     if pruned is not None:
-        _remember(model_key, None, probes, kind, anchor)
+        _remember(keys, None, probes, kind, anchor)
         return pruned
     reached = True
     if kind == "psnr":
@@ -165,7 +169,7 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
             kept, reached = probe(0), False
         else:
             kept = probes[lo]
-    _remember(model_key, kept.index if reached else None, probes, kind, anchor)
+    _remember(keys, kept.index if reached else None, probes, kind, anchor)
     return Outcome(kept, sorted(probes.values(), key=lambda q: q.index), reached=reached)
 
 
@@ -261,7 +265,7 @@ def _locate(n: int, kind: str, target: float, ok: Callable[[Probe], bool], probe
         i = nxt
 
 
-def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], model_key: tuple, bound: int | None,
+def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], keys: tuple, bound: int | None,
             anchor: tuple[tuple, int] | None, tiers: tuple[Tier, ...], start: int, slope: float,
             gaps: list[float]) -> Outcome:
     """A ``psnr`` search that locates the boundary on the cheapest tier and spends the
@@ -294,7 +298,7 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], mod
         return min(_locate(n, "psnr", goal, ok, estimate, i, slope)[1], n - 1)
 
     def done(kept: Probe | None, reached: bool = True, pruned: Outcome | None = None) -> Outcome:
-        _remember(model_key, kept.index if kept is not None and reached else None, full, "psnr", anchor,
+        _remember(keys, kept.index if kept is not None and reached else None, full, "psnr", anchor,
                   cheap, kept)
         out = pruned or Outcome(kept, reached=reached)
         out.probes = sorted(full.values(), key=lambda q: q.index)
@@ -364,12 +368,12 @@ def _psnr_at(probes, bound: int, goal: float) -> float | None:
     return a.psnr + (b.psnr - a.psnr) * (math.log(bound) - la) / (lb - la)
 
 
-def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind: str,
+def _remember(keys: tuple, end: int | None, probes: dict[int, Probe], kind: str,
               anchor: tuple[tuple, int] | None = None, cheap: list[dict[int, Probe]] | None = None,
               kept: Probe | None = None) -> None:
-    """Add this search to the model: where it ended, the slope its probes showed (those on
-    the cheapest tier where there are any: more of them, the same slope) and, for a tiered
-    search, how far above each tier the codec ended."""
+    """Add this search to the models ``keys``: where it ended, the slope its probes showed
+    (those on the cheapest tier where there are any: more of them, the same slope) and, for
+    a tiered search, how far above each tier the codec ended."""
     seen = cheap[0] if cheap and cheap[0] else probes
     idx = sorted(seen)
     slope = None
@@ -379,15 +383,16 @@ def _remember(model_key: tuple, end: int | None, probes: dict[int, Probe], kind:
         slope = d if d > 0 else None
     gaps = {k: _gap(kept, c[kept.index]) for k, c in enumerate(cheap or []) if kept is not None and kept.index in c}
     with _lock:
-        hist = _model.setdefault(model_key, _History())
-        if end is not None:
-            hist.ends = (hist.ends + [end])[-HISTORY:]
-            if anchor is not None and anchor[0] != model_key:
-                hist.offsets[anchor[0]] = (hist.offsets.get(anchor[0], []) + [end - anchor[1]])[-HISTORY:]
-        if slope is not None:
-            hist.slopes = (hist.slopes + [slope])[-HISTORY:]
-        for k, gap in gaps.items():
-            hist.tier_gaps[k] = (hist.tier_gaps.get(k, []) + [gap])[-HISTORY:]
+        for key in keys:
+            hist = _model.setdefault(key, _History())
+            if end is not None:
+                hist.ends = (hist.ends + [end])[-HISTORY:]
+                if anchor is not None and anchor[0] != key:
+                    hist.offsets[anchor[0]] = (hist.offsets.get(anchor[0], []) + [end - anchor[1]])[-HISTORY:]
+            if slope is not None:
+                hist.slopes = (hist.slopes + [slope])[-HISTORY:]
+            for k, gap in gaps.items():
+                hist.tier_gaps[k] = (hist.tier_gaps.get(k, []) + [gap])[-HISTORY:]
 
 
 def forget() -> None:

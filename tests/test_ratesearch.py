@@ -83,3 +83,17 @@ def test_tiers_are_for_psnr_targets_only(kind):
     ratesearch.forget()
     out = ratesearch.search(VALUES, kind, 1.0, 10_000, probe(own_psnr), ("bpp",), tiers=(fast,))
     assert out.kept is not None and not asked
+
+
+def test_a_domain_without_history_starts_where_the_codecs_other_domains_ended():
+    """The model is kept per (codec, settings, target, domain); a domain the codec has not
+    searched yet starts from the codec's searches on every domain (``shared_key``)."""
+    ratesearch.forget()
+    goal = 36.0
+    ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr), ("c", "natural"), shared_key=("c",))
+    first: list[int] = []
+    ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, first), ("c", "comic"), shared_key=("c",))
+    assert first[0] == boundary(goal)  # the other domain's end: found at the first probe's neighbour
+    alone: list[int] = []
+    ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, alone), ("c", "line"))
+    assert alone[0] == len(VALUES) // 2  # no shared model: the middle of the range
