@@ -9,6 +9,11 @@ codebooks they belong to, m = 1 the one-hot mode (codebook and sign, no weights)
 Payload (format 2): ``u8 m, u16 width, u16 height, u16 u, u16 v`` then three rANS
 sections (CompressAI's coder), each ``u32 length + bytes``:
   1. all K codeword-index maps, raster order then codebook, one learned table per codebook;
+     or, when the head's first byte carries ``CONTEXT`` (0x80, with m in its low bits) and
+     a ``u32`` after ``v`` names the context tables (their file's sha256, first 32 bits):
+     the maps stage by stage, each index with a table chosen by its context (left
+     neighbour, two equality flags; ``context.py``). New encodes use the context layout
+     when the weights have context tables; payloads without the flag decode as before;
   2. the selection symbol per position (empty for m = K): m = 1: 2·codebook + (weight < 0),
      1 < m < K: the kept set's number among the C(K, m) sets; one learned table per m;
   3. the kept weights on the integer grid (empty for m = 1), one learned table per m.
@@ -34,9 +39,24 @@ from pixarc.tensors import image_tensor, tensor_pixels
 
 from .constants import ARCH
 
-HEADER = PayloadLayout(">BHHHH", "m width height u v", sections=3, plausible=lambda p: (
-    1 <= p.head.m <= 4 and p.head.width > 0 and p.head.height > 0
-    and p.head.u == (p.head.height + 7) // 8 and p.head.v == (p.head.width + 7) // 8))
+CONTEXT = 0x80  # in the head's first byte: the index maps are context-coded (HEADER_CONTEXT)
+
+
+def _plausible(p: Payload) -> bool:
+    return (1 <= p.head.m & ~CONTEXT <= 4 and p.head.width > 0 and p.head.height > 0
+            and p.head.u == (p.head.height + 7) // 8 and p.head.v == (p.head.width + 7) // 8)
+
+
+HEADER = PayloadLayout(">BHHHH", "m width height u v", sections=3,
+                       plausible=lambda p: not p.head.m & CONTEXT and _plausible(p))
+HEADER_CONTEXT = PayloadLayout(">BHHHHI", "m width height u v tables", sections=3,
+                               plausible=lambda p: bool(p.head.m & CONTEXT) and _plausible(p))
+
+
+def read_payload(payload: bytes, codec_id: str = "svr") -> Payload:
+    """A payload of either layout (the first byte tells which), checked."""
+    context = bool(payload[:1]) and bool(payload[0] & CONTEXT)
+    return (HEADER_CONTEXT if context else HEADER).read(payload, codec_id)
 
 
 class SVRCodec(LearnedCodec):
@@ -79,6 +99,15 @@ class SVRCodec(LearnedCodec):
             model._pixarc_tables = {"index": index, "select": select, "weight": weight}
         return model._pixarc_tables
 
+    def context_tables(self):
+        """The context tables of the weights in use (None: they code index maps context-free)."""
+        from .context import load_tables
+
+        model, weights = self._model(), self.require_weights()
+        if not hasattr(model, "_pixarc_context"):
+            model._pixarc_context = load_tables(weights.path, weights.entry)
+        return model._pixarc_context
+
     def fixed_length_bits(self, m: int, u: int, v: int) -> int:
         """What the same symbols would cost in a plain fixed-length code (for the benchmark)."""
         from .model import W_LEVELS, select_symbols
@@ -90,6 +119,11 @@ class SVRCodec(LearnedCodec):
         return u * v * per
 
     def encode(self, src, params, device=CPU):
+        return self.encode_with(src, params, device, context=True)
+
+    def encode_with(self, src, params, device=CPU, context: bool = True) -> bytes:
+        """``encode``; ``context=False`` writes the context-free layout (what format 2 wrote
+        before context tables existed) even when the weights have context tables."""
         import torch
         import torch.nn.functional as F
 
@@ -107,31 +141,45 @@ class SVRCodec(LearnedCodec):
         tables = self._tables(self._model())
         raster = lambda t: t[0].permute(1, 2, 0).reshape(-1).tolist()  # noqa: E731  raster, then codebook/slot
         k = model.k
-        streams = [rans_encode(raster(idx.cpu()), tables["index"], list(range(k)) * (u * v), [0] * k)]
+        ctx = self.context_tables() if context else None
+        if ctx is not None:
+            streams = [ctx.encode(idx[0].cpu().numpy())]
+        else:
+            streams = [rans_encode(raster(idx.cpu()), tables["index"], list(range(k)) * (u * v), [0] * k)]
         streams.append(b"" if select is None else rans_encode(select[0].reshape(-1).tolist(), [tables["select"][m]]))
         streams.append(b"" if w_int is None else rans_encode(raster(w_int.cpu()), [tables["weight"][m]],
                                                              offsets=-W_OFFSET))
+        if ctx is not None:
+            return HEADER_CONTEXT.pack(m | CONTEXT, w, h, u, v, ctx.tag, sections=streams)
         return HEADER.pack(m, w, h, u, v, sections=streams)
 
     def decode(self, payload, device=CPU):
-        p = HEADER.read(payload, self.codec_id)
+        p = read_payload(payload, self.codec_id)
         with self.refusing("cannot decode"):
             return self._decode(p, device)
 
     def decode_integers(self, payload: bytes) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         """The integers of a payload (m, index maps, selection, weights), on the CPU only:
         rANS with integer tables, so the same on every machine."""
-        return self._integers(HEADER.read(payload, self.codec_id))
+        return self._integers(read_payload(payload, self.codec_id))
 
     def _integers(self, p: Payload) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         from .model import W_LEVELS, W_OFFSET, select_symbols
 
         cpu = self._model()
-        m, streams = p.head.m, p.sections
+        m, streams = p.head.m & ~CONTEXT, p.sections
         k, tables, n = cpu.k, self._tables(cpu), p.head.u * p.head.v
         if m > k:
             raise CodecError(f"svr: m={m} > K={k}")
-        indices = rans_decode(streams[0], k * n, tables["index"], list(range(k)) * n, [0] * k)
+        if p.head.m & CONTEXT:
+            ctx = self.context_tables()
+            if ctx is None or ctx.tag != p.head.tables:
+                raise CodecError(f"svr: payload coded with context tables {p.head.tables:08x}, the weights have "
+                                 f"{'none' if ctx is None else f'{ctx.tag:08x}'}")
+            # the same integers, in the context-free layout's order (raster, then codebook)
+            indices = ctx.decode(streams[0], p.head.u, p.head.v).transpose(1, 2, 0).reshape(-1).tolist()
+        else:
+            indices = rans_decode(streams[0], k * n, tables["index"], list(range(k)) * n, [0] * k)
         if any(not 0 <= i < cpu.size for i in indices):
             raise CodecError("svr: codeword index out of range")
         select = weights = None
@@ -178,6 +226,7 @@ def register_codecs(register):
 
 @hookimpl
 def register_commands(register):
-    from .commands import train_svr  # click and the shared options only; the trainer loads when it runs
+    from .commands import svr, train_svr  # click and the shared options only; the trainer loads when it runs
 
     register(train_svr, group="train")
+    register(svr)
