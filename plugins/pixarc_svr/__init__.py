@@ -2,18 +2,23 @@
 
 Model and choices in ``model.py``; training in ``train.py`` (``pixarc train svr``).
 Weights: ``PIXARC_SVR_WEIGHTS`` (directory with ``weights.json``) or this plugin's
-``weights/``; sha256 first, ``weights_only=True``. Parameter ``m`` (1..K) is the rate
-knob: m = K sends all K weights (AdaCode), 1 < m < K the top-m weights and which
-codebooks they belong to, m = 1 the one-hot mode (codebook and sign, no weights).
+``weights/``; sha256 first, ``weights_only=True``. Parameter ``m`` (1..K): m = K sends all
+K weights (AdaCode), 1 < m < K the top-m weights and which codebooks they belong to, m = 1
+the one-hot mode (codebook and sign, no weights); with the shipped weights it moves the
+rate by ~0.05 bpp and PSNR by <= 0.2 dB. Parameter ``stages`` (1..K, default K): only the
+first s residual stages' index maps are sent (context layout only); the rate knob that
+moves quality (measured in docs/svr.md, benchmarks/svr_stages.py).
 
 Payload (format 2): ``u8 m, u16 width, u16 height, u16 u, u16 v`` then three rANS
 sections (CompressAI's coder), each ``u32 length + bytes``:
   1. all K codeword-index maps, raster order then codebook, one learned table per codebook;
-     or, when the head's first byte carries ``CONTEXT`` (0x80, with m in its low bits) and
-     a ``u32`` after ``v`` names the context tables (their file's sha256, first 32 bits):
-     the maps stage by stage, each index with a table chosen by its context (left
-     neighbour, two equality flags; ``context.py``). New encodes use the context layout
-     when the weights have context tables; payloads without the flag decode as before;
+     or, when the head's first byte carries ``CONTEXT`` (0x80, with m in its low bits), the
+     context layout ``u8 m|0x80, u8 stages, u16 width, u16 height, u16 u, u16 v, u32 tables``
+     (``tables``: the context tables' file sha256, first 32 bits): the first ``stages``
+     maps, stage by stage, each index with a table chosen by its context (left neighbour,
+     two equality flags; ``context.py``); the decoder sets the codewords of the stages not
+     sent to zero. New encodes use the context layout when the weights have context
+     tables; payloads without the flag decode as before;
   2. the selection symbol per position (empty for m = K): m = 1: 2·codebook + (weight < 0),
      1 < m < K: the kept set's number among the C(K, m) sets; one learned table per m;
   3. the kept weights on the integer grid (empty for m = 1), one learned table per m.
@@ -49,8 +54,9 @@ def _plausible(p: Payload) -> bool:
 
 HEADER = PayloadLayout(">BHHHH", "m width height u v", sections=3,
                        plausible=lambda p: not p.head.m & CONTEXT and _plausible(p))
-HEADER_CONTEXT = PayloadLayout(">BHHHHI", "m width height u v tables", sections=3,
-                               plausible=lambda p: bool(p.head.m & CONTEXT) and _plausible(p))
+HEADER_CONTEXT = PayloadLayout(">BBHHHHI", "m stages width height u v tables", sections=3,
+                               plausible=lambda p: bool(p.head.m & CONTEXT) and 1 <= p.head.stages <= 4
+                               and _plausible(p))
 
 
 def read_payload(payload: bytes, codec_id: str = "svr") -> Payload:
@@ -65,7 +71,9 @@ class SVRCodec(LearnedCodec):
     lossless = False
     modes = frozenset({"RGB"})
     max_side = 65535
-    params_schema = {"m": Param(int, 2, 1, 4, "codebooks kept per position (rate knob)")}
+    params_schema = {"m": Param(int, 2, 1, 4, "codebooks kept per position (rate knob)"),
+                     "stages": Param(int, 4, 1, 4, "residual stages sent, the first s (rate knob: "
+                                                   "fewer stages, fewer bits, lower quality)")}
     description = "masked adaptive codebooks (M-AdaCode), integer-only bitstream"
     rate_param = "m"
     weights_env, weights_arch, train_command = "PIXARC_SVR_WEIGHTS", ARCH, "pixarc train svr"
@@ -142,15 +150,18 @@ class SVRCodec(LearnedCodec):
         raster = lambda t: t[0].permute(1, 2, 0).reshape(-1).tolist()  # noqa: E731  raster, then codebook/slot
         k = model.k
         ctx = self.context_tables() if context else None
+        stages = params.get("stages", k)
+        if stages > k or stages < k and ctx is None:
+            raise CodecError(f"svr: stages={stages} needs context tables and at most K={k}")
         if ctx is not None:
-            streams = [ctx.encode(idx[0].cpu().numpy())]
+            streams = [ctx.encode(idx[0, :stages].cpu().numpy())]
         else:
             streams = [rans_encode(raster(idx.cpu()), tables["index"], list(range(k)) * (u * v), [0] * k)]
         streams.append(b"" if select is None else rans_encode(select[0].reshape(-1).tolist(), [tables["select"][m]]))
         streams.append(b"" if w_int is None else rans_encode(raster(w_int.cpu()), [tables["weight"][m]],
                                                              offsets=-W_OFFSET))
         if ctx is not None:
-            return HEADER_CONTEXT.pack(m | CONTEXT, w, h, u, v, ctx.tag, sections=streams)
+            return HEADER_CONTEXT.pack(m | CONTEXT, stages, w, h, u, v, ctx.tag, sections=streams)
         return HEADER.pack(m, w, h, u, v, sections=streams)
 
     def decode(self, payload, device=CPU):
@@ -160,7 +171,8 @@ class SVRCodec(LearnedCodec):
 
     def decode_integers(self, payload: bytes) -> tuple[int, list[int], list[int] | None, list[int] | None]:
         """The integers of a payload (m, index maps, selection, weights), on the CPU only:
-        rANS with integer tables, so the same on every machine."""
+        rANS with integer tables, so the same on every machine. The index maps are the
+        stages sent (all K, or the payload's ``stages``), raster order then stage."""
         return self._integers(read_payload(payload, self.codec_id))
 
     def _integers(self, p: Payload) -> tuple[int, list[int], list[int] | None, list[int] | None]:
@@ -177,7 +189,7 @@ class SVRCodec(LearnedCodec):
                 raise CodecError(f"svr: payload coded with context tables {p.head.tables:08x}, the weights have "
                                  f"{'none' if ctx is None else f'{ctx.tag:08x}'}")
             # the same integers, in the context-free layout's order (raster, then codebook)
-            indices = ctx.decode(streams[0], p.head.u, p.head.v).transpose(1, 2, 0).reshape(-1).tolist()
+            indices = ctx.decode(streams[0], p.head.u, p.head.v, p.head.stages).transpose(1, 2, 0).reshape(-1).tolist()
         else:
             indices = rans_decode(streams[0], k * n, tables["index"], list(range(k)) * n, [0] * k)
         if any(not 0 <= i < cpu.size for i in indices):
@@ -207,14 +219,17 @@ class SVRCodec(LearnedCodec):
         if (not select_symbols(k, m)) != (not streams[1]) or (m == 1) != (not streams[2]):
             raise CodecError("svr: sections do not match m")
         model = self._model(device)
-        idx = torch.tensor(indices, dtype=torch.int64).view(u, v, k).permute(2, 0, 1)[None]
+        stages = getattr(p.head, "stages", k)
+        idx = torch.tensor(indices, dtype=torch.int64).view(u, v, stages).permute(2, 0, 1)[None]
+        idx = torch.cat([idx, torch.zeros(1, k - stages, u, v, dtype=torch.int64)], 1)  # unsent: zero codewords
         sel = None if select is None else torch.tensor(select, dtype=torch.int64).view(1, u, v)
         w_int = None if weights is None else torch.tensor(weights, dtype=torch.int64).view(u, v, m).permute(2, 0, 1)[None]
         masked, mask = cpu.masked_from_symbols(m, sel, w_int, (1, u, v))
         with torch.no_grad():
-            x = model.synthesise(idx.to(device.torch), masked.to(device.torch), mask.to(device.torch))
+            x = model.synthesise(idx.to(device.torch), masked.to(device.torch), mask.to(device.torch), stages)
         pixels = tensor_pixels(x[0, :, :h, :w])
-        fp = hashlib.sha256(json.dumps([m, indices, select, weights]).encode()).hexdigest()
+        ints = [m, indices, select, weights] if stages == k else [m, stages, indices, select, weights]
+        fp = hashlib.sha256(json.dumps(ints).encode()).hexdigest()
         return Decoded(image=Image.fromarray(pixels), fingerprint=fp)
 
 

@@ -105,26 +105,35 @@ class ContextTables:
         return self._cdfs
 
     def encode(self, z: np.ndarray) -> bytes:
-        """The maps ``z`` (K, u, v), stage by stage in raster order, as one rANS string."""
-        if z.shape[0] != self.k or (z.size and not 0 <= int(z.min()) <= int(z.max()) < self.size):
+        """The maps ``z`` (s, u, v), the first s ≤ K stages, stage by stage in raster order, as
+        one rANS string (a stage's context needs only itself and the stage before, so the
+        first s stages are coded by the first s stages' tables)."""
+        if not 1 <= z.shape[0] <= self.k or (z.size and not 0 <= int(z.min()) <= int(z.max()) < self.size):
             raise ValueError("index maps do not match the context tables")
-        ids = context_ids(z, self.size) + (np.arange(self.k) * contexts_per_stage(self.size))[:, None, None]
+        first = np.arange(z.shape[0]) * contexts_per_stage(self.size)  # stage s's tables start here
+        ids = context_ids(z, self.size) + first[:, None, None]
         return rans_encode(z.reshape(-1).tolist(), self.cdfs(), ids.reshape(-1).tolist())
 
-    def decode(self, data: bytes, u: int, v: int) -> np.ndarray:
-        """The (K, u, v) maps :meth:`encode` wrote; CodecError on an index out of range."""
+    def decode(self, data: bytes, u: int, v: int, stages: int | None = None) -> np.ndarray:
+        """The (stages, u, v) maps :meth:`encode` wrote (default: all K); CodecError on an
+        index out of range."""
         from pixarc import compressai_compat
 
         compressai_compat.load()
         from compressai.ans import RansDecoder
 
+        if len(data) < 8 or len(data) % 4:  # CompressAI's rANS writes 32-bit words, the final state in two
+            raise CodecError(f"svr: an index-map string of {len(data)} bytes is not rANS output")
         cdfs, size, per = self.cdfs(), self.size, contexts_per_stage(self.size)
         length = [size + 2]
-        z = np.zeros((self.k, u, v), np.int64)
+        stages = self.k if stages is None else stages
+        if not 1 <= stages <= self.k:
+            raise CodecError(f"svr: {stages} stages, the tables have {self.k}")
+        z = np.zeros((stages, u, v), np.int64)
         dec = RansDecoder()
         dec.set_stream(data)
         step = dec.decode_stream
-        for s in range(self.k):
+        for s in range(stages):
             zs, base = z[s].tolist(), s * per
             prev = z[s - 1].tolist() if s else None
             for i in range(u):
@@ -208,7 +217,7 @@ def ship_tables(weights_path, model, data) -> dict:
     name = tables_name(weights_path.name)
     torch.save({"counts": torch.from_numpy(counts.astype(np.int32))}, weights_path.parent / name)
     blob = (weights_path.parent / name).read_bytes()
-    entry = {"arch": "svr-context", "for": weights_path.name, "sha256": file_sha256(blob), "bytes": len(blob),
+    entry = {"arch": "svr-context", "kind": "entropy-tables", "for": weights_path.name, "sha256": file_sha256(blob), "bytes": len(blob),
              "data": data.name, "data_sha256": data_sha256(data, files), "images": len(files),
              "positions": int(counts[0].sum()), "prior_mass": PRIOR_MASS, "prior_scale": PRIOR_SCALE,
              "source": f"pixarc svr context-tables --data {data.name} (index-map counts of the shipped encoder)"}

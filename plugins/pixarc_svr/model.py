@@ -197,6 +197,12 @@ class SVRModel(nn.Module):
         mask = torch.zeros(b, self.k, u, v, dtype=torch.long).scatter(1, kept, 1)
         return masked.float() * W_STEP, mask.float()
 
-    def synthesise(self, idx: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pixels from all K index maps and the masked weight map (floats from here on)."""
-        return self.decoder(self.fill(self.codewords(idx), masked, mask))
+    def synthesise(self, idx: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor,
+                   stages: int | None = None) -> torch.Tensor:
+        """Pixels from the index maps and the masked weight map (floats from here on). With
+        ``stages`` < K only the first ``stages`` residual stages were sent: the others'
+        codewords are zero, so ŷ = Σ_{k<stages} w'_k c_k[z_k] (``idx`` beyond them is ignored)."""
+        cw = self.codewords(idx)
+        if stages is not None and stages < self.k:
+            cw = torch.cat([cw[:, :stages], torch.zeros_like(cw[:, stages:])], 1)
+        return self.decoder(self.fill(cw, masked, mask))
