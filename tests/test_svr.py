@@ -516,3 +516,28 @@ def test_stages_are_a_monotone_rate_knob_with_the_shipped_weights(monkeypatch):
     sizes, psnrs = zip(*points)
     assert list(sizes) == sorted(sizes) and list(psnrs) == sorted(psnrs), points
     assert psnrs[-1] - psnrs[0] > 2.0, points
+
+
+def test_context_tables_command_counts_the_training_images(svr_weights, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pixarc_svr.commands import svr as svr_group
+
+    copy = tmp_path / "w"
+    shutil.copytree(svr_weights[0], copy)
+    monkeypatch.setenv("PIXARC_SVR_WEIGHTS", str(copy))
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(data / "flat.png")  # 5 x 7 positions
+    res = CliRunner().invoke(svr_group, ["context-tables", "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    files = json.loads((copy / "weights.json").read_text())["files"]
+    entry = files[svr_weights[1]["context_tables"]]
+    assert entry["images"] == 1 and entry["positions"] == 35
+    from pixarc_svr import SVRCodec
+
+    tables = SVRCodec().context_tables()
+    assert tables.sha256 == entry["sha256"] and tables.counts[0].sum() == 35
