@@ -85,10 +85,7 @@ class SVRCodec(LearnedCodec):
         compressai_compat.load()  # the rANS coder; before any compressai import
         from .model import SVRModel
 
-        e = weights.entry
-        model = SVRModel(width=int(e["width"]), k=int(e["k"]), size=int(e["size"]), dim=int(e["dim"]))
-        model.load_state_dict(state)
-        return model.float()
+        return SVRModel.from_weights(weights.entry, state)
 
     def _model(self, device=CPU):
         return self.model(self.require_weights(), device)

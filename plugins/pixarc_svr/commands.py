@@ -45,13 +45,22 @@ def svr():
 def context_tables(data, weights_name):
     """Count the index maps the shipped encoder sends over --data and ship them as the
     context tables of those weights (a file beside them, sha256 in weights.json)."""
-    from .context import ship_tables
-    from . import SVRCodec
+    from pathlib import Path
 
-    codec = SVRCodec()
-    found = [w for w in codec.weights if w.path.name == weights_name] if weights_name else codec.encoding_weights[:1]
+    from pixarc.weights import load_weights, manifest_entries, shipped_weights_dir
+
+    from .constants import ARCH
+    from .context import ship_tables
+    from .model import SVRModel
+
+    # the codec's own search (PIXARC_SVR_WEIGHTS first, then the shipped folder), without
+    # importing the codec module (it imports this one)
+    found = [(path, e) for path, e in manifest_entries("PIXARC_SVR_WEIGHTS", shipped_weights_dir(
+        Path(__file__).with_name("__init__.py")), ARCH) if (path.name == weights_name if weights_name
+                                                              else not e.get("decode_only"))]
     if not found:
         raise click.ClickException(f"svr: no weights {weights_name or '(any)'} installed")
-    entry = ship_tables(found[0].path, codec.model(found[0]), data)
+    path, e = found[0]
+    entry = ship_tables(path, SVRModel.from_weights(e, load_weights(path, e["sha256"])), data)
     click.echo(f"{entry['for']}: context tables from {entry['images']} images, {entry['positions']} positions, "
                f"{entry['bytes']} bytes, sha256 {entry['sha256'][:12]}")

@@ -92,6 +92,13 @@ class SVRModel(nn.Module):
         self.register_buffer("select_counts", torch.ones(k + 1, 2 * k, dtype=torch.int64))
         self.register_buffer("weight_counts", torch.ones(k + 1, W_LEVELS, dtype=torch.int64))
 
+    @classmethod
+    def from_weights(cls, entry, state) -> "SVRModel":
+        """The model a weights.json ``entry`` describes, holding ``state`` (float32)."""
+        model = cls(width=int(entry["width"]), k=int(entry["k"]), size=int(entry["size"]), dim=int(entry["dim"]))
+        model.load_state_dict(state)
+        return model.float()
+
     # --------------------------------------------------------------- residual VQ
     def quantise(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Residual VQ of y (B, D, u, v): indices (B, K, u, v), codewords (B, K, D, u, v)
