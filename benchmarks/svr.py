@@ -9,8 +9,12 @@ image; ``*`` marks a codec whose lowest quality is still above the budget on som
 images: its row is at a higher bpp and does not count for ``win``). Printed per
 domain and m: mean bpp, PSNR, MS-SSIM; SVR encode and decode seconds per image on this
 machine; and the entropy coder's gain: SVR payload bits over what the same symbols cost
-in a plain fixed-length code. ``win`` marks rows where SVR's MS-SSIM beats every
-baseline at no more bits. Everything is measured in this run; nothing is copied in.
+in a plain fixed-length code. The index maps: ``idx`` is the bits of the index-map section
+as sent (context-coded when the weights have context tables), ``free`` what the same maps
+cost with the context-free tables (the same image encoded in that layout, which decodes
+to the same integers), and ``bpp free`` that payload's whole rate. ``win`` marks rows
+where SVR's MS-SSIM beats every baseline at no more bits. Everything is measured in this
+run; nothing is copied in.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pixarc.encode import encode_verified
 from pixarc.images import probe_and_load
 from pixarc.plugins import build_plugin_manager
 from pixarc.policy import Route
+from pixarc_svr import read_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("jpeg", "webp", "avif")
@@ -84,6 +89,7 @@ def main() -> None:
         cache = {(i, cid): {} for i in range(len(sources)) for cid in BASELINES}
         for m in ms:
             acc, over, times, fixed, coded = defaultdict(list), defaultdict(int), [], 0, 0
+            idx_bits = free_bits = free_total = 0
             for i, src in enumerate(sources):
                 t0 = time.perf_counter()
                 enc = encode_verified(svr, svr.validate_params({"m": m}), src, route.domain, Device.parse(args.device))
@@ -92,6 +98,10 @@ def main() -> None:
                 w, h = src.image.size
                 fixed += svr.fixed_length_bits(m, (h + 7) // 8, (w + 7) // 8)
                 coded += 8 * len(payload)
+                free = svr.encode_with(src, svr.validate_params({"m": m}), context=False)
+                idx_bits += 8 * len(read_payload(payload).sections[0])
+                free_bits += 8 * len(read_payload(free).sections[0])
+                free_total += 8 * (len(enc.blob) - len(payload) + len(free)) / src.info.pixels
                 bpp = 8 * len(enc.blob) / src.info.pixels
                 acc["svr"].append((bpp, enc.psnr, enc.ms_ssim))
                 for cid in BASELINES:
@@ -106,8 +116,10 @@ def main() -> None:
             wins.append((domain, m, win, means["svr"][0]))
             for cid, (b, p, s) in means.items():
                 if cid == "svr":
-                    note = (f"enc {enc_s:.2f} s dec {dec_s:.2f} s/img; rANS {coded / fixed:.0%} of fixed-length"
-                            f"{'; win' if win else ''}")
+                    note = (f"enc {enc_s:.2f} s dec {dec_s:.2f} s/img; rANS {coded / fixed:.0%} of fixed-length; "
+                            f"idx {idx_bits / len(sources) / 1000:.1f} kbit/img vs free "
+                            f"{free_bits / len(sources) / 1000:.1f} ({idx_bits / free_bits - 1:+.1%}); "
+                            f"bpp free {free_total / len(sources):.3f}{'; win' if win else ''}")
                 else:
                     note = f"* {over[cid]}/{len(sources)} above budget" if over[cid] else ""
                 print(f"{domain:11s} {m:2d} {cid:6s} {b:7.3f} {p:7.2f} {s:8.4f}  {note}", flush=True)

@@ -52,9 +52,9 @@ def image(w=70, h=45):
 
 
 def sections(payload):
-    from pixarc_svr import HEADER
+    from pixarc_svr import read_payload
 
-    return list(HEADER.read(payload, "svr").sections)
+    return list(read_payload(payload, "svr").sections)
 
 
 def tensor(src):

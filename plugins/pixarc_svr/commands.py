@@ -30,3 +30,37 @@ def train_svr(data, out, minutes, steps, device, resume, checkpoint_minutes, fre
                 batch=batch, patch=patch, width=width, lr=lr, seed=seed, device=device, resume=resume,
                 checkpoint_minutes=checkpoint_minutes, fresh=fresh, dev=dev)
     click.echo(report(out, entry))
+
+
+@click.group("svr")
+def svr():
+    """SVR tools that need no training."""
+
+
+@svr.command("context-tables")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The TRAINING images (e.g. ../shared/data/train/crops); never dev.")
+@click.option("--weights", "weights_name", default=None,
+              help="Weights file name in the shipped weights.json (default: the one new encodes use).")
+def context_tables(data, weights_name):
+    """Count the index maps the shipped encoder sends over --data and ship them as the
+    context tables of those weights (a file beside them, sha256 in weights.json)."""
+    from pathlib import Path
+
+    from pixarc.weights import load_weights, manifest_entries, shipped_weights_dir
+
+    from .constants import ARCH
+    from .context import ship_tables
+    from .model import SVRModel
+
+    # the codec's own search (PIXARC_SVR_WEIGHTS first, then the shipped folder), without
+    # importing the codec module (it imports this one)
+    found = [(path, e) for path, e in manifest_entries("PIXARC_SVR_WEIGHTS", shipped_weights_dir(
+        Path(__file__).with_name("__init__.py")), ARCH) if (path.name == weights_name if weights_name
+                                                              else not e.get("decode_only"))]
+    if not found:
+        raise click.ClickException(f"svr: no weights {weights_name or '(any)'} installed")
+    path, e = found[0]
+    entry = ship_tables(path, SVRModel.from_weights(e, load_weights(path, e["sha256"])), data)
+    click.echo(f"{entry['for']}: context tables from {entry['images']} images, {entry['positions']} positions, "
+               f"{entry['bytes']} bytes, sha256 {entry['sha256'][:12]}")

@@ -92,6 +92,13 @@ class SVRModel(nn.Module):
         self.register_buffer("select_counts", torch.ones(k + 1, 2 * k, dtype=torch.int64))
         self.register_buffer("weight_counts", torch.ones(k + 1, W_LEVELS, dtype=torch.int64))
 
+    @classmethod
+    def from_weights(cls, entry, state) -> "SVRModel":
+        """The model a weights.json ``entry`` describes, holding ``state`` (float32)."""
+        model = cls(width=int(entry["width"]), k=int(entry["k"]), size=int(entry["size"]), dim=int(entry["dim"]))
+        model.load_state_dict(state)
+        return model.float()
+
     # --------------------------------------------------------------- residual VQ
     def quantise(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Residual VQ of y (B, D, u, v): indices (B, K, u, v), codewords (B, K, D, u, v)
@@ -197,6 +204,12 @@ class SVRModel(nn.Module):
         mask = torch.zeros(b, self.k, u, v, dtype=torch.long).scatter(1, kept, 1)
         return masked.float() * W_STEP, mask.float()
 
-    def synthesise(self, idx: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pixels from all K index maps and the masked weight map (floats from here on)."""
-        return self.decoder(self.fill(self.codewords(idx), masked, mask))
+    def synthesise(self, idx: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor,
+                   stages: int | None = None) -> torch.Tensor:
+        """Pixels from the index maps and the masked weight map (floats from here on). With
+        ``stages`` < K only the first ``stages`` residual stages were sent: the others'
+        codewords are zero, so ŷ = Σ_{k<stages} w'_k c_k[z_k] (``idx`` beyond them is ignored)."""
+        cw = self.codewords(idx)
+        if stages is not None and stages < self.k:
+            cw = torch.cat([cw[:, :stages], torch.zeros_like(cw[:, stages:])], 1)
+        return self.decoder(self.fill(cw, masked, mask))

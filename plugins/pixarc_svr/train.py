@@ -16,7 +16,8 @@ an error. The switch to stage 2 comes at ``--stage1-minutes`` (or ``--stage1-ste
 *cumulative*, with a new optimizer that warms up. ``--dev``: the mean PSNR of dev centre
 crops coded at every m (the decoder's integers: what a bitstream carries).
 
-At the end of every run the symbol statistics of the *kept* predictions (index maps,
+At the end of every run the index maps' context counts over every training image become
+the context tables (``context.py``, a file beside the weights), and the symbol statistics of the *kept* predictions (index maps,
 selection symbols and weights, per m) over the training images become the learned
 entropy tables. The rest is :class:`pixarc.training.TrainingRun`: a run continues the
 newest shipped model of the same shape, in its stage (``--fresh`` starts over,
@@ -196,13 +197,22 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
     shipped.select_counts.copy_(select)
     shipped.weight_counts.copy_(weight)
     final = {str(s): next((r for r in reversed(run.history) if set(LOSSES[s]) <= set(r)), None) for s in (1, 2)}
-    return run.ship({k: v.cpu() for k, v in shipped.state_dict().items()}, {
+    entry = run.ship({k: v.cpu() for k, v in shipped.state_dict().items()}, {
         "width": width, "k": model.k, "size": model.size, "dim": model.dim, "stage": stage,
         "stage1_steps": stage1_done if stage == 2 else run.step,
         "stage2_steps": run.step - stage1_done if stage == 2 else 0, "batch": batch, "patch": patch, "lr": lr,
         "losses": {str(s): w for s, w in LOSSES.items()}, "final": final, "table_images": len(sample),
         "source": f"pixarc train svr (cumulative steps; stage 2 from step {stage1_done if stage == 2 else '-'})",
     })
+    if entry is not None:  # the context tables of the index maps (context.py), counted over every training image
+        from pixarc.weights import read_manifest
+
+        from .context import ship_tables
+
+        name = next(n for n, e in read_manifest(Path(out) / "weights.json").items() if e["sha256"] == entry["sha256"])
+        ship_tables(Path(out) / name, shipped, data)
+        entry["context_tables"] = read_manifest(Path(out) / "weights.json")[name]["context_tables"]
+    return entry
 
 
 def _revive(model, y, usage, rng) -> None:
