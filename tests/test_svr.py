@@ -265,7 +265,7 @@ def test_archive_routes_to_svr_with_a_bpp_target(svr_weights, monkeypatch, tmp_p
     assert row["codec_id"] == "svr", row["notes"]
     assert not row["lossless"] and np.isfinite(row["psnr"])
     meta = unpack((dest / "a.png.pxa").read_bytes()).meta
-    assert meta["params"]["m"] == 4 and len(meta["decoded_fingerprint"]) == 64  # the most bits within 8 bpp
+    assert meta["params"]["stages"] == 4 and len(meta["decoded_fingerprint"]) == 64  # the most bits within 8 bpp
     assert not runs.verify_local(str(dest), full=True, registry=reg).problems
 
 
