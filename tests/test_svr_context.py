@@ -135,6 +135,8 @@ def test_malformed_context_payloads_are_codec_errors(svr, svr_weights, monkeypat
     with pytest.raises(CodecError, match="context tables"):
         plain.decode(payload)
     assert not plain.encode(image(), plain.validate_params({"m": 2}))[0] & CONTEXT
+    # the rate knob (stages) needs the context layout: without tables a search probes K alone
+    assert svr.rate_values() == [1, 2, 3, 4] and plain.rate_values() == [4]
 
 
 def test_tampered_context_tables_are_refused(svr_weights, monkeypatch, tmp_path):

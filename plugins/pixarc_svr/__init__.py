@@ -106,6 +106,12 @@ class SVRCodec(LearnedCodec):
             model._pixarc_tables = {"index": index, "select": select, "weight": weight}
         return model._pixarc_tables
 
+    def rate_values(self) -> list[int]:
+        """The stage counts a rate search may probe: all of them with context tables (the
+        only layout that sends fewer than K), else K alone."""
+        k = self._model().k
+        return list(range(1, k + 1)) if self.context_tables() is not None else [k]
+
     def context_tables(self):
         """The context tables of the weights in use (None: they code index maps context-free)."""
         from .context import load_tables
