@@ -11,6 +11,7 @@ is not searched again but checked at the rate its coverer kept; ``store`` comes 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from . import memo
@@ -212,7 +213,10 @@ def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: D
     if not meets(chosen, target, max(1, src.info.pixels)):
         return ""
     kind, goal = target
-    ceiling = codec.psnr_ceiling(src, params, device, below=goal if kind == "psnr" else None)
+    # plugins written before ``below`` existed keep working: it is passed only where accepted
+    takes_goal = "below" in inspect.signature(codec.psnr_ceiling).parameters
+    ceiling = (codec.psnr_ceiling(src, params, device, below=goal if kind == "psnr" else None) if takes_goal
+               else codec.psnr_ceiling(src, params, device))
     if ceiling is None:
         return ""
     if kind == "psnr" and ceiling < goal:

@@ -15,7 +15,7 @@ def test_dry_run_never_names_a_screened_codec_first_and_estimates_cost(images, t
         screened = True
         params_schema = {"quality": Param(int, 2, 1, 3)}
 
-        def psnr_ceiling(self, src, params, device="cpu", below=None):
+        def psnr_ceiling(self, src, params, device="cpu"):
             calls.append(("ceiling", src.info.pixels))
             return 99.0
 
