@@ -233,7 +233,7 @@ def _locate(n: int, kind: str, target: float, ok: Callable[[Probe], bool], probe
         if hi - lo <= 1:
             return lo, hi, None
         if lo >= 0 and hi < n:  # bracketed
-            m_lo, m_hi = _measure(kind, seen.get(lo) or probe(lo)), _measure(kind, seen.get(hi) or probe(hi))
+            m_lo, m_hi = _measure(kind, seen[lo]), _measure(kind, seen[hi])  # both probed in this call
             if len(seen) >= budget or not m_hi > m_lo:
                 nxt = (lo + hi) // 2
                 secant_last = False
