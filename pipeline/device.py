@@ -56,6 +56,16 @@ class Device:
 CPU = Device("cpu")
 
 
+def cpu_threads() -> int:
+    """The CPUs this process may run on (its affinity, else the machine's count): the
+    threads a codec's own pool may use on one image, as libaom does for AVIF by default.
+    A codec's output must not depend on it."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, n)
+
+
 def check_request(text: str) -> str:
     """A ``--device`` request checked at a public boundary (before any work): ``auto`` or a
     device name, lower-cased; anything else is a usage error."""

