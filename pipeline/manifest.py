@@ -17,7 +17,7 @@ import io
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Iterable
@@ -65,11 +65,15 @@ class Attempt:
     met: bool | None = None  # whether the route's target was met
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and (v != "" or k != "reason")}
+        # getattr, not asdict: no deep copy of flat fields (a row per image pays for it)
+        return {k: v for k in _ATTEMPT_FIELDS if (v := getattr(self, k)) is not None and (v != "" or k != "reason")}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Attempt":
-        return cls(**{k: d[k] for k in ("codec", "result", "reason", "bytes", "psnr", "met") if k in d})
+        return cls(**{k: d[k] for k in _ATTEMPT_FIELDS if k in d})
+
+
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
 
 
 @dataclass
