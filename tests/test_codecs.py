@@ -206,3 +206,20 @@ def test_jxl_lossless_effort_10_reaches_the_encoder():
     payloads = {e: codec.encode(src, codec.validate_params({"effort": e})) for e in (9, 10)}
     assert codec.decode(payloads[10]).image.tobytes() == src.image.tobytes()
     assert payloads[9] != payloads[10]
+
+
+def test_jxl_lossless_bytes_do_not_depend_on_the_thread_count(monkeypatch):
+    """libjxl runs on the process's CPUs (as libaom does for AVIF): an archive made on a
+    machine with more cores must hold the same bytes. An image of several 256-px groups,
+    so threads have groups to share."""
+    import pixarc_jxl
+
+    codec = REG.codec("jxl-lossless")
+    src = _example_crop("vector/ocal_bicycle_philippe_colin_01.png", (0, 0, 600, 520))
+    params = codec.validate_params({"effort": 7})
+    payloads = {}
+    for n in (1, 3):
+        monkeypatch.setattr(pixarc_jxl, "cpu_threads", lambda n=n: n)
+        payloads[n] = codec.encode(src, params)
+    assert payloads[1] == payloads[3]
+    assert codec.decode(payloads[3]).image.tobytes() == src.image.tobytes()
