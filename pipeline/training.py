@@ -190,6 +190,8 @@ class TrainingRun:
             self.extra, self.history = dict(ck.get("extra", {})), list(ck.get("history", []))
             if ck.get("best") is not None:
                 self.best = (float(ck["best"]["score"]), ck["best"]["state"], int(ck["best"]["step"]))
+            if ck.get("open_stage"):  # the stopped run's steps and minutes stay on the record, as its own stage
+                self.stages.append({**ck["open_stage"], "interrupted": True})
             log(f"resumed {self.ckpt_path} at step {self.step} ({self.minutes_done:.1f} min)")
         elif resume:
             raise SystemExit(f"--resume: no checkpoint {self.ckpt_path}")
@@ -317,7 +319,10 @@ class TrainingRun:
         self.log(f"dev at step {self.step}: {self.dev_metric} {score:.4f} (best {self.best[0]:.4f} at {self.best[2]})")
         return score
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, open_stage: bool = True) -> None:
+        """``open_stage``: this invocation has not recorded its stage yet; the checkpoint
+        carries it, so a run stopped before its end and continued with ``--resume`` keeps
+        the stopped part's steps, minutes and device on the record (``interrupted``)."""
         if not self.checkpoints:
             return
         best = {"score": self.best[0], "state": self.best[1], "step": self.best[2]} if self.best else None
@@ -326,7 +331,8 @@ class TrainingRun:
                      "ema": self.average.state_dict() if self.average is not None else None,
                      "step": self.step, "since": self.since, "parent": self.parent, "init_from": self.init_from,
                      "minutes": self.minutes_done + self.elapsed_s / 60, "devices": self.devices,
-                     "stages": self.stages, "extra": self.extra, "history": self.history, "best": best},
+                     "stages": self.stages, "extra": self.extra, "history": self.history, "best": best,
+                     "open_stage": self._stage() if open_stage and self.step > self.start_step else None},
                     self.ckpt_path)
 
     def final_model(self):
@@ -340,20 +346,23 @@ class TrainingRun:
     def finish_stage(self, **fields) -> dict:
         """Record this invocation (steps, device, minutes, learning rates, data, the last
         logged numbers, the dev score, and ``fields``) and checkpoint."""
-        stage = {"steps": f"{self.start_step}-{self.step}", "device": self.device,
-                 "minutes": round(self.elapsed_s / 60, 1), "lr": self.lr,
-                 "lr_range": [float(f"{v:.6g}") for v in self._lr_range],
-                 "schedule": f"cumulative_lr(half_life={self.half_life}, warmup={self.warmup})"
-                             + (f", ema {self.average.decay}" if self.average is not None else ""),
-                 "seed": self.seed, **self._data_fields(),
-                 "final": self.history[-1] if self.history else None,
-                 **({"dev": {"score": round(self.best[0], 5), "step": self.best[2], "metric": self.dev_metric}}
-                    if self.best else {}),
-                 **fields}
+        stage = self._stage(**fields)
         self.stages.append(stage)
-        self.save_checkpoint()
+        self.save_checkpoint(open_stage=False)
         self.minutes_total = round(self.minutes_done + self.elapsed_s / 60, 1)  # training time, as resumed from
         return stage
+
+    def _stage(self, **fields) -> dict:
+        return {"steps": f"{self.start_step}-{self.step}", "device": self.device,
+                "minutes": round(self.elapsed_s / 60, 1), "lr": self.lr,
+                "lr_range": [float(f"{v:.6g}") for v in self._lr_range],
+                "schedule": f"cumulative_lr(half_life={self.half_life}, warmup={self.warmup})"
+                            + (f", ema {self.average.decay}" if self.average is not None else ""),
+                "seed": self.seed, **self._data_fields(),
+                "final": self.history[-1] if self.history else None,
+                **({"dev": {"score": round(self.best[0], 5), "step": self.best[2], "metric": self.dev_metric}}
+                   if self.best else {}),
+                **fields}
 
     def _data_fields(self) -> dict:
         if self.data_hash is None:

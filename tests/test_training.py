@@ -96,6 +96,31 @@ def test_fresh_starts_over_and_resume_continues_the_checkpoint_exactly(tmp_path)
         toy_run(tmp_path / "empty", 1, resume=True)
 
 
+def test_a_run_stopped_before_its_end_keeps_its_steps_on_the_record(tmp_path):
+    """Killed between checkpoints, then continued with --resume: the stopped part is a stage
+    of its own (its steps, minutes, device, marked ``interrupted``), not lost from the record."""
+    toy_run(tmp_path, 2)
+    model = Toy()
+    run = TrainingRun(model, torch.optim.Adam(model.parameters(), lr=0.5), out=tmp_path, stem="toy", arch="toy",
+                      match={"width": 4}, device="cpu", lr=0.5, minutes=5, steps=8, half_life=2, warmup=2,
+                      ema_decay=None, checkpoint_minutes=0, log=lambda _: None)
+
+    def step():
+        if run.step == 5:  # the process dies during step 5: the last checkpoint holds step 4
+            raise KeyboardInterrupt
+        loss = ((model.w - TARGET) ** 2).sum()
+        run.opt.zero_grad()
+        loss.backward()
+        run.opt.step()
+
+    with pytest.raises(KeyboardInterrupt):
+        run.loop(step, log_every=1)
+    _, resumed = toy_run(tmp_path, 6, resume=True)
+    assert [st["steps"] for st in resumed["stages"]] == ["0-2", "2-4", "4-6"] and resumed["steps"] == 6
+    assert resumed["stages"][1]["interrupted"] is True and resumed["stages"][1]["device"] == "cpu"
+    assert "interrupted" not in resumed["stages"][2] and "interrupted" not in resumed["stages"][0]
+
+
 def test_a_run_that_does_not_beat_the_shipped_weights_on_dev_does_not_ship(tmp_path):
     _, first = toy_run(tmp_path, 3, dev=True)
     assert first["dev"]["score"] < 0 and "rival" not in first
