@@ -341,6 +341,10 @@ class TrainingRun:
         if self.track_best:
             self.validate()
             self.shipping.load_state_dict(self.best[1])
+            if self.stages and self.stages[-1]["steps"] == f"{self.start_step}-{self.step}":
+                # this run's stage, recorded before that last score: it names the weights that ship
+                self.stages[-1]["dev"] = {"score": round(self.best[0], 5), "step": self.best[2],
+                                          "metric": self.dev_metric}
         return self.shipping
 
     def finish_stage(self, **fields) -> dict:

@@ -139,6 +139,9 @@ def test_a_run_that_does_not_beat_the_shipped_weights_on_dev_does_not_ship(tmp_p
 
 def test_a_better_run_on_dev_ships_and_supersedes(tmp_path):
     _, first = toy_run(tmp_path, 3, dev=True)
+    # no checkpoint (and no dev score) inside these short runs: the score after the last
+    # step picks the weights, and the stage's record names that step, not the start's
+    assert first["stages"][-1]["dev"]["step"] == 3 and first["stages"][-1]["dev"]["score"] > -14.25
     _, second = toy_run(tmp_path, 6, dev=True)
     files = manifest(tmp_path)
     assert second["dev"]["score"] > second["dev"]["rival_score"] and second["dev"]["rival"] == "toy.pt"
