@@ -345,6 +345,7 @@ class TrainingRun:
                 # this run's stage, recorded before that last score: it names the weights that ship
                 self.stages[-1]["dev"] = {"score": round(self.best[0], 5), "step": self.best[2],
                                           "metric": self.dev_metric}
+                self.save_checkpoint(open_stage=False)  # a later --resume continues from this record
         return self.shipping
 
     def finish_stage(self, **fields) -> dict:
