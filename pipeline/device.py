@@ -14,6 +14,7 @@ Finding out whether a GPU exists must not import torch on machines that have non
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
@@ -60,8 +61,6 @@ def cpu_threads() -> int:
     """The CPUs this process may run on (its affinity, else the machine's count): the
     threads a codec's own pool may use on one image, as libaom does for AVIF by default.
     A codec's output must not depend on it."""
-    import os
-
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, n)
 
@@ -93,7 +92,6 @@ def _no_gpu_device_files() -> bool:
     """On Linux an NVIDIA GPU shows up as /dev/nvidiaN (ROCm: /dev/kfd; WSL2: /dev/dxg);
     without one torch would report no CUDA device either."""
     import glob
-    import os
     import sys
 
     return sys.platform.startswith("linux") and not (
