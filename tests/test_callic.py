@@ -74,8 +74,8 @@ def send_increments(monkeypatch):
 
 
 def test_increments_that_do_not_pay_are_not_sent(callic, monkeypatch):
-    """MDL over the whole image: with the tiny model, 3 steps save a few bits of the image
-    but cost more in increments, so the adapted payload is the frozen one."""
+    """MDL over the whole image: when the adapted model's estimated image bits save less
+    than the increments' own bytes (here: 1 bit in all), the payload is the frozen one."""
     import pixarc_callic.adapt as adapt
     from pixarc_callic import HEADER
 
@@ -83,10 +83,15 @@ def test_increments_that_do_not_pay_are_not_sent(callic, monkeypatch):
     frozen = callic.encode(src, callic.validate_params({"patch": 16}))
     estimates = []
     real = adapt.patch_bits
-    monkeypatch.setattr(adapt, "patch_bits", lambda *a: estimates.append(real(*a).sum()) or real(*a))
+
+    def one_bit_saved(*a):
+        estimates.append(real(*a))
+        return estimates[0] if len(estimates) == 1 else estimates[0] - 1.0 / len(estimates[0])
+
+    monkeypatch.setattr(adapt, "patch_bits", one_bit_saved)
     adapted = callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16}))
-    assert len(estimates) == 2 and estimates[1] < estimates[0]  # adapting did lower the image's bits ...
-    assert adapted == frozen and HEADER.read(adapted, "callic").sections[0] == b""  # ... not enough
+    assert len(estimates) == 2 and estimates[1].sum() < estimates[0].sum()  # adapting did lower the image's bits ...
+    assert adapted == frozen and HEADER.read(adapted, "callic").sections[0] == b""  # ... the bytes count only 1
     monkeypatch.setattr(adapt, "MIN_SAVED_BITS", -float("inf"))
     assert callic.encode(src, callic.validate_params({"iterations": 3, "patch": 16})) != frozen
 
@@ -105,6 +110,33 @@ def test_adapted_round_trip_sends_increments(callic, send_increments):
     a, b = merge(base, increments), merge(base, increments)
     moved = [n for (n, p), q in zip(base.named_parameters(), a.parameters()) if not torch.equal(p, q)]
     assert moved and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_increments_without_the_head_flag_decode_as_before(callic):
+    """Sections written before the head sites existed (flag clear, block sites only) still
+    merge: the same block weights move, the head stays the base's; flagged sections move
+    the head's biases too."""
+    from pixarc_callic.adapt import HEAD, HEAD_FLAG, INCREMENTS, RANK, _code_ints, merge, sites
+    from pixarc_callic.coder import Encoder
+
+    base = callic.base_model()
+
+    def section(head: bool) -> bytes:
+        count = sum(math.prod(shape) for _, shape, _ in sites(base, head=head))
+        ints = (torch.arange(count) % 7 - 3).to(torch.int64)
+        enc = Encoder()
+        _code_ints(enc, count, ints)
+        return INCREMENTS.pack(RANK | (HEAD_FLAG if head else 0), count, rest=enc.finish())
+
+    params = dict(base.named_parameters())
+    old, new = dict(merge(base, section(False)).named_parameters()), dict(merge(base, section(True)).named_parameters())
+    assert all(torch.equal(old[n], params[n]) for n in HEAD)
+    assert not any(torch.equal(new[n], params[n]) for n in HEAD)
+    blocks = [n for n in params if n.startswith("blocks.") and n.endswith(("w_a.weight", "dw.weight"))]
+    assert blocks and all(torch.equal(old[n], new[n]) and not torch.equal(old[n], params[n]) for n in blocks)
+    old_count = INCREMENTS.parse(section(False))[1]
+    with pytest.raises(ValueError):  # the flag with the unflagged layout's count: refused
+        merge(base, INCREMENTS.pack(RANK | HEAD_FLAG, old_count))
 
 
 def test_frozen_payload_has_no_increments(callic):
