@@ -1,10 +1,15 @@
 """Encode one candidate: encode -> pack -> decode-check, and rate targets.
 
-Nothing leaves here unverified: every payload is packed into its container, the packed
+Nothing is stored unverified: every payload kept is packed into its container, the packed
 bytes are decoded again and checked on the encoding device and, when that is not the
 device restore uses (:attr:`pixarc.codec.Codec.restore_device`), there too. A failing
 candidate costs only itself: the next one in the route is tried, and the row's attempts
 say what happened to each (:mod:`pixarc.selection` chooses among them).
+
+Two phases, so a selection among candidates pays the costly part for the one it keeps:
+:func:`encode_measured` encodes and measures (bytes as stored, PSNR of what the payload
+reconstructs), :func:`confirm` adds MS-SSIM and runs the check; :func:`encode_verified`
+is both.
 
 Rate searches (``target_psnr``/``target_bpp``, :mod:`pixarc.ratesearch`) judge their probes
 by PSNR or bytes alone; the probe they keep goes through the same full check. Within one
@@ -17,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import __version__, faults, memo, ratesearch
@@ -37,7 +42,9 @@ Payloads = dict[tuple[str, str], bytes]  # (codec id, params hash) -> payload en
 
 @dataclass
 class Encoded:
-    """A verified encoding: the container's bytes and what they reconstruct."""
+    """An encoding: the container's bytes and what they reconstruct. ``checked``: decode-
+    checked (:func:`confirm`); until then ``blob`` carries a placeholder MS-SSIM (its size
+    is the stored size to a byte or two) and ``recon`` the reconstruction it was measured on."""
 
     codec: Codec
     params: dict[str, Any]
@@ -49,6 +56,9 @@ class Encoded:
     encode_s: float
     decode_s: float
     device: Device  # where it was encoded
+    checked: bool = True
+    recon: Any = field(default=None, repr=False, compare=False)
+    noted: bool = False  # ``recon`` came from the encoder, not a decode (the check must reproduce it)
 
     @classmethod
     def from_container(cls, codec: Codec, c: Container, blob: bytes, decode_s: float, device: Device) -> "Encoded":
@@ -106,6 +116,14 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
     """Encode (unless ``payload`` was encoded already: a batch, or the probe a rate search
     keeps), pack, decode the packed bytes again and check them, on ``device`` and on the
     codec's restore device."""
+    return confirm(encode_measured(codec, params, src, domain, device, payload, encode_s), src)
+
+
+def encode_measured(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
+                    payload: bytes | None = None, encode_s: float | None = None) -> Encoded:
+    """Encode and measure, not yet checked: the container's size (MS-SSIM a placeholder)
+    and, lossy, the PSNR of what the payload reconstructs (decoded once on ``device``, or
+    the reconstruction its encoder noted). :func:`confirm` makes it storable."""
     faults.point("encode")
     t0 = time.perf_counter()
     if payload is None:
@@ -114,27 +132,39 @@ def encode_verified(codec: Codec, params: dict[str, Any], src: SourceImage, doma
         encode_s = time.perf_counter() - t0
     faults.point("encoded")
     container = _container(codec, params, src, domain, payload)
-    quality = (math.inf, 1.0)
-    decoded_sha = src.pixels_sha256
-    noted = False
+    p, decoded_sha, first, noted = math.inf, src.pixels_sha256, None, False
     if not codec.lossless:
         # Decode once to learn what the bitstream reconstructs; record it in the header
         # (a rate search's probe of this payload, or its encoder, already did: the memo
         # hands it over).
         first, p, noted = _reconstruct(codec, src, payload, device, stored_pins(container))
-        quality = (p, ms_ssim(src.image, first.image))
         decoded_sha = pixels_sha256(first.image)
-        container.meta.update(psnr=quality[0], ms_ssim=quality[1], decoded_sha256=decoded_sha)
+        container.meta.update(psnr=p, ms_ssim=_PLACEHOLDER, decoded_sha256=decoded_sha)
         if first.fingerprint:
             container.meta["decoded_fingerprint"] = first.fingerprint
         elif codec.determinism == "integers":
             raise VerificationError(f"{codec.codec_id} declares integer determinism but its decode has no fingerprint")
+    return Encoded(codec, params, pack(container), container, p, 1.0 if codec.lossless else math.nan, decoded_sha,
+                   encode_s, 0.0, device, checked=False, recon=first, noted=noted)
+
+
+def confirm(enc: Encoded, src: SourceImage) -> Encoded:
+    """The measured encoding made storable: MS-SSIM (lossy), the final container, its bytes
+    decoded again and checked (:func:`_check_stored`). Raises what the check finds."""
+    if enc.checked:
+        return enc
+    container = enc.container
+    quality = enc.ms_ssim
+    if not enc.codec.lossless:
+        quality = ms_ssim(src.image, enc.recon.image)
+        container.meta["ms_ssim"] = quality
     blob = pack(container)
     t0 = time.perf_counter()
     with memo.off():  # the check decodes every byte again, nothing taken from the memo
-        _check_stored(codec, blob, device, same_pixels=noted)
+        _check_stored(enc.codec, blob, enc.device, same_pixels=enc.noted)
     decode_s = time.perf_counter() - t0
-    return Encoded(codec, params, blob, container, quality[0], quality[1], decoded_sha, encode_s, decode_s, device)
+    return Encoded(enc.codec, enc.params, blob, container, enc.psnr, quality, enc.decoded_sha256, enc.encode_s,
+                   decode_s, enc.device)
 
 
 def _check_stored(codec: Codec, blob: bytes, device: Device, same_pixels: bool = False) -> None:
@@ -163,10 +193,11 @@ def meets(enc: Encoded, target: Target, pixels: int) -> bool:
 
 
 def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
-                     target: Target, bound: int | None = None) -> tuple[Encoded | None, str]:
+                     target: Target, bound: int | None = None, check: bool = True) -> tuple[Encoded | None, str]:
     """Search the codec's rate parameter (:mod:`pixarc.ratesearch`): the fewest bits with
     PSNR >= target, or the most bits with bpp <= target. Probes are judged by PSNR (resp.
-    bytes) alone; the one kept is then fully decode-checked (:func:`encode_verified`).
+    bytes) alone; the one kept is then fully decode-checked (:func:`encode_verified`), or
+    left to the caller (``check=False``: :func:`confirm` it if it is stored).
     ``bound``: bytes another candidate met the PSNR target with; None is returned (and
     the note says why) as soon as a probe shows this codec cannot undercut them."""
     kind, goal = target
@@ -217,16 +248,18 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
         return None, (f"cannot undercut {bound} bytes at {kind} {goal}: {rp}={by.value} has {by.bytes} bytes "
                       f"at {by.psnr:.2f} dB, {out.note}")
     p, payload, spent = out.kept.data
-    enc = encode_verified(codec, p, src, domain, device, payload, encode_s=spent)
+    # a bpp budget is judged on the stored bytes themselves (the MS-SSIM placeholder's size may differ by a byte)
+    make = encode_verified if check or kind == "bpp" else encode_measured
+    enc = make(codec, p, src, domain, device, payload, encode_s=spent)
     index = out.kept.index
     while kind == "bpp" and out.reached and index > 0 and not meets(enc, target, pixels):
         index -= 1  # the real header came out a byte or two over the budget: one step down
         p = {**params, rp: values[index]}
-        enc = encode_verified(codec, p, src, domain, device)
+        enc = make(codec, p, src, domain, device)
     while kind == "psnr" and out.reached and index < len(values) - 1 and not meets(enc, target, pixels):
         index += 1  # the encoder's own PSNR was a hair above what the decode gives: one step up
         p = {**params, rp: values[index]}
-        enc = encode_verified(codec, p, src, domain, device)
+        enc = make(codec, p, src, domain, device)
     if not out.reached:
         return enc, f"{kind} target {goal} not reachable; used {rp}={enc.params[rp]} {out.note}"
     return enc, f"{kind} target {goal}: {rp}={enc.params[rp]} {out.note}"

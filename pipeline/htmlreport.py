@@ -104,7 +104,7 @@ def operating_points(rows: list[ManifestRow]) -> dict[str, list[tuple[str, float
         pixels = r.width * r.height
         seen = set()
         for a in r.attempts:
-            if a.result == "verified" and a.bytes and a.psnr is not None and math.isfinite(a.psnr):
+            if a.compared and a.bytes and a.psnr is not None and math.isfinite(a.psnr):
                 points[a.codec].append((r.domain or UNCLASSIFIED, 8 * a.bytes / pixels, a.psnr))
                 seen.add(a.codec)
         if not r.lossless and math.isfinite(r.psnr) and r.codec_id not in seen:

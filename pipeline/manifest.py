@@ -52,10 +52,13 @@ STATUSES = tuple(Status)
 class Attempt:
     """One codec candidate tried for an object, and what came of it.
 
-    ``result``: ``verified`` (encoded and decode-checked), ``target`` (a rate search; the
-    reason says where it ended), ``skipped`` / ``failed`` (with the reason), ``screened`` (RD
-    selection left it out: its PSNR ceiling showed it could not win), ``reused`` (an
-    interrupted run's verified bitstream)."""
+    ``result``: ``verified`` (encoded and decode-checked: the one kept, or every one tried
+    where the route keeps the first that works), ``measured`` (a candidate RD or smallest
+    selection compared and did not keep: encoded, its stored size and PSNR measured, never
+    decode-checked, since it is not stored), ``target`` (a rate search; the reason says
+    where it ended), ``skipped`` / ``failed`` (with the reason), ``screened`` (RD selection
+    left it out: its PSNR ceiling showed it could not win), ``reused`` (an interrupted
+    run's verified bitstream)."""
 
     codec: str
     result: str
@@ -63,6 +66,11 @@ class Attempt:
     bytes: int | None = None
     psnr: float | None = None
     met: bool | None = None  # whether the route's target was met
+
+    @property
+    def compared(self) -> bool:
+        """An encoding of this codec was measured on the image (``bytes``, ``psnr`` hold)."""
+        return self.result in ("verified", "measured")
 
     def to_json(self) -> dict[str, Any]:
         # getattr, not asdict: no deep copy of flat fields (a row per image pays for it)

@@ -200,16 +200,16 @@ def saved_bars(rows: list[ManifestRow]) -> list[tuple[str, float]]:
 
 def best_of_savings(rows: list[ManifestRow]) -> list[tuple[str, int, int, int]]:
     """For rows archived with ``selection = "smallest"``: per codec, (codec, images, bytes had
-    that codec been used alone, bytes actually kept) over the rows where it verified."""
+    that codec been used alone, bytes actually kept) over the rows where it was measured."""
     per_codec: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for r in rows:
         if r.status != "done":
             continue
-        verified = {a.codec: a.bytes for a in r.attempts if a.result == "verified"}
-        if len(verified) < 2:
+        sizes = {a.codec: a.bytes for a in r.attempts if a.compared}
+        if len(sizes) < 2:
             continue
         kept = r.bitstream_bytes
-        for codec, size in verified.items():
+        for codec, size in sizes.items():
             acc = per_codec[codec]
             acc[0] += 1
             acc[1] += size
@@ -263,11 +263,11 @@ def _route_summary(route: str, rows: list[ManifestRow]) -> RdSummary | None:
     alone: dict[str, list] = defaultdict(lambda: [0, 0, 0.0, 0])  # codec: rows, bytes, psnr sum, psnr n
     missed: set[str] = set()
     for r in rows:
-        verified = [a for a in r.attempts if a.result == "verified"]
-        if len(verified) < 2:
+        measured = [a for a in r.attempts if a.compared]
+        if len(measured) < 2:
             continue
         compared.append(r)
-        for a in verified:
+        for a in measured:
             acc = alone[a.codec]
             acc[0] += 1
             acc[1] += a.bytes

@@ -1,8 +1,10 @@
 """RD selection: which of a route's candidates an image keeps.
 
 :func:`encode_route` tries a route's candidates (:mod:`pixarc.policy`) on one image, each
-through :mod:`pixarc.encode` (verified encodes, rate searches): all of them for
-``selection = "smallest"`` or ``"rd"``, the first that works for ``"first"``. For ``rd``,
+through :mod:`pixarc.encode` (encodes, rate searches): all of them for ``selection =
+"smallest"`` or ``"rd"``, the first that works for ``"first"``. Where all are compared, each
+is measured (stored size, PSNR) and only the one kept gets MS-SSIM and the decode check;
+should that check fail, the route runs again without that codec. For ``rd``,
 screened codecs (a cheap :meth:`~pixarc.codec.Codec.psnr_ceiling`) come after the others so
 what those reached can rule them out first; fallbacks are searched only where no candidate
 met the target; a codec another candidate reproduces (:meth:`~pixarc.codec.Codec.reproduces`)
@@ -17,7 +19,7 @@ from typing import Any
 from . import memo
 from .codec import Codec, params_hash
 from .device import Device, DeviceMap, device_map, unavailable_reason
-from .encode import Encoded, Payloads, Target, encode_to_target, encode_verified, meets
+from .encode import Encoded, Payloads, Target, confirm, encode_measured, encode_to_target, encode_verified, meets
 from .errors import PixarcError, PluginError
 from .images import SourceImage
 from .manifest import Attempt
@@ -58,7 +60,9 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
                   payloads: Payloads | None) -> tuple[Encoded | None, list[Attempt]]:
     chosen: Encoded | None = None
     attempts: list[Attempt] = []
-    kept: dict[str, Encoded] = {}  # codec id -> its verified encoding
+    kept: dict[str, Encoded] = {}  # codec id -> its encoding
+    compare = route.selection != "first"  # measure every candidate, check only the one kept
+    verify = encode_measured if compare else encode_verified
     target = next((c.target for c in route.candidates if c.target), None)
     covered = _covered(src, route, registry, devices, exclude)
     order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
@@ -75,7 +79,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
             continue
         by = covered.get(cand.codec_id)
         pinned = None  # the parameters a covered candidate is checked at, unsearched
-        if by and any(a.codec == by and a.result in ("verified", "pruned") for a in attempts):
+        if by and any(a.codec == by and (a.compared or a.result == "pruned") for a in attempts):
             pinned, why = _at_coverers_rate(src, cand.codec_id, kept.get(by), target, registry, devices)
             if pinned is None:
                 attempts.append(Attempt(cand.codec_id, "skipped", f"covered by {by} (it may code this codec's "
@@ -99,21 +103,22 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
                     attempts.append(Attempt(cand.codec_id, "screened", why))
                     continue
             if pinned is not None:
-                enc = encode_verified(codec, pinned, src, route.domain, on)
+                enc = verify(codec, pinned, src, route.domain, on)
                 attempts.append(Attempt(cand.codec_id, "target", f"covered by {by}: its {codec.rate_param}="
                                         f"{pinned[codec.rate_param]} meets the target too"))
             elif cand.target and codec.rate_param and not codec.lossless:
                 # RD selection: a search may stop once it cannot undercut what met the target
                 bound = (len(chosen.blob) if route.selection == "rd" and chosen is not None
                          and meets(chosen, cand.target, src.info.pixels) else None)
-                enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target, bound)
+                enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target, bound,
+                                             check=not compare)
                 if enc is None:
                     attempts.append(Attempt(cand.codec_id, "pruned", note))
                     continue
                 attempts.append(Attempt(cand.codec_id, "target", note))
             else:
                 ready = (payloads or {}).get((codec.codec_id, params_hash(params)))
-                enc = encode_verified(codec, params, src, route.domain, on, ready)
+                enc = verify(codec, params, src, route.domain, on, ready)
         except PixarcError as exc:
             attempts.append(Attempt(cand.codec_id, "failed", f"{exc.reason}: {exc}"))
             continue
@@ -121,7 +126,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
             attempts.append(Attempt(cand.codec_id, "failed", f"{type(exc).__name__}: {exc}"))
             continue
         kept[cand.codec_id] = enc
-        attempts.append(Attempt(cand.codec_id, "verified", bytes=len(enc.blob),
+        attempts.append(Attempt(cand.codec_id, "verified" if enc.checked else "measured", bytes=len(enc.blob),
                                 psnr=None if codec.lossless else enc.psnr,
                                 met=meets(enc, target, src.info.pixels) if target else None))
         if route.selection == "rd":
@@ -131,7 +136,27 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
             chosen = enc
         if route.selection == "first":
             break
-    return chosen, attempts
+    if chosen is None or chosen.checked:
+        return chosen, attempts
+    return _kept(chosen, src, route, registry, devices, exclude, payloads, attempts)
+
+
+def _kept(chosen: Encoded, src: SourceImage, route: Route, registry: Registry, devices: DeviceMap,
+          exclude: frozenset[str], payloads: Payloads | None, attempts: list[Attempt]
+          ) -> tuple[Encoded | None, list[Attempt]]:
+    """The measured winner made storable (:func:`~pixarc.encode.confirm`); where its check
+    fails, the route again without that codec (its encodes and searches are in the memo)."""
+    cid = chosen.codec.codec_id
+    try:
+        final = confirm(chosen, src)
+    except Exception as exc:  # PixarcError or a codec bug: it costs this candidate, not the image
+        why = f"{exc.reason}: {exc}" if isinstance(exc, PixarcError) else f"{type(exc).__name__}: {exc}"
+        again, rest = _encode_route(src, route, registry, devices, exclude | {cid}, payloads)
+        return again, [Attempt(cid, "failed", f"kept, then its decode check failed: {why}")] + \
+            [a for a in rest if not (a.codec == cid and a.result == "skipped")]
+    mine = next(a for a in reversed(attempts) if a.codec == cid and a.result == "measured")
+    mine.result, mine.bytes = "verified", len(final.blob)
+    return final, attempts
 
 
 def _at_coverers_rate(src: SourceImage, codec_id: str, coverer: Encoded | None, target: Target | None,

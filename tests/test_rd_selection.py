@@ -71,8 +71,10 @@ def archive(images, tmp_path, selection, target):
     return latest(read_manifest(str(dest))).to_pylist()
 
 
-def verified(row):
-    return [a for a in json.loads(row["attempts"]) if a["result"] == "verified"]
+def compared(row):
+    """The candidates' encodings the selection compared: decode-checked (``verified``) or
+    measured only (``measured``: a PSNR target's candidates that were not kept)."""
+    return [a for a in json.loads(row["attempts"]) if a["result"] in ("verified", "measured")]
 
 
 def bisected(codec_id, image_path, target, row=None):
@@ -103,7 +105,9 @@ def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tm
     assert len(rows) == 3
     for r in rows:
         attempts = json.loads(r["attempts"])
-        tried = verified(r)
+        tried = compared(r)
+        # a PSNR target: only the kept encoding was decode-checked, the others measured
+        assert [a["codec"] for a in tried if a["result"] == "verified"] == [r["codec_id"]], tried
         # every candidate was either searched to the end and verified, or given up as soon
         # as a probe showed it could not undercut the bytes already kept
         searched = {a["codec"] for a in tried} | {a["codec"] for a in attempts if a["result"] == "pruned"}
@@ -121,10 +125,10 @@ def test_rd_selection_keeps_the_fewest_bytes_reaching_the_psnr_target(images, tm
     (s,) = rd_summary([row_from_record(r) for r in rows])  # one route
     assert s.route == "unknown" and s.images == 3 and sum(s.wins.values()) == 3
     assert s.kept_bytes == sum(r["bitstream_bytes"] for r in rows)
-    everywhere = [c for c in CODECS + ["store"] if all(any(a["codec"] == c for a in verified(r)) for r in rows)]
-    assert s.best_bytes == min(sum(a["bytes"] for r in rows for a in verified(r) if a["codec"] == c)
+    everywhere = [c for c in CODECS + ["store"] if all(any(a["codec"] == c for a in compared(r)) for r in rows)]
+    assert s.best_bytes == min(sum(a["bytes"] for r in rows for a in compared(r) if a["codec"] == c)
                                for c in everywhere
-                               if all(a["met"] for r in rows for a in verified(r) if a["codec"] == c))
+                               if all(a["met"] for r in rows for a in compared(r) if a["codec"] == c))
     assert s.kept_bytes <= s.best_bytes  # per image never more than any codec meeting the target
     assert "won on" in s.text() and f"{s.best_codec} alone" in s.text()
 
@@ -166,7 +170,7 @@ def test_rd_selection_keeps_the_best_psnr_within_the_bpp_budget(images, tmp_path
     assert len(rows) == 3
     fitted = 0
     for r in rows:
-        tried = verified(r)
+        tried = compared(r)
         within = [a for a in tried if a["met"]]
         assert all(a["met"] == (8 * a["bytes"] / (96 * 72) <= 1.5) for a in tried)
         if within:  # (a container header is counted too: a tiny budget may fit nothing)
@@ -382,7 +386,7 @@ def test_a_codec_another_candidate_reproduces_is_not_searched_twice(images, monk
     at_q = psnr(src.image, plain.decode(plain.encode(src, plain.validate_params({**params, "quality": q}))).image)
     if at_q >= target[1]:
         assert same[("avif", "target")] == f"covered by avif-enhanced: its quality={q} meets the target too"
-        assert ("avif", "verified") in same
+        assert len({("avif", "verified"), ("avif", "measured")} & set(same)) == 1  # kept (checked) or compared
     else:
         assert "covered by avif-enhanced" in same[("avif", "skipped")] and "short of the target" in same[
             ("avif", "skipped")]
@@ -457,3 +461,36 @@ def test_fallbacks_are_searched_only_where_no_candidate_met_the_target(images, t
     with pytest.raises(PolicyError, match="fallbacks must be a list"):
         load_policy(str(bad))
     assert load_policy("lossy").routes["natural"].fallbacks == ("jxl", "webp")
+
+
+def test_a_kept_candidate_whose_decode_check_fails_gives_way_to_the_next(images, tmp_path, monkeypatch):
+    """Only the kept encoding is decode-checked; where that check fails, the candidate is
+    recorded as failed and the route runs again without it: the row keeps the next best,
+    itself checked."""
+    from pixarc import encode
+    from pixarc.container import unpack
+    from pixarc.errors import VerificationError
+
+    first = {r["key"]: r for r in archive(images, tmp_path, "rd", "target_psnr = 33.0")}
+    real, failed = encode._check_stored, {}
+
+    def fails_once_per_image(codec, blob, device, same_pixels=False):
+        source = unpack(blob).source_sha256
+        if source not in failed:
+            failed[source] = codec.codec_id
+            raise VerificationError(f"{codec.codec_id}: injected check failure")
+        return real(codec, blob, device, same_pixels)
+
+    monkeypatch.setattr(encode, "_check_stored", fails_once_per_image)
+    (tmp_path / "again").mkdir()
+    rows = archive(images, tmp_path / "again", "rd", "target_psnr = 33.0")
+    assert len(rows) == len(first) == 3 and len(failed) == 3
+    for r in rows:
+        attempts = json.loads(r["attempts"])
+        loser = first[r["key"]]["codec_id"]  # what the selection kept when every check passed
+        assert attempts[0] == {"codec": loser, "result": "failed",
+                               "reason": f"kept, then its decode check failed: verification_failed: {loser}: "
+                                         f"injected check failure"}, attempts[0]
+        assert r["status"] == "done" and r["codec_id"] != loser
+        assert [a["codec"] for a in attempts if a["result"] == "verified"] == [r["codec_id"]]
+        assert r["bitstream_bytes"] >= first[r["key"]]["bitstream_bytes"]
