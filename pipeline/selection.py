@@ -13,6 +13,7 @@ is not searched again but checked at the rate its coverer kept; ``store`` comes 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -238,8 +239,7 @@ def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: D
     if not meets(chosen, target, max(1, src.info.pixels)):
         return ""
     kind, goal = target
-    # plugins written before ``below`` existed keep working: it is passed only where accepted
-    takes_goal = "below" in inspect.signature(codec.psnr_ceiling).parameters
+    takes_goal = _takes_below(type(codec))
     ceiling = (codec.psnr_ceiling(src, params, device, below=goal if kind == "psnr" else None) if takes_goal
                else codec.psnr_ceiling(src, params, device))
     if ceiling is None:
@@ -255,6 +255,13 @@ def cannot_win(codec: Codec, params: dict[str, Any], src: SourceImage, device: D
     if kind == "bpp" and ceiling <= chosen.psnr:
         return f"at most {ceiling:.1f} dB on this image, {chosen.codec.codec_id} has {chosen.psnr:.1f} dB within bpp {goal}"
     return ""
+
+
+@functools.cache
+def _takes_below(cls: type) -> bool:
+    """Whether the codec class's ``psnr_ceiling`` accepts ``below``: plugins written before
+    it existed keep working, it is passed only where accepted (looked up once per class)."""
+    return "below" in inspect.signature(cls.psnr_ceiling).parameters
 
 
 def fallback_note(attempts: list[Attempt]) -> str:
