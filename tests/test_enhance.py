@@ -197,8 +197,10 @@ def test_both_layouts_decode_with_their_own_float_operations(tiny_filter, monkey
     """Bitstreams written before the channels-last layout (flag bit 2 clear) decode with the
     contiguous 512-pixel tiles they were made with; new ones with channels-last 256-pixel
     tiles; either on any number of tile threads, to the same bytes."""
+    import pixarc_enhance
     from pixarc_enhance import HEADER, adapt, model
 
+    monkeypatch.setattr(pixarc_enhance, "WIENER", False)  # the rest: adapter symbols only
     c = codec()
     src = probe_and_load(encode_bytes(textured(300, 560, seed=5), "PNG"))
     new = c.encode(src, c.validate_params({"quality": 30, "filter": "on", "adapters": "shared", "rd_lambda": 1.0}))
@@ -456,3 +458,32 @@ def test_the_kept_payload_is_decoded_once_and_the_encoders_reconstruction_is_che
             memo.note_decoded = memo_note
     finally:
         type(c).decode = restore
+
+
+def test_the_per_image_linear_filter_travels_where_it_pays(tiny_filter):
+    """Flag bit 3: 36 coefficients of a per-image 5x5 filter on the learned filter's output,
+    fitted by least squares; sent when they pay by RD cost (here: λ makes distortion all that
+    counts, then bits all that counts), decoded exactly as the encoder measured it."""
+    import pixarc_enhance
+    from pixarc import memo
+    from pixarc.device import CPU
+    from pixarc.encode import encode_verified
+    from pixarc_enhance import HEADER, wiener
+
+    c = codec()
+    src = probe_and_load(encode_bytes(textured(80, 64, seed=3), "PNG"))
+    p = {"quality": 30, "filter": "on", "adapters": "none"}
+    with memo.scope():
+        enc = encode_verified(c, c.validate_params({**p, "rd_lambda": 1e6}), src, "natural", CPU)  # checked
+    sent = enc.container.payload
+    assert sent[0] & pixarc_enhance.WIENER_FLAG and len(HEADER.read(sent, c.codec_id).rest) == wiener.SIZE
+    plain = c.encode(src, c.validate_params({**p, "rd_lambda": 1e-9}))  # bits are all that count: not sent
+    assert not plain[0] & pixarc_enhance.WIENER_FLAG and HEADER.read(plain, c.codec_id).rest == b""
+    assert sse(src.image, c.decode(sent).image) < sse(src.image, c.decode(plain).image)
+    with pytest.raises(CodecError):  # the flag without its coefficients
+        c.decode(bytes([plain[0] | pixarc_enhance.WIENER_FLAG]) + plain[1:])
+    y = np.random.default_rng(1).uniform(-3, 260, (9, 7, 3))
+    assert np.array_equal(wiener.filtered(y, np.zeros((3, len(wiener.OFFSETS)), np.int64)),
+                          np.clip(np.rint(y), 0, 255).astype(np.uint8))  # zero coefficients: the output as it was
+    coefs = np.arange(-18, 18).reshape(3, 12)
+    assert np.array_equal(wiener.unpack(wiener.pack(coefs)), coefs)

@@ -14,10 +14,12 @@ Payload (format 1), kept small because it is paid per image::
     filter off: u8 0 | base payload
     filter on:  u8 flags (bit 0: on, bit 1: 4:4:4 chroma, bit 2: channels-last layout in
                 256-pixel tiles, else the first bitstreams' contiguous 512-pixel tiles:
-                ``model.Layout``) | u8 adapter mode (0 none,
+                ``model.Layout``; bit 3: a per-image linear filter follows, ``wiener.py``)
+                | u8 adapter mode (0 none,
                 1 shared, 2 per colour) | u16 conditioning rate, permille |
                 4-byte sha256 prefix of the filter weights | u32 length + base payload |
-                rANS-coded adapter symbols (the rest; their count follows from the mode)
+                with bit 3: 36 int8 coefficients | rANS-coded adapter symbols (the rest;
+                their count follows from the mode)
 
 The container records the rest: codec id ``<base>-enhanced``, ``codec_version`` (the base
 id and its library versions, torch's) and ``weights_sha256`` (the filter's full sha256).
@@ -52,7 +54,19 @@ SHA_PREFIX = 4
 # the filter's sha256 prefix; the base payload (one section); the coded adapter symbols.
 HEADER = PayloadLayout(f">BBH{SHA_PREFIX}s", "flags mode cond_permille tag", sections=1, rest=True,
                        plausible=lambda p: (p.head.flags & 1 == 1 and p.head.mode in (0, 1, 2)
-                                            and p.head.cond_permille <= 1000 and not (p.head.mode == 0 and p.rest)))
+                                            and p.head.cond_permille <= 1000
+                                            and len(p.rest) >= _wiener_bytes(p.head.flags)
+                                            and not (p.head.mode == 0 and len(p.rest) > _wiener_bytes(p.head.flags))))
+WIENER_FLAG = 8
+WIENER = True  # the encoder weighs the per-image linear filter (``wiener.py``) by RD cost
+
+
+def _wiener_bytes(flags: int) -> int:
+    from . import wiener
+
+    return wiener.SIZE if flags & WIENER_FLAG else 0
+
+
 CACHE_PIXELS = 1_500_000  # the encoder keeps filter features in memory up to this size
 SAMPLE_BLOCK = 128  # conditioning offsets are compared on up to SAMPLE_BLOCKS blocks this size
 SAMPLE_BLOCKS = 4
@@ -188,14 +202,14 @@ class EnhancedCodec(LearnedCodec):
         return im, d.fingerprint
 
     @staticmethod
-    def _pack(on, mode, cond_pm, chroma, symbols, sha, base_payload, layout: int = 1) -> bytes:
+    def _pack(on, mode, cond_pm, chroma, symbols, sha, base_payload, layout: int = 1, wiener: bytes = b"") -> bytes:
         from . import adapt
 
         if not on:
             return b"\0" + base_payload
         coded = adapt.encode_symbols(symbols) if symbols else b""
-        return HEADER.pack(1 | 2 * chroma | 4 * layout, mode, cond_pm, bytes.fromhex(sha)[:SHA_PREFIX],
-                           sections=(base_payload,), rest=coded)
+        return HEADER.pack(1 | 2 * chroma | 4 * layout | (WIENER_FLAG if wiener else 0), mode, cond_pm,
+                           bytes.fromhex(sha)[:SHA_PREFIX], sections=(base_payload,), rest=wiener + coded)
 
     # ------------------------------------------------------------------ encode
 
@@ -264,7 +278,8 @@ class EnhancedCodec(LearnedCodec):
         plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
         plain_sse, plain_out = tried[pm][0], tried[pm][3]  # the filter without adapters at this offset
         tried = {}  # free the other strengths' features
-        cands = [(8 * len(plain) + lam * plain_sse, plain, plain_sse, plain_out)]
+        # (cost, payload, SSE, reconstruction, adapter mode, symbols, merged last layer)
+        cands = [(8 * len(plain) + lam * plain_sse, plain, plain_sse, plain_out, 0, [], (None, None))]
         modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
         if modes and lam > 0 and adapt.coder_available():
             stats = adapt.statistics(net, parts, x)
@@ -276,11 +291,22 @@ class EnhancedCodec(LearnedCodec):
                 payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload)
                 out = to_uint8(finish(net, parts, xb.shape, w, b))
                 e = sse(out)
-                cands.append((8 * len(payload) + lam * e, payload, e, out))
+                cands.append((8 * len(payload) + lam * e, payload, e, out, mode, symbols, (w, b)))
         chosen = min(cands, key=lambda c: c[0])
+        if WIENER and lam > 0:  # the per-image linear filter on top of the chosen one, where it pays
+            from . import wiener
+
+            _, _, _, _, mode, symbols, (w, b) = chosen
+            y = wiener.float_output(finish(net, parts, xb.shape, w, b))
+            coefs = wiener.fit(y, orig)
+            if coefs.any():
+                out = wiener.filtered(y, coefs)
+                payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload, wiener=wiener.pack(coefs))
+                e = sse(out)
+                chosen = min([chosen, (8 * len(payload) + lam * e, payload, e, out)], key=lambda c: c[0])
         if params["filter"] == "on" or chosen[0] < best[0]:
             best = chosen
-        _, payload, best_sse, recon = best
+        _, payload, best_sse, recon = best[:4]
         # what the encoder already measured: a rate search judges its probe by it instead of
         # a decode, and the kept one's first decode is this reconstruction (its check decodes
         # the stored bytes in full and compares)
@@ -307,7 +333,7 @@ class EnhancedCodec(LearnedCodec):
         torch_device(device)
         if self.base is None:
             raise CodecError(f"{self.codec_id}: base codec {self.base_id!r} is not installed")
-        if not payload or payload[0] > 7:
+        if not payload or payload[0] > 15:
             raise CodecError(f"{self.codec_id}: empty payload or unknown flags")
         if payload[0] == 0:
             base_im, base_fp = self._base_decode(payload[1:], device, pins)
@@ -317,27 +343,30 @@ class EnhancedCodec(LearnedCodec):
         (base_payload,), coded = p.sections, p.rest
         base_im, base_fp = self._base_decode(base_payload, device, pins)
         with self.refusing("cannot decode"):  # rANS on corrupt bytes, shape mismatches...
-            image = self._filtered(base_im, tag, mode, cond_pm, (flags >> 1) & 1, coded, (flags >> 2) & 1)
+            image = self._filtered(base_im, tag, mode, cond_pm, (flags >> 1) & 1, coded, (flags >> 2) & 1,
+                                   flags & WIENER_FLAG)
         return Decoded(image=image, fingerprint=_fingerprint(payload, base_im, base_fp))
 
-    def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, layout):
+    def _filtered(self, base_im, tag, mode, cond_pm, chroma, coded, layout, with_wiener=0):
         import torch
         from PIL import Image
 
-        from . import adapt
+        from . import adapt, wiener
         from .model import LAYOUTS, apply, to_uint8
 
         f = next((w for w in self.weights if bytes.fromhex(w.sha256)[:SHA_PREFIX] == tag), None)
         if f is None:
             raise CodecError(f"{self.codec_id}: filter weights {tag.hex()}... not installed")
         net = self.model(f)
-        w = b = None
+        w = b = coefs = None
+        if with_wiener:
+            coefs, coded = wiener.unpack(coded[: wiener.SIZE]), coded[wiener.SIZE :]
         if mode:
             symbols = adapt.decode_symbols(coded, adapt.n_params(mode, net.channels))
             w, b = adapt.merged_tail(net, mode, symbols)
         xb = image_tensor(base_im)
-        out = to_uint8(apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b, LAYOUTS[layout]))
-        return Image.fromarray(out)
+        out = apply(net, xb, torch.tensor([[cond_pm / 1000, float(chroma)]]), w, b, LAYOUTS[layout])
+        return Image.fromarray(to_uint8(out) if coefs is None else wiener.filtered(wiener.float_output(out), coefs))
 
 
 _CLASSES: dict[str, type[EnhancedCodec]] = {}

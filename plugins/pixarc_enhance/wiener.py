@@ -1,0 +1,80 @@
+"""A per-image linear filter after the learned one (flag bit 3 of the payload).
+
+The learned filter is the same for every image; what it leaves of each image's own error is
+partly linear in the neighbourhood of its output. Per colour, a point-symmetric 5×5 filter
+on the filter's float output ``y`` (0..255 scale)::
+
+    y'(p) = y(p) + Σ_k s_k / 256 · (y(p + d_k) + y(p − d_k) − 2·y(p))      k = 1..12
+
+(the 12 offsets d_k of one half of the 5×5 window; the form keeps flat areas and the mean
+as they are), edges replicated, then rounded to 0..255. The 36 integers s_k (int8, one byte
+each) are the least-squares fit against the original, rounded; the encoder sends them only
+where they pay for their bytes (the RD cost that decides the filter and its adapters).
+Like the adaptive loop filter of video codecs, but on top of a learned filter.
+
+Exact on every machine: the learned filter's float output is (``model.Layout``), and this
+runs in float64 in a fixed order of elementwise operations (no reductions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OFFSETS = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) > (0, 0))
+SCALE = 256
+SIZE = 3 * len(OFFSETS)  # bytes in the payload
+FIT_PIXELS = 1 << 18  # above this many pixels the fit samples every second row
+
+
+def _differences(y: np.ndarray):
+    """(y(p + d) + y(p − d) − 2·y(p)) for each offset d, of one colour plane (H, W)."""
+    h, w = y.shape
+    p = np.pad(y, 2, mode="edge")
+    for dy, dx in OFFSETS:
+        yield p[2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w] + p[2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w] - 2 * y
+
+
+def fit(y: np.ndarray, orig: np.ndarray) -> np.ndarray:
+    """Integer coefficients (3, 12) minimising the SSE of ``filtered(y, s)`` against
+    ``orig`` (both (H, W, 3) float64, 0..255 scale), before rounding."""
+    rows = slice(None, None, 2) if y.shape[0] * y.shape[1] > FIT_PIXELS else slice(None)
+    out = np.zeros((3, len(OFFSETS)), dtype=np.int64)
+    for o in range(3):
+        X = np.stack([d[rows].ravel() for d in _differences(y[..., o])], 1)
+        t = (orig[rows, :, o] - y[rows, :, o]).ravel()
+        A = X.T @ X
+        try:
+            c = np.linalg.solve(A + 1e-9 * np.trace(A) * np.eye(len(OFFSETS)), X.T @ t)
+        except np.linalg.LinAlgError:
+            continue
+        out[o] = np.clip(np.round(c * SCALE), -127, 127)
+    return out
+
+
+def filtered(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: ``y`` (float64, 0..255) through the per-colour filters ``s``."""
+    out = np.empty(y.shape, dtype=np.uint8)
+    for o in range(3):
+        plane = y[..., o]
+        acc = np.zeros_like(plane)
+        for k, d in enumerate(_differences(plane)):
+            if s[o, k]:
+                acc += float(s[o, k]) * d
+        out[..., o] = np.clip(np.rint(plane + acc / SCALE), 0, 255)
+    return out
+
+
+def pack(s: np.ndarray) -> bytes:
+    return s.astype(np.int8).tobytes()
+
+
+def unpack(data: bytes) -> np.ndarray:
+    if len(data) != SIZE:
+        raise ValueError("wiener coefficients: wrong length")
+    return np.frombuffer(data, dtype=np.int8).astype(np.int64).reshape(3, len(OFFSETS))
+
+
+def float_output(x) -> np.ndarray:
+    """The learned filter's output (1, 3, H, W) float tensor as (H, W, 3) float64, 0..255
+    (the same conversion on both sides)."""
+    return x[0].permute(1, 2, 0).double().numpy() * 255.0
