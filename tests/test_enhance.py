@@ -460,7 +460,7 @@ def test_the_kept_payload_is_decoded_once_and_the_encoders_reconstruction_is_che
         type(c).decode = restore
 
 
-def test_the_per_image_linear_filter_travels_where_it_pays(tiny_filter):
+def test_the_per_image_linear_filter_travels_where_it_pays(tiny_filter, monkeypatch):
     """Flag bit 3: 36 coefficients of a per-image 5x5 filter on the learned filter's output,
     fitted by least squares; sent when they pay by RD cost (here: λ makes distortion all that
     counts, then bits all that counts), decoded exactly as the encoder measured it."""
@@ -487,3 +487,6 @@ def test_the_per_image_linear_filter_travels_where_it_pays(tiny_filter):
                           np.clip(np.rint(y), 0, 255).astype(np.uint8))  # zero coefficients: the output as it was
     coefs = np.arange(-18, 18).reshape(3, 12)
     assert np.array_equal(wiener.unpack(wiener.pack(coefs)), coefs)
+    whole = wiener.filtered(y, coefs)
+    monkeypatch.setattr(wiener, "BAND", 2)  # bands of 2 rows: the same pixels
+    assert np.array_equal(wiener.filtered(y, coefs), whole)

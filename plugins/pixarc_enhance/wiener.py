@@ -23,24 +23,28 @@ import numpy as np
 OFFSETS = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) > (0, 0))
 SCALE = 256
 SIZE = 3 * len(OFFSETS)  # bytes in the payload
-FIT_PIXELS = 1 << 18  # above this many pixels the fit samples every second row
+FIT_PIXELS = 1 << 18  # the fit samples every n-th row to stay near this many pixels
+BAND = 256  # rows per band of the filter (memory stays bounded on large images)
 
 
-def _differences(y: np.ndarray):
-    """(y(p + d) + y(p − d) − 2·y(p)) for each offset d, of one colour plane (H, W)."""
-    h, w = y.shape
-    p = np.pad(y, 2, mode="edge")
+def _differences(padded: np.ndarray, rows: slice, width: int):
+    """(y(p + d) + y(p − d) − 2·y(p)) for each offset d over ``rows`` of one colour plane,
+    from the plane padded by 2 (edges replicated)."""
+    r0, r1, step = rows.indices(padded.shape[0] - 4)
+    centre = padded[2 + r0 : 2 + r1 : step, 2 : 2 + width]
     for dy, dx in OFFSETS:
-        yield p[2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w] + p[2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w] - 2 * y
+        yield (padded[2 + dy + r0 : 2 + dy + r1 : step, 2 + dx : 2 + dx + width]
+               + padded[2 - dy + r0 : 2 - dy + r1 : step, 2 - dx : 2 - dx + width] - 2 * centre)
 
 
 def fit(y: np.ndarray, orig: np.ndarray) -> np.ndarray:
     """Integer coefficients (3, 12) minimising the SSE of ``filtered(y, s)`` against
     ``orig`` (both (H, W, 3) float64, 0..255 scale), before rounding."""
-    rows = slice(None, None, 2) if y.shape[0] * y.shape[1] > FIT_PIXELS else slice(None)
+    h, w = y.shape[:2]
+    rows = slice(0, h, max(1, -(-h * w // FIT_PIXELS)))
     out = np.zeros((3, len(OFFSETS)), dtype=np.int64)
     for o in range(3):
-        X = np.stack([d[rows].ravel() for d in _differences(y[..., o])], 1)
+        X = np.stack([d.ravel() for d in _differences(np.pad(y[..., o], 2, mode="edge"), rows, w)], 1)
         t = (orig[rows, :, o] - y[rows, :, o]).ravel()
         A = X.T @ X
         try:
@@ -52,15 +56,20 @@ def fit(y: np.ndarray, orig: np.ndarray) -> np.ndarray:
 
 
 def filtered(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8: ``y`` (float64, 0..255) through the per-colour filters ``s``."""
+    """(H, W, 3) uint8: ``y`` (float64, 0..255) through the per-colour filters ``s``, band by
+    band (the same elementwise operations per pixel whatever the band)."""
+    h, w = y.shape[:2]
     out = np.empty(y.shape, dtype=np.uint8)
     for o in range(3):
-        plane = y[..., o]
-        acc = np.zeros_like(plane)
-        for k, d in enumerate(_differences(plane)):
-            if s[o, k]:
-                acc += float(s[o, k]) * d
-        out[..., o] = np.clip(np.rint(plane + acc / SCALE), 0, 255)
+        padded = np.pad(y[..., o], 2, mode="edge")
+        for r0 in range(0, h, BAND):
+            rows = slice(r0, min(h, r0 + BAND))
+            plane = y[rows, :, o]
+            acc = np.zeros_like(plane)
+            for k, d in enumerate(_differences(padded, rows, w)):
+                if s[o, k]:
+                    acc += float(s[o, k]) * d
+            out[rows, :, o] = np.clip(np.rint(plane + acc / SCALE), 0, 255)
     return out
 
 
