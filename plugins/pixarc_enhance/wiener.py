@@ -57,19 +57,30 @@ def fit(y: np.ndarray, orig: np.ndarray) -> np.ndarray:
 
 def filtered(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8: ``y`` (float64, 0..255) through the per-colour filters ``s``, band by
-    band (the same elementwise operations per pixel whatever the band)."""
+    band (the same elementwise operations per pixel whatever the band): the sum over the
+    offsets of s_k·(y(p + d_k) + y(p − d_k)), minus 2·Σs_k·y(p), over 256, added to y."""
     h, w = y.shape[:2]
     out = np.empty(y.shape, dtype=np.uint8)
     for o in range(3):
+        if not s[o].any():
+            out[..., o] = np.clip(np.rint(y[..., o]), 0, 255)
+            continue
         padded = np.pad(y[..., o], 2, mode="edge")
         for r0 in range(0, h, BAND):
-            rows = slice(r0, min(h, r0 + BAND))
-            plane = y[rows, :, o]
+            r1 = min(h, r0 + BAND)
+            plane = y[r0:r1, :, o]
             acc = np.zeros_like(plane)
-            for k, d in enumerate(_differences(padded, rows, w)):
+            pair = np.empty_like(plane)
+            for k, (dy, dx) in enumerate(OFFSETS):
                 if s[o, k]:
-                    acc += float(s[o, k]) * d
-            out[rows, :, o] = np.clip(np.rint(plane + acc / SCALE), 0, 255)
+                    np.add(padded[2 + dy + r0 : 2 + dy + r1, 2 + dx : 2 + dx + w],
+                           padded[2 - dy + r0 : 2 - dy + r1, 2 - dx : 2 - dx + w], out=pair)
+                    pair *= float(s[o, k])
+                    acc += pair
+            acc -= float(2 * s[o].sum()) * plane
+            acc /= SCALE
+            acc += plane
+            out[r0:r1, :, o] = np.clip(np.rint(acc), 0, 255)
     return out
 
 
