@@ -117,17 +117,13 @@ def test_increments_without_the_head_flag_decode_as_before(callic):
     """Sections written before the head sites existed (flag clear, block sites only) still
     merge: the same block weights move, the head stays the base's; flagged sections move
     the head's biases too."""
-    from pixarc_callic.adapt import HEAD, HEAD_FLAG, INCREMENTS, RANK, _code_ints, merge, sites
-    from pixarc_callic.coder import Encoder
+    from pixarc_callic.adapt import HEAD, HEAD_FLAG, INCREMENTS, RANK, merge, pack_increments, sites
 
     base = callic.base_model()
 
     def section(head: bool) -> bytes:
         count = sum(math.prod(shape) for _, shape, _ in sites(base, head=head))
-        ints = (torch.arange(count) % 7 - 3).to(torch.int64)
-        enc = Encoder()
-        _code_ints(enc, count, ints)
-        return INCREMENTS.pack(RANK | (HEAD_FLAG if head else 0), count, rest=enc.finish())
+        return pack_increments((torch.arange(count) % 7 - 3).to(torch.int64), head)
 
     params = dict(base.named_parameters())
     old, new = dict(merge(base, section(False)).named_parameters()), dict(merge(base, section(True)).named_parameters())

@@ -208,7 +208,6 @@ def _fit(base, net, setting: Setting, patches, inside, rates, channels: int, ite
     """``iterations`` steps of one setting; the coded increments section."""
     from torch.func import functional_call
 
-    from .coder import Encoder
     from .model import MGCF, nll_bits
 
     gen = torch.Generator().manual_seed(seed)
@@ -241,6 +240,14 @@ def _fit(base, net, setting: Setting, patches, inside, rates, channels: int, ite
     with torch.no_grad():
         ints = torch.cat([torch.round(q[name].detach().cpu()).clamp(-Q_MAX, Q_MAX).to(torch.int64).flatten()
                           for name, _, _ in shapes])
+    return pack_increments(ints, head)
+
+
+def pack_increments(ints: torch.Tensor, head: bool) -> bytes:
+    """The increments section of these integers (the block sites', then with ``head`` the
+    head's, in :func:`sites` order)."""
+    from .coder import Encoder
+
     enc = Encoder()
     _code_ints(enc, len(ints), ints)
     return INCREMENTS.pack(RANK | (HEAD_FLAG if head else 0), len(ints), rest=enc.finish())
