@@ -63,7 +63,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
     attempts: list[Attempt] = []
     kept: dict[str, Encoded] = {}  # codec id -> its encoding
     compare = route.selection != "first"  # measure every candidate, check only the one kept
-    verify = encode_measured if compare else encode_verified
+    encode_one = encode_measured if compare else encode_verified
     target = next((c.target for c in route.candidates if c.target), None)
     covered = _covered(src, route, registry, devices, exclude)
     order = [c for c in _in_rd_order(route, registry) if c.codec_id not in covered]
@@ -104,7 +104,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
                     attempts.append(Attempt(cand.codec_id, "screened", why))
                     continue
             if pinned is not None:
-                enc = verify(codec, pinned, src, route.domain, on)
+                enc = encode_one(codec, pinned, src, route.domain, on)
                 attempts.append(Attempt(cand.codec_id, "target", f"covered by {by}: its {codec.rate_param}="
                                         f"{pinned[codec.rate_param]} meets the target too"))
             elif cand.target and codec.rate_param and not codec.lossless:
@@ -119,7 +119,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
                 attempts.append(Attempt(cand.codec_id, "target", note))
             else:
                 ready = (payloads or {}).get((codec.codec_id, params_hash(params)))
-                enc = verify(codec, params, src, route.domain, on, ready)
+                enc = encode_one(codec, params, src, route.domain, on, ready)
         except PixarcError as exc:
             attempts.append(Attempt(cand.codec_id, "failed", f"{exc.reason}: {exc}"))
             continue
