@@ -44,11 +44,11 @@ def fit(y: np.ndarray, orig: np.ndarray) -> np.ndarray:
     rows = slice(0, h, max(1, -(-h * w // FIT_PIXELS)))
     out = np.zeros((3, len(OFFSETS)), dtype=np.int64)
     for o in range(3):
-        X = np.stack([d.ravel() for d in _differences(np.pad(y[..., o], 2, mode="edge"), rows, w)], 1)
+        X = np.stack([d.ravel() for d in _differences(np.pad(y[..., o], 2, mode="edge"), rows, w)])  # (12, n)
         t = (orig[rows, :, o] - y[rows, :, o]).ravel()
-        A = X.T @ X
+        A = X @ X.T
         try:
-            c = np.linalg.solve(A + 1e-9 * np.trace(A) * np.eye(len(OFFSETS)), X.T @ t)
+            c = np.linalg.solve(A + 1e-9 * np.trace(A) * np.eye(len(OFFSETS)), X @ t)
         except np.linalg.LinAlgError:
             continue
         out[o] = np.clip(np.round(c * SCALE), -127, 127)
