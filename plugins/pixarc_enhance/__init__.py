@@ -255,7 +255,7 @@ class EnhancedCodec(LearnedCodec):
         # (one filter pass per probe instead of one per offset).
         strength_key = ("enhance-strength", self.codec_id, src.sha256, offsets, chroma)
         known = memo.get(strength_key)
-        tried: dict[int, tuple] = {}  # permille -> (SSE, cached features, offset, reconstruction)
+        tried: dict[int, tuple] = {}  # permille -> (SSE, cached features, offset, reconstruction, float output)
         keep = src.info.pixels <= CACHE_PIXELS
         def permille(offset: float) -> int:
             return min(1000, max(0, round((rate + offset) * 1000)))
@@ -269,17 +269,21 @@ class EnhancedCodec(LearnedCodec):
             pm = permille(off_s)
             if pm not in tried:
                 parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
-                out = to_uint8(finish(net, parts, xb.shape))
-                tried[pm] = (sse(out), parts if keep else None, off_s, out)
+                y = finish(net, parts, xb.shape)
+                out = to_uint8(y)
+                tried[pm] = (sse(out), parts if keep else None, off_s, out, y)
+                lowest = min(tried, key=lambda k: tried[k][0])  # only the best offset keeps its float output
+                tried = {k: v if k == lowest else (*v[:4], None) for k, v in tried.items()}
         pm = min(tried, key=lambda k: tried[k][0])
         memo.put(strength_key, tried[pm][2])
         cond = torch.tensor([[pm / 1000, float(chroma)]])
         parts = tried[pm][1] or feature_tiles(net, xb, cond)
         plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
-        plain_sse, plain_out = tried[pm][0], tried[pm][3]  # the filter without adapters at this offset
+        plain_sse, plain_out, plain_y = tried[pm][0], tried[pm][3], tried[pm][4]  # no adapters, this offset
         tried = {}  # free the other strengths' features
-        # (cost, payload, SSE, reconstruction, adapter mode, symbols, merged last layer)
-        cands = [(8 * len(plain) + lam * plain_sse, plain, plain_sse, plain_out, 0, [], (None, None))]
+        # (cost, payload, SSE, reconstruction, adapter mode, symbols, the float output): the
+        # cheapest so far keeps its float output, which the linear filter below starts from
+        chosen = (8 * len(plain) + lam * plain_sse, plain, plain_sse, plain_out, 0, [], plain_y)
         modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
         if modes and lam > 0 and adapt.coder_available():
             stats = adapt.statistics(net, parts, x)
@@ -287,17 +291,17 @@ class EnhancedCodec(LearnedCodec):
                 symbols, _, _ = adapt.fit(stats, mode, lam)
                 if not any(symbols):
                     continue
-                w, b = adapt.merged_tail(net, mode, symbols)
                 payload = self._pack(1, mode, pm, chroma, symbols, f.sha256, base_payload)
-                out = to_uint8(finish(net, parts, xb.shape, w, b))
+                y = finish(net, parts, xb.shape, *adapt.merged_tail(net, mode, symbols))
+                out = to_uint8(y)
                 e = sse(out)
-                cands.append((8 * len(payload) + lam * e, payload, e, out, mode, symbols, (w, b)))
-        chosen = min(cands, key=lambda c: c[0])
+                if 8 * len(payload) + lam * e < chosen[0]:
+                    chosen = (8 * len(payload) + lam * e, payload, e, out, mode, symbols, y)
         if WIENER and lam > 0:  # the per-image linear filter on top of the chosen one, where it pays
             from . import wiener
 
-            _, _, _, _, mode, symbols, (w, b) = chosen
-            y = wiener.float_output(finish(net, parts, xb.shape, w, b))
+            _, _, _, _, mode, symbols, y = chosen
+            y = wiener.float_output(y)
             coefs = wiener.fit(y, orig)
             if coefs.any():
                 out = wiener.filtered(y, coefs)

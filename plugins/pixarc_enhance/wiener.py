@@ -27,14 +27,18 @@ FIT_PIXELS = 1 << 18  # the fit samples every n-th row to stay near this many pi
 BAND = 256  # rows per band of the filter (memory stays bounded on large images)
 
 
+def _shifted(padded: np.ndarray, dy: int, dx: int, r0: int, r1: int, step: int, width: int) -> np.ndarray:
+    """Rows ``r0:r1:step`` of one colour plane moved by (dy, dx), from the plane padded by 2
+    (edges replicated): y(p + d) for every p of those rows."""
+    return padded[2 + dy + r0 : 2 + dy + r1 : step, 2 + dx : 2 + dx + width]
+
+
 def _differences(padded: np.ndarray, rows: slice, width: int):
-    """(y(p + d) + y(p − d) − 2·y(p)) for each offset d over ``rows`` of one colour plane,
-    from the plane padded by 2 (edges replicated)."""
+    """(y(p + d) + y(p − d) − 2·y(p)) for each offset d over ``rows`` of one colour plane."""
     r0, r1, step = rows.indices(padded.shape[0] - 4)
-    centre = padded[2 + r0 : 2 + r1 : step, 2 : 2 + width]
+    centre = _shifted(padded, 0, 0, r0, r1, step, width)
     for dy, dx in OFFSETS:
-        yield (padded[2 + dy + r0 : 2 + dy + r1 : step, 2 + dx : 2 + dx + width]
-               + padded[2 - dy + r0 : 2 - dy + r1 : step, 2 - dx : 2 - dx + width] - 2 * centre)
+        yield _shifted(padded, dy, dx, r0, r1, step, width) + _shifted(padded, -dy, -dx, r0, r1, step, width) - 2 * centre
 
 
 def fit(y: np.ndarray, orig: np.ndarray) -> np.ndarray:
@@ -73,8 +77,7 @@ def filtered(y: np.ndarray, s: np.ndarray) -> np.ndarray:
             pair = np.empty_like(plane)
             for k, (dy, dx) in enumerate(OFFSETS):
                 if s[o, k]:
-                    np.add(padded[2 + dy + r0 : 2 + dy + r1, 2 + dx : 2 + dx + w],
-                           padded[2 - dy + r0 : 2 - dy + r1, 2 - dx : 2 - dx + w], out=pair)
+                    np.add(_shifted(padded, dy, dx, r0, r1, 1, w), _shifted(padded, -dy, -dx, r0, r1, 1, w), out=pair)
                     pair *= float(s[o, k])
                     acc += pair
             acc -= float(2 * s[o].sum()) * plane
