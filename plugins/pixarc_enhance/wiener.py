@@ -23,7 +23,7 @@ import numpy as np
 OFFSETS = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) > (0, 0))
 SCALE = 256
 SIZE = 3 * len(OFFSETS)  # bytes in the payload
-FIT_PIXELS = 1 << 18  # the fit samples every n-th row to stay near this many pixels
+FIT_PIXELS = 1 << 16  # the fit samples every n-th row to stay near this many pixels (12 unknowns per colour)
 BAND = 256  # rows per band of the filter (memory stays bounded on large images)
 
 
