@@ -153,12 +153,12 @@ def confirm(enc: Encoded, src: SourceImage) -> Encoded:
     decoded again and checked (:func:`_check_stored`). Raises what the check finds."""
     if enc.checked:
         return enc
-    container = enc.container
+    container, blob = enc.container, enc.blob
     quality = enc.ms_ssim
-    if not enc.codec.lossless:
+    if not enc.codec.lossless:  # the header gets the real MS-SSIM in place of the placeholder
         quality = ms_ssim(src.image, enc.recon.image)
         container.meta["ms_ssim"] = quality
-    blob = pack(container)
+        blob = pack(container)
     t0 = time.perf_counter()
     with memo.off():  # the check decodes every byte again, nothing taken from the memo
         _check_stored(enc.codec, blob, enc.device, same_pixels=enc.noted)

@@ -127,13 +127,18 @@ def _device_of(path: str) -> int | None:
 def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
     """Write ``data`` to a fresh temporary name beside ``path`` and fsync it (later, inside
     :func:`deferring_sync`)."""
-    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    parent = posixpath.dirname(path)
     tag = uuid.uuid4().hex
     tmp = f"{path}.tmp-{tag}"
     if len(os.fsencode(posixpath.basename(tmp))) > 255:  # a long (but legal) name: a short temporary beside it
-        tmp = posixpath.join(posixpath.dirname(path), f"{tag[:16]}.tmp-{tag}")
+        tmp = posixpath.join(parent, f"{tag[:16]}.tmp-{tag}")
     try:
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "xb")
+        except FileNotFoundError:  # the folder is new (usually it is there: no makedirs per file)
+            os.makedirs(parent, exist_ok=True)
+            f = open(tmp, "xb")
+        with f:
             f.write(data)
             f.flush()
             if _deferred.get() is None:
@@ -141,10 +146,16 @@ def _durable_temp(path: str, data: bytes, fault_site: str) -> str:
         if fault_site:
             faults.point(fault_site)
     except BaseException:  # disk full, an injected fault: no half-written temp file stays behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_if_there(tmp)
         raise
     return tmp
+
+
+def _unlink_if_there(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _note_written(path: str) -> None:
@@ -178,8 +189,8 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_si
             os.replace(tmp, path)
             _note_written(path)
         finally:
-            if tmp and os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp:
+                _unlink_if_there(tmp)
         _fsync_dir(parent)
     else:
         if parent:
@@ -210,8 +221,8 @@ def write_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, fault_site:
                 os.replace(tmp, path)
                 _note_written(path)
         finally:
-            if tmp and os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp:  # linked (or refused): the temporary name goes; renamed: it is gone already
+                _unlink_if_there(tmp)
         _fsync_dir(parent)
         return True
     if parent:
