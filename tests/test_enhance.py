@@ -166,6 +166,13 @@ def test_adapter_fit_predicts_the_merged_filter_and_lowers_distortion(tiny_filte
         assert real < plain
     # a tiny λ (bits are dear): nothing is worth sending
     assert not any(adapt.fit(stats, 1, lam=1e-9)[0])
+    # the residual taken from the filter's output the encoder has already: the same statistics
+    given = adapt.statistics(net, parts, x, finish(net, parts, xb.shape))
+    assert given.sse0 == pytest.approx(stats.sse0, rel=1e-6)
+    np.testing.assert_allclose(given.corr, stats.corr, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(given.gram, stats.gram)
+    for mode in (1, 2):
+        assert adapt.fit(given, mode, lam=1.0)[0] == adapt.fit(stats, mode, lam=1.0)[0]
     # a big image's statistics sample every second row and column, scaled to the whole image
     monkeypatch.setattr(adapt, "SUBSAMPLE_PIXELS", 1000)
     sampled = adapt.statistics(net, parts, x)

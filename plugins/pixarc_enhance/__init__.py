@@ -286,7 +286,7 @@ class EnhancedCodec(LearnedCodec):
         chosen = (8 * len(plain) + lam * plain_sse, plain, plain_sse, plain_out, 0, [], plain_y)
         modes = {"auto": (1, 2), "none": (), "shared": (1,), "per_colour": (2,)}[params["adapters"]]
         if modes and lam > 0 and adapt.coder_available():
-            stats = adapt.statistics(net, parts, x)
+            stats = adapt.statistics(net, parts, x, plain_y)
             for mode in modes:
                 symbols, _, _ = adapt.fit(stats, mode, lam)
                 if not any(symbols):

@@ -128,9 +128,11 @@ SUBSAMPLE_PIXELS = 1 << 16  # above this many pixels the Gram matrices sample ev
 
 
 @torch.no_grad()
-def statistics(net: EnhanceNet, parts, x: torch.Tensor) -> Stats:
+def statistics(net: EnhanceNet, parts, x: torch.Tensor, y: torch.Tensor | None = None) -> Stats:
     """Gram matrices of the per-channel contribution maps (and a constant, for the bias)
-    against the residual, from :func:`model.feature_tiles` output.
+    against the residual, from :func:`model.feature_tiles` output. ``y``: the filter's
+    output without adapters (:func:`model.finish` of the same parts), where the encoder has
+    it already: the residual is taken from it instead of running the last layer again.
 
     All three colours' maps come from one grouped convolution (channel ``3c + o`` is
     ``W[o, c] * h[c]``); products run in float32 over chunks of :data:`CHUNK` pixels (the
@@ -148,8 +150,11 @@ def statistics(net: EnhanceNet, parts, x: torch.Tensor) -> Stats:
     step = 2 if x.shape[2] * x.shape[3] > SUBSAMPLE_PIXELS else 1
     scale = 0.0  # pixels sampled, to scale the sums to the whole image
     for ob, ib, xi, h in parts:
-        full = xi + F.conv2d(h, W, net.tail.bias, padding=1)
-        t = ((x[..., ob[0] : ob[1], ob[2] : ob[3]] - crop_out(full, ob, ib)) * 255)[0]
+        if y is None:
+            out = crop_out(xi + F.conv2d(h, W, net.tail.bias, padding=1), ob, ib)
+        else:
+            out = y[..., ob[0] : ob[1], ob[2] : ob[3]]
+        t = ((x[..., ob[0] : ob[1], ob[2] : ob[3]] - out) * 255)[0]
         sse0 += float((t * t).sum(dtype=torch.float64))
         # sampled positions: tile coordinates that are multiples of ``step`` inside the out box
         oy, ox = ob[0] - ib[0], ob[2] - ib[2]
