@@ -324,10 +324,15 @@ def read_manifest(dest: str, check: bool = True, columns: list[str] | None = Non
             if check and sha256_hex(data) != marker["sha256"]:
                 raise ManifestError(f"manifest part {marker['part']} does not match its commit marker")
             try:
-                f = pq.ParquetFile(io.BytesIO(data))
+                # An Arrow buffer, not a Python file object, read on this thread: a part is one
+                # shard's rows, and a read left to Arrow's thread pool around a Python file
+                # object could still be tearing down at interpreter exit (an intermittent
+                # SIGABRT, "terminate called without an active exception": apache/arrow#34314,
+                # #50482), failing a command whose work was done.
+                f = pq.ParquetFile(pa.BufferReader(data))
                 # parts written by older versions lack newer columns: read what they have
                 have = None if columns is None else [c for c in columns if c in f.schema_arrow.names]
-                tables.append(f.read(columns=have))
+                tables.append(f.read(columns=have, use_threads=False))
             except (pa.ArrowException, OSError) as exc:
                 raise ManifestError(f"manifest part {marker['part']} is unreadable ({exc})") from None
         except ManifestError as exc:
