@@ -255,7 +255,8 @@ class EnhancedCodec(LearnedCodec):
         # (one filter pass per probe instead of one per offset).
         strength_key = ("enhance-strength", self.codec_id, src.sha256, offsets, chroma)
         known = memo.get(strength_key)
-        tried: dict[int, tuple] = {}  # permille -> (SSE, cached features, offset, reconstruction, float output)
+        tried: dict[int, tuple] = {}  # permille -> (SSE, cached features, offset, reconstruction)
+        best_y = None  # (permille, float output) of the offset with the lowest SSE so far
         keep = src.info.pixels <= CACHE_PIXELS
         def permille(offset: float) -> int:
             return min(1000, max(0, round((rate + offset) * 1000)))
@@ -271,15 +272,15 @@ class EnhancedCodec(LearnedCodec):
                 parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
                 y = finish(net, parts, xb.shape)
                 out = to_uint8(y)
-                tried[pm] = (sse(out), parts if keep else None, off_s, out, y)
-                lowest = min(tried, key=lambda k: tried[k][0])  # only the best offset keeps its float output
-                tried = {k: v if k == lowest else (*v[:4], None) for k, v in tried.items()}
-        pm = min(tried, key=lambda k: tried[k][0])
+                tried[pm] = (sse(out), parts if keep else None, off_s, out)
+                if best_y is None or tried[pm][0] < tried[best_y[0]][0]:
+                    best_y = (pm, y)
+        pm, plain_y = best_y  # the first offset with the lowest SSE, and its float output
         memo.put(strength_key, tried[pm][2])
         cond = torch.tensor([[pm / 1000, float(chroma)]])
         parts = tried[pm][1] or feature_tiles(net, xb, cond)
         plain = self._pack(1, 0, pm, chroma, [], f.sha256, base_payload)
-        plain_sse, plain_out, plain_y = tried[pm][0], tried[pm][3], tried[pm][4]  # no adapters, this offset
+        plain_sse, plain_out = tried[pm][0], tried[pm][3]  # the filter without adapters at this offset
         tried = {}  # free the other strengths' features
         # (cost, payload, SSE, reconstruction, adapter mode, symbols, the float output): the
         # cheapest so far keeps its float output, which the linear filter below starts from
