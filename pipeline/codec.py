@@ -143,10 +143,12 @@ class Codec(ABC):
     screened: ClassVar[bool] = False
     components: ClassVar[Mapping[str, str]] = {}
 
-    def rate_values(self) -> list[int]:
+    def rate_values(self, params: Mapping[str, Any] | None = None) -> list[int]:
         """The values of ``rate_param`` a ``target_psnr``/``target_bpp`` search may probe, in
         increasing rate: its whole range by default; a learned codec lists the rate points
-        it has weights for."""
+        it has weights for; a codec whose neighbouring values often make the same bitstream
+        (AVIF) lists one value per distinct encode. ``params``: the other parameters the
+        search holds fixed (None: the defaults), where they decide which values differ."""
         spec = self.params_schema[self.rate_param]
         return list(range(int(spec.min), int(spec.max) + 1))
 

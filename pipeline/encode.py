@@ -201,7 +201,7 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
     ``bound``: bytes another candidate met the PSNR target with; None is returned (and
     the note says why) as soon as a probe shows this codec cannot undercut them."""
     kind, goal = target
-    values = codec.rate_values()  # increasing rate; a learned codec: the rate points it has weights for
+    values = codec.rate_values(params)  # increasing rate; one per distinct encode (codec.rate_values)
     if not values:
         raise CodecError(f"{codec.codec_id}: no {codec.rate_param} value to search")
     pixels = max(1, src.info.pixels)

@@ -203,11 +203,11 @@ class LearnedCodec(Codec):
 
     # ------------------------------------------------------------------ the Codec contract
 
-    def rate_values(self) -> list[int]:
+    def rate_values(self, params: Mapping[str, Any] | None = None) -> list[int]:
         """The rate points with weights when files are per rate point, else the whole range."""
         if self._per_rate():
             return sorted({int(w.entry[self.rate_param]) for w in self.encoding_weights})
-        return super().rate_values()
+        return super().rate_values(params)
 
     def weights_for(self, params: Mapping[str, Any]) -> str:
         found = self.select_weights(params)

@@ -223,3 +223,23 @@ def test_jxl_lossless_bytes_do_not_depend_on_the_thread_count(monkeypatch):
         payloads[n] = codec.encode(src, params)
     assert payloads[1] == payloads[3]
     assert codec.decode(payloads[3]).image.tobytes() == src.image.tobytes()
+
+
+@pytest.mark.parametrize("tune", ["", "psnr"])
+def test_avif_rate_values_are_one_quality_per_distinct_encode(tune):
+    """A rate search over AVIF probes each encode once: the qualities it skips make the same
+    bitstream as the value below them, the ones it keeps all differ (on an image that is not
+    the one the values were measured on, at the lossy policy's speed)."""
+    avif = REG.codec("avif")
+    params = avif.validate_params({"speed": 6, "subsampling": "4:4:4", "tune": tune})
+    values = avif.rate_values(params)
+    assert values[0] == 0 and values[-1] == 100 and values == sorted(set(values))
+    assert len(values) < 101  # libavif repeats encodes: a search over all 101 wastes probes
+    yy, xx = np.mgrid[0:64, 0:64]
+    a = np.stack([60 + 2 * xx, 40 + 2 * yy, 120 + xx - yy], -1) + np.random.default_rng(5).normal(0, 20, (64, 64, 3))
+    src = probe_and_load(encode_bytes(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG"))
+    made = {q: avif.encode(src, {**params, "quality": q}) for q in range(101)}
+    for q in range(101):
+        start = max(v for v in values if v <= q)
+        assert made[q] == made[start], (q, start)  # a skipped quality repeats its run's first
+    assert all(made[a] != made[b] for a, b in zip(values, values[1:]))

@@ -81,6 +81,11 @@ def test_registered_for_several_bases_with_the_base_rate_parameter(tiny_filter, 
         c.validate_params({"nonsense": 1})
     assert c.weights_for(p) == tiny_filter[1]["sha256"] and c.has_weights(tiny_filter[1]["sha256"])
     assert "avif (Pillow" in c.version()
+    # a rate search probes the base's distinct encodes (each probe is one of them + the filter)
+    for tune in ("", "psnr"):
+        p = c.validate_params({"quality": 40, "subsampling": "4:4:4", "tune": tune})
+        assert c.rate_values(p) == c.base.rate_values({"subsampling": "4:4:4", "tune": tune})
+    assert c.rate_values(p) != c.rate_values(c.validate_params({})) != list(range(101))
 
 
 def test_the_base_is_the_one_of_the_registry_that_makes_the_codec(tiny_filter, monkeypatch):

@@ -320,6 +320,12 @@ class EnhancedCodec(LearnedCodec):
         memo.note_decoded(self, payload, Decoded(image=image, fingerprint=_fingerprint(payload, base_im, base_fp)))
         return payload
 
+    def rate_values(self, params: Mapping[str, Any] | None = None) -> list[int]:
+        """The base's: every probe of this codec is one of its encodes plus the filter."""
+        if self.base is None or self.rate_param is None:
+            return super().rate_values(params)
+        return self.base.rate_values({k: v for k, v in (params or {}).items() if k in self.base.params_schema})
+
     def rate_proxies(self, params: Mapping[str, Any]) -> tuple[RateProxy, ...]:
         """The base's own cheap tiers (the filter's gain, which they do not see, moves by
         about 0.01 dB from one base quality to the next: ``FILTER_DRIFT_DB`` more margin),

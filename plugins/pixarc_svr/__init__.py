@@ -106,7 +106,7 @@ class SVRCodec(LearnedCodec):
             model._pixarc_tables = {"index": index, "select": select, "weight": weight}
         return model._pixarc_tables
 
-    def rate_values(self) -> list[int]:
+    def rate_values(self, params=None) -> list[int]:
         """The stage counts a rate search may probe: all of them with context tables (the
         only layout that sends fewer than K), else K alone."""
         k = self._model().k
