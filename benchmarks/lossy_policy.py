@@ -1,6 +1,7 @@
 """The ``lossy`` policy against plain AVIF, on the same images, in one run.
 
     .venv/bin/python benchmarks/lossy_policy.py [DEV_DIR] [--quality 60] [--reference 2] [--domains natural,comic]
+        [--registry run|image]
 
 Measures, in this process, one domain folder of DEV_DIR after another (``archive_local``,
 one worker, the same for both), each image archived alone by one then the other, so both
@@ -15,6 +16,9 @@ the ratio of the two times (wall clock, and process CPU seconds).
 rate search (a bisection of every lossy candidate's rate parameter in which every probe is
 a full, decode-checked encode; the screened adaptive codec left out, as it is screened
 out on these images), to compare bytes and time with the selection the policy made.
+``--registry``: ``run`` (default) gives each policy one registry for all its images, as one
+archive run over the collection has (its plugins and models load once, in the warm-up);
+``image`` makes a fresh one per image (each image then pays the plugin and model loads).
 Nothing here is a pass/fail threshold: it prints what it measured.
 """
 
@@ -53,25 +57,28 @@ def avif_policy(path: Path, quality: int) -> str:
     return str(path)
 
 
-def run(src: Path, dest: Path, policy: str) -> tuple[float, float, list[dict]]:
-    """(wall seconds, process CPU seconds, done rows) of one archive run."""
+def run(src: Path, dest: Path, policy: str, registry=None) -> tuple[float, float, list[dict]]:
+    """(wall seconds, process CPU seconds, done rows) of one archive run (``registry``: the
+    plugins, and the models they loaded, to run with; None: a fresh registry)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000)
+    runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000, registry=registry)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return seconds, cpu, [r for r in latest(read_manifest(str(dest))).to_pylist() if r["status"] == "done"]
 
 
-def alternated(folder: Path, tmp: Path, policies: dict[str, str]) -> dict[str, tuple[float, float, list[dict]]]:
+def alternated(folder: Path, tmp: Path, policies: dict[str, str],
+               registries: dict[str, object]) -> dict[str, tuple[float, float, list[dict]]]:
     """Each image of ``folder`` archived alone with each policy in turn, so every policy sees
     the same machine load (a training or a test suite may share the machine): per policy,
-    summed wall and CPU seconds and the rows."""
+    summed wall and CPU seconds and the rows. ``registries``: per policy, the registry its
+    runs share (absent: a fresh one per image)."""
     out = {name: [0.0, 0.0, []] for name in policies}
     for i, path in enumerate(sorted(folder.iterdir())):
         one = tmp / f"src-{folder.name}-{i}"
         one.mkdir()
         shutil.copy2(path, one / path.name)
         for name, policy in policies.items():
-            t, c, rows = run(one, tmp / f"{name}-{folder.name}-{i}", policy)
+            t, c, rows = run(one, tmp / f"{name}-{folder.name}-{i}", policy, registries.get(name))
             out[name][0] += t
             out[name][1] += c
             out[name][2] += rows
@@ -94,7 +101,7 @@ def bisected_selection(path: Path, domain: str) -> tuple[int, str, float]:
         if codec.screened or codec.unsupported_reason(src.info):
             continue
         params = codec.validate_params(policy.params_for(cid, route))
-        values = codec.rate_values()
+        values = codec.rate_values(params)
         lo, hi, kept = 0, len(values) - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
@@ -119,17 +126,23 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=60, help="plain AVIF's fixed quality")
     ap.add_argument("--reference", type=int, default=2, help="images per lossy domain for today's bisection (0: none)")
     ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--registry", choices=("run", "image"), default="run",
+                    help="run: each policy's images share one registry, as the images of one archive run do "
+                         "(plugins and models load once); image: a fresh registry per image (every image "
+                         "pays the plugin and model loads)")
     args = ap.parse_args()
     dev, tmp = Path(args.dev), Path(tempfile.mkdtemp(prefix="pixarc-lossy-"))
     plain = avif_policy(tmp / "avif.toml", args.quality)
     lossy_routes = {d for d, r in load_policy("lossy").routes.items() if not r.lossless}
-    print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; plain AVIF q{args.quality}")
+    print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; plain AVIF q{args.quality}; "
+          f"registry per {args.registry}")
+    registries = {"lossy": default_registry(), "avif": default_registry()} if args.registry == "run" else {}
     # warm-up (imports, model loads, first plugin calls), not counted
     first = next(p for d in args.domains.split(",") for p in sorted((dev / d).iterdir()))
     (tmp / "warm").mkdir()
     shutil.copy2(first, tmp / "warm" / first.name)
     for name, policy in (("lossy", "lossy"), ("avif", plain)):
-        run(tmp / "warm", tmp / f"warm-{name}", policy)
+        run(tmp / "warm", tmp / f"warm-{name}", policy, registries.get(name))
     from pixarc import ratesearch
 
     ratesearch.forget()  # the rate search's model starts empty, as in a fresh process
@@ -143,7 +156,7 @@ def main() -> None:
     for domain in args.domains.split(","):
         folder = dev / domain
         n = sum(1 for _ in folder.iterdir())
-        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain})
+        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain}, registries)
         (t_lossy, c_lossy, rows), (t_avif, c_avif, arows) = res["lossy"], res["avif"]
         wins = Counter(r["codec_id"] for r in rows)
         all_wins.update(wins)
@@ -164,7 +177,8 @@ def main() -> None:
           f"{int(totals['lossy_b']):11d} {int(totals['avif_b']):10d} | "
           f"wins: " + ", ".join(f"{c} {k}" for c, k in all_wins.most_common()))
     print("(ratio: wall-clock lossy / plain AVIF; cpu: the same for process CPU seconds. Each image is archived "
-          "alone by one policy then the other, so both see the same load; lossy dB: mean over lossy rows; "
+          "alone by one policy then the other, so both see the same load; registry per run: the models the "
+          "warm-up loaded serve every image, as in one run over the collection; lossy dB: mean over lossy rows; "
           "lossless rows count as exact and are left out of the mean)")
 
     if args.reference:
