@@ -16,7 +16,7 @@ import json
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from PIL import Image
 
@@ -86,11 +86,18 @@ class RateProxy:
     """A much cheaper encode of the same image whose PSNR over the rate parameter runs
     parallel to a codec's (:meth:`Codec.rate_proxies`): ``codec`` with ``params`` (its rate
     parameter set by the search to the same values), the PSNR offset between the two
-    drifting by less than ``margin_db`` from one rate value to the next."""
+    drifting by less than ``margin_db`` from one rate value to the next.
+
+    ``gap_estimate(src, params, device)``: optional, for this image, a cheap estimate of the
+    dB the codec with ``params`` (rate parameter set) lies above this tier (a post-filter's
+    gain measured on a few sampled blocks); NaN when it cannot tell. A rate search places
+    the codec's first probe with it instead of with other images' gaps; how far it runs
+    from the gaps then measured is learned like the gaps themselves."""
 
     codec: "Codec"
     params: Mapping[str, Any]
     margin_db: float
+    gap_estimate: Callable[[SourceImage, Mapping[str, Any], Device], float] | None = None
 
 
 class Codec(ABC):

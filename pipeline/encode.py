@@ -234,7 +234,8 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
     fixed = {k: v for k, v in params.items() if k != rp}
     model_key = (codec.codec_id, params_hash(fixed), kind, goal, domain)  # images of one domain behave alike
     anchor = memo.get(("rate-anchor", kind, goal))  # the first search on this image, if any
-    tiers = tuple(ratesearch.Tier(_proxy_measure(px, src, device, values), px.margin_db)
+    tiers = tuple(ratesearch.Tier(_proxy_measure(px, src, device, values), px.margin_db,
+                                  _gap_estimate(px, src, params, rp, values, device))
                   for px in codec.rate_proxies(params)) if kind == "psnr" else ()
     out = ratesearch.search(values, kind, goal, pixels, measure, model_key, bound if kind == "psnr" else None,
                             anchor, tiers, shared_key=model_key[:-1])
@@ -278,6 +279,15 @@ def _proxy_measure(proxy: RateProxy, src: SourceImage, device: Device, values: l
         return ratesearch.Probe(index, values[index], psnr(src.image, recon), len(payload))
 
     return measure
+
+
+def _gap_estimate(proxy: RateProxy, src: SourceImage, params: dict[str, Any], rp: str, values: list[int],
+                  device: Device):
+    """The tier's estimate for this image of the dB the codec lies above it at rate index i
+    (:attr:`RateProxy.gap_estimate`), or None where the proxy has none."""
+    if proxy.gap_estimate is None:
+        return None
+    return lambda index: proxy.gap_estimate(src, {**params, rp: values[index]}, device)
 
 
 # Stands in, in a probe's header, for values only the kept encoding computes, so probe

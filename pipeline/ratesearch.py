@@ -91,6 +91,7 @@ class Tier:
 
     measure: Callable[[int], Probe]
     margin_db: float
+    estimate: Callable[[int], float] | None = None  # this image's own estimate of the gap at an index (NaN: none)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class _History:
     slopes: list[float] = field(default_factory=list)  # measure per index step
     offsets: dict[tuple, list[int]] = field(default_factory=dict)  # anchor key -> end - anchor's end
     tier_gaps: dict[int, list[float]] = field(default_factory=dict)  # tier -> dB the codec ended above it
+    estimate_errors: dict[int, list[float]] = field(default_factory=dict)  # tier -> that gap minus the tier's estimate
 
 
 _model: dict[tuple, _History] = {}
@@ -139,9 +141,10 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
             start = anchor[1] + sorted(offsets)[len(offsets) // 2]
         slope = sorted(hist.slopes)[len(hist.slopes) // 2] if hist.slopes else PRIOR_SPAN[kind] / max(1, n - 1)
         gaps = [_median(hist.tier_gaps.get(k, [0.0])) for k in range(len(tiers))]
+        errors = [_median(hist.estimate_errors.get(k, [0.0])) for k in range(len(tiers))]
     start = min(max(start, 0), n - 1)
     if kind == "psnr" and tiers:
-        return _tiered(values, goal, measure, keys, bound, anchor, tiers, start, slope, gaps)
+        return _tiered(values, goal, measure, keys, bound, anchor, tiers, start, slope, gaps, errors)
     probes: dict[int, Probe] = {}
 
     def probe(i: int) -> Probe:
@@ -267,13 +270,16 @@ def _locate(n: int, kind: str, target: float, ok: Callable[[Probe], bool], probe
 
 def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], keys: tuple, bound: int | None,
             anchor: tuple[tuple, int] | None, tiers: tuple[Tier, ...], start: int, slope: float,
-            gaps: list[float]) -> Outcome:
+            gaps: list[float], errors: list[float]) -> Outcome:
     """A ``psnr`` search that locates the boundary on the cheapest tier and spends the
     codec's own probes where it must (module docstring, "Tiers"). ``gaps``: dB the codec
-    is expected above each tier (earlier images' medians), re-measured on every own probe."""
+    is expected above each tier (earlier images' medians), re-measured on every own probe;
+    before the first, a tier with an ``estimate`` for this image gives its gap instead
+    (plus ``errors``: how far earlier images' estimates ran from their measured gaps)."""
     n = len(values)
     full: dict[int, Probe] = {}
     cheap: list[dict[int, Probe]] = [{} for _ in tiers]
+    estimated: dict[int, float] = {}  # tier -> its estimate for this image, taken before the first own probe
 
     def on_tier(k: int, i: int) -> Probe:
         if i not in cheap[k]:
@@ -299,7 +305,7 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], key
 
     def done(kept: Probe | None, reached: bool = True, pruned: Outcome | None = None) -> Outcome:
         _remember(keys, kept.index if kept is not None and reached else None, full, "psnr", anchor,
-                  cheap, kept)
+                  cheap, kept, estimated)
         out = pruned or Outcome(kept, reached=reached)
         out.probes = sorted(full.values(), key=lambda q: q.index)
         out.proxy_probes = sum(len(c) for c in cheap)
@@ -307,6 +313,13 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], key
 
     for _ in range(MAX_ROUNDS):
         b = locate(start)
+        if not full:  # no own probe yet: this image's estimates stand in for other images' gaps
+            for k, tier in enumerate(tiers):
+                if tier.estimate is not None and k not in estimated:
+                    e = tier.estimate(b)
+                    if math.isfinite(e):
+                        estimated[k] = e
+                        gaps[k] = e + errors[k]
         # before the codec's own probe, its place is checked on the costlier tiers (the
         # last is usually the encode that probe starts from: shared through the memo)
         for k in range(1, len(tiers)):
@@ -370,10 +383,11 @@ def _psnr_at(probes, bound: int, goal: float) -> float | None:
 
 def _remember(keys: tuple, end: int | None, probes: dict[int, Probe], kind: str,
               anchor: tuple[tuple, int] | None = None, cheap: list[dict[int, Probe]] | None = None,
-              kept: Probe | None = None) -> None:
+              kept: Probe | None = None, estimated: dict[int, float] | None = None) -> None:
     """Add this search to the models ``keys``: where it ended, the slope its probes showed
     (those on the cheapest tier where there are any: more of them, the same slope) and, for
-    a tiered search, how far above each tier the codec ended."""
+    a tiered search, how far above each tier the codec ended (and how far that was from
+    the tier's ``estimated`` gap for this image)."""
     seen = cheap[0] if cheap and cheap[0] else probes
     idx = sorted(seen)
     slope = None
@@ -393,6 +407,8 @@ def _remember(keys: tuple, end: int | None, probes: dict[int, Probe], kind: str,
                 hist.slopes = (hist.slopes + [slope])[-HISTORY:]
             for k, gap in gaps.items():
                 hist.tier_gaps[k] = (hist.tier_gaps.get(k, []) + [gap])[-HISTORY:]
+                if estimated and k in estimated:
+                    hist.estimate_errors[k] = (hist.estimate_errors.get(k, []) + [gap - estimated[k]])[-HISTORY:]
 
 
 def forget() -> None:

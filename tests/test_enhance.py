@@ -502,3 +502,34 @@ def test_the_per_image_linear_filter_travels_where_it_pays(tiny_filter, monkeypa
     whole = wiener.filtered(y, coefs)
     monkeypatch.setattr(wiener, "BAND", 2)  # bands of 2 rows: the same pixels
     assert np.array_equal(wiener.filtered(y, coefs), whole)
+
+
+def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter, monkeypatch):
+    """The base tier's estimate for a rate search (``RateProxy.gap_estimate``): the filter's
+    gain over the base on a few sampled blocks, close to the whole image's on an image that
+    looks alike everywhere; NaN where it cannot tell (an image the blocks would nearly cover,
+    the filter off)."""
+    import math
+
+    import pixarc_enhance
+    from pixarc import memo
+    from pixarc.device import CPU
+    from pixarc.metrics import psnr
+
+    monkeypatch.setattr(pixarc_enhance, "WIENER", False)  # the filter's own gain, as the blocks see it
+    c = codec()
+    r = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:384, 0:384]
+    a = np.stack([128 + 60 * np.sin(xx / 9 + k) * np.cos(yy / 13) for k in range(3)], -1) + r.normal(0, 8, (384, 384, 3))
+    src = probe_and_load(encode_bytes(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG"))
+    p = c.validate_params({"quality": 40, "subsampling": "4:4:4", "filter": "on", "adapters": "none", "strengths": [0.0]})
+    (proxy,) = [px for px in c.rate_proxies(p) if px.gap_estimate is not None]
+    assert proxy.codec is c.base
+    with memo.scope():
+        estimate = proxy.gap_estimate(src, p, CPU)
+        base = c.base.decode(memo.encode(c.base, src, {k: p[k] for k in c.base.params_schema})).image
+        whole = psnr(src.image, c.decode(c.encode(src, p)).image) - psnr(src.image, base)
+    assert math.isfinite(estimate) and abs(estimate - whole) < 0.05 + 0.2 * abs(whole), (estimate, whole)
+    small = probe_and_load(encode_bytes(Image.fromarray(np.clip(a[:200, :200], 0, 255).astype(np.uint8)), "PNG"))
+    assert math.isnan(c.sampled_gain(small, p))
+    assert math.isnan(c.sampled_gain(src, {**p, "filter": "off"}))

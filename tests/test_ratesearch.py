@@ -97,3 +97,28 @@ def test_a_domain_without_history_starts_where_the_codecs_other_domains_ended():
     alone: list[int] = []
     ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, alone), ("c", "line"))
     assert alone[0] == len(VALUES) // 2  # no shared model: the middle of the range
+
+
+def test_an_images_own_gap_estimate_places_the_codecs_first_probe():
+    """Images on which the codec lies a different distance above its base tier (a post-filter
+    gaining 0.2 dB on one, 0.9 dB on the next): other images' gaps misplace the first own
+    probe, the tier's estimate for the image itself places it (running a steady 0.1 dB short
+    of the gap, which the search learns). The boundary is the same either way."""
+    gains = (0.2, 0.9, 0.5, 0.3, 0.8, 0.25, 0.7, 0.4)
+
+    def run(with_estimate: bool) -> tuple[int, list[int]]:
+        ratesearch.forget()
+        own, asked = [], []
+        for goal, g in zip(GOALS, gains):
+            fast = ratesearch.Tier(probe(lambda i, g=g: own_psnr(i) - g - 1.0 - 0.004 * i), 0.1)
+            estimate = (lambda i, g=g: (asked.append(i), g - 0.1)[1]) if with_estimate else None
+            base = ratesearch.Tier(probe(lambda i, g=g: own_psnr(i) - g), 0.03, estimate)
+            out = ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, own), ("gains", with_estimate),
+                                    tiers=(fast, base))
+            assert out.kept.index == boundary(goal), (goal, g, with_estimate)
+        return len(own), asked
+
+    without, none_asked = run(False)
+    with_estimate, asked = run(True)
+    assert not none_asked and len(asked) == len(GOALS)  # one estimate per search, before its first own probe
+    assert with_estimate < without, (with_estimate, without)

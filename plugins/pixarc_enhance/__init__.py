@@ -34,6 +34,7 @@ jpeg and the learned codecs by default, more with ``PIXARC_ENHANCE_BASES=id,id``
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from typing import Any, ClassVar, Mapping
 
@@ -336,7 +337,40 @@ class EnhancedCodec(LearnedCodec):
             return ()
         bp = {k: params[k] for k in self.base.params_schema}
         faster = tuple(RateProxy(p.codec, p.params, p.margin_db + FILTER_DRIFT_DB) for p in self.base.rate_proxies(bp))
-        return (*faster, RateProxy(self.base, bp, BASE_MARGIN_DB))
+        return (*faster, RateProxy(self.base, bp, BASE_MARGIN_DB, gap_estimate=self.sampled_gain))
+
+    def sampled_gain(self, src, params: Mapping[str, Any], device=CPU) -> float:
+        """dB the filter adds to the base encode at ``params`` on this image, estimated on a
+        few sampled blocks with the nominal conditioning and no adapters (a sixth of a
+        probe's filter work; on the 16 natural and comic dev images at ≈ 35.5 dB it was
+        within 0.03 / 0.07 dB of the full encoder's gain once its mean offset is taken out,
+        where other images' gains were 0.10 / 0.20 dB off): where a rate search places its
+        first probe. NaN where it cannot tell (no weights, filter off, an image the blocks
+        would nearly cover)."""
+        import numpy as np
+        import torch
+
+        from .model import sample_blocks, sampled_sse
+
+        f = self.select_weights(params)
+        if self.base is None or f is None or params["filter"] == "off":
+            return math.nan
+        net = self.model(f)
+        base_payload = memo.encode(self.base, src, {k: params[k] for k in self.base.params_schema}, device)
+        base_arr = np.asarray(self._base_decode(base_payload, device)[0])
+        if base_arr.ndim != 3 or base_arr.shape[2] != 3:
+            return math.nan
+        blocks = sample_blocks(base_arr.shape[0], base_arr.shape[1], net.halo, SAMPLE_BLOCK, SAMPLE_BLOCKS)
+        if not blocks:
+            return math.nan
+        orig = np.asarray(src.image.convert("RGB"), dtype=np.float64)
+        rate, chroma = self._cond(params)
+        offset = memo.get(("enhance-strength", self.codec_id, src.sha256, tuple(params["strengths"]), chroma))
+        pm = min(1000, max(0, round((rate + (params["strengths"][0] if offset is None else offset)) * 1000)))
+        filtered = sampled_sse(net, image_tensor(base_arr), orig, blocks, torch.tensor([[pm / 1000, float(chroma)]]))
+        base = sum(float(((base_arr[y0:y1, x0:x1].astype(np.float64) - orig[y0:y1, x0:x1]) ** 2).sum())
+                   for (y0, y1, x0, x1), _ in blocks)
+        return 10 * math.log10(base / filtered) if base > 0 and filtered > 0 else math.nan
 
     # ------------------------------------------------------------------ decode
 
