@@ -259,16 +259,13 @@ class EnhancedCodec(LearnedCodec):
         tried: dict[int, tuple] = {}  # permille -> (SSE, cached features, offset, reconstruction)
         best_y = None  # (permille, float output) of the offset with the lowest SSE so far
         keep = src.info.pixels <= CACHE_PIXELS
-        def permille(offset: float) -> int:
-            return min(1000, max(0, round((rate + offset) * 1000)))
-
         blocks = sample_blocks(xb.shape[2], xb.shape[3], net.halo, SAMPLE_BLOCK, SAMPLE_BLOCKS) \
             if known is None and len(offsets) > 1 else None
         if blocks:  # compare the offsets on a few blocks, then run the one chosen on the whole image
             known = min(offsets, key=lambda o: sampled_sse(net, xb, orig, blocks,
-                                                           torch.tensor([[permille(o) / 1000, float(chroma)]])))
+                                                           torch.tensor([[_permille(rate, o) / 1000, float(chroma)]])))
         for off_s in (known,) if known is not None else offsets:
-            pm = permille(off_s)
+            pm = _permille(rate, off_s)
             if pm not in tried:
                 parts = feature_tiles(net, xb, torch.tensor([[pm / 1000, float(chroma)]]))
                 y = finish(net, parts, xb.shape)
@@ -366,7 +363,7 @@ class EnhancedCodec(LearnedCodec):
         orig = np.asarray(src.image.convert("RGB"), dtype=np.float64)
         rate, chroma = self._cond(params)
         offset = memo.get(("enhance-strength", self.codec_id, src.sha256, tuple(params["strengths"]), chroma))
-        pm = min(1000, max(0, round((rate + (params["strengths"][0] if offset is None else offset)) * 1000)))
+        pm = _permille(rate, params["strengths"][0] if offset is None else offset)
         filtered = sampled_sse(net, image_tensor(base_arr), orig, blocks, torch.tensor([[pm / 1000, float(chroma)]]))
         base = sum(float(((base_arr[y0:y1, x0:x1].astype(np.float64) - orig[y0:y1, x0:x1]) ** 2).sum())
                    for (y0, y1, x0, x1), _ in blocks)
@@ -435,6 +432,11 @@ def enhanced(base_id: str) -> type[EnhancedCodec]:
 def bases() -> list[str]:
     extra = [b.strip() for b in os.environ.get("PIXARC_ENHANCE_BASES", "").split(",") if b.strip()]
     return list(dict.fromkeys([*DEFAULT_BASES, *extra]))
+
+
+def _permille(rate: float, offset: float) -> int:
+    """The filter's conditioning (base rate + offset) on the 1/1000 grid a payload stores."""
+    return min(1000, max(0, round((rate + offset) * 1000)))
 
 
 @hookimpl
