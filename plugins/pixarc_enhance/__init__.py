@@ -254,7 +254,7 @@ class EnhancedCodec(LearnedCodec):
         # A rate search encodes the same image at several base rates: the conditioning
         # offset that fits the image is found at the first one and reused at the others
         # (one filter pass per probe instead of one per offset).
-        strength_key = ("enhance-strength", self.codec_id, src.sha256, offsets, chroma)
+        strength_key = self._strength_key(src, offsets, chroma)
         known = memo.get(strength_key)
         tried: dict[int, tuple] = {}  # permille -> (SSE, cached features, offset, reconstruction)
         best_y = None  # (permille, float output) of the offset with the lowest SSE so far
@@ -362,12 +362,17 @@ class EnhancedCodec(LearnedCodec):
             return math.nan
         orig = np.asarray(src.image.convert("RGB"), dtype=np.float64)
         rate, chroma = self._cond(params)
-        offset = memo.get(("enhance-strength", self.codec_id, src.sha256, tuple(params["strengths"]), chroma))
+        offset = memo.get(self._strength_key(src, tuple(params["strengths"]), chroma))
         pm = _permille(rate, params["strengths"][0] if offset is None else offset)
         filtered = sampled_sse(net, image_tensor(base_arr), orig, blocks, torch.tensor([[pm / 1000, float(chroma)]]))
         base = sum(float(((base_arr[y0:y1, x0:x1].astype(np.float64) - orig[y0:y1, x0:x1]) ** 2).sum())
                    for (y0, y1, x0, x1), _ in blocks)
         return 10 * math.log10(base / filtered) if base > 0 and filtered > 0 else math.nan
+
+    def _strength_key(self, src, offsets: tuple, chroma: int) -> tuple:
+        """Where the image's memo keeps the conditioning offset the encoder chose among
+        ``offsets`` (its other probes and the rate search's gain estimate reuse it)."""
+        return ("enhance-strength", self.codec_id, src.sha256, offsets, chroma)
 
     # ------------------------------------------------------------------ decode
 
