@@ -8,9 +8,9 @@ environment variable. :class:`LearnedCodec` owns that part of the contract:
   variable's directories first, then the shipped folder (:meth:`LearnedCodec.find_weights`);
 - choice: the file an encode uses (:meth:`choose_weights`; entries marked
   ``"decode_only": true`` — weights replaced by better ones, kept so that archives made
-  with them still decode — are never chosen for a new encode): per rate point when every entry
-  names the ``rate_param`` value it was trained for (then :meth:`rate_values` lists those),
-  the first file otherwise; ``weights_for``/``has_weights`` answer from the manifest. A
+  with them still decode — are never chosen for a new encode): per rate point for a codec
+  that says so (``weights_per_rate``: each entry names the ``rate_param`` value it was trained
+  for, and :meth:`rate_values` lists those), the first file otherwise; ``weights_for``/``has_weights`` answer from the manifest. A
   stored bitstream is decoded with the weights its container names (:meth:`decode_stored`
   pins them for the duration of the subclass's ``decode``), so shipping better weights
   never changes how an existing archive decodes;
@@ -118,12 +118,16 @@ class LearnedCodec(Codec):
         weights_dir: the shipped weights directory; None: ``weights/`` beside the module
             that defines the class.
         train_command: the command that makes the weights, quoted when they are missing.
+        weights_per_rate: one weights file per value of ``rate_param``, named in its entry
+            (``"quality": 3``). Said, not guessed from the entries: a trainer's provenance
+            may use a key that is also a codec's rate parameter (SVR's ``stages``).
     """
 
     weights_env: ClassVar[str] = ""
     weights_arch: ClassVar[str | None] = None
     weights_dir: ClassVar[Path | None] = None
     train_command: ClassVar[str] = ""
+    weights_per_rate: ClassVar[bool] = False
     prefers_gpu = True
     determinism = "integers"
     restore_device = CPU
@@ -159,9 +163,8 @@ class LearnedCodec(Codec):
         return [w for w in self.weights if not w.entry.get("decode_only")]
 
     def _per_rate(self) -> bool:
-        """Whether each weights file serves one rate point (its entry names the value)."""
-        rp, usable = self.rate_param, self.encoding_weights
-        return rp is not None and bool(usable) and all(rp in w.entry for w in usable)
+        """Whether each weights file serves one rate point (``weights_per_rate``)."""
+        return self.weights_per_rate and self.rate_param is not None and bool(self.encoding_weights)
 
     def select_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile | None:
         """The weights for ``params``, None when not installed: inside :meth:`decode_stored`
@@ -182,7 +185,7 @@ class LearnedCodec(Codec):
         rp = self.rate_param
         if params is None or rp not in params:
             return None
-        return next((w for w in usable if int(w.entry[rp]) == int(params[rp])), None)
+        return next((w for w in usable if rp in w.entry and int(w.entry[rp]) == int(params[rp])), None)
 
     def require_weights(self, params: Mapping[str, Any] | None = None) -> WeightsFile:
         """:meth:`select_weights`, or a CodecError saying what is missing and how to make it."""
@@ -206,7 +209,7 @@ class LearnedCodec(Codec):
     def rate_values(self, params: Mapping[str, Any] | None = None) -> list[int]:
         """The rate points with weights when files are per rate point, else the whole range."""
         if self._per_rate():
-            return sorted({int(w.entry[self.rate_param]) for w in self.encoding_weights})
+            return sorted({int(w.entry[self.rate_param]) for w in self.encoding_weights if self.rate_param in w.entry})
         return super().rate_values(params)
 
     def weights_for(self, params: Mapping[str, Any]) -> str:

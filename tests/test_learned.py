@@ -36,6 +36,7 @@ class Toy(LearnedCodec):
     params_schema = {"q": Param(int, 1, 1, 3, "rate point"),
                      "gains": Param(float, (1.0,), 0.0, 2.0, "per-pass gains", many=True)}
     weights_env, weights_arch, train_command = "PIXARC_TOY_WEIGHTS", "toy", "pixarc train toy"
+    weights_per_rate = True
     builds = 0
     groups: list[int] = []
 
@@ -84,6 +85,26 @@ def test_weights_chosen_per_rate_point_from_the_manifest(toy):
     assert codec.has_weights(entries[1]["sha256"]) and not codec.has_weights("f" * 64)
     with pytest.raises(CodecError, match=r"no weights installed for q=2 \(installed: q \[1, 3\]\).*pixarc train toy"):
         codec.require_weights({"q": 2})
+    assert codec.unsupported_reason(RGB) is None
+
+
+def test_weights_are_per_rate_point_only_where_the_codec_says_so(tmp_path, monkeypatch):
+    """A trainer's provenance list ("stages": one record per continuation) shares its name
+    with SVR's rate parameter: a codec whose files serve every rate still takes its first
+    file and searches its whole range."""
+    from pixarc.weights import save_weights
+
+    class Staged(Toy):
+        codec_id, rate_param, weights_per_rate = "toy-staged", "stages", False
+        params_schema = {"stages": Param(int, 4, 1, 4, "residual stages sent")}
+
+    monkeypatch.setattr(Staged, "weights_dir", tmp_path / "shipped")
+    monkeypatch.setenv("PIXARC_TOY_WEIGHTS", str(tmp_path / "w"))
+    first = save_weights(tmp_path / "w", "toy-v2.pt", torch.nn.Linear(3, 3).state_dict(),
+                         {"arch": "toy", "source": "test", "stages": [{"steps": "0-5"}, {"steps": "5-7"}]})
+    codec = Staged()
+    assert codec.weights_for({"stages": 2}) == codec.weights_for({}) == first["sha256"]
+    assert codec.rate_values() == [1, 2, 3, 4]
     assert codec.unsupported_reason(RGB) is None
 
 

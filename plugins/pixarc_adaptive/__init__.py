@@ -106,6 +106,7 @@ class AdaptiveCodec(LearnedCodec):
     }
     description = "CompressAI mbt2018-mean + SGA latent refinement + rank-2 adapters"
     rate_param = "quality"
+    weights_per_rate = True  # one CompressAI checkpoint per rate point
     screened = True
     weights_env, weights_arch, train_command = "PIXARC_ADAPTIVE_WEIGHTS", ARCH, "pixarc train lossy"
 
