@@ -64,6 +64,43 @@ def tensor(src):
     return F.pad(x, (0, (-x.shape[-1]) % 8, 0, (-x.shape[-2]) % 8), mode="replicate")
 
 
+class _Ladder:
+    """A stand-in SVR model for the dev score: K = 2 stages of 4 codewords, PSNR set per
+    stage (the output is the input plus a constant error), the selection symbols drawn from
+    ``select`` values (more values, more bits)."""
+
+    k, size = 2, 4
+
+    def __init__(self, psnrs, select):
+        self.psnrs, self.select = psnrs, select
+
+    def analyse(self, x, m):
+        g = torch.Generator().manual_seed(0)
+        u, v = x.shape[-2] // 8, x.shape[-1] // 8
+        return torch.randint(0, 4, (1, 2, u, v), generator=g), torch.randint(0, self.select, (1, u, v), generator=g), None
+
+    def masked_from_symbols(self, m, sel, w, shape):
+        return torch.zeros(1, 2, *shape[1:]), torch.zeros(1, 2, *shape[1:])
+
+    def synthesise(self, idx, masked, mask, stages=None):
+        x = self.x
+        return x + 10 ** (-self.psnrs[stages - 1] / 20)  # MSE = 10^(-PSNR/10) on [0, 1]
+
+
+def test_the_dev_score_compares_quality_at_equal_rates_not_psnr_alone():
+    from pixarc_svr.train import dev_score
+
+    x = torch.full((1, 3, 64, 64), 0.5)
+    def score(psnrs, select):
+        model = _Ladder(psnrs, select)
+        model.x = x
+        return dev_score(model, [x], bpp=(0.02, 0.08))
+
+    cheap, costly, better = score((20.0, 24.0), 1), score((20.0, 24.0), 8), score((20.5, 24.5), 1)
+    assert costly < cheap < better  # the same PSNR for 3 more bits per position scores lower
+    assert abs(score((20.0, 24.0), 1) - cheap) < 1e-9
+
+
 def test_weights_entry_and_resume(svr_weights):
     _, entry, first = svr_weights
     assert entry["arch"] == "svr" and len(entry["sha256"]) == 64 and len(entry["data_sha256"]) == 64
