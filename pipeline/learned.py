@@ -9,11 +9,12 @@ environment variable. :class:`LearnedCodec` owns that part of the contract:
 - choice: the file an encode uses (:meth:`choose_weights`; entries marked
   ``"decode_only": true`` — weights replaced by better ones, kept so that archives made
   with them still decode — are never chosen for a new encode): per rate point for a codec
-  that says so (``weights_per_rate``: each entry names the ``rate_param`` value it was trained
-  for, and :meth:`rate_values` lists those), the first file otherwise; ``weights_for``/``has_weights`` answer from the manifest. A
-  stored bitstream is decoded with the weights its container names (:meth:`decode_stored`
-  pins them for the duration of the subclass's ``decode``), so shipping better weights
-  never changes how an existing archive decodes;
+  that says so (``weights_per_rate``: each entry names the ``rate_param`` value it was
+  trained for, and :meth:`rate_values` lists those), the first file otherwise;
+  ``weights_for``/``has_weights`` answer from the manifest. A stored bitstream is decoded
+  with the weights its container names (:meth:`decode_stored` pins them for the duration
+  of the subclass's ``decode``), so shipping better weights never changes how an existing
+  archive decodes;
 - loading: sha256 first, then ``weights_only=True`` (:mod:`pixarc.weights`), once per
   (weights file, :class:`~pixarc.device.Device`), under a lock: the CPU copy from the file, a
   GPU copy from the CPU one (:meth:`model`); the subclass only builds the network
@@ -209,7 +210,8 @@ class LearnedCodec(Codec):
     def rate_values(self, params: Mapping[str, Any] | None = None) -> list[int]:
         """The rate points with weights when files are per rate point, else the whole range."""
         if self._per_rate():
-            return sorted({int(w.entry[self.rate_param]) for w in self.encoding_weights if self.rate_param in w.entry})
+            rp = self.rate_param
+            return sorted({int(w.entry[rp]) for w in self.encoding_weights if rp in w.entry})
         return super().rate_values(params)
 
     def weights_for(self, params: Mapping[str, Any]) -> str:
