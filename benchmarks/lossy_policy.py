@@ -57,21 +57,26 @@ def avif_policy(path: Path, quality: int) -> str:
     return str(path)
 
 
-def run(src: Path, dest: Path, policy: str, registry=None) -> tuple[float, float, list[dict]]:
+def run(src: Path, dest: Path, policy: str, registry=None, workers: int = 1) -> tuple[float, float, list[dict]]:
     """(wall seconds, process CPU seconds, done rows) of one archive run (``registry``: the
     plugins, and the models they loaded, to run with; None: a fresh registry)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000, registry=registry)
+    runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000, registry=registry, workers=workers)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return seconds, cpu, [r for r in latest(read_manifest(str(dest))).to_pylist() if r["status"] == "done"]
 
 
 def alternated(folder: Path, tmp: Path, policies: dict[str, str],
-               registries: dict[str, object]) -> dict[str, tuple[float, float, list[dict]]]:
+               registries: dict[str, object], workers: int = 1) -> dict[str, tuple[float, float, list[dict]]]:
     """Each image of ``folder`` archived alone with each policy in turn, so every policy sees
     the same machine load (a training or a test suite may share the machine): per policy,
     summed wall and CPU seconds and the rows. ``registries``: per policy, the registry its
-    runs share (absent: a fresh one per image)."""
+    runs share (absent: a fresh one per image). ``workers`` > 1: the whole folder in one
+    run per policy on that many workers (as ``pixarc archive --workers N`` runs it: the
+    folder cut into N shards side by side), the policies one after the other."""
+    if workers > 1:
+        return {name: run(folder, tmp / f"{name}-{folder.name}", policy, registries.get(name), workers)
+                for name, policy in policies.items()}
     out = {name: [0.0, 0.0, []] for name in policies}
     for i, path in enumerate(sorted(folder.iterdir())):
         one = tmp / f"src-{folder.name}-{i}"
@@ -126,6 +131,10 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=60, help="plain AVIF's fixed quality")
     ap.add_argument("--reference", type=int, default=2, help="images per lossy domain for today's bisection (0: none)")
     ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--workers", type=int, default=1,
+                    help="1: each image archived alone (one worker), the policies alternated per image; N > 1: "
+                         "each domain folder in one run per policy on N workers, as `pixarc archive --workers N` "
+                         "(its default: 2) runs a collection")
     ap.add_argument("--registry", choices=("run", "image"), default="run",
                     help="run: each policy's images share one registry, as the images of one archive run do "
                          "(plugins and models load once); image: a fresh registry per image (every image "
@@ -135,7 +144,8 @@ def main() -> None:
     plain = avif_policy(tmp / "avif.toml", args.quality)
     lossy_routes = {d for d, r in load_policy("lossy").routes.items() if not r.lossless}
     print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; plain AVIF q{args.quality}; "
-          f"registry per {args.registry}")
+          f"registry per {args.registry}; "
+          + ("each image alone, one worker" if args.workers == 1 else f"each domain folder in one run on {args.workers} workers"))
     registries = {"lossy": default_registry(), "avif": default_registry()} if args.registry == "run" else {}
     # warm-up (imports, model loads, first plugin calls), not counted
     first = next(p for d in args.domains.split(",") for p in sorted((dev / d).iterdir()))
@@ -156,7 +166,7 @@ def main() -> None:
     for domain in args.domains.split(","):
         folder = dev / domain
         n = sum(1 for _ in folder.iterdir())
-        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain}, registries)
+        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain}, registries, args.workers)
         (t_lossy, c_lossy, rows), (t_avif, c_avif, arows) = res["lossy"], res["avif"]
         wins = Counter(r["codec_id"] for r in rows)
         all_wins.update(wins)
