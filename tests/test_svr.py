@@ -187,6 +187,39 @@ def test_m1_is_a_hard_gumbel_one_hot_with_sign_and_gradient():
                        torch.sign(torch.gather(wp, 1, wp.abs().argmax(1, keepdim=True))))
 
 
+def test_stage_two_rate_term_prices_the_selection_symbols_and_trains_the_predictor():
+    from pixarc_svr.model import SVRModel
+    from pixarc_svr.train import selection_bpp
+
+    torch.manual_seed(0)
+    model = SVRModel(width=8)
+    x = torch.rand(2, 3, 32, 32)
+    out = model(x, 1)
+    probs = out["select_probs"]
+    assert probs.shape == (2, 2 * model.k, 4, 4)
+    assert torch.allclose(probs.sum(1), torch.ones(2, 4, 4))
+    with torch.no_grad():  # its most likely symbol is the one the encoder sends
+        _, select, _ = model.analyse(x, 1)
+    assert torch.equal(probs.argmax(1), select)
+    selection_bpp(probs, 32 * 32).backward()
+    assert model.predictor[-1].weight.grad.abs().sum() > 0
+
+    def hard_entropy(w):  # bits per position of the symbols the encoder would send
+        s = model.selection_probs(w).argmax(1).flatten()
+        p = torch.bincount(s, minlength=2 * model.k).float() / s.numel()
+        return float(-(p[p > 0] * p[p > 0].log2()).sum())
+
+    # minimising the term alone concentrates the symbols the encoder sends
+    w = torch.randn(4, model.k, 8, 8, requires_grad=True)
+    before = hard_entropy(w.detach())
+    opt = torch.optim.Adam([w], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        selection_bpp(model.selection_probs(w), 64).backward()
+        opt.step()
+    assert hard_entropy(w.detach()) < 0.5 * before, (before, hard_entropy(w.detach()))
+
+
 def test_sections_per_m_no_ids_at_m_k_no_weights_at_m_1(svr):
     src = image()
     k = svr._model().k

@@ -148,21 +148,34 @@ class SVRModel(nn.Module):
         mask = torch.zeros_like(w).scatter(1, kept, 1.0)
         return wq * mask, mask
 
+    def selection_probs(self, w: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+        """The m = 1 selection symbol's distribution at every position (B, 2K, u, v): the
+        selector's softmax over |W| without noise, each codebook's sign fixed by its weight
+        (symbol 2k + negative, as :meth:`analyse` sends it). Differentiable in W: what a rate
+        term on the selection symbols trains through."""
+        soft = F.softmax(w.abs() / tau, dim=1)
+        negative = (w < 0).to(w.dtype)
+        return torch.stack([soft * (1 - negative), soft * negative], 2).flatten(1, 2)
+
     def forward(self, x: torch.Tensor, m: int | None, tau: float = 1.0) -> dict[str, torch.Tensor]:
         """Training pass. ``m=None``: stage 1 (plain residual VQ, all weights 1).
-        Returns x̂ and the VQ losses (codebook and commitment)."""
+        Returns x̂ and the VQ losses (codebook and commitment); in stage 2 also the m = 1
+        selection symbols' distribution (:meth:`selection_probs`)."""
         y = self.encoder(x)
         _, cw, res = self.quantise(y)
         codebook = F.mse_loss(cw, res.detach())
         y_q = cw.sum(1)
         commit = F.mse_loss(y, y_q.detach())
+        out = {"codebook": codebook, "commit": commit}
         if m is None:
             y_hat = y + (y_q - y).detach()  # straight-through to the encoder
         else:
             cw = cw.detach()  # stage 2: codebooks and encoder are frozen
-            masked, mask = self.mask_weights(self.predictor(y), m, tau)
+            w = self.predictor(y)
+            masked, mask = self.mask_weights(w, m, tau)
             y_hat = self.fill(cw, masked, mask)
-        return {"x_hat": self.decoder(y_hat), "codebook": codebook, "commit": commit}
+            out["select_probs"] = self.selection_probs(w, tau)
+        return {"x_hat": self.decoder(y_hat), **out}
 
     # --------------------------------------------------------------- the integers that cross the wire
     def analyse(self, x: torch.Tensor, m: int):
