@@ -157,13 +157,10 @@ class SVRModel(nn.Module):
         negative = (w < 0).to(w.dtype)
         return torch.stack([soft * (1 - negative), soft * negative], 2).flatten(1, 2)
 
-    def forward(self, x: torch.Tensor, m: int | None, tau: float = 1.0,
-                stages: int | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, m: int | None, tau: float = 1.0) -> dict[str, torch.Tensor]:
         """Training pass. ``m=None``: stage 1 (plain residual VQ, all weights 1).
         Returns x̂ and the VQ losses (codebook and commitment); in stage 2 also the m = 1
-        selection symbols' distribution (:meth:`selection_probs`). ``stages`` < K (stage
-        2): only the first ``stages`` residual stages' codewords reach the filler and the
-        decoder, the others zero, as :meth:`synthesise` decodes a payload that sent only those."""
+        selection symbols' distribution (:meth:`selection_probs`)."""
         y = self.encoder(x)
         _, cw, res = self.quantise(y)
         codebook = F.mse_loss(cw, res.detach())
@@ -174,8 +171,6 @@ class SVRModel(nn.Module):
             y_hat = y + (y_q - y).detach()  # straight-through to the encoder
         else:
             cw = cw.detach()  # stage 2: codebooks and encoder are frozen
-            if stages is not None and stages < self.k:
-                cw = torch.cat([cw[:, :stages], torch.zeros_like(cw[:, stages:])], 1)
             w = self.predictor(y)
             masked, mask = self.mask_weights(w, m, tau)
             y_hat = self.fill(cw, masked, mask)

@@ -10,9 +10,7 @@ from the residuals of the current batch (short CPU runs otherwise leave most of 
 codebook dead). Stage 2: encoder and codebooks frozen; predictor, filler and decoder with
 L1 + (1 − MS-SSIM) + the m = 1 selection symbols' bits per pixel (:func:`selection_bpp`),
 m drawn uniformly from 1..K per batch so one model serves every rate point (m = 1 through
-the Gumbel-softmax one-hot selector), and so are the residual stages sent (the codec's
-``stages``: the codewords of the others zero, as the decoder sees them), so the filler and
-the decoder learn every rung of that ladder, not only the top one. MS-SSIM runs at the training
+the Gumbel-softmax one-hot selector). MS-SSIM runs at the training
 patch size: the Gaussian window shrinks (11 → 7 at 128 px) so all five scales fit.
 Every configured loss term is logged, and a stage that ran without one of its terms is
 an error. The switch to stage 2 comes at ``--stage1-minutes`` (or ``--stage1-steps``)
@@ -196,11 +194,10 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
             log(f"stage 2 from step {run.step - 1}")
         x = batch_tensor(random_crops(pool, batch, patch, run.rng, multiple=8), device)
         m = None if stage == 1 else run.rng.randint(1, model.k)
-        sent = None if stage == 1 else run.rng.randint(1, model.k)  # residual stages sent (the codec's `stages`)
         if stage == 1 and run.step == 1:
             with torch.no_grad():  # data-dependent start: codewords drawn from the first latents
                 _revive(model, model.encoder(x), torch.zeros_like(usage), run.rng)
-        out_ = model(x, m, stages=sent)
+        out_ = model(x, m)
         terms = {"l1": F.l1_loss(out_["x_hat"], x)}
         if stage == 1:
             terms.update(codebook=out_["codebook"], commit=out_["commit"])
@@ -252,8 +249,7 @@ def train(data: str, out: str, minutes: float = 10.0, stage1_minutes: float = 7.
         "width": width, "k": model.k, "size": model.size, "dim": model.dim, "stage": stage,
         "stage1_steps": stage1_done if stage == 2 else run.step,
         "stage2_steps": run.step - stage1_done if stage == 2 else 0, "batch": batch, "patch": patch, "lr": lr,
-        "losses": {str(s): w for s, w in LOSSES.items()}, "stage2_draws": "m and the stages sent, uniform in 1..K per batch",
-        "final": final, "table_images": len(sample),
+        "losses": {str(s): w for s, w in LOSSES.items()}, "final": final, "table_images": len(sample),
         "source": f"pixarc train svr (cumulative steps; stage 2 from step {stage1_done if stage == 2 else '-'})",
     })
     if entry is not None:  # the context tables of the index maps (context.py), counted over every training image
