@@ -59,7 +59,8 @@ def avif_policy(path: Path, quality: int) -> str:
 
 def run(src: Path, dest: Path, policy: str, registry=None, workers: int = 1) -> tuple[float, float, list[dict]]:
     """(wall seconds, process CPU seconds, done rows) of one archive run (``registry``: the
-    plugins, and the models they loaded, to run with; None: a fresh registry)."""
+    plugins, and the models they loaded, to run with; None: a fresh registry), on ``workers``
+    workers."""
     t0, c0 = time.perf_counter(), time.process_time()
     runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000, registry=registry, workers=workers)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
