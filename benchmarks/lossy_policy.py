@@ -1,7 +1,7 @@
 """The ``lossy`` policy against plain AVIF, on the same images, in one run.
 
     .venv/bin/python benchmarks/lossy_policy.py [DEV_DIR] [--quality 60] [--reference 2] [--domains natural,comic]
-        [--registry run|image]
+        [--registry run|image] [--workers N] [--floor]
 
 Measures, in this process, one domain folder of DEV_DIR after another (``archive_local``,
 one worker, the same for both), each image archived alone by one then the other, so both
@@ -19,6 +19,11 @@ out on these images), to compare bytes and time with the selection the policy ma
 ``--registry``: ``run`` (default) gives each policy one registry for all its images, as one
 archive run over the collection has (its plugins and models load once, in the warm-up);
 ``image`` makes a fresh one per image (each image then pays the plugin and model loads).
+``--floor`` (one worker): after each image's ``lossy`` run, the same image with only the
+codec and parameters its row kept (:func:`kept_policy`: no classifier, no search, no
+screening, no other candidate), timed the same way: what any selection ending in those
+bitstreams pays at least (one encode, its decode check, the metrics), so the table shows
+how much of the policy's time is the search.
 Nothing here is a pass/fail threshold: it prints what it measured.
 """
 
@@ -57,6 +62,23 @@ def avif_policy(path: Path, quality: int) -> str:
     return str(path)
 
 
+def kept_policy(path: Path, row: dict) -> str:
+    """A policy that encodes one image with the codec and parameters a ``lossy`` row kept,
+    nothing else (no classifier, no search, no screening, no other candidate): what any
+    selection that ends in that bitstream must pay at least (one encode, its decode check,
+    the metrics). The floor a better rate search could reach."""
+    import json
+
+    params = row["params"] if isinstance(row["params"], dict) else json.loads(row["params"] or "{}")
+    codec = row["codec_id"]
+    lines = ['selection = "first"', 'classifier = "stats"', "min_confidence = 1.1", f'[params.{codec}]']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in sorted(params.items()) if v is not None]
+    lines += ["[routes.unknown]", f"lossless = {'true' if row['psnr'] is None or not math.isfinite(row['psnr']) else 'false'}",
+              f'codecs = ["{codec}"]']
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def run(src: Path, dest: Path, policy: str, registry=None, workers: int = 1) -> tuple[float, float, list[dict]]:
     """(wall seconds, process CPU seconds, done rows) of one archive run (``registry``: the
     plugins, and the models they loaded, to run with; None: a fresh registry), on ``workers``
@@ -68,26 +90,34 @@ def run(src: Path, dest: Path, policy: str, registry=None, workers: int = 1) -> 
 
 
 def alternated(folder: Path, tmp: Path, policies: dict[str, str],
-               registries: dict[str, object], workers: int = 1) -> dict[str, tuple[float, float, list[dict]]]:
+               registries: dict[str, object], workers: int = 1,
+               floor: bool = False) -> dict[str, tuple[float, float, list[dict]]]:
     """Each image of ``folder`` archived alone with each policy in turn, so every policy sees
     the same machine load (a training or a test suite may share the machine): per policy,
     summed wall and CPU seconds and the rows. ``registries``: per policy, the registry its
     runs share (absent: a fresh one per image). ``workers`` > 1: the whole folder in one
     run per policy on that many workers (as ``pixarc archive --workers N`` runs it: the
-    folder cut into N shards side by side), the policies one after the other."""
+    folder cut into N shards side by side), the policies one after the other. ``floor``
+    (one worker only): after each image, also :func:`kept_policy` of its ``lossy`` row, as
+    the policy ``floor`` (same registry as ``lossy``)."""
     if workers > 1:
         return {name: run(folder, tmp / f"{name}-{folder.name}", policy, registries.get(name), workers)
                 for name, policy in policies.items()}
-    out = {name: [0.0, 0.0, []] for name in policies}
+    out = {name: [0.0, 0.0, []] for name in (*policies, *(("floor",) if floor else ()))}
     for i, path in enumerate(sorted(folder.iterdir())):
         one = tmp / f"src-{folder.name}-{i}"
         one.mkdir()
         shutil.copy2(path, one / path.name)
-        for name, policy in policies.items():
+        todo = list(policies.items())
+        while todo:
+            name, policy = todo.pop(0)
             t, c, rows = run(one, tmp / f"{name}-{folder.name}-{i}", policy, registries.get(name))
             out[name][0] += t
             out[name][1] += c
             out[name][2] += rows
+            if floor and name == "lossy" and rows:
+                todo.append(("floor", kept_policy(tmp / f"floor-{folder.name}-{i}.toml", rows[0])))
+                registries.setdefault("floor", registries.get("lossy"))
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
@@ -136,6 +166,10 @@ def main() -> None:
                     help="1: each image archived alone (one worker), the policies alternated per image; N > 1: "
                          "each domain folder in one run per policy on N workers, as `pixarc archive --workers N` "
                          "(its default: 2) runs a collection")
+    ap.add_argument("--floor", action="store_true",
+                    help="also each image with only the codec and parameters its lossy row kept (no search, no "
+                         "classifier, no other candidate; one worker): the least any selection ending in the same "
+                         "bitstreams pays")
     ap.add_argument("--registry", choices=("run", "image"), default="run",
                     help="run: each policy's images share one registry, as the images of one archive run do "
                          "(plugins and models load once); image: a fresh registry per image (every image "
@@ -167,7 +201,8 @@ def main() -> None:
     for domain in args.domains.split(","):
         folder = dev / domain
         n = sum(1 for _ in folder.iterdir())
-        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain}, registries, args.workers)
+        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain}, registries, args.workers,
+                         floor=args.floor and args.workers == 1)
         (t_lossy, c_lossy, rows), (t_avif, c_avif, arows) = res["lossy"], res["avif"]
         wins = Counter(r["codec_id"] for r in rows)
         all_wins.update(wins)
@@ -182,11 +217,23 @@ def main() -> None:
               f"{lb:11d} {ab:10d} | {mean(r['psnr'] for r in rows):8.2f} {mean(r['psnr'] for r in arows):7.2f} | "
               f"{mean(r['ms_ssim'] for r in rows):13.4f} {mean(r['ms_ssim'] for r in arows):12.4f} | "
               + ", ".join(f"{c} {k}" for c, k in wins.most_common()), flush=True)
+        if "floor" in res:
+            t_floor, c_floor, frows = res["floor"]
+            fb = sum(r["bitstream_bytes"] for r in frows)
+            totals["floor_s"] += t_floor
+            totals["floor_c"] += c_floor
+            totals["floor_b"] += fb
+            print(f"{'  floor':10s} {len(frows):2d} | {t_floor / n:11.2f} {'':10s} {t_floor / t_avif:5.1f} "
+                  f"{c_floor / c_avif:5.1f} | {fb:11d} (the kept codecs and parameters alone)", flush=True)
     n = totals["n"]
     print(f"{'all':10s} {int(n):2d} | {totals['lossy_s'] / n:11.2f} {totals['avif_s'] / n:10.2f} "
           f"{totals['lossy_s'] / totals['avif_s']:5.1f} {totals['lossy_c'] / totals['avif_c']:5.1f} | "
           f"{int(totals['lossy_b']):11d} {int(totals['avif_b']):10d} | "
           f"wins: " + ", ".join(f"{c} {k}" for c, k in all_wins.most_common()))
+    if totals["floor_s"]:
+        print(f"{'  floor':10s} {'':2s} | {totals['floor_s'] / n:11.2f} {'':10s} "
+              f"{totals['floor_s'] / totals['avif_s']:5.1f} {totals['floor_c'] / totals['avif_c']:5.1f} | "
+              f"{int(totals['floor_b']):11d} (floor: each image coded once with what its lossy row kept, no search)")
     print("(ratio: wall-clock lossy / plain AVIF; cpu: the same for process CPU seconds. Each image is archived "
           "alone by one policy then the other, so both see the same load; registry per run: the models the "
           "warm-up loaded serve every image, as in one run over the collection; lossy dB: mean over lossy rows; "

@@ -533,3 +533,83 @@ def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter
     small = probe_and_load(encode_bytes(Image.fromarray(np.clip(a[:200, :200], 0, 255).astype(np.uint8)), "PNG"))
     assert math.isnan(c.sampled_gain(small, p))
     assert math.isnan(c.sampled_gain(src, {**p, "filter": "off"}))
+
+
+def test_a_narrower_filter_starts_from_the_strongest_channels_of_a_wider_one():
+    """``narrowed`` keeps, per hidden layer, the channels with the largest (made × read)
+    weight norms and wires the next layer to them: at full width it is the same filter;
+    narrower, every layer has the new width and the kept channels are the strong ones."""
+    from pixarc_enhance.model import EnhanceNet
+    from pixarc_enhance.train import narrowed
+
+    torch.manual_seed(0)
+    wide = EnhanceNet(channels=8, layers=4)
+    with torch.no_grad():
+        wide.tail.weight.normal_(0, 0.1)
+        wide.head.weight[[1, 5]] *= 50  # two channels of the head that carry far more than the rest
+    x, cond = torch.rand(1, 3, 20, 24), torch.tensor([[0.5, 1.0]])
+    same = EnhanceNet(channels=8, layers=4)
+    same.load_state_dict(narrowed(wide.state_dict(), 8))
+    assert torch.equal(same(x, cond), wide(x, cond))
+    state = narrowed(wide.state_dict(), 3)
+    narrow = EnhanceNet(channels=3, layers=4)
+    narrow.load_state_dict(state)  # every shape fits
+    kept = [i for i in range(8) if any(torch.equal(wide.head.weight[i], w) for w in state["head.weight"])]
+    assert {1, 5} <= set(kept) and len(kept) == 3
+    # the next layer reads exactly the kept channels: its rows are the wide layer's, those columns
+    rows = wide.body[0].weight[:, kept]
+    assert all(any(torch.equal(r, w) for r in rows) for w in state["body.0.weight"])
+    with pytest.raises(ValueError):
+        narrowed(wide.state_dict(), 9)
+
+
+def test_training_a_narrower_filter_starts_from_a_shipped_wider_one(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pixarc.cli import main
+    from pixarc_enhance.model import EnhanceNet
+    from pixarc_enhance.train import narrowed
+
+    monkeypatch.setenv("PIXARC_PLUGINS", os.environ["PIXARC_PLUGINS"] + ",enhance")
+    data = tmp_path / "data" / "d"
+    data.mkdir(parents=True)
+    textured(64, 64).save(data / "0.png")
+    out = tmp_path / "out"
+    torch.manual_seed(1)
+    _save(out, EnhanceNet(channels=6, layers=3), "enhance-avif-c6-l3.pt")
+    args = ["train", "enhance", "--data", str(tmp_path / "data"), "--out", str(out), "--batch", "2", "--patch", "32",
+            "--channels", "4", "--layers", "3", "--variants", "1", "--refit", "0", "--init-from",
+            "enhance-avif-c6-l3.pt", "--lr", "1e-9"]
+    res = CliRunner().invoke(main, args + ["--steps", "1"])
+    assert res.exit_code == 0, res.output
+    files = json.loads((out / "weights.json").read_text())["files"]
+    entry = files["enhance-avif-c4-l3.pt"]
+    assert entry["init_from"] == "enhance-avif-c6-l3.pt" and entry["channels"] == 4 and entry["steps"] == 1
+    from pixarc.weights import load_from_manifest
+
+    wide, _ = load_from_manifest(out, "enhance-avif-c6-l3.pt")
+    got, _ = load_from_manifest(out, "enhance-avif-c4-l3.pt")
+    want = narrowed({k: v.float() for k, v in wide.items()}, 4)
+    assert all(torch.allclose(got[k].float(), want[k], atol=1e-3) for k in want)  # one step at lr 1e-9
+    # once a filter of this width is shipped, a run continues it (the wider one is not read again)
+    res = CliRunner().invoke(main, args + ["--steps", "2"])
+    assert res.exit_code == 0, res.output
+    second = json.loads((out / "weights.json").read_text())["files"]["enhance-avif-c4-l3-v2.pt"]
+    assert second["continues"] == "enhance-avif-c4-l3.pt" and second["steps"] == 2
+
+
+def test_filter_channels_picks_the_filter_width_and_the_widest_is_the_default(tmp_path, monkeypatch):
+    from pixarc_enhance.model import EnhanceNet
+
+    folder = tmp_path / "w"
+    narrow = _save(folder, EnhanceNet(channels=3, layers=3), "a-narrow.pt")  # listed first (sorted names)
+    wide = _save(folder, EnhanceNet(channels=5, layers=3), "b-wide.pt")
+    monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(folder))
+    c = codec()
+    assert c.weights_for(c.validate_params({"quality": 60})) == wide["sha256"]
+    assert c.weights_for(c.validate_params({"quality": 60, "filter_channels": 3})) == narrow["sha256"]
+    src = probe_and_load(encode_bytes(textured(), "PNG"))
+    with pytest.raises(CodecError, match="no 4-channel filter installed"):
+        c.encode(src, c.validate_params({"quality": 60, "filter_channels": 4}))
+    payload = c.encode(src, c.validate_params({"quality": 60, "filter_channels": 3, "filter": "on"}))
+    assert payload[0] & 1 and c.decode(payload).image.size == textured().size

@@ -154,6 +154,35 @@ def refit_tail(net, pool, samples: int, patch: int, rng: random.Random, device: 
             "kept": after < before}
 
 
+def narrowed(state: dict, channels: int) -> dict:
+    """A filter of ``channels`` hidden channels cut out of a wider one's ``state`` (same depth):
+    in every hidden layer the channels that carry most, by the norm of the weights that make
+    them times the norm of the weights that read them, keep their weights; the next layer
+    reads only those. The start of a narrower filter (``--init-from``): fine-tuning then
+    recovers in minutes what training from random weights takes hours to learn."""
+    import torch
+
+    body = sorted({int(k.split(".")[1]) for k in state if k.startswith("body.")})
+    layers = ["head", *(f"body.{i}" for i in body), "tail"]
+    w = {name: state[f"{name}.weight"].float() for name in layers}
+    b = {name: state[f"{name}.bias"].float() for name in layers}
+    wide = w["head"].shape[0]
+    if not 0 < channels <= wide:
+        raise ValueError(f"cannot narrow a filter of {wide} channels to {channels}")
+    out: dict = {}
+    kept_in = torch.arange(w["head"].shape[1])  # the input planes: all of them
+    for name, reader in zip(layers[:-1], layers[1:]):
+        made = w[name][:, kept_in].flatten(1).norm(dim=1)  # (out,) what makes each channel
+        read = w[reader].transpose(0, 1).flatten(1).norm(dim=1)  # (out,) what reads it
+        kept = torch.sort(torch.topk(made * read, channels).indices).values
+        out[f"{name}.weight"] = w[name][kept][:, kept_in].clone()
+        out[f"{name}.bias"] = b[name][kept].clone()
+        kept_in = kept
+    out["tail.weight"] = w["tail"][:, kept_in].clone()
+    out["tail.bias"] = b["tail"].clone()
+    return out
+
+
 def _png(image) -> bytes:
     import io
 
@@ -184,12 +213,17 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
           layers: int = 6, rates: tuple[int, int] = (20, 95), variants: int = 2, resume: bool = False,
           checkpoint_minutes: float = 3.0, log_every: int = 50, refit: int = 600, fresh: bool = False,
           chroma: str = "both", dev: str | None = None, dev_per_domain: int = 2, half_life: int = 20_000,
-          warmup: int = 200, ema_decay: float = 0.999) -> dict | None:
-    """Train and ship; returns the new weights.json entry (None: dev kept the shipped filter)."""
+          warmup: int = 200, ema_decay: float = 0.999, init_from: str | None = None) -> dict | None:
+    """Train and ship; returns the new weights.json entry (None: dev kept the shipped filter).
+
+    ``init_from``: a wider shipped filter of the same depth (a file named in ``out``'s
+    weights.json) whose strongest channels (:func:`narrowed`) start this one, where no
+    filter of this shape was shipped yet."""
     import torch
 
     from pixarc.tensors import batch_tensor
-    from pixarc.training import TrainingRun, dev_images, random_crops
+    from pixarc.training import TrainingRun, continuation, dev_images, random_crops
+    from pixarc.weights import load_from_manifest
 
     from .model import EnhanceNet
 
@@ -203,8 +237,13 @@ def train(data: str, out: str, base: str = "avif", minutes: float = 15.0, steps:
         log(f"dev: {len(val)} centre crops (model selection only; never trained on)")
     stem = f"enhance-{base}-c{channels}-l{layers}"
     net = EnhanceNet(channels, layers).to(device)
+    match = {"base": base, "channels": channels, "layers": layers}
+    start_from = None
+    if init_from and not resume and not fresh and continuation(Path(out), ARCH, match) is None:
+        wide, _ = load_from_manifest(out, init_from)
+        start_from = (init_from, narrowed(wide, channels))
     run = TrainingRun(net, torch.optim.Adam(net.parameters(), lr=lr), out=out, stem=stem, arch=ARCH,
-                      match={"base": base, "channels": channels, "layers": layers}, device=device, lr=lr,
+                      match=match, start_from=start_from, device=device, lr=lr,
                       minutes=minutes, steps=steps, checkpoint_minutes=checkpoint_minutes, resume=resume, fresh=fresh,
                       half_life=half_life, warmup=warmup, ema_decay=ema_decay, seed=seed, data=Path(data),
                       dev_score=(lambda m: _score(m, val, device)) if val else None,
