@@ -598,7 +598,7 @@ def test_training_a_narrower_filter_starts_from_a_shipped_wider_one(tmp_path, mo
     assert second["continues"] == "enhance-avif-c4-l3.pt" and second["steps"] == 2
 
 
-def test_filter_channels_picks_the_filter_width_and_the_widest_is_the_default(tmp_path, monkeypatch):
+def test_filter_channels_caps_the_filter_width_and_the_widest_is_the_default(tmp_path, monkeypatch):
     from pixarc_enhance.model import EnhanceNet
 
     folder = tmp_path / "w"
@@ -606,10 +606,14 @@ def test_filter_channels_picks_the_filter_width_and_the_widest_is_the_default(tm
     wide = _save(folder, EnhanceNet(channels=5, layers=3), "b-wide.pt")
     monkeypatch.setenv("PIXARC_ENHANCE_WEIGHTS", str(folder))
     c = codec()
-    assert c.weights_for(c.validate_params({"quality": 60})) == wide["sha256"]
-    assert c.weights_for(c.validate_params({"quality": 60, "filter_channels": 3})) == narrow["sha256"]
+
+    def chosen(**params):
+        return c.weights_for(c.validate_params({"quality": 60, **params}))
+
+    assert chosen() == wide["sha256"] and chosen(filter_channels=8) == wide["sha256"]
+    assert chosen(filter_channels=4) == narrow["sha256"] and chosen(filter_channels=3) == narrow["sha256"]
+    assert chosen(filter_channels=2) == narrow["sha256"]  # none that narrow: the narrowest there is
     src = probe_and_load(encode_bytes(textured(), "PNG"))
-    with pytest.raises(CodecError, match="no 4-channel filter installed"):
-        c.encode(src, c.validate_params({"quality": 60, "filter_channels": 4}))
-    payload = c.encode(src, c.validate_params({"quality": 60, "filter_channels": 3, "filter": "on"}))
+    payload = c.encode(src, c.validate_params({"quality": 60, "filter_channels": 4, "filter": "on"}))
     assert payload[0] & 1 and c.decode(payload).image.size == textured().size
+    assert bytes.fromhex(narrow["sha256"])[:4] in payload[:12]  # the header names the narrow filter

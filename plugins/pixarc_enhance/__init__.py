@@ -86,8 +86,9 @@ OWN_PARAMS = {
     "strengths": Param(float, (0.0, 0.1, 0.25, -0.1), -1.0, 1.0,
                        "conditioning offsets (normalised rate) searched for the filter", many=True),
     "rd_lambda": Param(float, 0.0, 0.0, 1e6, "bits per unit SSE (0..255 scale); 0 = the base's local RD slope"),
-    "filter_channels": Param(int, 0, 0, 1024, "width of the filter to encode with: 0 = the widest installed "
-                             "(the most gain); a narrower one costs less time per encode and decode"),
+    "filter_channels": Param(int, 0, 0, 1024, "cap on the filter's width (channels): the widest installed filter "
+                             "at most this wide (the narrowest where none is), 0 = no cap; a narrower filter costs "
+                             "less time per encode and decode and gains less"),
 }
 
 
@@ -130,20 +131,21 @@ class EnhancedCodec(LearnedCodec):
         """The filter trained on this base, else the AVIF one (the on/off decision keeps it
         from losing); among those, the one trained for the chroma setting of ``params`` (an
         entry's ``"chroma": "444"``: trained on 4:4:4 bases only, what the lossy policy
-        uses), else one trained on both; among those, the widest (``filter_channels`` 0) or
-        the one ``filter_channels`` wide (None where no installed filter has that width)."""
+        uses), else one trained on both; among those, the widest, or with ``filter_channels``
+        the widest at most that wide (the narrowest where none is)."""
         own = [w for w in self.encoding_weights if w.entry.get("base", "avif") == self.base_id]
         generic = [w for w in self.encoding_weights if w.entry.get("base", "avif") == "avif"]
         pool = own or generic
         pool = [w for w in pool if w.origin == pool[0].origin]  # $PIXARC_ENHANCE_WEIGHTS first, as ever
-        width = int((params or {}).get("filter_channels", 0) or 0)
-        if width:
-            pool = [w for w in pool if int(w.entry.get("channels", 0)) == width]
         chroma = "444" if str((params or {}).get("subsampling", "")) in ("4:4:4", "0") else "420"
         fit = [w for w in pool if w.entry.get("chroma", "both") == chroma]
         both = [w for w in pool if w.entry.get("chroma", "both") == "both"]
         found = fit or both or pool
-        return max(found, key=lambda w: int(w.entry.get("channels", 0)), default=None)
+        width = lambda w: int(w.entry.get("channels", 0))  # noqa: E731
+        cap = int((params or {}).get("filter_channels", 0) or 0)
+        if cap and found:
+            found = [w for w in found if width(w) <= cap] or [min(found, key=width)]
+        return max(found, key=width, default=None)
 
     def build_model(self, weights, state):
         from .model import EnhanceNet
@@ -239,11 +241,6 @@ class EnhancedCodec(LearnedCodec):
         base_payload = memo.encode(self.base, src, bp, device)
         base_im, base_fp = self._base_decode(base_payload, device)
         f = self.select_weights(params)
-        if f is None and params["filter_channels"] and params["filter"] != "off":
-            widths = sorted({int(w.entry.get("channels", 0)) for w in self.encoding_weights})
-            raise CodecError(f"{self.codec_id}: no {params['filter_channels']}-channel filter installed "
-                             f"(installed widths: {widths or 'none'}; {self.train_command} --channels "
-                             f"{params['filter_channels']} makes one)")
         rate, chroma = self._cond(params)
         off = self._pack(0, 0, 0, 0, [], "", base_payload)
         if params["filter"] == "off" or f is None:
