@@ -193,13 +193,15 @@ def meets(enc: Encoded, target: Target, pixels: int) -> bool:
 
 
 def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, domain: str, device: Device,
-                     target: Target, bound: int | None = None, check: bool = True) -> tuple[Encoded | None, str]:
+                     target: Target, bound: int | None = None, check: bool = True,
+                     fast: bool = False) -> tuple[Encoded | None, str]:
     """Search the codec's rate parameter (:mod:`pixarc.ratesearch`): the fewest bits with
     PSNR >= target, or the most bits with bpp <= target. Probes are judged by PSNR (resp.
     bytes) alone; the one kept is then fully decode-checked (:func:`encode_verified`), or
     left to the caller (``check=False``: :func:`confirm` it if it is stored).
     ``bound``: bytes another candidate met the PSNR target with; None is returned (and
-    the note says why) as soon as a probe shows this codec cannot undercut them."""
+    the note says why) as soon as a probe shows this codec cannot undercut them. ``fast``:
+    the search settles the last rate step on the cheapest tier (``ratesearch``, "Tiers")."""
     kind, goal = target
     values = codec.rate_values(params)  # increasing rate; one per distinct encode (codec.rate_values)
     if not values:
@@ -238,7 +240,7 @@ def encode_to_target(codec: Codec, params: dict[str, Any], src: SourceImage, dom
                                   _gap_estimate(px, src, params, rp, values, device))
                   for px in codec.rate_proxies(params)) if kind == "psnr" else ()
     out = ratesearch.search(values, kind, goal, pixels, measure, model_key, bound if kind == "psnr" else None,
-                            anchor, tiers, shared_key=model_key[:-1])
+                            anchor, tiers, shared_key=model_key[:-1], fast=fast)
     if anchor is None and out.kept is not None and out.reached:
         memo.put(("rate-anchor", kind, goal), (model_key, out.kept.index))
     if out.kept is None:

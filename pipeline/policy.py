@@ -20,6 +20,11 @@ from .images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 STORE = "store"
 SELECTIONS = ("first", "smallest", "rd")  # rd: see selection.rd_key
+# How a target search settles the last rate step (pixarc.ratesearch, "Tiers"): "exact" probes
+# the codec itself where its cheaper tiers cannot tell whether one step lower still reaches
+# the target; "fast" keeps the step that reached it there (at most one rate step more bytes
+# on those images, one full encode fewer).
+RATE_SEARCHES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Route:
     candidates: tuple[Candidate, ...]
     selection: str = "first"
     reason: str = ""
+    rate_search: str = "exact"  # RATE_SEARCHES
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Policy:
     params: dict[str, dict[str, Any]]
     routes: dict[str, DomainRoute]
     source_text: str = ""
+    rate_search: str = "exact"  # RATE_SEARCHES
 
     def params_for(self, codec_id: str, route: DomainRoute) -> dict[str, Any]:
         return {**self.params.get(codec_id, {}), **route.params.get(codec_id, {})}
@@ -71,6 +78,9 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
     selection = doc.get("selection", "first")
     if selection not in SELECTIONS:
         raise PolicyError(f"{name}: selection must be one of {SELECTIONS}, got {selection!r}")
+    rate_search = doc.get("rate_search", "exact")
+    if rate_search not in RATE_SEARCHES:
+        raise PolicyError(f"{name}: rate_search must be one of {RATE_SEARCHES}, got {rate_search!r}")
     routes: dict[str, DomainRoute] = {}
     for domain, spec in (doc.get("routes") or {}).items():
         if domain not in DOMAINS and domain != UNKNOWN:
@@ -105,6 +115,7 @@ def _parse(doc: dict[str, Any], name: str, text: str) -> Policy:
         params={k: dict(v) for k, v in (doc.get("params") or {}).items()},
         routes=routes,
         source_text=text,
+        rate_search=rate_search,
     )
 
 

@@ -39,6 +39,10 @@ re-measures the gap, and repeats until its own probe at ``b`` reaches the goal. 
 ``b``: decided when the estimate is clear of the goal by the tier's ``margin_db``, else by
 one more probe of the codec itself. The result is the bisection's whenever the offsets
 drift by less than the margins; the codec's own probes fall from ≈ 4 per image to ≈ 1–2.
+With ``fast`` (a policy's ``rate_search = "fast"``), where the cheapest tier cannot decide,
+``b`` is kept without the costlier tiers and the codec's own probe at ``b − 1``: the
+bisection's result or one rate step above it (more bytes by one step's worth on those
+images), for a speed-6 encode and a filter pass less.
 """
 
 from __future__ import annotations
@@ -75,11 +79,14 @@ class Outcome:
     interpolated: float | None = None  # pruned by the bracket: the PSNR it gives at ``bound`` bytes
     reached: bool = True  # False: the target is out of the codec's range (kept = closest end)
     proxy_probes: int = 0  # probes on cheaper tiers (``tiers``)
+    settled: bool = False  # ``fast``: kept without knowing whether the value below reaches the goal
 
     @property
     def note(self) -> str:
         tiers = f" and {self.proxy_probes} cheaper ones" if self.proxy_probes else ""
-        return f"after {len(self.probes)} probes{tiers}"
+        settled = "; the value below undecided on the cheapest tier, not probed (rate_search fast)" \
+            if self.settled else ""
+        return f"after {len(self.probes)} probes{tiers}{settled}"
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def _measure(kind: str, p: Probe) -> float:
 
 def search(values: list[int], kind: str, goal: float, pixels: int, measure: Callable[[int], Probe],
            model_key: tuple, bound: int | None = None, anchor: tuple[tuple, int] | None = None,
-           tiers: tuple[Tier, ...] = (), shared_key: tuple | None = None) -> Outcome:
+           tiers: tuple[Tier, ...] = (), shared_key: tuple | None = None, fast: bool = False) -> Outcome:
     """Find the boundary described above. ``measure(index)`` probes ``values[index]``.
 
     ``kind``: ``psnr`` (keep the lowest value with PSNR >= goal) or ``bpp`` (keep the
@@ -125,7 +132,9 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
     cheaper measures running parallel to ``measure``, cheapest first (:func:`_tiered`).
     ``shared_key``: a wider model (the codec on every domain) whose history seeds this
     search while ``model_key``'s (the codec on this image's domain) has none; both learn
-    from it."""
+    from it. ``fast`` (tiered searches): where the cheapest tier cannot tell whether the
+    value below the codec's first reaching probe misses, that probe is kept (module
+    docstring, "Tiers")."""
     n = len(values)
     target = goal if kind == "psnr" else math.log(goal * max(1, pixels) / 8)
 
@@ -144,7 +153,7 @@ def search(values: list[int], kind: str, goal: float, pixels: int, measure: Call
         errors = [_median(hist.estimate_errors.get(k, [0.0])) for k in range(len(tiers))]
     start = min(max(start, 0), n - 1)
     if kind == "psnr" and tiers:
-        return _tiered(values, goal, measure, keys, bound, anchor, tiers, start, slope, gaps, errors)
+        return _tiered(values, goal, measure, keys, bound, anchor, tiers, start, slope, gaps, errors, fast)
     probes: dict[int, Probe] = {}
 
     def probe(i: int) -> Probe:
@@ -270,7 +279,7 @@ def _locate(n: int, kind: str, target: float, ok: Callable[[Probe], bool], probe
 
 def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], keys: tuple, bound: int | None,
             anchor: tuple[tuple, int] | None, tiers: tuple[Tier, ...], start: int, slope: float,
-            gaps: list[float], errors: list[float]) -> Outcome:
+            gaps: list[float], errors: list[float], fast: bool = False) -> Outcome:
     """A ``psnr`` search that locates the boundary on the cheapest tier and spends the
     codec's own probes where it must (module docstring, "Tiers"). ``gaps``: dB the codec
     is expected above each tier (earlier images' medians), re-measured on every own probe;
@@ -303,10 +312,11 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], key
     def locate(i: int) -> int:
         return min(_locate(n, "psnr", goal, ok, estimate, i, slope)[1], n - 1)
 
-    def done(kept: Probe | None, reached: bool = True, pruned: Outcome | None = None) -> Outcome:
+    def done(kept: Probe | None, reached: bool = True, pruned: Outcome | None = None,
+             settled: bool = False) -> Outcome:
         _remember(keys, kept.index if kept is not None and reached else None, full, "psnr", anchor,
                   cheap, kept, estimated)
-        out = pruned or Outcome(kept, reached=reached)
+        out = pruned or Outcome(kept, reached=reached, settled=settled)
         out.probes = sorted(full.values(), key=lambda q: q.index)
         out.proxy_probes = sum(len(c) for c in cheap)
         return out
@@ -353,6 +363,8 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], key
                     return done(f)  # misses: b is the boundary
                 if e >= goal + tier.margin_db:
                     break  # reaches: the boundary is lower
+                if fast:
+                    return done(f, settled=True)  # cannot tell on the cheapest tier: b is kept
             below = own(b - 1)
         if not ok(below):
             return done(f)

@@ -30,4 +30,4 @@ def route(info: ImageInfo, classification: Classification, policy: Policy) -> Ro
     candidates += [Candidate(c, policy.params_for(c, spec), spec.target, fallback=True) for c in spec.fallbacks]
     if STORE not in spec.codecs + spec.fallbacks:  # last resort for every route: keep the original bytes
         candidates.append(Candidate(STORE))
-    return Route(domain, spec.lossless, tuple(candidates), policy.selection, reason)
+    return Route(domain, spec.lossless, tuple(candidates), policy.selection, reason, policy.rate_search)

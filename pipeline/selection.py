@@ -112,7 +112,7 @@ def _encode_route(src: SourceImage, route: Route, registry: Registry, devices: D
                 bound = (len(chosen.blob) if route.selection == "rd" and chosen is not None
                          and meets(chosen, cand.target, src.info.pixels) else None)
                 enc, note = encode_to_target(codec, params, src, route.domain, on, cand.target, bound,
-                                             check=not compare)
+                                             check=not compare, fast=route.rate_search == "fast")
                 if enc is None:
                     attempts.append(Attempt(cand.codec_id, "pruned", note))
                     continue

@@ -26,11 +26,11 @@ def probe(fn, counter: list | None = None):
     return measure
 
 
-def tiers(drift0: float = 0.004, drift1: float = 0.001) -> tuple[ratesearch.Tier, ...]:
+def tiers(drift0: float = 0.004, drift1: float = 0.001, base_asked: list | None = None) -> tuple[ratesearch.Tier, ...]:
     """A fast tier 1.2 dB below the codec, its gap drifting by ``drift0`` per quality step,
-    then an exact base 0.4 dB below, drifting by ``drift1``."""
+    then an exact base 0.4 dB below, drifting by ``drift1`` (its probes appended to ``base_asked``)."""
     fast = probe(lambda i: own_psnr(i) - 1.2 - drift0 * i)
-    base = probe(lambda i: own_psnr(i) - 0.4 - drift1 * i)
+    base = probe(lambda i: own_psnr(i) - 0.4 - drift1 * i, base_asked)
     return ratesearch.Tier(fast, 0.1), ratesearch.Tier(base, 0.03)
 
 
@@ -122,3 +122,41 @@ def test_an_images_own_gap_estimate_places_the_codecs_first_probe():
     with_estimate, asked = run(True)
     assert not none_asked and len(asked) == len(GOALS)  # one estimate per search, before its first own probe
     assert with_estimate < without, (with_estimate, without)
+
+
+def test_fast_settles_the_last_step_on_the_cheapest_tier():
+    """``fast``: where the cheapest tier cannot tell whether one step below the codec's
+    reaching probe still reaches the goal, that probe is kept unprobed below: never under
+    the goal, at most one step above the boundary, fewer probes of the codec and of its
+    costlier tier (AVIF at speed 6, under the filter) than the exact search, and the outcome
+    says it settled."""
+    # b − 1 within the cheapest tier's margin of the goal (k away from the plateaus, where
+    # "one step" would be two qualities)
+    goals = [own_psnr(k) + d for k in (33, 40, 47, 54, 61, 68) for d in (0.04, -0.04)]
+    counts = {}
+    for fast in (False, True):
+        ratesearch.forget()
+        asked: list[int] = []  # the codec's own probes and its costlier tier's
+        outs = [ratesearch.search(VALUES, "psnr", g, 10_000, probe(own_psnr, asked), ("fast", fast),
+                                  tiers=tiers(base_asked=asked), fast=fast) for g in goals]
+        for g, out in zip(goals, outs):
+            assert out.kept.psnr >= g and out.kept.index - boundary(g) in ((0, 1) if fast else (0,)), (fast, g)
+        counts[fast] = len(asked)
+        settled = [o for o in outs if o.settled]
+        if fast:
+            assert settled and all("rate_search fast" in o.note for o in settled)
+            assert all(o.kept.index - 1 not in {p.index for p in o.probes} for o in settled)
+        else:
+            assert not settled
+    assert counts[True] < counts[False], counts
+
+
+def test_a_policy_names_its_rate_search(tmp_path):
+    from pixarc.errors import PolicyError
+    from pixarc.policy import load_policy
+
+    assert load_policy("lossy").rate_search == "fast" and load_policy("default").rate_search == "exact"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rate_search = "sloppy"\n[routes.unknown]\ncodecs = ["png"]\n')
+    with pytest.raises(PolicyError, match="rate_search"):
+        load_policy(str(bad))
