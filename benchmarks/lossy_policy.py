@@ -1,7 +1,7 @@
 """The ``lossy`` policy against plain AVIF, on the same images, in one run.
 
     .venv/bin/python benchmarks/lossy_policy.py [DEV_DIR] [--quality 60] [--reference 2] [--domains natural,comic]
-        [--registry run|image] [--workers N] [--floor]
+        [--registry run|image] [--workers N] [--floor] [--policy lossy]
 
 Measures, in this process, one domain folder of DEV_DIR after another (``archive_local``,
 one worker, the same for both), each image archived alone by one then the other, so both
@@ -53,6 +53,7 @@ from pixarc.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "dev"
+LOSSY = "lossy"  # the policy measured (--policy)
 
 
 def avif_policy(path: Path, quality: int) -> str:
@@ -124,7 +125,7 @@ def alternated(folder: Path, tmp: Path, policies: dict[str, str],
 def bisected_selection(path: Path, domain: str) -> tuple[int, str, float]:
     """Today's selection before this change, for one image: every lossy candidate of the
     lossy policy's route bisected with full encodes; (bytes, codec, seconds)."""
-    policy, reg = load_policy("lossy"), default_registry()
+    policy, reg = load_policy(LOSSY), default_registry()
     route = policy.routes[domain]
     src = probe_and_load(path.read_bytes())
     kind, goal = route.target
@@ -166,6 +167,8 @@ def main() -> None:
                     help="1: each image archived alone (one worker), the policies alternated per image; N > 1: "
                          "each domain folder in one run per policy on N workers, as `pixarc archive --workers N` "
                          "(its default: 2) runs a collection")
+    ap.add_argument("--policy", default="lossy",
+                    help="the policy measured as `lossy` (a built-in name or a file: e.g. an earlier lossy.toml)")
     ap.add_argument("--floor", action="store_true",
                     help="also each image with only the codec and parameters its lossy row kept (no search, no "
                          "classifier, no other candidate; one worker): the least any selection ending in the same "
@@ -175,10 +178,13 @@ def main() -> None:
                          "(plugins and models load once); image: a fresh registry per image (every image "
                          "pays the plugin and model loads)")
     args = ap.parse_args()
+    global LOSSY
+    LOSSY = args.policy
     dev, tmp = Path(args.dev), Path(tempfile.mkdtemp(prefix="pixarc-lossy-"))
     plain = avif_policy(tmp / "avif.toml", args.quality)
-    lossy_routes = {d for d, r in load_policy("lossy").routes.items() if not r.lossless}
-    print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; plain AVIF q{args.quality}; "
+    lossy_routes = {d for d, r in load_policy(LOSSY).routes.items() if not r.lossless}
+    print(f"source: {dev}, cpu count {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; policy {LOSSY}; "
+          f"plain AVIF q{args.quality}; "
           f"registry per {args.registry}; "
           + ("each image alone, one worker" if args.workers == 1 else f"each domain folder in one run on {args.workers} workers"))
     registries = {"lossy": default_registry(), "avif": default_registry()} if args.registry == "run" else {}
@@ -186,7 +192,7 @@ def main() -> None:
     first = next(p for d in args.domains.split(",") for p in sorted((dev / d).iterdir()))
     (tmp / "warm").mkdir()
     shutil.copy2(first, tmp / "warm" / first.name)
-    for name, policy in (("lossy", "lossy"), ("avif", plain)):
+    for name, policy in (("lossy", LOSSY), ("avif", plain)):
         run(tmp / "warm", tmp / f"warm-{name}", policy, registries.get(name))
     from pixarc import ratesearch
 
@@ -201,7 +207,7 @@ def main() -> None:
     for domain in args.domains.split(","):
         folder = dev / domain
         n = sum(1 for _ in folder.iterdir())
-        res = alternated(folder, tmp, {"lossy": "lossy", "avif": plain}, registries, args.workers,
+        res = alternated(folder, tmp, {"lossy": LOSSY, "avif": plain}, registries, args.workers,
                          floor=args.floor and args.workers == 1)
         (t_lossy, c_lossy, rows), (t_avif, c_avif, arows) = res["lossy"], res["avif"]
         wins = Counter(r["codec_id"] for r in rows)

@@ -386,7 +386,9 @@ def test_lossy_policy_weighs_the_enhanced_codec_by_rd_cost(tiny_filter, with_enh
     lossy = load_policy("lossy")
     for domain in ("natural", "comic"):
         assert "avif-enhanced" in lossy.routes[domain].codecs and lossy.routes[domain].target
-    base = {k: v for k, v in lossy.params["avif-enhanced"].items() if k not in ("strengths", "filter", "adapters")}
+    from pixarc_enhance import OWN_PARAMS
+
+    base = {k: v for k, v in lossy.params["avif-enhanced"].items() if k not in OWN_PARAMS}
     assert base == lossy.params["avif"]  # same base settings as plain AVIF (the filter's own aside)
     src_dir = tmp_path / "src"
     src_dir.mkdir()
