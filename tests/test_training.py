@@ -302,7 +302,8 @@ def test_every_trainer_keeps_the_shipped_weights_when_dev_says_so(kind, data, tm
     assert sorted(p.name for p in out.glob("*.pt")) == sorted(json.loads(before)["files"])
 
 
-def test_the_shipped_enhance_entries_continue(data, tmp_path, plugins_on):
+@pytest.mark.parametrize("channels", [32, 16])
+def test_the_shipped_enhance_entries_continue(data, tmp_path, plugins_on, channels):
     """The entries the enhance trainer writes today (``stages``, ``continues``, ``chroma``,
     ``data_sha256``, as in the shipped weights.json and what a long run in progress will
     add) are continued by the shared toolkit: one more step on top of the newest."""
@@ -311,9 +312,12 @@ def test_the_shipped_enhance_entries_continue(data, tmp_path, plugins_on):
     out = tmp_path / "w"
     shutil.copytree(Path(__file__).parents[1] / "plugins" / "pixarc_enhance" / "weights", out)
     before = manifest(out)
-    name, newest = max(((n, e) for n, e in before.items() if not e.get("decode_only")), key=lambda f: f[1]["steps"])
+    # each shipped width (the 32-channel filter, the 16-channel one of the lossy policy) is
+    # its own line of continuations
+    name, newest = max(((n, e) for n, e in before.items() if not e.get("decode_only")
+                        and (e["channels"], e["layers"]) == (channels, 6)), key=lambda f: f[1]["steps"])
     entry = train(str(data), str(out), steps=newest["steps"] + 1, batch=2, patch=32, variants=1, refit=0,
-                  log_every=1)
+                  log_every=1, channels=channels, layers=6)
     assert entry["continues"] == name and entry["steps"] == newest["steps"] + 1
     assert entry["stages"][:-1] == newest["stages"] and entry["stages"][-1]["steps"] == \
         f"{newest['steps']}-{newest['steps'] + 1}"
