@@ -56,11 +56,21 @@ DEV = ROOT.parent / "shared" / "data" / "dev"
 LOSSY = "lossy"  # the policy measured (--policy)
 
 
-def avif_policy(path: Path, quality: int) -> str:
-    path.write_text(f'selection = "first"\nclassifier = "stats"\nmin_confidence = 1.1\n'
-                    f'[params.avif]\nquality = {quality}\nspeed = 6\nsubsampling = "4:4:4"\n'
-                    f'[routes.unknown]\nlossless = false\ncodecs = ["avif"]\n')
+def one_codec_policy(path: Path, codec: str, params: dict, lossless: bool) -> str:
+    """A policy file that sends every image to ``codec`` with ``params`` and nothing else:
+    no classifier worth the name (``stats``, every image below its confidence, so the
+    ``unknown`` route), no search, no other candidate."""
+    import json
+
+    lines = ['selection = "first"', 'classifier = "stats"', "min_confidence = 1.1", f"[params.{codec}]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in sorted(params.items()) if v is not None]
+    lines += ["[routes.unknown]", f"lossless = {json.dumps(bool(lossless))}", f'codecs = ["{codec}"]']
+    path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def avif_policy(path: Path, quality: int) -> str:
+    return one_codec_policy(path, "avif", {"quality": quality, "speed": 6, "subsampling": "4:4:4"}, False)
 
 
 def kept_policy(path: Path, row: dict) -> str:
@@ -71,13 +81,7 @@ def kept_policy(path: Path, row: dict) -> str:
     import json
 
     params = row["params"] if isinstance(row["params"], dict) else json.loads(row["params"] or "{}")
-    codec = row["codec_id"]
-    lines = ['selection = "first"', 'classifier = "stats"', "min_confidence = 1.1", f'[params.{codec}]']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in sorted(params.items()) if v is not None]
-    lines += ["[routes.unknown]", f"lossless = {'true' if row['psnr'] is None or not math.isfinite(row['psnr']) else 'false'}",
-              f'codecs = ["{codec}"]']
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return one_codec_policy(path, row["codec_id"], params, row["lossless"])
 
 
 def run(src: Path, dest: Path, policy: str, registry=None, workers: int = 1) -> tuple[float, float, list[dict]]:
