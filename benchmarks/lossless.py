@@ -208,9 +208,14 @@ def callic_main() -> None:
                 t2 = time.perf_counter()
                 assert pixels_sha256(out) == src.pixels_sha256, f"{name} is not lossless on {f.name}"
                 rec["bits"][name], rec["enc_s"][name], rec["dec_s"][name] = 8 * len(payload), t1 - t0, t2 - t1
+                if cid == "callic" and params["iterations"]:
+                    from pixarc_callic import HEADER
+                    from pixarc_callic.adapt import describe
+
+                    rec["adapted"] = describe(HEADER.read(payload, "callic").sections[0])
             records.append(rec)
-            print(f"  {domain}/{f.name}: " + " ".join(f"{n}={b / rec['subpixels']:.3f}" for n, b in rec["bits"].items()),
-                  flush=True)
+            print(f"  {domain}/{f.name}: " + " ".join(f"{n}={b / rec['subpixels']:.3f}" for n, b in rec["bits"].items())
+                  + (f" (adapted: {rec['adapted']})" if "adapted" in rec else ""), flush=True)
             if args.records:
                 with open(args.records, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")

@@ -136,6 +136,112 @@ def test_increments_without_the_head_flag_decode_as_before(callic):
         merge(base, INCREMENTS.pack(RANK | HEAD_FLAG, old_count))
 
 
+def test_full_head_increments_round_trip_on_their_grids(callic):
+    """The full head's section: every head tensor moves by its increments rounded to its
+    grid (without a judge the finest, 2^-FINEST: thousands of steps for the wide tensor,
+    sent through escapes), nothing else moves, merging is reproducible; with a judge each
+    tensor takes the grid it scores lowest with; a section that does not fit is refused."""
+    from pixarc_callic.adapt import (FINEST, FULL_HEAD, FULL_HEAD_FLAG, GRIDS, INCREMENTS, RANK, describe, merge,
+                                     pack_full_head)
+
+    base = callic.base_model()
+    params = dict(base.named_parameters())
+    g = torch.Generator().manual_seed(9)
+    scale = {"head_norm.weight": 0.0, "head1.weight": 0.3}  # an unmoved tensor, a wide one
+    delta = {k: torch.randn(params[k].shape, generator=g) * scale.get(k, 0.02) for k in FULL_HEAD}
+    blob = pack_full_head(delta)
+    assert describe(blob) == "full head" and describe(b"") == "frozen"
+    merged = dict(merge(base, blob).named_parameters())
+    for k in FULL_HEAD:
+        assert float(((merged[k] - params[k]) - delta[k]).abs().max()) <= 2.0 ** -(FINEST + 1) + 1e-6, k
+    assert torch.equal(merged["head_norm.weight"], params["head_norm.weight"])
+    assert all(torch.equal(merged[n], p) for n, p in params.items() if n not in FULL_HEAD)
+    again = dict(merge(base, blob).named_parameters())
+    assert all(torch.equal(again[k], merged[k]) for k in FULL_HEAD)
+    # a judge that wants head1.weight on the coarsest grid and the rest on the finest
+    coarse = pack_full_head(delta, lambda v: sum(float(((v[k] - delta[k]) ** 2).sum()) * (1 if k == "head1.weight" else 1e9)
+                                                for k in FULL_HEAD))
+    flags, count = INCREMENTS.parse(coarse)
+    grids = coarse[INCREMENTS.size + 4 : INCREMENTS.size + 4 + 2 * len(FULL_HEAD)][0::2]  # after no inner section
+    assert grids[FULL_HEAD.index("head1.weight")] == min(GRIDS) and len(coarse) < len(blob)
+    assert all(e == max(GRIDS) for k, e in zip(FULL_HEAD, grids) if k not in ("head1.weight", "head_norm.weight"))
+    assert flags == RANK | FULL_HEAD_FLAG
+    rest = coarse[INCREMENTS.size :]
+    for bad in (INCREMENTS.pack(flags, count + 1, rest=rest),                          # another model's count
+                INCREMENTS.pack(flags, count, rest=rest[:4] + bytes([FINEST + 1]) + rest[5:]),  # an unknown grid
+                INCREMENTS.pack(flags, count, rest=rest[:7]),                          # cut inside the grids
+                INCREMENTS.pack(flags, count, rest=(10**6).to_bytes(4, "big") + rest[4:]),  # an inner section past the end
+                pack_full_head(delta, inner=blob)):                                    # a full head inside a full head
+        with pytest.raises(ValueError):
+            merge(base, bad)
+
+
+def test_a_full_head_on_block_increments_merges_both(callic):
+    """The full head fitted on top of a block setting's increments carries that section
+    inside its own: merging gives the block increments' model with the head moved on top."""
+    from pixarc_callic.adapt import FULL_HEAD, describe, merge, pack_full_head, pack_increments, sites
+
+    base = callic.base_model()
+    count = sum(math.prod(shape) for _, shape, _ in sites(base, head=True))
+    block = pack_increments((torch.arange(count) % 7 - 3).to(torch.int64), True)
+    delta = {k: torch.full(p.shape, 0.01) for k, p in base.named_parameters() if k in FULL_HEAD}
+    stacked = pack_full_head(delta, inner=block)
+    assert describe(stacked) == "blocks+head biases, then the full head"
+    under, both = dict(merge(base, block).named_parameters()), dict(merge(base, stacked).named_parameters())
+    for k, p in under.items():
+        expected = p + delta[k] if k in FULL_HEAD else p
+        assert torch.allclose(both[k], expected, atol=2.0**-14), k  # the finest grid: half a step off at most
+
+
+def test_wide_integers_round_trip_through_escapes():
+    from pixarc_callic.adapt import _code_wide, _wide_bits
+    from pixarc_callic.coder import Decoder, Encoder
+
+    ints = torch.tensor([0, 1, -1, 126, -126, 127, -127, 128, -128, 381, 382, 383, -400, 1000, -5000, 3])
+    scales = torch.arange(len(ints)) % 40
+    enc = Encoder()
+    _code_wide(enc, len(ints), ints, scales)
+    data = enc.finish()
+    assert torch.equal(_code_wide(Decoder(data), len(ints), None, scales), ints)
+    assert _wide_bits(ints) > _wide_bits(ints.clamp(-10, 10))
+
+
+def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, send_increments, monkeypatch):
+    """With only the full-head setting: the payload carries a full-head section and decodes
+    exactly; its fit lowers the bits of the positions it was fitted on; the feature cache
+    samples at most ``MAX_CACHED`` positions of the image."""
+    import pixarc_callic.adapt as adapt
+    from pixarc_callic import HEADER
+    from pixarc_callic.model import nll_bits
+    from pixarc_callic.wavefront import Geometry
+
+    monkeypatch.setattr(adapt, "SETTINGS", tuple(s for s in adapt.SETTINGS if s.full_head))
+    y, x = np.mgrid[0:33, 0:40]
+    a = np.stack([(3 * x + y) % 256, (x * y) % 256, (5 * y) % 256], -1).astype(np.uint8)  # structured
+    src = probe_and_load(encode_bytes(Image.fromarray(a), "PNG"))
+    payload = callic.encode(src, callic.validate_params({"iterations": 2, "patch": 16}))
+    blob = HEADER.read(payload, "callic").sections[0]
+    assert adapt.describe(blob) == "full head"
+    assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
+
+    base = callic.base_model()
+    geom = Geometry.of(33, 40, 16)
+    patches = geom.to_patches(torch.from_numpy(a.copy())).permute(2, 3, 0, 1).contiguous()
+    inside = geom.inside().permute(2, 0, 1)
+    monkeypatch.setattr(adapt, "MAX_CACHED", 500)
+    feats, nbrs, pixels, scale = cache = adapt.head_inputs(base, patches, inside)
+    assert len(feats) == len(nbrs) == len(pixels) == 500 and pixels.dtype == torch.uint8
+    assert scale == pytest.approx(33 * 40 / 500)
+
+    def bits(model):
+        with torch.no_grad():
+            raw = model.with_prior(model.head(feats), nbrs[:, 0:3], nbrs[:, 3:6], nbrs[:, 6:9])
+            return float(nll_bits(raw[:, None, None, :], pixels[:, :, None, None], 3).sum())
+
+    fitted = adapt.merge(base, adapt._fit_full_head(base, adapt.SETTINGS[0], cache, 3, 40, 0))
+    assert bits(fitted) < bits(base)
+
+
 def test_frozen_payload_has_no_increments(callic):
     from pixarc_callic import HEADER
 

@@ -17,16 +17,34 @@
 * RPFT: the image's patches are sorted by their frozen-model rate (descending); step s
   trains on the top fraction ``b + (1 − b)·min(1, s / ((1 − d)·N))^e`` of them, a random
   mini-batch of them per step.
-* Two :data:`SETTINGS` (learning rates, head sites or not, RPFT schedule) are each run for
-  the requested steps, and the one whose increments leave the fewest estimated bits is sent
-  (or none: MDL against the frozen model). Neither wins everywhere: the block sites at a
-  high rate on the costliest patches first suit synthetic images, the head biases at low
-  rates on all patches suit natural photos.
+* The full head (flag ``FULL_HEAD_FLAG``, not in the paper): every parameter of the head
+  (its norm and both linears, 2 770 numbers at dim 32), fitted on top of the best block
+  setting's increments on features cached once (the paper's cache idea applied to
+  adaptation): the trunk does not change while the head adapts, so a step is the head
+  alone on ``FULL_HEAD_BATCH`` positions sampled from the cached ones (up to
+  ``MAX_CACHED``, uniform over the image), a few per cent of a block step's work; it runs
+  ``FULL_HEAD_STEPS`` times the requested steps, in float (Adam, cosine-decayed learning
+  rate; the loss adds a rough estimate of the increments' own bits, ``RATE_WEIGHT``), then
+  each tensor is rounded to the grid 2^-e (``GRIDS``) that minimises the cached positions'
+  bits, scaled to the image, plus its own, and its integers are coded under a zero-mean
+  logistic of the scale that codes them best, magnitudes beyond ±127 steps in escape
+  symbols (:func:`_code_wide`).
+* :data:`SETTINGS`: the two block settings (learning rates, head biases or not, RPFT
+  schedule) are each run, then the full head on the better of them (or on the frozen
+  model), and the one whose increments leave the fewest estimated bits is sent (or none:
+  MDL against the frozen model). The block sites at a high rate on the costliest patches
+  first suit synthetic images, the head biases at low rates on all patches and the full
+  head suit natural photos.
 
 Layout of the increments section: ``u8 rank | flags, u32 count``, then the coded integers.
 Flag ``HEAD_FLAG`` (0x80) says the head sites follow the block sites; without it (the first
 setting's sections, and every section written before the head sites existed) only the
-block sites are sent.
+block sites are sent. Flag ``FULL_HEAD_FLAG`` (0x40, with the rank only) says the section
+holds the full head's increments: ``u32 n`` and an inner section of n bytes (the block
+setting's increments the head was fitted on, none when n = 0), then per tensor of
+:data:`FULL_HEAD` ``u8 e, u8 scale`` (its grid 2^-e and its log-scale index on the coder's
+grid, ``LS_MIN`` at 0), then the integers; ``merge`` applies the inner section, then adds
+the head's increments.
 
 The increments are coded with the same integer CDFs and range coder as the pixels (one
 logistic component, mean 0), so they are exact too; ``merge`` rebuilds the adapted model
@@ -39,6 +57,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -56,6 +75,14 @@ HEAD = ("head1.bias", "head2.bias")
 HEAD_STEP = STEP / 16
 HEAD_FLAG = 0x80
 INCREMENTS = PayloadLayout(">BI", "rank count", rest=True)  # then the coded integers
+FULL_HEAD_FLAG = 0x40
+FULL_HEAD = ("head_norm.weight", "head_norm.bias", "head1.weight", "head1.bias", "head2.weight", "head2.bias")
+FULL_HEAD_STEPS = 12       # full-head steps per requested iteration
+FULL_HEAD_BATCH = 1 << 15  # positions per full-head step
+MAX_CACHED = 1 << 18       # positions whose features are cached for the full head (sampled beyond)
+FINEST, COARSEST = 14, 0   # a full-head tensor's grid: 2^-e, COARSEST <= e <= FINEST
+GRIDS = (7, 8, 9, 10, 11, 12)  # the grids the encoder weighs per tensor
+RATE_WEIGHT = 1.0  # the increments' estimated bits in the full head's loss (0: left out; 1 gained 0.1 point, 4 lost 0.2)
 
 
 @dataclass(frozen=True)
@@ -66,14 +93,19 @@ class Setting:
     lr: float
     head_lr: float
     rpft: tuple[float, float, float]
+    full_head: bool = False  # the full head on cached features, on top of the best setting before it (``head_lr``)
 
 
-# Tried in turn, ``iterations`` steps each; the one with the fewest estimated bits (image +
-# increments) is kept. Measured (estimated bits, v4): the first is the earlier setting,
-# which gains 2-4 % on screenshots, vector and comic art and 0-3 % on natural photos; the
-# second gains 1-6 % on natural photos (2.6 % on all 8 natural dev images at 100 steps)
-# but loses on flat synthetic images (a vector image: its increments did not pay).
-SETTINGS = (Setting(1e-2, 0.0, (0.2, 1.0, 0.1)), Setting(1e-3, 3e-3, (1.0, 1.0, 0.1)))
+# Tried in turn, ``iterations`` steps each (the full head: ``FULL_HEAD_STEPS`` times as
+# many); the one with the fewest estimated bits (image + increments) is kept. Measured
+# (estimated bits, v4): the first is the earlier setting, which gains 2-4 % on screenshots,
+# vector and comic art and 0-3 % on natural photos; the second gains 1-6 % on natural
+# photos (2.6 % on all 8 natural dev images at 100 steps) but loses on flat synthetic
+# images (a vector image: its increments did not pay). The third, the full head on the
+# better of them (v9, 50 x 12 steps), took all 8 natural dev images from -1.7 % to -2.4 %
+# against the frozen model (docs/callic.md, "The full head").
+SETTINGS = (Setting(1e-2, 0.0, (0.2, 1.0, 0.1)), Setting(1e-3, 3e-3, (1.0, 1.0, 0.1)),
+            Setting(0.0, 3e-3, (1.0, 1.0, 0.0), full_head=True))
 
 
 def _pattern(shape: tuple[int, ...], salt: int) -> torch.Tensor:
@@ -135,6 +167,8 @@ def merge(base, blob: bytes):
     from .coder import Decoder
 
     flags, count = INCREMENTS.parse(blob)
+    if flags & FULL_HEAD_FLAG:
+        return _merge_full_head(base, flags, count, blob[INCREMENTS.size :])
     rank, shapes = flags & ~HEAD_FLAG, sites(base, head=bool(flags & HEAD_FLAG))
     if rank != RANK or count != sum(math.prod(s) for _, s, _ in shapes):
         raise ValueError("increments do not fit this model")
@@ -152,17 +186,41 @@ def merge(base, blob: bytes):
     return model
 
 
-def _code_ints(coder, count: int, ints: torch.Tensor | None) -> torch.Tensor:
-    """Send/receive integers in [-127, 127] under the prior, through the pixel coder
-    (symbol = q + 128, mixture means at symbol 128)."""
-    from .coder import LS_MIN, MEAN_Q, Quantised, code_channel, tables
+def describe(blob: bytes) -> str:
+    """Which sites an increments section adapts (for reports): ``frozen`` (none), ``blocks``,
+    ``blocks+head biases`` or ``full head``."""
+    if not blob:
+        return "frozen"
+    flags, _ = INCREMENTS.parse(blob)
+    if flags & FULL_HEAD_FLAG:
+        inner = blob[INCREMENTS.size + 4 : INCREMENTS.size + 4 + int.from_bytes(blob[INCREMENTS.size : INCREMENTS.size + 4], "big")]
+        return "full head" if not inner else f"{describe(inner)}, then the full head"
+    return "blocks+head biases" if flags & HEAD_FLAG else "blocks"
+
+
+def _zero_mean(count: int, scales: torch.Tensor | None = None):
+    """(integer mixture, means) of ``count`` zero-mean integers: the :data:`PRIOR` mixture,
+    or with ``scales`` one logistic per integer of that log-scale index (``LS_MIN`` at 0)."""
+    from .coder import LS_MIN, MEAN_Q, Quantised, tables
 
     q = object.__new__(Quantised)
-    q.w = torch.tensor([w for w, _ in PRIOR], dtype=torch.int64).expand(count, len(PRIOR))
+    if scales is None:
+        q.w = torch.tensor([w for w, _ in PRIOR], dtype=torch.int64).expand(count, len(PRIOR))
+        q.inv = tables()["inv"][torch.tensor([ls for _, ls in PRIOR]) - LS_MIN].expand(count, 3, len(PRIOR))
+    else:
+        q.w = torch.ones((count, 1), dtype=torch.int64)
+        q.inv = tables()["inv"][scales.to(torch.int64)][:, None, None].expand(count, 3, 1)
     q.total = q.w.sum(-1)
-    inv = tables()["inv"][torch.tensor([ls for _, ls in PRIOR]) - LS_MIN]
-    q.inv = inv.expand(count, 3, len(PRIOR))
-    mean = torch.full((count, len(PRIOR)), 128 * MEAN_Q, dtype=torch.int64)
+    return q, torch.full(q.w.shape, 128 * MEAN_Q, dtype=torch.int64)
+
+
+def _code_ints(coder, count: int, ints: torch.Tensor | None, scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Send/receive integers in [-127, 127] under the prior (or the per-integer logistics
+    of ``scales``, :func:`_zero_mean`), through the pixel coder (symbol = q + 128, means at
+    symbol 128)."""
+    from .coder import code_channel
+
+    q, mean = _zero_mean(count, scales)
     known = None if ints is None else ints.to(torch.int64) + 128
     return code_channel(q, 0, mean, known, coder) - 128
 
@@ -193,7 +251,12 @@ def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, devi
     frozen = float(rates.sum())
     best = (frozen - MIN_SAVED_BITS, base, b"")
     for setting in SETTINGS:
-        blob = _fit(base, net, setting, patches, inside, rates, channels, iterations, device, seed)
+        if setting.full_head:  # on top of the best so far: its block (and head bias) increments stay
+            on = copy.deepcopy(best[1]).float().to(device).requires_grad_(False)
+            cache = head_inputs(on, patches, inside, seed)
+            blob = _fit_full_head(on, setting, cache, channels, FULL_HEAD_STEPS * iterations, seed, inner=best[2])
+        else:
+            blob = _fit(base, net, setting, patches, inside, rates, channels, iterations, device, seed)
         merged = merge(base, blob)
         # MDL on the whole image: the increments are sent only if they pay for their own bytes
         # (estimated image bits of the merged model + increment bits < the frozen model's)
@@ -261,3 +324,196 @@ def patch_bits(net, patches: torch.Tensor, inside: torch.Tensor, channels: int) 
         return torch.cat([(nll_bits(net(MGCF.normalise(patches[s : s + 16])), patches[s : s + 16], channels)
                            .sum(-1) * inside[s : s + 16]).sum((1, 2)) for s in range(0, len(patches), 16)])
 
+
+
+# ------------------------------------------------------------------ the full head
+
+
+class HeadCache(NamedTuple):
+    """What the head reads at up to ``MAX_CACHED`` positions of an image, sampled uniformly:
+    features (n, dim), neighbours (n, 9), pixels (n, 3) uint8; ``scale``: the image's
+    positions per cached one."""
+
+    feats: torch.Tensor
+    nbrs: torch.Tensor
+    pixels: torch.Tensor
+    scale: float
+
+
+def head_inputs(net, patches: torch.Tensor, inside: torch.Tensor, seed: int = 0) -> HeadCache:
+    """The :class:`HeadCache` of an image's patches, computed once with the frozen trunk."""
+    from .model import MGCF
+
+    flat = torch.nonzero(inside.flatten().cpu()).squeeze(1)
+    scale = len(flat) / max(1, min(len(flat), MAX_CACHED))
+    if len(flat) > MAX_CACHED:
+        flat = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:MAX_CACHED]]
+    pick = torch.zeros(inside.numel(), dtype=torch.bool)
+    pick[flat] = True
+    pick = pick.view(inside.shape).to(inside.device)
+    feats, nbrs, pixels = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(patches), 16):
+            m = pick[s : s + 16]
+            if not bool(m.any()):
+                continue
+            x = MGCF.normalise(patches[s : s + 16])
+            feats.append(net.features(x)[m])
+            nbrs.append(torch.cat(MGCF.neighbours(x), dim=-1)[m])
+            pixels.append(patches[s : s + 16].permute(0, 2, 3, 1)[m])
+    return HeadCache(torch.cat(feats), torch.cat(nbrs), torch.cat(pixels), scale)
+
+
+def _fit_full_head(net, setting: Setting, cache, channels: int, steps: int, seed: int, inner: bytes = b"") -> bytes:
+    """``steps`` Adam steps (cosine-decayed from ``setting.head_lr``) of the head's
+    increments on the cached positions of ``net`` (the model ``inner``, an increments
+    section, makes of the base), minimising their bits; the coded section (``inner``
+    first), each tensor on the grid that codes the cached positions and itself in the
+    fewest bits."""
+    from .model import nll_bits
+
+    feats, nbrs, pixels, scale = cache
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    delta = {k: torch.zeros_like(params[k], requires_grad=True) for k in FULL_HEAD}
+    opt = torch.optim.Adam(delta.values(), lr=setting.head_lr)
+    gen = torch.Generator().manual_seed(seed)
+    batch = min(FULL_HEAD_BATCH, len(pixels))
+
+    def cached_bits(values: dict[str, torch.Tensor], idx=None) -> torch.Tensor:
+        f, n, x = (feats, nbrs, pixels) if idx is None else (feats[idx], nbrs[idx], pixels[idx])
+        raw = net.with_prior(net.head(f, {k: params[k] + values[k] for k in FULL_HEAD}), n[:, 0:3], n[:, 3:6], n[:, 6:9])
+        return nll_bits(raw[:, None, None, :], x[:, :, None, None], channels)
+
+    for it in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = setting.head_lr * 0.5 * (1 + math.cos(math.pi * it / steps))
+        loss = cached_bits(delta, torch.randint(0, len(pixels), (batch,), generator=gen).to(feats.device)).mean()
+        if RATE_WEIGHT:
+            # the increments' own bits, roughly (an integer of magnitude m on the finest judged grid costs
+            # about log2(1 + m) bits), per sub-pixel of the image: MDL in the fit, not only in the choice
+            rate = sum(torch.log2(1 + v.abs() * 2.0 ** max(GRIDS)).sum() for v in delta.values())
+            loss = loss + RATE_WEIGHT * rate / (scale * len(pixels) * channels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fitted = {k: v.detach() for k, v in delta.items()}
+
+    def judge(values: dict[str, torch.Tensor]) -> float:
+        with torch.no_grad():
+            return scale * float(cached_bits({k: v.to(feats.device) for k, v in values.items()}).sum())
+
+    return pack_full_head({k: v.cpu() for k, v in fitted.items()}, judge, inner)
+
+
+ESCAPE_SCALE = 33  # log-scale index (on the coder's 1/8 grid, from 0) of the escapes' logistic: ≈ 60 steps
+
+
+def _code_wide(coder, count: int, ints: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
+    """Send/receive integers of any size: each as q clamped to ±``Q_MAX`` under its zero-mean
+    logistic (``scales``), and where that is ±``Q_MAX`` the rest of its magnitude in
+    escape symbols 0..255 (255: more follows) under a logistic at 0 of ``ESCAPE_SCALE``."""
+    from .coder import code_channel
+
+    first = None if ints is None else ints.clamp(-Q_MAX, Q_MAX)
+    out = _code_ints(coder, count, first, scales)
+    idx = torch.nonzero(out.abs() == Q_MAX).squeeze(1)
+    extra = torch.zeros(count, dtype=torch.int64)
+    rest = None if ints is None else ints.abs()[idx] - Q_MAX
+    while len(idx):
+        q, mean = _zero_mean(len(idx), torch.full((len(idx),), ESCAPE_SCALE))
+        sym = code_channel(q, 0, mean * 0, None if rest is None else rest.clamp(max=255), coder)
+        extra[idx] += sym
+        more = sym == 255
+        idx = idx[more]
+        rest = None if rest is None else rest[more] - 255
+    return out + torch.sign(out) * extra
+
+
+def _wide_bits(ints: torch.Tensor) -> float:
+    """Estimated bits of ``ints`` through :func:`_code_wide` at their best scale."""
+    from .coder import symbol_bits
+
+    first = ints.clamp(-Q_MAX, Q_MAX)
+    ls = _best_scale(first)
+    q, mean = _zero_mean(len(ints), torch.full((len(ints),), ls))
+    bits = float(symbol_bits(q, 0, mean, first.to(torch.int64) + 128).sum())
+    rest = ints.abs()[first.abs() == Q_MAX] - Q_MAX
+    while len(rest):
+        q, mean = _zero_mean(len(rest), torch.full((len(rest),), ESCAPE_SCALE))
+        sym = rest.clamp(max=255)
+        bits += float(symbol_bits(q, 0, mean * 0, sym).sum())
+        rest = rest[sym == 255] - 255
+    return bits
+
+
+def _best_scale(ints: torch.Tensor) -> int:
+    """The log-scale index (``LS_MIN`` at 0) of the zero-mean logistic coding ``ints`` in the
+    fewest bits."""
+    from .coder import LS_MAX, LS_MIN, symbol_bits
+
+    n, span = len(ints), LS_MAX - LS_MIN + 1
+    q, mean = _zero_mean(n * span, torch.arange(span).repeat_interleave(n))
+    bits = symbol_bits(q, 0, mean, (ints.to(torch.int64) + 128).repeat(span)).view(span, n).sum(1)
+    return int(torch.argmin(bits))
+
+
+def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"") -> bytes:
+    """The full-head section of these float increments (:data:`FULL_HEAD` order) on top of
+    ``inner`` (a block section, or none), each tensor rounded to a grid 2^-e (``GRIDS``):
+    with ``judge`` (estimated image bits of a dict of increments) the one that minimises
+    the image's bits plus the tensor's own, one tensor after the other (the others as
+    fitted); without, ``FINEST``."""
+    from .coder import Encoder
+
+    current = dict(delta)
+    info, ints, scales = bytearray(), [], []
+    for k in FULL_HEAD:
+        d = delta[k].flatten().float()
+
+        def on(e: int) -> torch.Tensor:
+            return torch.round(d * 2.0**e).to(torch.int64)
+
+        def cost(e: int) -> float:
+            trial = {**current, k: (on(e).to(torch.float32) * 2.0**-e).view(delta[k].shape)}
+            return judge(trial) + _wide_bits(on(e))
+
+        e = FINEST if judge is None else min(GRIDS, key=cost)
+        q = on(e)
+        current[k] = (q.to(torch.float32) * 2.0**-e).view(delta[k].shape)
+        ls = _best_scale(q.clamp(-Q_MAX, Q_MAX))
+        info += bytes((e, ls))
+        ints.append(q)
+        scales.append(torch.full((len(q),), ls, dtype=torch.int64))
+    enc = Encoder()
+    _code_wide(enc, sum(len(q) for q in ints), torch.cat(ints), torch.cat(scales))
+    return INCREMENTS.pack(RANK | FULL_HEAD_FLAG, sum(len(q) for q in ints),
+                           rest=len(inner).to_bytes(4, "big") + inner + bytes(info) + enc.finish())
+
+
+def _merge_full_head(base, flags: int, count: int, rest: bytes):
+    from .coder import LS_MAX, LS_MIN, Decoder
+
+    params = dict(base.named_parameters())
+    sizes = [params[k].numel() for k in FULL_HEAD]
+    n_inner = int.from_bytes(rest[:4], "big") if len(rest) >= 4 else -1
+    inner, rest = rest[4 : 4 + n_inner], rest[4 + n_inner :]
+    info = rest[: 2 * len(FULL_HEAD)]
+    if (flags != RANK | FULL_HEAD_FLAG or count != sum(sizes) or len(inner) != n_inner
+            or len(info) != 2 * len(FULL_HEAD)):
+        raise ValueError("increments do not fit this model")
+    if inner:
+        if INCREMENTS.parse(inner)[0] & FULL_HEAD_FLAG:
+            raise ValueError("increments do not fit this model")  # one full head, on block sites only
+        base = merge(base, inner)
+    grids, scales = info[0::2], info[1::2]
+    if any(not COARSEST <= e <= FINEST for e in grids) or any(ls > LS_MAX - LS_MIN for ls in scales):
+        raise ValueError("increments do not fit this model")
+    per = torch.cat([torch.full((n,), ls, dtype=torch.int64) for n, ls in zip(sizes, scales)])
+    ints = _code_wide(Decoder(rest[len(info) :]), count, None, per)
+    model, pos = copy.deepcopy(base), 0
+    with torch.no_grad():
+        merged = dict(model.named_parameters())
+        for k, n, e in zip(FULL_HEAD, sizes, grids):
+            merged[k].add_(ints[pos : pos + n].view(params[k].shape).to(torch.float32) * 2.0**-e)
+            pos += n
+    return model

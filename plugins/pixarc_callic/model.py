@@ -75,9 +75,15 @@ class MGCF(nn.Module):
     def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
         return x_uint8.float() / 127.5 - 1.0
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-position features (..., dim) → raw mixture parameters (..., 10K)."""
-        return self.head2(F.gelu(self.head1(self.head_norm(x))))
+    def head(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-position features (..., dim) → raw mixture parameters (..., 10K). ``params``:
+        the head's parameters by name (``head_norm.weight`` ...) to use instead of the
+        module's (per-image adaptation)."""
+        if params is None:
+            return self.head2(F.gelu(self.head1(self.head_norm(x))))
+        h = F.layer_norm(x, (self.dim,), params["head_norm.weight"], params["head_norm.bias"], self.head_norm.eps)
+        h = F.gelu(F.linear(h, params["head1.weight"], params["head1.bias"]))
+        return F.linear(h, params["head2.weight"], params["head2.bias"])
 
     def with_prior(self, raw: torch.Tensor, left: torch.Tensor, up: torch.Tensor, upleft: torch.Tensor) -> torch.Tensor:
         """Add the MED (LOCO-I) prediction from the left, upper and upper-left pixels (..., 3),
@@ -93,12 +99,22 @@ class MGCF(nn.Module):
         """Full (training) forward: normalised patches (B, 3, H, W) → parameters (B, H, W, 10K).
 
         Zero padding at the borders is the same as the wavefront's zero-initialised caches."""
+        return self.with_prior(self.head(self.features(x)), *self.neighbours(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads: normalised patches (B, 3, H, W) → (B, H, W, dim)."""
         h = F.conv2d(x, self.embed.weight * self.mask_a, self.embed.bias, padding=self.kernel // 2)
         h = h.permute(0, 2, 3, 1)  # channels last: every op but the depth-wise conv is per position
         for blk in self.blocks:
             h = blk(h, self.mask_b)
-        xp = F.pad(x, (1, 0, 1, 0)).permute(0, 2, 3, 1)  # (B, H+1, W+1, 3), zero = the caches' padding
-        return self.with_prior(self.head(h), xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, :-1, :-1])
+        return h
+
+    @staticmethod
+    def neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The left, upper and upper-left pixels of every position (B, H, W, 3 each) that
+        :meth:`with_prior` reads; zero outside the patch, as the wavefront's caches."""
+        xp = F.pad(x, (1, 0, 1, 0)).permute(0, 2, 3, 1)  # (B, H+1, W+1, 3)
+        return xp[:, 1:, :-1], xp[:, :-1, 1:], xp[:, :-1, :-1]
 
 
 class Block(nn.Module):
