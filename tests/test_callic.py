@@ -194,16 +194,16 @@ def test_a_full_head_on_block_increments_merges_both(callic):
 
 
 def test_wide_integers_round_trip_through_escapes():
-    from pixarc_callic.adapt import _code_wide, _wide_bits
+    from pixarc_callic.adapt import code_wide, wide_bits
     from pixarc_callic.coder import Decoder, Encoder
 
     ints = torch.tensor([0, 1, -1, 126, -126, 127, -127, 128, -128, 381, 382, 383, -400, 1000, -5000, 3])
     scales = torch.arange(len(ints)) % 40
     enc = Encoder()
-    _code_wide(enc, len(ints), ints, scales)
+    code_wide(enc, len(ints), ints, scales)
     data = enc.finish()
-    assert torch.equal(_code_wide(Decoder(data), len(ints), None, scales), ints)
-    assert _wide_bits(ints) > _wide_bits(ints.clamp(-10, 10))
+    assert torch.equal(code_wide(Decoder(data), len(ints), None, scales), ints)
+    assert wide_bits(ints) > wide_bits(ints.clamp(-10, 10))
 
 
 def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, send_increments, monkeypatch):
@@ -238,7 +238,7 @@ def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, sen
             raw = model.with_prior(model.head(feats), nbrs[:, 0:3], nbrs[:, 3:6], nbrs[:, 6:9])
             return float(nll_bits(raw[:, None, None, :], pixels[:, :, None, None], 3).sum())
 
-    fitted = adapt.merge(base, adapt._fit_full_head(base, adapt.SETTINGS[0], cache, 3, 40, 0))
+    fitted = adapt.merge(base, adapt.fit_full_head(base, adapt.SETTINGS[0], cache, 3, 40, 0))
     assert bits(fitted) < bits(base)
 
 

@@ -28,7 +28,7 @@
   each tensor is rounded to the grid 2^-e (``GRIDS``) that minimises the cached positions'
   bits, scaled to the image, plus its own, and its integers are coded under a zero-mean
   logistic of the scale that codes them best, magnitudes beyond ±127 steps in escape
-  symbols (:func:`_code_wide`).
+  symbols (:func:`code_wide`).
 * :data:`SETTINGS`: the two block settings (learning rates, head biases or not, RPFT
   schedule) are each run, then the full head on the better of them (or on the frozen
   model), and the one whose increments leave the fewest estimated bits is sent (or none:
@@ -254,7 +254,7 @@ def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, devi
         if setting.full_head:  # on top of the best so far: its block (and head bias) increments stay
             on = copy.deepcopy(best[1]).float().to(device).requires_grad_(False)
             cache = head_inputs(on, patches, inside, seed)
-            blob = _fit_full_head(on, setting, cache, channels, FULL_HEAD_STEPS * iterations, seed, inner=best[2])
+            blob = fit_full_head(on, setting, cache, channels, FULL_HEAD_STEPS * iterations, seed, inner=best[2])
         else:
             blob = _fit(base, net, setting, patches, inside, rates, channels, iterations, device, seed)
         merged = merge(base, blob)
@@ -364,7 +364,7 @@ def head_inputs(net, patches: torch.Tensor, inside: torch.Tensor, seed: int = 0)
     return HeadCache(torch.cat(feats), torch.cat(nbrs), torch.cat(pixels), scale)
 
 
-def _fit_full_head(net, setting: Setting, cache, channels: int, steps: int, seed: int, inner: bytes = b"") -> bytes:
+def fit_full_head(net, setting: Setting, cache, channels: int, steps: int, seed: int, inner: bytes = b"") -> bytes:
     """``steps`` Adam steps (cosine-decayed from ``setting.head_lr``) of the head's
     increments on the cached positions of ``net`` (the model ``inner``, an increments
     section, makes of the base), minimising their bits; the coded section (``inner``
@@ -408,7 +408,7 @@ def _fit_full_head(net, setting: Setting, cache, channels: int, steps: int, seed
 ESCAPE_SCALE = 33  # log-scale index (on the coder's 1/8 grid, from 0) of the escapes' logistic: ≈ 60 steps
 
 
-def _code_wide(coder, count: int, ints: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
+def code_wide(coder, count: int, ints: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
     """Send/receive integers of any size: each as q clamped to ±``Q_MAX`` under its zero-mean
     logistic (``scales``), and where that is ±``Q_MAX`` the rest of its magnitude in
     escape symbols 0..255 (255: more follows) under a logistic at 0 of ``ESCAPE_SCALE``."""
@@ -429,8 +429,8 @@ def _code_wide(coder, count: int, ints: torch.Tensor | None, scales: torch.Tenso
     return out + torch.sign(out) * extra
 
 
-def _wide_bits(ints: torch.Tensor) -> float:
-    """Estimated bits of ``ints`` through :func:`_code_wide` at their best scale."""
+def wide_bits(ints: torch.Tensor) -> float:
+    """Estimated bits of ``ints`` through :func:`code_wide` at their best scale."""
     from .coder import symbol_bits
 
     first = ints.clamp(-Q_MAX, Q_MAX)
@@ -475,7 +475,7 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
 
         def cost(e: int) -> float:
             trial = {**current, k: (on(e).to(torch.float32) * 2.0**-e).view(delta[k].shape)}
-            return judge(trial) + _wide_bits(on(e))
+            return judge(trial) + wide_bits(on(e))
 
         e = FINEST if judge is None else min(GRIDS, key=cost)
         q = on(e)
@@ -485,7 +485,7 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
         ints.append(q)
         scales.append(torch.full((len(q),), ls, dtype=torch.int64))
     enc = Encoder()
-    _code_wide(enc, sum(len(q) for q in ints), torch.cat(ints), torch.cat(scales))
+    code_wide(enc, sum(len(q) for q in ints), torch.cat(ints), torch.cat(scales))
     return INCREMENTS.pack(RANK | FULL_HEAD_FLAG, sum(len(q) for q in ints),
                            rest=len(inner).to_bytes(4, "big") + inner + bytes(info) + enc.finish())
 
@@ -509,7 +509,7 @@ def _merge_full_head(base, flags: int, count: int, rest: bytes):
     if any(not COARSEST <= e <= FINEST for e in grids) or any(ls > LS_MAX - LS_MIN for ls in scales):
         raise ValueError("increments do not fit this model")
     per = torch.cat([torch.full((n,), ls, dtype=torch.int64) for n, ls in zip(sizes, scales)])
-    ints = _code_wide(Decoder(rest[len(info) :]), count, None, per)
+    ints = code_wide(Decoder(rest[len(info) :]), count, None, per)
     model, pos = copy.deepcopy(base), 0
     with torch.no_grad():
         merged = dict(model.named_parameters())
