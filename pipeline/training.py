@@ -107,6 +107,12 @@ def _float_state(state: Mapping[str, Any]) -> dict:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
+# A single training step (or the loop between two) that takes longer than this was not
+# training: the process was stopped (``kill -STOP`` while a benchmark had the CPU, a
+# suspended machine). Such gaps count neither towards the run's budget nor its minutes.
+PAUSE_S = 60.0
+
+
 class TrainingRun:
     """One invocation of a trainer, in the shape every pixarc trainer shares, so that the
     minutes of many runs, on any device, add up to one model.
@@ -215,6 +221,7 @@ class TrainingRun:
         self.start_step = self.step
         self.rng = seeded(seed, self.step)
         self.t0, self._last_ckpt = started or time.time(), time.time()
+        self.paused_s, self._mark = 0.0, None  # stopped time (``PAUSE_S``), the clock's last reading
         if opt is not None:
             self.attach(opt)
         if self.track_best and self.best is None:
@@ -243,7 +250,18 @@ class TrainingRun:
 
     @property
     def elapsed_s(self) -> float:
-        return time.time() - self.t0
+        """Training seconds of this invocation: wall time less the pauses (``PAUSE_S``)."""
+        return time.time() - self.t0 - self.paused_s
+
+    def _clock(self, judge: bool = True) -> None:
+        """Read the clock at a step's start and end; with ``judge``, a gap since the last
+        reading longer than ``PAUSE_S`` counts as paused (validation and checkpoints,
+        between the end of ``after_step``'s own work and the next reading, are not judged)."""
+        now = time.time()
+        if judge and self._mark is not None and now - self._mark > PAUSE_S:
+            self.paused_s += now - self._mark
+            self.log(f"paused {(now - self._mark) / 60:.1f} min (not counted as training)")
+        self._mark = now
 
     @property
     def lr_now(self) -> float:
@@ -252,6 +270,7 @@ class TrainingRun:
     def next_step(self) -> bool:
         """Start the next step (False when the step or time budget is spent): set its
         learning rate from the cumulative step count."""
+        self._clock()
         if self.step >= self.max_steps or self.elapsed_s >= self.budget_s:
             return False
         self.step += 1
@@ -267,6 +286,7 @@ class TrainingRun:
 
     def after_step(self) -> bool:
         """Update the weight average; when a checkpoint is due, score dev and write one (True then)."""
+        self._clock()
         if self.average is not None:
             self.average.update(self.model)
         if time.time() - self._last_ckpt > self.every_s:
@@ -274,6 +294,7 @@ class TrainingRun:
                 self.validate()
             self.save_checkpoint()
             self._last_ckpt = time.time()
+            self._clock(judge=False)
             return True
         return False
 

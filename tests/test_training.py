@@ -121,6 +121,32 @@ def test_a_run_stopped_before_its_end_keeps_its_steps_on_the_record(tmp_path):
     assert "interrupted" not in resumed["stages"][2] and "interrupted" not in resumed["stages"][0]
 
 
+def test_a_stopped_process_does_not_count_its_pause_as_training(tmp_path, monkeypatch):
+    """A step during which the process was stopped for longer than ``PAUSE_S`` (kill -STOP
+    while a benchmark runs) adds nothing to the run's minutes or budget; normal steps do."""
+    import pixarc.training as training
+
+    now = [1000.0]
+    monkeypatch.setattr(training.time, "time", lambda: now[0])
+    model = Toy()
+    run = TrainingRun(model, torch.optim.Adam(model.parameters(), lr=0.5), out=tmp_path, stem="toy", arch="toy",
+                      match={"width": 4}, device="cpu", lr=0.5, minutes=1, steps=6, half_life=2, warmup=2,
+                      ema_decay=None, log=lambda _: None)
+
+    def step():
+        now[0] += 3 * training.PAUSE_S if run.step == 3 else 5.0  # step 3: stopped for 3 minutes
+        loss = ((model.w - TARGET) ** 2).sum()
+        run.opt.zero_grad()
+        loss.backward()
+        run.opt.step()
+
+    run.loop(step, log_every=1)
+    assert run.step == 6  # a 60 s budget: the pause did not spend it
+    assert run.elapsed_s == pytest.approx(5 * 5.0)
+    run.finish_stage()
+    assert run.minutes_total == round(25 / 60, 1)
+
+
 def test_a_run_that_does_not_beat_the_shipped_weights_on_dev_does_not_ship(tmp_path):
     _, first = toy_run(tmp_path, 3, dev=True)
     assert first["dev"]["score"] < 0 and "rival" not in first
