@@ -205,6 +205,29 @@ def test_wide_integers_round_trip_through_escapes():
     assert torch.equal(code_wide(Decoder(data), len(ints), None, scales), ints)
     assert wide_bits(ints) > wide_bits(ints.clamp(-10, 10))
 
+def test_escape_runs_are_bounded(monkeypatch):
+    """The largest magnitude round-trips; a larger one is refused when sent, and a stream
+    whose escapes run on past ``ESCAPES_MAX`` (written here by an encoder allowed more) is
+    refused when read, not decoded for ever."""
+    import pixarc_callic.adapt as adapt
+    from pixarc_callic.coder import Decoder, Encoder
+
+    one = torch.tensor([0])
+    enc = Encoder()
+    adapt.code_wide(enc, 1, torch.tensor([-adapt.WIDE_MAX]), one)
+    assert int(adapt.code_wide(Decoder(enc.finish()), 1, None, one)) == -adapt.WIDE_MAX
+    with pytest.raises(ValueError):
+        adapt.code_wide(Encoder(), 1, torch.tensor([adapt.WIDE_MAX + 1]), one)
+    limit, rounds = adapt.WIDE_MAX, adapt.ESCAPES_MAX
+    monkeypatch.setattr(adapt, "WIDE_MAX", 10 * limit)
+    monkeypatch.setattr(adapt, "ESCAPES_MAX", 10 * rounds)
+    enc = Encoder()
+    adapt.code_wide(enc, 1, torch.tensor([2 * limit]), one)
+    monkeypatch.setattr(adapt, "WIDE_MAX", limit)
+    monkeypatch.setattr(adapt, "ESCAPES_MAX", rounds)
+    with pytest.raises(ValueError):
+        adapt.code_wide(Decoder(enc.finish()), 1, None, one)
+
 
 def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, send_increments, monkeypatch):
     """With only the full-head setting: the payload carries a full-head section and decodes

@@ -406,26 +406,35 @@ def fit_full_head(net, setting: Setting, cache, channels: int, steps: int, seed:
 
 
 ESCAPE_SCALE = 33  # log-scale index (on the coder's 1/8 grid, from 0) of the escapes' logistic: ≈ 60 steps
+ESCAPES_MAX = 64   # escape symbols per integer at most: magnitudes up to WIDE_MAX
+WIDE_MAX = Q_MAX + 255 * ESCAPES_MAX - 1
 
 
 def code_wide(coder, count: int, ints: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
-    """Send/receive integers of any size: each as q clamped to ±``Q_MAX`` under its zero-mean
-    logistic (``scales``), and where that is ±``Q_MAX`` the rest of its magnitude in
-    escape symbols 0..255 (255: more follows) under a logistic at 0 of ``ESCAPE_SCALE``."""
+    """Send/receive integers up to ±``WIDE_MAX``: each as q clamped to ±``Q_MAX`` under its
+    zero-mean logistic (``scales``), and where that is ±``Q_MAX`` the rest of its magnitude
+    in escape symbols 0..255 (255: more follows, ``ESCAPES_MAX`` at most: a stream asking
+    for more is refused with ValueError) under a logistic at 0 of ``ESCAPE_SCALE``."""
     from .coder import code_channel
 
+    if ints is not None and bool((ints.abs() > WIDE_MAX).any()):
+        raise ValueError(f"increments beyond ±{WIDE_MAX} steps")
     first = None if ints is None else ints.clamp(-Q_MAX, Q_MAX)
     out = _code_ints(coder, count, first, scales)
     idx = torch.nonzero(out.abs() == Q_MAX).squeeze(1)
     extra = torch.zeros(count, dtype=torch.int64)
     rest = None if ints is None else ints.abs()[idx] - Q_MAX
-    while len(idx):
+    for _ in range(ESCAPES_MAX + 1):
+        if not len(idx):
+            break
         q, mean = _zero_mean(len(idx), torch.full((len(idx),), ESCAPE_SCALE))
         sym = code_channel(q, 0, mean * 0, None if rest is None else rest.clamp(max=255), coder)
         extra[idx] += sym
         more = sym == 255
         idx = idx[more]
         rest = None if rest is None else rest[more] - 255
+    if len(idx):
+        raise ValueError("increments do not fit this model (an escape run longer than ESCAPES_MAX)")
     return out + torch.sign(out) * extra
 
 
@@ -471,7 +480,7 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
         d = delta[k].flatten().float()
 
         def on(e: int) -> torch.Tensor:
-            return torch.round(d * 2.0**e).to(torch.int64)
+            return torch.round(d * 2.0**e).clamp(-WIDE_MAX, WIDE_MAX).to(torch.int64)
 
         def cost(e: int) -> float:
             trial = {**current, k: (on(e).to(torch.float32) * 2.0**-e).view(delta[k].shape)}
