@@ -193,7 +193,7 @@ def describe(blob: bytes) -> str:
         return "frozen"
     flags, _ = INCREMENTS.parse(blob)
     if flags & FULL_HEAD_FLAG:
-        inner = blob[INCREMENTS.size + 4 : INCREMENTS.size + 4 + int.from_bytes(blob[INCREMENTS.size : INCREMENTS.size + 4], "big")]
+        inner, _ = _split_inner(blob[INCREMENTS.size :])
         return "full head" if not inner else f"{describe(inner)}, then the full head"
     return "blocks+head biases" if flags & HEAD_FLAG else "blocks"
 
@@ -499,16 +499,23 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
                            rest=len(inner).to_bytes(4, "big") + inner + bytes(info) + enc.finish())
 
 
+def _split_inner(rest: bytes) -> tuple[bytes, bytes]:
+    """A full-head section after its header: (the inner section, what follows it); a
+    length that runs past the end is refused (ValueError)."""
+    n = int.from_bytes(rest[:4], "big") if len(rest) >= 4 else -1
+    if n < 0 or len(rest) < 4 + n:
+        raise ValueError("increments do not fit this model")
+    return rest[4 : 4 + n], rest[4 + n :]
+
+
 def _merge_full_head(base, flags: int, count: int, rest: bytes):
     from .coder import LS_MAX, LS_MIN, Decoder
 
     params = dict(base.named_parameters())
     sizes = [params[k].numel() for k in FULL_HEAD]
-    n_inner = int.from_bytes(rest[:4], "big") if len(rest) >= 4 else -1
-    inner, rest = rest[4 : 4 + n_inner], rest[4 + n_inner :]
+    inner, rest = _split_inner(rest)
     info = rest[: 2 * len(FULL_HEAD)]
-    if (flags != RANK | FULL_HEAD_FLAG or count != sum(sizes) or len(inner) != n_inner
-            or len(info) != 2 * len(FULL_HEAD)):
+    if flags != RANK | FULL_HEAD_FLAG or count != sum(sizes) or len(info) != 2 * len(FULL_HEAD):
         raise ValueError("increments do not fit this model")
     if inner:
         if INCREMENTS.parse(inner)[0] & FULL_HEAD_FLAG:

@@ -21,6 +21,7 @@ an integer grid before any CDF is built.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 import torch.nn as nn
@@ -79,11 +80,15 @@ class MGCF(nn.Module):
         """Per-position features (..., dim) → raw mixture parameters (..., 10K). ``params``:
         the head's parameters by name (``head_norm.weight`` ...) to use instead of the
         module's (per-image adaptation)."""
-        if params is None:
-            return self.head2(F.gelu(self.head1(self.head_norm(x))))
-        h = F.layer_norm(x, (self.dim,), params["head_norm.weight"], params["head_norm.bias"], self.head_norm.eps)
-        h = F.gelu(F.linear(h, params["head1.weight"], params["head1.bias"]))
-        return F.linear(h, params["head2.weight"], params["head2.bias"])
+        p = params or {}
+
+        def w(name: str) -> torch.Tensor:
+            return p[name] if name in p else operator.attrgetter(name)(self)  # (a plain tensor under functional_call)
+
+        # the modules' own forward passes, with the weights looked up: the same operations either way
+        h = F.layer_norm(x, (self.dim,), w("head_norm.weight"), w("head_norm.bias"), self.head_norm.eps)
+        h = F.gelu(F.linear(h, w("head1.weight"), w("head1.bias")))
+        return F.linear(h, w("head2.weight"), w("head2.bias"))
 
     def with_prior(self, raw: torch.Tensor, left: torch.Tensor, up: torch.Tensor, upleft: torch.Tensor) -> torch.Tensor:
         """Add the MED (LOCO-I) prediction from the left, upper and upper-left pixels (..., 3),
