@@ -205,6 +205,7 @@ def test_wide_integers_round_trip_through_escapes():
     assert torch.equal(code_wide(Decoder(data), len(ints), None, scales), ints)
     assert wide_bits(ints) > wide_bits(ints.clamp(-10, 10))
 
+
 def test_escape_runs_are_bounded(monkeypatch):
     """The largest magnitude round-trips; a larger one is refused when sent, and a stream
     whose escapes run on past ``ESCAPES_MAX`` (written here by an encoder allowed more) is

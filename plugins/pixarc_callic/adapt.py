@@ -484,8 +484,9 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
             return torch.round(d * 2.0**e).clamp(-WIDE_MAX, WIDE_MAX).to(torch.int64)
 
         def cost(e: int) -> float:
-            trial = {**current, k: (on(e).to(torch.float32) * 2.0**-e).view(delta[k].shape)}
-            return judge(trial) + wide_bits(on(e))
+            q = on(e)
+            trial = {**current, k: (q.to(torch.float32) * 2.0**-e).view(delta[k].shape)}
+            return judge(trial) + wide_bits(q)
 
         e = FINEST if judge is None else min(GRIDS, key=cost)
         q = on(e)
