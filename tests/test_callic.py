@@ -176,6 +176,58 @@ def test_full_head_increments_round_trip_on_their_grids(callic):
             merge(base, bad)
 
 
+def test_a_full_head_with_the_last_mlp_round_trips_and_old_sections_decode_as_before(callic):
+    """``TAIL_FLAG``: the last block's MLP moves with the head (each tensor by its rounded
+    increments, nothing else), the section says so; a section without the flag still holds
+    the head alone; a count or a set of tensors that does not fit is refused."""
+    from pixarc_callic.adapt import (FINEST, FULL_HEAD, FULL_HEAD_FLAG, INCREMENTS, RANK, TAIL_FLAG, describe,
+                                     full_sites, merge, pack_full_head)
+
+    base = callic.base_model()
+    params = dict(base.named_parameters())
+    names = full_sites(base, True)
+    last = f"blocks.{base.depth - 1}."
+    assert names[: len(FULL_HEAD)] == FULL_HEAD and all(k.startswith(last) for k in names[len(FULL_HEAD) :])
+    assert {k for k in params if k.startswith(last + "mlp") or k.startswith(last + "norm2")} == set(names[len(FULL_HEAD) :])
+    g = torch.Generator().manual_seed(4)
+    delta = {k: torch.randn(params[k].shape, generator=g) * 0.02 for k in names}
+    blob = pack_full_head(delta)
+    flags, count = INCREMENTS.parse(blob)
+    assert flags == RANK | FULL_HEAD_FLAG | TAIL_FLAG and count == sum(params[k].numel() for k in names)
+    assert describe(blob) == "full head and last MLP"
+    merged = dict(merge(base, blob).named_parameters())
+    for k in names:
+        assert float(((merged[k] - params[k]) - delta[k]).abs().max()) <= 2.0 ** -(FINEST + 1) + 1e-6, k
+    assert all(torch.equal(merged[n], p) for n, p in params.items() if n not in names)
+    head_only = pack_full_head({k: delta[k] for k in FULL_HEAD})
+    assert INCREMENTS.parse(head_only)[0] == RANK | FULL_HEAD_FLAG
+    moved = dict(merge(base, head_only).named_parameters())
+    assert all(torch.equal(moved[n], p) for n, p in params.items() if n not in FULL_HEAD)
+    rest = blob[INCREMENTS.size :]
+    for bad in (INCREMENTS.pack(flags & ~TAIL_FLAG, count, rest=rest),  # the tail's count without its flag
+                INCREMENTS.pack(flags, INCREMENTS.parse(head_only)[1], rest=head_only[INCREMENTS.size :])):
+        with pytest.raises(ValueError):
+            merge(base, bad)
+    with pytest.raises(ValueError):  # the tail's tensors without the head's
+        pack_full_head({k: delta[k] for k in names[len(FULL_HEAD) :]})
+
+
+def test_the_tail_from_features_before_the_last_mlp_is_the_forward_pass(callic):
+    """What the full head with the last MLP is fitted on (features before that MLP, then
+    ``tail``) is the model's own forward pass, bit for bit; replacement parameters move it."""
+    from pixarc_callic.model import MGCF
+
+    model = callic.base_model()
+    x = MGCF.normalise(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    with torch.no_grad():
+        full = model(x)
+        assert torch.equal(model.with_prior(model.tail(model.features(x, before_mlp=True)), *model.neighbours(x)), full)
+        assert torch.equal(model.with_prior(model.head(model.features(x)), *model.neighbours(x)), full)
+        name = f"blocks.{model.depth - 1}.mlp2.bias"
+        moved = model.tail(model.features(x, before_mlp=True), {name: dict(model.named_parameters())[name] + 0.5})
+        assert not torch.equal(moved, model.tail(model.features(x, before_mlp=True)))
+
+
 def test_a_full_head_on_block_increments_merges_both(callic):
     """The full head fitted on top of a block setting's increments carries that section
     inside its own: merging gives the block increments' model with the head moved on top."""
@@ -245,7 +297,7 @@ def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, sen
     src = probe_and_load(encode_bytes(Image.fromarray(a), "PNG"))
     payload = callic.encode(src, callic.validate_params({"iterations": 2, "patch": 16}))
     blob = HEADER.read(payload, "callic").sections[0]
-    assert adapt.describe(blob) == "full head"
+    assert adapt.describe(blob) == ("full head and last MLP" if adapt.SETTINGS[0].tail else "full head")
     assert pixels_sha256(callic.decode(payload).image) == src.pixels_sha256
 
     base = callic.base_model()
@@ -253,17 +305,19 @@ def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, sen
     patches = geom.to_patches(torch.from_numpy(a.copy())).permute(2, 3, 0, 1).contiguous()
     inside = geom.inside().permute(2, 0, 1)
     monkeypatch.setattr(adapt, "MAX_CACHED", 500)
-    feats, nbrs, pixels, scale = cache = adapt.head_inputs(base, patches, inside)
-    assert len(feats) == len(nbrs) == len(pixels) == 500 and pixels.dtype == torch.uint8
-    assert scale == pytest.approx(33 * 40 / 500)
+    for tail in (False, True):
+        feats, nbrs, pixels, scale, cached_tail = cache = adapt.head_inputs(base, patches, inside, tail=tail)
+        assert len(feats) == len(nbrs) == len(pixels) == 500 and pixels.dtype == torch.uint8
+        assert scale == pytest.approx(33 * 40 / 500) and cached_tail == tail
 
-    def bits(model):
-        with torch.no_grad():
-            raw = model.with_prior(model.head(feats), nbrs[:, 0:3], nbrs[:, 3:6], nbrs[:, 6:9])
-            return float(nll_bits(raw[:, None, None, :], pixels[:, :, None, None], 3).sum())
+        def bits(model):
+            with torch.no_grad():
+                raw = model.with_prior((model.tail if tail else model.head)(feats), nbrs[:, 0:3], nbrs[:, 3:6], nbrs[:, 6:9])
+                return float(nll_bits(raw[:, None, None, :], pixels[:, :, None, None], 3).sum())
 
-    fitted = adapt.merge(base, adapt.fit_full_head(base, adapt.SETTINGS[0], cache, 3, 40, 0))
-    assert bits(fitted) < bits(base)
+        blob = adapt.fit_full_head(base, adapt.SETTINGS[0], cache, 3, 40, 0)
+        assert adapt.describe(blob) == ("full head and last MLP" if tail else "full head")
+        assert bits(adapt.merge(base, blob)) < bits(base)
 
 
 def test_frozen_payload_has_no_increments(callic):

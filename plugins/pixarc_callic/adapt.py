@@ -28,7 +28,9 @@
   each tensor is rounded to the grid 2^-e (``GRIDS``) that minimises the cached positions'
   bits, scaled to the image, plus its own, and its integers are coded under a zero-mean
   logistic of the scale that codes them best, magnitudes beyond ±127 steps in escape
-  symbols (:func:`code_wide`).
+  symbols (:func:`code_wide`). With flag ``TAIL_FLAG`` the last block's MLP (``TAIL``:
+  its norm and both linears, 4 256 numbers at dim 32) is adapted with the head: it is per
+  position too, so the cache holds the features before it (``MGCF.tail``).
 * :data:`SETTINGS`: the two block settings (learning rates, head biases or not, RPFT
   schedule) are each run, then the full head on the better of them (or on the frozen
   model), and the one whose increments leave the fewest estimated bits is sent (or none:
@@ -42,7 +44,7 @@ setting's sections, and every section written before the head sites existed) onl
 block sites are sent. Flag ``FULL_HEAD_FLAG`` (0x40, with the rank only) says the section
 holds the full head's increments: ``u32 n`` and an inner section of n bytes (the block
 setting's increments the head was fitted on, none when n = 0), then per tensor of
-:data:`FULL_HEAD` ``u8 e, u8 scale`` (its grid 2^-e and its log-scale index on the coder's
+:data:`FULL_HEAD` (with ``TAIL_FLAG``, 0x20, then of the last block's ``TAIL``) ``u8 e, u8 scale`` (its grid 2^-e and its log-scale index on the coder's
 grid, ``LS_MIN`` at 0), then the integers; ``merge`` applies the inner section, then adds
 the head's increments.
 
@@ -77,8 +79,10 @@ HEAD_FLAG = 0x80
 INCREMENTS = PayloadLayout(">BI", "rank count", rest=True)  # then the coded integers
 FULL_HEAD_FLAG = 0x40
 FULL_HEAD = ("head_norm.weight", "head_norm.bias", "head1.weight", "head1.bias", "head2.weight", "head2.bias")
-FULL_HEAD_STEPS = 192      # full-head steps per requested iteration
-FULL_HEAD_BATCH = 1 << 11  # positions per full-head step (16 times v9's steps of 32 768 in ≈ 2.4 times the time: 0.45 point more)
+TAIL_FLAG = 0x20  # with FULL_HEAD_FLAG: the last block's MLP (``TAIL``) is adapted with the head
+TAIL = ("norm2.weight", "norm2.bias", "mlp1.weight", "mlp1.bias", "mlp2.weight", "mlp2.bias")  # of the last block
+FULL_HEAD_STEPS = 384      # full-head steps per requested iteration
+FULL_HEAD_BATCH = 1 << 10  # positions per full-head step (docs/callic.md, "Smaller steps, more of them", "The last MLP too")
 MAX_CACHED = 1 << 18       # positions whose features are cached for the full head (sampled beyond)
 FINEST, COARSEST = 14, 0   # a full-head tensor's grid: 2^-e, COARSEST <= e <= FINEST
 GRIDS = (7, 8, 9, 10, 11, 12)  # the grids the encoder weighs per tensor
@@ -94,6 +98,13 @@ class Setting:
     head_lr: float
     rpft: tuple[float, float, float]
     full_head: bool = False  # the full head on cached features, on top of the best setting before it (``head_lr``)
+    tail: bool = False       # ... and the last block's MLP with it (features cached before that MLP)
+
+
+def full_sites(model, tail: bool) -> tuple[str, ...]:
+    """The parameters a full-head section adapts, in its order: the head's, then with
+    ``tail`` the last block's MLP's."""
+    return FULL_HEAD + (tuple(f"blocks.{model.depth - 1}.{k}" for k in TAIL) if tail else ())
 
 
 # Tried in turn, ``iterations`` steps each (the full head: ``FULL_HEAD_STEPS`` times as
@@ -104,9 +115,10 @@ class Setting:
 # images (a vector image: its increments did not pay). The third, the full head on the
 # better of them (v9, 50 x 12 steps of 32 768 positions at 3e-3), took all 8 natural dev
 # images from -1.7 % to -2.4 % against the frozen model; at 1e-3 and 50 x 192 steps of 2 048
-# positions to -2.9 % (docs/callic.md, "The full head", "Smaller steps, more of them").
+# positions to -2.9 %; with the last block's MLP (``tail``) and 50 x 384 steps of 1 024 to
+# -3.1 % (docs/callic.md, "The full head", "Smaller steps, more of them", "The last MLP too").
 SETTINGS = (Setting(1e-2, 0.0, (0.2, 1.0, 0.1)), Setting(1e-3, 3e-3, (1.0, 1.0, 0.1)),
-            Setting(0.0, 1e-3, (1.0, 1.0, 0.0), full_head=True))
+            Setting(0.0, 1e-3, (1.0, 1.0, 0.0), full_head=True, tail=True))
 
 
 def _pattern(shape: tuple[int, ...], salt: int) -> torch.Tensor:
@@ -195,7 +207,8 @@ def describe(blob: bytes) -> str:
     flags, _ = INCREMENTS.parse(blob)
     if flags & FULL_HEAD_FLAG:
         inner, _ = _split_inner(blob[INCREMENTS.size :])
-        return "full head" if not inner else f"{describe(inner)}, then the full head"
+        what = "full head and last MLP" if flags & TAIL_FLAG else "full head"
+        return what if not inner else f"{describe(inner)}, then the {what}"
     return "blocks+head biases" if flags & HEAD_FLAG else "blocks"
 
 
@@ -254,7 +267,7 @@ def adapt(base, pixels: torch.Tensor, geom, channels: int, iterations: int, devi
     for setting in SETTINGS:
         if setting.full_head:  # on top of the best so far: its block (and head bias) increments stay
             on = copy.deepcopy(best[1]).float().to(device).requires_grad_(False)
-            cache = head_inputs(on, patches, inside, seed)
+            cache = head_inputs(on, patches, inside, seed, tail=setting.tail)
             blob = fit_full_head(on, setting, cache, channels, FULL_HEAD_STEPS * iterations, seed, inner=best[2])
         else:
             blob = _fit(base, net, setting, patches, inside, rates, channels, iterations, device, seed)
@@ -333,16 +346,19 @@ def patch_bits(net, patches: torch.Tensor, inside: torch.Tensor, channels: int) 
 class HeadCache(NamedTuple):
     """What the head reads at up to ``MAX_CACHED`` positions of an image, sampled uniformly:
     features (n, dim), neighbours (n, 9), pixels (n, 3) uint8; ``scale``: the image's
-    positions per cached one."""
+    positions per cached one; ``tail``: the features are taken before the last block's MLP
+    (``MGCF.tail`` reads them), else after it (``MGCF.head``)."""
 
     feats: torch.Tensor
     nbrs: torch.Tensor
     pixels: torch.Tensor
     scale: float
+    tail: bool = False
 
 
-def head_inputs(net, patches: torch.Tensor, inside: torch.Tensor, seed: int = 0) -> HeadCache:
-    """The :class:`HeadCache` of an image's patches, computed once with the frozen trunk."""
+def head_inputs(net, patches: torch.Tensor, inside: torch.Tensor, seed: int = 0, tail: bool = False) -> HeadCache:
+    """The :class:`HeadCache` of an image's patches, computed once with the frozen trunk
+    (with ``tail``, all of it but the last block's MLP)."""
     from .model import MGCF
 
     flat = torch.nonzero(inside.flatten().cpu()).squeeze(1)
@@ -359,30 +375,32 @@ def head_inputs(net, patches: torch.Tensor, inside: torch.Tensor, seed: int = 0)
             if not bool(m.any()):
                 continue
             x = MGCF.normalise(patches[s : s + 16])
-            feats.append(net.features(x)[m])
+            feats.append(net.features(x, before_mlp=tail)[m])
             nbrs.append(torch.cat(MGCF.neighbours(x), dim=-1)[m])
             pixels.append(patches[s : s + 16].permute(0, 2, 3, 1)[m])
-    return HeadCache(torch.cat(feats), torch.cat(nbrs), torch.cat(pixels), scale)
+    return HeadCache(torch.cat(feats), torch.cat(nbrs), torch.cat(pixels), scale, tail)
 
 
 def fit_full_head(net, setting: Setting, cache, channels: int, steps: int, seed: int, inner: bytes = b"") -> bytes:
     """``steps`` Adam steps (cosine-decayed from ``setting.head_lr``) of the head's
-    increments on the cached positions of ``net`` (the model ``inner``, an increments
-    section, makes of the base), minimising their bits; the coded section (``inner``
-    first), each tensor on the grid that codes the cached positions and itself in the
-    fewest bits."""
+    increments (with ``cache.tail``, and the last block's MLP's) on the cached positions of
+    ``net`` (the model ``inner``, an increments section, makes of the base), minimising
+    their bits; the coded section (``inner`` first), each tensor on the grid that codes the
+    cached positions and itself in the fewest bits."""
     from .model import nll_bits
 
-    feats, nbrs, pixels, scale = cache
+    feats, nbrs, pixels, scale, tail = cache
+    names = full_sites(net, tail)
+    forward = net.tail if tail else net.head
     params = {k: v.detach() for k, v in net.named_parameters()}
-    delta = {k: torch.zeros_like(params[k], requires_grad=True) for k in FULL_HEAD}
+    delta = {k: torch.zeros_like(params[k], requires_grad=True) for k in names}
     opt = torch.optim.Adam(delta.values(), lr=setting.head_lr)
     gen = torch.Generator().manual_seed(seed)
     batch = min(FULL_HEAD_BATCH, len(pixels))
 
     def cached_bits(values: dict[str, torch.Tensor], idx=None) -> torch.Tensor:
         f, n, x = (feats, nbrs, pixels) if idx is None else (feats[idx], nbrs[idx], pixels[idx])
-        raw = net.with_prior(net.head(f, {k: params[k] + values[k] for k in FULL_HEAD}), n[:, 0:3], n[:, 3:6], n[:, 6:9])
+        raw = net.with_prior(forward(f, {k: params[k] + values[k] for k in names}), n[:, 0:3], n[:, 3:6], n[:, 6:9])
         return nll_bits(raw[:, None, None, :], x[:, :, None, None], channels)
 
     for it in range(steps):
@@ -468,16 +486,21 @@ def _best_scale(ints: torch.Tensor) -> int:
 
 
 def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"") -> bytes:
-    """The full-head section of these float increments (:data:`FULL_HEAD` order) on top of
-    ``inner`` (a block section, or none), each tensor rounded to a grid 2^-e (``GRIDS``):
-    with ``judge`` (estimated image bits of a dict of increments) the one that minimises
-    the image's bits plus the tensor's own, one tensor after the other (the others as
-    fitted); without, ``FINEST``."""
+    """The full-head section of these float increments (:func:`full_sites` order: the head's,
+    then, flagged ``TAIL_FLAG``, the last block's MLP's) on top of ``inner`` (a block
+    section, or none), each tensor rounded to a grid 2^-e (``GRIDS``): with ``judge``
+    (estimated image bits of a dict of increments) the one that minimises the image's bits
+    plus the tensor's own, one tensor after the other (the others as fitted); without,
+    ``FINEST``."""
     from .coder import Encoder
 
+    names = tuple(delta)
+    tail = len(names) > len(FULL_HEAD)
+    if names[: len(FULL_HEAD)] != FULL_HEAD or (tail and tuple(k.split(".", 2)[-1] for k in names[len(FULL_HEAD) :]) != TAIL):
+        raise ValueError(f"a full-head section holds {FULL_HEAD} and optionally the last block's {TAIL}, not {names}")
     current = dict(delta)
     info, ints, scales = bytearray(), [], []
-    for k in FULL_HEAD:
+    for k in names:
         d = delta[k].flatten().float()
 
         def on(e: int) -> torch.Tensor:
@@ -497,7 +520,7 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
         scales.append(torch.full((len(q),), ls, dtype=torch.int64))
     enc = Encoder()
     code_wide(enc, sum(len(q) for q in ints), torch.cat(ints), torch.cat(scales))
-    return INCREMENTS.pack(RANK | FULL_HEAD_FLAG, sum(len(q) for q in ints),
+    return INCREMENTS.pack(RANK | FULL_HEAD_FLAG | (TAIL_FLAG if tail else 0), sum(len(q) for q in ints),
                            rest=len(inner).to_bytes(4, "big") + inner + bytes(info) + enc.finish())
 
 
@@ -514,10 +537,11 @@ def _merge_full_head(base, flags: int, count: int, rest: bytes):
     from .coder import LS_MAX, LS_MIN, Decoder
 
     params = dict(base.named_parameters())
-    sizes = [params[k].numel() for k in FULL_HEAD]
+    names = full_sites(base, bool(flags & TAIL_FLAG))
+    sizes = [params[k].numel() for k in names]
     inner, rest = _split_inner(rest)
-    info = rest[: 2 * len(FULL_HEAD)]
-    if flags != RANK | FULL_HEAD_FLAG or count != sum(sizes) or len(info) != 2 * len(FULL_HEAD):
+    info = rest[: 2 * len(names)]
+    if flags & ~TAIL_FLAG != RANK | FULL_HEAD_FLAG or count != sum(sizes) or len(info) != 2 * len(names):
         raise ValueError("increments do not fit this model")
     if inner:
         if INCREMENTS.parse(inner)[0] & FULL_HEAD_FLAG:
@@ -531,7 +555,7 @@ def _merge_full_head(base, flags: int, count: int, rest: bytes):
     model, pos = copy.deepcopy(base), 0
     with torch.no_grad():
         merged = dict(model.named_parameters())
-        for k, n, e in zip(FULL_HEAD, sizes, grids):
+        for k, n, e in zip(names, sizes, grids):
             merged[k].add_(ints[pos : pos + n].view(params[k].shape).to(torch.float32) * 2.0**-e)
             pos += n
     return model

@@ -80,15 +80,26 @@ class MGCF(nn.Module):
         """Per-position features (..., dim) → raw mixture parameters (..., 10K). ``params``:
         the head's parameters by name (``head_norm.weight`` ...) to use instead of the
         module's (per-image adaptation)."""
+        w = self._lookup(params)
+        # the modules' own forward passes, with the weights looked up: the same operations either way
+        h = F.layer_norm(x, (self.dim,), w("head_norm.weight"), w("head_norm.bias"), self.head_norm.eps)
+        h = F.gelu(F.linear(h, w("head1.weight"), w("head1.bias")))
+        return F.linear(h, w("head2.weight"), w("head2.bias"))
+
+    def tail(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """What follows the last block's spatial mixing, all of it per position: that block's
+        MLP, then the head. ``x``: :meth:`features` ``(before_mlp=True)``; ``params`` as in
+        :meth:`head` (the MLP's by their full names, ``blocks.<D-1>.mlp1.weight`` ...)."""
+        return self.head(self.blocks[-1].mlp(x, self._lookup(params), f"blocks.{self.depth - 1}."), params)
+
+    def _lookup(self, params: dict[str, torch.Tensor] | None):
+        """A parameter by its full name: from ``params`` when there, else the module's own."""
         p = params or {}
 
         def w(name: str) -> torch.Tensor:
             return p[name] if name in p else operator.attrgetter(name)(self)  # (a plain tensor under functional_call)
 
-        # the modules' own forward passes, with the weights looked up: the same operations either way
-        h = F.layer_norm(x, (self.dim,), w("head_norm.weight"), w("head_norm.bias"), self.head_norm.eps)
-        h = F.gelu(F.linear(h, w("head1.weight"), w("head1.bias")))
-        return F.linear(h, w("head2.weight"), w("head2.bias"))
+        return w
 
     def with_prior(self, raw: torch.Tensor, left: torch.Tensor, up: torch.Tensor, upleft: torch.Tensor) -> torch.Tensor:
         """Add the MED (LOCO-I) prediction from the left, upper and upper-left pixels (..., 3),
@@ -106,13 +117,15 @@ class MGCF(nn.Module):
         Zero padding at the borders is the same as the wavefront's zero-initialised caches."""
         return self.with_prior(self.head(self.features(x)), *self.neighbours(x))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the head reads: normalised patches (B, 3, H, W) → (B, H, W, dim)."""
+    def features(self, x: torch.Tensor, before_mlp: bool = False) -> torch.Tensor:
+        """What the head reads: normalised patches (B, 3, H, W) → (B, H, W, dim); with
+        ``before_mlp``, what :meth:`tail` reads (the last block's MLP not applied)."""
         h = F.conv2d(x, self.embed.weight * self.mask_a, self.embed.bias, padding=self.kernel // 2)
         h = h.permute(0, 2, 3, 1)  # channels last: every op but the depth-wise conv is per position
-        for blk in self.blocks:
+        for blk in self.blocks[:-1]:
             h = blk(h, self.mask_b)
-        return h
+        h = self.blocks[-1].mix(h, self.mask_b)
+        return h if before_mlp else self.blocks[-1].mlp(h)
 
     @staticmethod
     def neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,11 +147,23 @@ class Block(nn.Module):
         self.mlp2 = nn.Linear(hidden * dim, dim)
 
     def forward(self, h: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.mix(h, mask_b))
+
+    def mix(self, h: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
+        """The gated spatial mixing (the block's only operation across positions)."""
         u = self.norm1(h)
         a = self.w_a(u).permute(0, 3, 1, 2)
         a = F.conv2d(a, self.dw.weight * mask_b, self.dw.bias, padding=self.dw.padding, groups=a.shape[1])
-        h = h + F.silu(a.permute(0, 2, 3, 1)) * self.w_v(u)
-        return h + self.mlp2(F.gelu(self.mlp1(self.norm2(h))))
+        return h + F.silu(a.permute(0, 2, 3, 1)) * self.w_v(u)
+
+    def mlp(self, h: torch.Tensor, w=None, prefix: str = "") -> torch.Tensor:
+        """The MLP, per position; ``w``: a parameter by its full name (``prefix`` + local
+        name; :meth:`MGCF._lookup`) instead of the block's own: the same operations either way."""
+        def p(name: str) -> torch.Tensor:
+            return w(prefix + name) if w is not None else operator.attrgetter(name)(self)
+
+        u = F.layer_norm(h, (self.norm2.normalized_shape[0],), p("norm2.weight"), p("norm2.bias"), self.norm2.eps)
+        return h + F.linear(F.gelu(F.linear(u, p("mlp1.weight"), p("mlp1.bias"))), p("mlp2.weight"), p("mlp2.bias"))
 
 
 def split_params(raw: torch.Tensor, k: int):
