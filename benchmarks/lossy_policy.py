@@ -88,8 +88,11 @@ def run(src: Path, dest: Path, policy: str, registry=None, workers: int = 1) -> 
     """(wall seconds, process CPU seconds, done rows) of one archive run (``registry``: the
     plugins, and the models they loaded, to run with; None: a fresh registry), on ``workers``
     workers."""
+    # the folder in ``workers`` shards, so that every worker has one (as in a collection of
+    # many shards; one shard of the whole folder would keep all but one worker idle)
+    shard_size = max(1, math.ceil(sum(1 for p in src.iterdir() if p.is_file()) / max(1, workers)))
     t0, c0 = time.perf_counter(), time.process_time()
-    runs.archive_local(str(src), str(dest), policy=policy, shard_size=1000, registry=registry, workers=workers)
+    runs.archive_local(str(src), str(dest), policy=policy, shard_size=shard_size, registry=registry, workers=workers)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return seconds, cpu, [r for r in latest(read_manifest(str(dest))).to_pylist() if r["status"] == "done"]
 

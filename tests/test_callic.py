@@ -188,7 +188,8 @@ def test_a_full_head_with_the_last_mlp_round_trips_and_old_sections_decode_as_be
     names = full_sites(base, True)
     last = f"blocks.{base.depth - 1}."
     assert names[: len(FULL_HEAD)] == FULL_HEAD and all(k.startswith(last) for k in names[len(FULL_HEAD) :])
-    assert {k for k in params if k.startswith(last + "mlp") or k.startswith(last + "norm2")} == set(names[len(FULL_HEAD) :])
+    mlp = {k for k in params if k.startswith(last + "mlp") or k.startswith(last + "norm2")}
+    assert mlp == set(names[len(FULL_HEAD) :])
     g = torch.Generator().manual_seed(4)
     delta = {k: torch.randn(params[k].shape, generator=g) * 0.02 for k in names}
     blob = pack_full_head(delta)
@@ -312,7 +313,8 @@ def test_full_head_adaptation_round_trips_and_lowers_the_cached_bits(callic, sen
 
         def bits(model):
             with torch.no_grad():
-                raw = model.with_prior((model.tail if tail else model.head)(feats), nbrs[:, 0:3], nbrs[:, 3:6], nbrs[:, 6:9])
+                forward = model.tail if tail else model.head
+                raw = model.with_prior(forward(feats), nbrs[:, 0:3], nbrs[:, 3:6], nbrs[:, 6:9])
                 return float(nll_bits(raw[:, None, None, :], pixels[:, :, None, None], 3).sum())
 
         blob = adapt.fit_full_head(base, adapt.SETTINGS[0], cache, 3, 40, 0)

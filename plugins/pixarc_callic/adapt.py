@@ -44,9 +44,9 @@ setting's sections, and every section written before the head sites existed) onl
 block sites are sent. Flag ``FULL_HEAD_FLAG`` (0x40, with the rank only) says the section
 holds the full head's increments: ``u32 n`` and an inner section of n bytes (the block
 setting's increments the head was fitted on, none when n = 0), then per tensor of
-:data:`FULL_HEAD` (with ``TAIL_FLAG``, 0x20, then of the last block's ``TAIL``) ``u8 e, u8 scale`` (its grid 2^-e and its log-scale index on the coder's
-grid, ``LS_MIN`` at 0), then the integers; ``merge`` applies the inner section, then adds
-the head's increments.
+:data:`FULL_HEAD` (with ``TAIL_FLAG``, 0x20, then of the last block's ``TAIL``) ``u8 e,
+u8 scale`` (its grid 2^-e and its log-scale index on the coder's grid, ``LS_MIN`` at 0),
+then the integers; ``merge`` applies the inner section, then adds the head's increments.
 
 The increments are coded with the same integer CDFs and range coder as the pixels (one
 logistic component, mean 0), so they are exact too; ``merge`` rebuilds the adapted model
@@ -82,7 +82,7 @@ FULL_HEAD = ("head_norm.weight", "head_norm.bias", "head1.weight", "head1.bias",
 TAIL_FLAG = 0x20  # with FULL_HEAD_FLAG: the last block's MLP (``TAIL``) is adapted with the head
 TAIL = ("norm2.weight", "norm2.bias", "mlp1.weight", "mlp1.bias", "mlp2.weight", "mlp2.bias")  # of the last block
 FULL_HEAD_STEPS = 384      # full-head steps per requested iteration
-FULL_HEAD_BATCH = 1 << 10  # positions per full-head step (docs/callic.md, "Smaller steps, more of them", "The last MLP too")
+FULL_HEAD_BATCH = 1 << 10  # positions per full-head step (docs/callic.md: "Smaller steps...", "The last MLP too")
 MAX_CACHED = 1 << 18       # positions whose features are cached for the full head (sampled beyond)
 FINEST, COARSEST = 14, 0   # a full-head tensor's grid: 2^-e, COARSEST <= e <= FINEST
 GRIDS = (7, 8, 9, 10, 11, 12)  # the grids the encoder weighs per tensor
@@ -496,7 +496,8 @@ def pack_full_head(delta: dict[str, torch.Tensor], judge=None, inner: bytes = b"
 
     names = tuple(delta)
     tail = len(names) > len(FULL_HEAD)
-    if names[: len(FULL_HEAD)] != FULL_HEAD or (tail and tuple(k.split(".", 2)[-1] for k in names[len(FULL_HEAD) :]) != TAIL):
+    tail_names = tuple(k.split(".", 2)[-1] for k in names[len(FULL_HEAD) :])  # blocks.<i>.<name>: <name>
+    if names[: len(FULL_HEAD)] != FULL_HEAD or (tail and tail_names != TAIL):
         raise ValueError(f"a full-head section holds {FULL_HEAD} and optionally the last block's {TAIL}, not {names}")
     current = dict(delta)
     info, ints, scales = bytearray(), [], []
