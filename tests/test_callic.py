@@ -229,6 +229,24 @@ def test_the_tail_from_features_before_the_last_mlp_is_the_forward_pass(callic):
         assert not torch.equal(moved, model.tail(model.features(x, before_mlp=True)))
 
 
+def test_a_model_without_blocks_codes_and_adapts_its_head_alone():
+    """Depth 0 (``pixarc train callic --depth 0``): the embedding is what the head reads, and
+    the full-head setting with the last MLP fits the head alone (there is no MLP)."""
+    import pixarc_callic.adapt as adapt
+    from pixarc_callic.model import MGCF
+    from pixarc_callic.wavefront import Geometry
+
+    torch.manual_seed(1)
+    model = MGCF(dim=8, depth=0, kernel=5, mixtures=2).requires_grad_(False)
+    x = MGCF.normalise(torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8))
+    assert torch.equal(model.features(x, before_mlp=True), model.features(x))
+    geom = Geometry.of(16, 16, 16)
+    patches = geom.to_patches(torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8)).permute(2, 3, 0, 1).contiguous()
+    cache = adapt.head_inputs(model, patches, geom.inside().permute(2, 0, 1), tail=True)
+    assert not cache.tail
+    assert adapt.describe(adapt.fit_full_head(model, adapt.SETTINGS[-1], cache, 3, 4, 0)) == "full head"
+
+
 def test_a_full_head_on_block_increments_merges_both(callic):
     """The full head fitted on top of a block setting's increments carries that section
     inside its own: merging gives the block increments' model with the head moved on top."""

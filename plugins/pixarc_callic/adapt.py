@@ -32,11 +32,11 @@
   its norm and both linears, 4 256 numbers at dim 32) is adapted with the head: it is per
   position too, so the cache holds the features before it (``MGCF.tail``).
 * :data:`SETTINGS`: the two block settings (learning rates, head biases or not, RPFT
-  schedule) are each run, then the full head on the better of them (or on the frozen
-  model), and the one whose increments leave the fewest estimated bits is sent (or none:
-  MDL against the frozen model). The block sites at a high rate on the costliest patches
-  first suit synthetic images, the head biases at low rates on all patches and the full
-  head suit natural photos.
+  schedule) are each run, then the full head (with the last block's MLP) on the better of
+  them (or on the frozen model), and the one whose increments leave the fewest estimated
+  bits is sent (or none: MDL against the frozen model). The block sites at a high rate on
+  the costliest patches first suit synthetic images, the head biases at low rates on all
+  patches and the full head suit natural photos.
 
 Layout of the increments section: ``u8 rank | flags, u32 count``, then the coded integers.
 Flag ``HEAD_FLAG`` (0x80) says the head sites follow the block sites; without it (the first
@@ -358,8 +358,11 @@ class HeadCache(NamedTuple):
 
 def head_inputs(net, patches: torch.Tensor, inside: torch.Tensor, seed: int = 0, tail: bool = False) -> HeadCache:
     """The :class:`HeadCache` of an image's patches, computed once with the frozen trunk
-    (with ``tail``, all of it but the last block's MLP)."""
+    (with ``tail``, all of it but the last block's MLP; a model without blocks has none, so
+    its cache is the head's and the full head is fitted alone)."""
     from .model import MGCF
+
+    tail = tail and len(net.blocks) > 0
 
     flat = torch.nonzero(inside.flatten().cpu()).squeeze(1)
     scale = len(flat) / max(1, min(len(flat), MAX_CACHED))

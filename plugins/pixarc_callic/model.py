@@ -119,11 +119,14 @@ class MGCF(nn.Module):
 
     def features(self, x: torch.Tensor, before_mlp: bool = False) -> torch.Tensor:
         """What the head reads: normalised patches (B, 3, H, W) → (B, H, W, dim); with
-        ``before_mlp``, what :meth:`tail` reads (the last block's MLP not applied)."""
+        ``before_mlp``, what :meth:`tail` reads (the last block's MLP not applied; a model
+        without blocks has none)."""
         h = F.conv2d(x, self.embed.weight * self.mask_a, self.embed.bias, padding=self.kernel // 2)
         h = h.permute(0, 2, 3, 1)  # channels last: every op but the depth-wise conv is per position
         for blk in self.blocks[:-1]:
             h = blk(h, self.mask_b)
+        if not self.blocks:  # depth 0: the embedding is what the head reads
+            return h
         h = self.blocks[-1].mix(h, self.mask_b)
         return h if before_mlp else self.blocks[-1].mlp(h)
 
