@@ -34,7 +34,11 @@ speed, 10× cheaper and ≈ 0.3–1.5 dB lower by an offset that drifts by hundr
 from one quality to the next; the AVIF encode a post-filter sits on). The search then
 locates the boundary with steps 1–3 on the cheapest tier shifted by the gap the codec
 showed over it (its earlier images' median at first), probes the codec itself there,
-re-measures the gap, and repeats until its own probe at ``b`` reaches the goal. Whether
+re-measures the gap, and repeats until its own probe at ``b`` reaches the goal. A tier's
+``estimate`` (this image's own gap, e.g. a post-filter's gain measured on a few blocks)
+stands in for other images' gaps before the first own probe; the cheapest tier's moves
+the search before any costlier tier is measured, so no costlier encode is spent where
+other images' gaps would have put the first probe. Whether
 ``b − 1`` misses is judged on each tier in turn, cheapest first, with the gap measured at
 ``b``: decided when the estimate is clear of the goal by the tier's ``margin_db``, else by
 one more probe of the codec itself. The result is the bisection's whenever the offsets
@@ -330,6 +334,8 @@ def _tiered(values: list[int], goal: float, measure: Callable[[int], Probe], key
                     if math.isfinite(e):
                         estimated[k] = e
                         gaps[k] = e + errors[k]
+                        if k == 0:  # this image's gap over the cheapest tier places the first own
+                            b = locate(b)  # probe before a costlier tier is measured anywhere
         # before the codec's own probe, its place is checked on the costlier tiers (the
         # last is usually the encode that probe starts from: shared through the memo)
         for k in range(1, len(tiers)):

@@ -525,8 +525,8 @@ def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter
     a = np.stack([128 + 60 * np.sin(xx / 9 + k) * np.cos(yy / 13) for k in range(3)], -1) + r.normal(0, 8, (384, 384, 3))
     src = probe_and_load(encode_bytes(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG"))
     p = c.validate_params({"quality": 40, "subsampling": "4:4:4", "filter": "on", "adapters": "none", "strengths": [0.0]})
-    (proxy,) = [px for px in c.rate_proxies(p) if px.gap_estimate is not None]
-    assert proxy.codec is c.base
+    proxy = c.rate_proxies(p)[-1]  # the base at the codec's own settings: the encode the filter runs on
+    assert proxy.codec is c.base and proxy.params["speed"] == p["speed"] and proxy.gap_estimate is not None
     with memo.scope():
         estimate = proxy.gap_estimate(src, p, CPU)
         base = c.base.decode(memo.encode(c.base, src, {k: p[k] for k in c.base.params_schema})).image
@@ -535,6 +535,60 @@ def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter
     small = probe_and_load(encode_bytes(Image.fromarray(np.clip(a[:200, :200], 0, 255).astype(np.uint8)), "PNG"))
     assert math.isnan(c.sampled_gain(small, p))
     assert math.isnan(c.sampled_gain(src, {**p, "filter": "off"}))
+
+
+def test_a_mosaic_of_the_blocks_holds_them_whole_and_in_place():
+    from pixarc_enhance.model import mosaic, sample_blocks
+
+    a = np.random.default_rng(3).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    blocks = sample_blocks(300, 420, 8, 64, 4)
+    m, placed = mosaic(a, blocks)
+    assert m.shape[0] * m.shape[1] < a.shape[0] * a.shape[1] / 2 and len(placed) == len(blocks)
+    for (ob, ib), (mob, mib) in zip(blocks, placed):
+        assert np.array_equal(m[mob[0] : mob[1], mob[2] : mob[3]], a[ob[0] : ob[1], ob[2] : ob[3]])
+        assert np.array_equal(m[mib[0] : mib[1], mib[2] : mib[3]], a[ib[0] : ib[1], ib[2] : ib[3]])
+
+
+def test_the_gap_over_the_fast_tier_is_estimated_on_a_mosaic_without_a_full_base_encode(tiny_filter, monkeypatch):
+    """The cheapest tier's estimate for a rate search: how far the codec (base + filter)
+    lies above the fast base encode, measured on a mosaic of the sampled blocks, close to
+    the whole image's gap on an image that looks alike everywhere, and made without any
+    encode of the whole image (the search's first probe is placed with it); the filter's
+    gain it measured then serves the base tier's estimate with no other filter pass. NaN
+    where it cannot tell."""
+    import math
+
+    import pixarc_enhance
+    from pixarc import memo
+    from pixarc.device import CPU
+    from pixarc.metrics import psnr
+    from pixarc_enhance import model
+
+    monkeypatch.setattr(pixarc_enhance, "WIENER", False)  # the filter's own gain, as the blocks see it
+    c = codec()
+    r = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:384, 0:384]
+    a = np.stack([128 + 60 * np.sin(xx / 9 + k) * np.cos(yy / 13) for k in range(3)], -1) + r.normal(0, 8, (384, 384, 3))
+    src = probe_and_load(encode_bytes(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG"))
+    p = c.validate_params({"quality": 40, "subsampling": "4:4:4", "filter": "on", "adapters": "none", "strengths": [0.0]})
+    fast, base_tier = c.rate_proxies(p)
+    assert fast.codec is c.base and fast.params["speed"] > p["speed"] and base_tier.codec is c.base
+    passes = []
+    real = model.sampled_sse
+    monkeypatch.setattr(model, "sampled_sse", lambda *a, **k: (passes.append(1), real(*a, **k))[1])
+    with memo.scope():
+        estimate = fast.gap_estimate(src, p, CPU)
+        assert memo.stats().get("encode_misses") == 2  # the mosaic at both speeds, nothing of the whole image
+        gain = base_tier.gap_estimate(src, p, CPU)
+        assert memo.stats().get("encode_misses") == 2 and len(passes) == 1  # the mosaic's filter gain, reused
+        fp = {k: fast.params[k] for k in fast.params} | {"quality": p["quality"]}
+        faster = c.base.decode(c.base.encode(src, fp)).image
+        whole = psnr(src.image, c.decode(c.encode(src, p)).image) - psnr(src.image, faster)
+    assert math.isfinite(estimate) and math.isfinite(gain)
+    assert abs(estimate - whole) < 0.1 + 0.2 * abs(whole), (estimate, whole)
+    small = probe_and_load(encode_bytes(Image.fromarray(np.clip(a[:200, :200], 0, 255).astype(np.uint8)), "PNG"))
+    assert math.isnan(c.mosaic_gap(fast, small, p))
+    assert math.isnan(c.mosaic_gap(fast, src, {**p, "filter": "off"}))
 
 
 def test_a_narrower_filter_starts_from_the_strongest_channels_of_a_wider_one():

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import rng_image
@@ -18,6 +19,26 @@ def test_psnr_sixteen_bit_uses_its_peak():
     a = Image.fromarray(np.zeros((4, 4), np.uint16))
     b = Image.fromarray(np.full((4, 4), 655, np.uint16))
     assert abs(psnr(a, b) - 10 * math.log10(65535**2 / 655**2)) < 1e-9
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "I;16"])
+def test_psnr_in_integers_is_the_float64_mean_exactly(mode):
+    """8- and 16-bit samples are compared in integers: the very value of the float64 mean
+    of squared differences (every partial sum is an integer below 2**53), extremes too."""
+    r = np.random.default_rng(7)
+    if mode == "I;16":
+        x = r.integers(0, 65536, (61, 47), dtype=np.uint16)
+        y = r.integers(0, 65536, (61, 47), dtype=np.uint16)
+        y[0, :5], x[0, :5] = 0, 65535  # the largest difference there is
+    else:
+        bands = len(mode)
+        shape = (61, 47, bands) if bands > 1 else (61, 47)
+        x, y = r.integers(0, 256, shape, dtype=np.uint8), r.integers(0, 256, shape, dtype=np.uint8)
+        x[0, :5], y[0, :5] = 255, 0
+    a, b = Image.fromarray(x, mode if mode != "I;16" else None), Image.fromarray(y, mode if mode != "I;16" else None)
+    assert a.mode == mode
+    mse = float(np.mean((np.asarray(a).astype(np.float64) - np.asarray(b).astype(np.float64)) ** 2))
+    assert psnr(a, b) == 10 * math.log10((65535.0 if mode == "I;16" else 255.0) ** 2 / mse)
 
 
 def test_ms_ssim_identity_and_degradation_and_small_images():

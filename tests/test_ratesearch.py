@@ -124,6 +124,31 @@ def test_an_images_own_gap_estimate_places_the_codecs_first_probe():
     assert with_estimate < without, (with_estimate, without)
 
 
+def test_an_estimate_over_the_cheapest_tier_spends_no_costlier_encode_where_it_will_not_probe():
+    """Where the cheapest tier has this image's own estimate of the codec's gap over it (a
+    post-filter's gain over a fast encode, measured on a mosaic of a few blocks), the
+    search moves there before the costlier tier (the slow encode under the filter) is
+    measured anywhere: fewer slow encodes than with only that tier's estimate, which needs a
+    slow encode where other images' gaps put the first probe. The boundary is the same."""
+    gains = (0.2, 0.9, 0.5, 0.3, 0.8, 0.25, 0.7, 0.4)
+
+    def run(over_fast: bool) -> tuple[int, int]:
+        ratesearch.forget()
+        own, slow = [], []
+        for goal, g in zip(GOALS, gains):
+            fast_gap = (lambda i, g=g: g + 1.0 + 0.004 * i - 0.05) if over_fast else None  # a steady 0.05 dB short
+            fast = ratesearch.Tier(probe(lambda i, g=g: own_psnr(i) - g - 1.0 - 0.004 * i), 0.1, fast_gap)
+            base = ratesearch.Tier(probe(lambda i, g=g: own_psnr(i) - g, slow), 0.03, lambda i, g=g: g - 0.1)
+            out = ratesearch.search(VALUES, "psnr", goal, 10_000, probe(own_psnr, own), ("over fast", over_fast),
+                                    tiers=(fast, base))
+            assert out.kept.index == boundary(goal), (goal, g, over_fast)
+        return len(slow), len(own)
+
+    slow_without, own_without = run(False)
+    slow_with, own_with = run(True)
+    assert slow_with < slow_without and own_with <= own_without, (slow_with, slow_without, own_with, own_without)
+
+
 def test_fast_settles_the_last_step_on_the_cheapest_tier():
     """``fast``: where the cheapest tier cannot tell whether one step below the codec's
     reaching probe still reaches the goal, that probe is kept unprobed below: never under
