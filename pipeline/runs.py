@@ -24,7 +24,7 @@ from .errors import PixarcError
 from .jobs import Job, ShardResult, Summary, shard_line
 from .layout import sweep_leftovers
 from .lock import hold
-from .plan import Shard, new_run_id, spread
+from .plan import SHARDS_PER_WORKER, Shard, new_run_id, spread
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveSummary
@@ -107,7 +107,9 @@ def run_job(job: Job, run: ShardRunner, workers: int = 1, wait: float = 0.0) -> 
 
 def _plan_run_finish(job: Job, run: ShardRunner, workers: int) -> Summary:
     plan = job.plan()
-    plan.shards = spread(job.base, job.name, job.run_id, plan.shards, workers)
+    if workers > 1:  # GPU shards batch their images: one per worker keeps the batches large
+        per_worker = 1 if job.uses_gpu() else SHARDS_PER_WORKER
+        plan.shards = spread(job.base, job.name, job.run_id, plan.shards, workers, per_worker)
     return job.finish(plan, run(job, plan.shards))
 
 

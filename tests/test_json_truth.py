@@ -40,7 +40,7 @@ def test_archive_totals_are_the_runs(archived):
                            "archive_bytes", "seconds", "workers"}
     stats = json.loads((dest / "manifest" / "runs" / f"{doc['run_id']}.json").read_text())
     assert totals["seconds"] == stats["seconds"]  # the run's wall clock, not the shards' times added up
-    assert doc["shards"] == 3 and totals["done"] == 5
+    assert doc["shards"] == 5 and totals["done"] == 5  # 3 of 2 planned, re-cut for two workers: one per image
 
 
 def test_a_crash_is_ok_false_with_exit_1(archived, monkeypatch):

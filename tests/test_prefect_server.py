@@ -50,14 +50,14 @@ def test_served_archive_deployment_runs_on_a_real_server(small_collection, tmp_p
                         if time.time() > deadline or served.poll() is not None:
                             raise
                         time.sleep(0.5)
-            run = run_deployment(name, parameters={"shard_size": 2}, timeout=180)
+            run = run_deployment(name, parameters={"shard_size": 1}, timeout=180)
             assert run.state.is_completed(), run.state
             with get_client(sync_client=True) as client:
                 tasks = [t for t in client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
                          if t.flow_run_id == run.id]
-                assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["archive-shard"] * 3
+                assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["archive-shard"] * 5  # one per image
                 assert all(t.state.is_completed() for t in tasks)
-                assert client.read_flow_run(run.id).parameters["shard_size"] == 2
+                assert client.read_flow_run(run.id).parameters["shard_size"] == 1
         from pixarc.manifest import latest, read_manifest
 
         assert latest(read_manifest(str(dest))).num_rows == 5
