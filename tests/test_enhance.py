@@ -506,6 +506,15 @@ def test_the_per_image_linear_filter_travels_where_it_pays(tiny_filter, monkeypa
     assert np.array_equal(wiener.filtered(y, coefs), whole)
 
 
+def alike_everywhere(side: int = 384) -> np.ndarray:
+    """A (side, side, 3) uint8 image that looks alike everywhere (waves and noise): a few
+    sampled blocks read it as the whole image does."""
+    r = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:side, 0:side]
+    a = np.stack([128 + 60 * np.sin(xx / 9 + k) * np.cos(yy / 13) for k in range(3)], -1) + r.normal(0, 8, (side, side, 3))
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
 def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter, monkeypatch):
     """The base tier's estimate for a rate search (``RateProxy.gap_estimate``): the filter's
     gain over the base on a few sampled blocks, close to the whole image's on an image that
@@ -520,10 +529,8 @@ def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter
 
     monkeypatch.setattr(pixarc_enhance, "WIENER", False)  # the filter's own gain, as the blocks see it
     c = codec()
-    r = np.random.default_rng(1)
-    yy, xx = np.mgrid[0:384, 0:384]
-    a = np.stack([128 + 60 * np.sin(xx / 9 + k) * np.cos(yy / 13) for k in range(3)], -1) + r.normal(0, 8, (384, 384, 3))
-    src = probe_and_load(encode_bytes(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG"))
+    a = alike_everywhere()
+    src = probe_and_load(encode_bytes(Image.fromarray(a), "PNG"))
     p = c.validate_params({"quality": 40, "subsampling": "4:4:4", "filter": "on", "adapters": "none", "strengths": [0.0]})
     proxy = c.rate_proxies(p)[-1]  # the base at the codec's own settings: the encode the filter runs on
     assert proxy.codec is c.base and proxy.params["speed"] == p["speed"] and proxy.gap_estimate is not None
@@ -532,7 +539,7 @@ def test_sampled_gain_estimates_the_filters_gain_for_the_rate_search(tiny_filter
         base = c.base.decode(memo.encode(c.base, src, {k: p[k] for k in c.base.params_schema})).image
         whole = psnr(src.image, c.decode(c.encode(src, p)).image) - psnr(src.image, base)
     assert math.isfinite(estimate) and abs(estimate - whole) < 0.05 + 0.2 * abs(whole), (estimate, whole)
-    small = probe_and_load(encode_bytes(Image.fromarray(np.clip(a[:200, :200], 0, 255).astype(np.uint8)), "PNG"))
+    small = probe_and_load(encode_bytes(Image.fromarray(a[:200, :200]), "PNG"))
     assert math.isnan(c.sampled_gain(small, p))
     assert math.isnan(c.sampled_gain(src, {**p, "filter": "off"}))
 
@@ -566,10 +573,8 @@ def test_the_gap_over_the_fast_tier_is_estimated_on_a_mosaic_without_a_full_base
 
     monkeypatch.setattr(pixarc_enhance, "WIENER", False)  # the filter's own gain, as the blocks see it
     c = codec()
-    r = np.random.default_rng(1)
-    yy, xx = np.mgrid[0:384, 0:384]
-    a = np.stack([128 + 60 * np.sin(xx / 9 + k) * np.cos(yy / 13) for k in range(3)], -1) + r.normal(0, 8, (384, 384, 3))
-    src = probe_and_load(encode_bytes(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG"))
+    a = alike_everywhere()
+    src = probe_and_load(encode_bytes(Image.fromarray(a), "PNG"))
     p = c.validate_params({"quality": 40, "subsampling": "4:4:4", "filter": "on", "adapters": "none", "strengths": [0.0]})
     fast, base_tier = c.rate_proxies(p)
     assert fast.codec is c.base and fast.params["speed"] > p["speed"] and base_tier.codec is c.base
@@ -586,7 +591,7 @@ def test_the_gap_over_the_fast_tier_is_estimated_on_a_mosaic_without_a_full_base
         whole = psnr(src.image, c.decode(c.encode(src, p)).image) - psnr(src.image, faster)
     assert math.isfinite(estimate) and math.isfinite(gain)
     assert abs(estimate - whole) < 0.1 + 0.2 * abs(whole), (estimate, whole)
-    small = probe_and_load(encode_bytes(Image.fromarray(np.clip(a[:200, :200], 0, 255).astype(np.uint8)), "PNG"))
+    small = probe_and_load(encode_bytes(Image.fromarray(a[:200, :200]), "PNG"))
     assert math.isnan(c.mosaic_gap(fast, small, p))
     assert math.isnan(c.mosaic_gap(fast, src, {**p, "filter": "off"}))
 
