@@ -355,10 +355,11 @@ class EnhancedCodec(LearnedCodec):
         (:func:`~.model.mosaic`): the mosaic encoded by the base and by the tier, the filter
         run on the base's decode (nominal conditioning, no adapters). It places a rate
         search's first probe of this codec, and so the first full encode of the base,
-        without a full base encode made only to measure the gap (a sixth of the pixels; on
-        the 16 natural and comic dev images that first full encode had been spent
-        elsewhere on 11). NaN where it cannot tell (no weights, filter off, an image the
-        blocks would nearly cover)."""
+        without a full base encode made only to measure the gap (the mosaic has a fifth of
+        a 768×512 image's pixels; on the 16 natural and comic dev images that first full
+        encode had been spent at another quality on 11). The filter's gain over the base it
+        measures on the way serves :meth:`sampled_gain`. NaN where it cannot tell (no
+        weights, filter off, an image the blocks would nearly cover)."""
         import numpy as np
         import torch
         from PIL import Image
@@ -427,8 +428,8 @@ class EnhancedCodec(LearnedCodec):
         if self.base is None or f is None or params["filter"] == "off":
             return math.nan
         on_mosaic = memo.get(self._mosaic_gain_key(src, f, params, self._cond(params)[1]))
-        if on_mosaic is not None:  # measured by mosaic_gap at the search's first place: no other filter pass
-            return on_mosaic
+        if on_mosaic is not None:  # mosaic_gap measured it where the search first looked (the gain moves by
+            return on_mosaic  # about FILTER_DRIFT_DB per quality step): no base encode, no filter pass for it
         net = self.model(f)
         base_payload = memo.encode(self.base, src, {k: params[k] for k in self.base.params_schema}, device)
         base_arr = np.asarray(self._base_decode(base_payload, device)[0])

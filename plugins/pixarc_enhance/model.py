@@ -226,7 +226,7 @@ def mosaic(arr, blocks: list) -> tuple:
     image: a grid of equal cells, each in box at its cell's top left and the rest of the
     cell its edge pixels repeated; with the blocks' (out box, in box) in the mosaic. An
     encoder's artifacts on the blocks, and the filter's gain over them, can be measured on
-    it for the price of an encode of a sixth of a 768x512 image."""
+    it for the price of an encode of a fifth of a 768x512 image."""
     import numpy as np
 
     side = max(1, math.ceil(len(blocks) ** 0.5))
