@@ -361,12 +361,11 @@ class EnhancedCodec(LearnedCodec):
         measures on the way serves :meth:`sampled_gain`. NaN where it cannot tell (no
         weights, filter off, an image the blocks would nearly cover)."""
         import numpy as np
-        import torch
         from PIL import Image
 
         from pixarc.images import SourceImage
 
-        from .model import mosaic, sample_blocks, sampled_sse
+        from .model import blocks_sse, mosaic, sample_blocks, sampled_sse
 
         f = self.select_weights(params)
         if self.base is None or f is None or params["filter"] == "off" or src.image is None or tier.codec.rate_param is None:
@@ -391,22 +390,26 @@ class EnhancedCodec(LearnedCodec):
         tier_im = memo.decode(tier.codec, memo.encode(tier.codec, msrc, tp, device), device).image
         if tier_im is None or base_arr.shape != morig.shape:
             return math.nan
-        tier_arr = np.asarray(tier_im.convert("RGB"), dtype=np.float64)
+        cond, chroma = self._nominal_cond(src, params)
+        filtered = sampled_sse(net, image_tensor(base_arr), morig, placed, cond)
+        if not filtered > 0:
+            return math.nan
+        base = blocks_sse(base_arr, morig, placed)
+        if base > 0:  # the filter's gain over the base, for :meth:`sampled_gain` (no other filter pass)
+            memo.put(self._mosaic_gain_key(src, f, params, chroma), 10 * math.log10(base / filtered))
+        slower = blocks_sse(np.asarray(tier_im.convert("RGB")), morig, placed)
+        return 10 * math.log10(slower / filtered) if slower > 0 else math.nan
+
+    def _nominal_cond(self, src, params: Mapping[str, Any]):
+        """(the filter's conditioning as a (1, 2) tensor, chroma flag) for the sampled-block
+        estimates: the base rate and the offset the encoder chose on this image, else the
+        first of ``strengths``."""
+        import torch
+
         rate, chroma = self._cond(params)
         offset = memo.get(self._strength_key(src, tuple(params["strengths"]), chroma))
         pm = _permille(rate, params["strengths"][0] if offset is None else offset)
-        filtered = sampled_sse(net, image_tensor(base_arr), morig, placed, torch.tensor([[pm / 1000, float(chroma)]]))
-        if not filtered > 0:
-            return math.nan
-
-        def sse(a) -> float:
-            return sum(float(((a[y0:y1, x0:x1] - morig[y0:y1, x0:x1]) ** 2).sum()) for (y0, y1, x0, x1), _ in placed)
-
-        base = sse(base_arr.astype(np.float64))
-        if base > 0:  # the filter's gain over the base, for :meth:`sampled_gain` (no other filter pass)
-            memo.put(self._mosaic_gain_key(src, f, params, chroma), 10 * math.log10(base / filtered))
-        slower = sse(tier_arr)
-        return 10 * math.log10(slower / filtered) if slower > 0 else math.nan
+        return torch.tensor([[pm / 1000, float(chroma)]]), chroma
 
     def _mosaic_gain_key(self, src, f, params, chroma: int) -> tuple:
         return ("enhance-mosaic-gain", self.codec_id, src.sha256, f.sha256, tuple(params["strengths"]), chroma)
@@ -420,9 +423,8 @@ class EnhancedCodec(LearnedCodec):
         first probe. NaN where it cannot tell (no weights, filter off, an image the blocks
         would nearly cover)."""
         import numpy as np
-        import torch
 
-        from .model import sample_blocks, sampled_sse
+        from .model import blocks_sse, sample_blocks, sampled_sse
 
         f = self.select_weights(params)
         if self.base is None or f is None or params["filter"] == "off":
@@ -439,12 +441,8 @@ class EnhancedCodec(LearnedCodec):
         if not blocks:
             return math.nan
         orig = np.asarray(src.image.convert("RGB"), dtype=np.float64)
-        rate, chroma = self._cond(params)
-        offset = memo.get(self._strength_key(src, tuple(params["strengths"]), chroma))
-        pm = _permille(rate, params["strengths"][0] if offset is None else offset)
-        filtered = sampled_sse(net, image_tensor(base_arr), orig, blocks, torch.tensor([[pm / 1000, float(chroma)]]))
-        base = sum(float(((base_arr[y0:y1, x0:x1].astype(np.float64) - orig[y0:y1, x0:x1]) ** 2).sum())
-                   for (y0, y1, x0, x1), _ in blocks)
+        filtered = sampled_sse(net, image_tensor(base_arr), orig, blocks, self._nominal_cond(src, params)[0])
+        base = blocks_sse(base_arr, orig, blocks)
         return 10 * math.log10(base / filtered) if base > 0 and filtered > 0 else math.nan
 
     def _strength_key(self, src, offsets: tuple, chroma: int) -> tuple:

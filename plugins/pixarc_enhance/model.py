@@ -246,6 +246,16 @@ def mosaic(arr, blocks: list) -> tuple:
     return out, placed
 
 
+def blocks_sse(a, orig, blocks: list) -> float:
+    """SSE (0..255 scale) of ``a`` ((H, W, 3), any dtype) against ``orig`` ((H, W, 3)
+    float64) over the out boxes of ``blocks``: what :func:`sampled_sse` measures of the
+    filter, of an unfiltered image."""
+    import numpy as np
+
+    return sum(float(((a[y0:y1, x0:x1].astype(np.float64) - orig[y0:y1, x0:x1]) ** 2).sum())
+               for (y0, y1, x0, x1), _ in blocks)
+
+
 @torch.no_grad()
 def sampled_sse(net: EnhanceNet, x: torch.Tensor, orig, blocks: list, cond: torch.Tensor,
                 layout: Layout = NHWC) -> float:
